@@ -1,0 +1,38 @@
+# Every target sets up .venv itself, so `make demo` and `make test` work on a
+# fresh machine with Python 3.11 and access to the package registries.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-keras-fusion
+
+export KERAS_BACKEND := tensorflow
+export TF_CPP_MIN_LOG_LEVEL := 2
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install demo test test-fast bench clean
+
+$(STAMP): setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The main job. Until the training script exists: fuse two small trained T5
+# models and check that the fused model computes their ensemble.
+demo: install
+	$(BIN)/python examples/fuse_two_models.py
+
+# The whole test suite, slow tests included (what CI runs).
+test: install
+	$(BIN)/python -m pytest tests
+
+test-fast: install
+	$(BIN)/python -m pytest tests -m "not slow"
+
+bench: install
+	$(BIN)/python benchmarks/growth_cost.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,237 @@
+"""The growth operators on T5 parameter trees: pure functions on arrays.
+
+A parameter tree is a nested dict (lists for layer stacks) of NumPy arrays,
+with the leaf names below. `FusionT5Block` and `FusionT5Backbone` read their
+variables into such a tree, call an operator here, and write the result into
+a new model: all the math lives in this module and in `weight_maps`, and can
+be tested without building a model.
+
+Backbone tree::
+
+    {"token_embedding": (V, d), "reverse_embedding": (d, V) if untied,
+     "encoder_layers": [block, ...], "decoder_layers": [block, ...],
+     "encoder_norm": (d,), "decoder_norm": (d,)}
+
+Block tree::
+
+    {"self_attention": {"query", "key", "value": (d, h*k), "output": (h*k, d),
+                        "relative_bias": (32, h) in layer 0 only},
+     "self_attention_norm": (d,),
+     "cross_attention": {...}, "cross_attention_norm": (d,)   # decoder only
+     "ffn_input": (d, f), "ffn_gate": (d, f) if gated, "ffn_output": (f, d),
+     "ffn_norm": (d,)}
+
+Example:
+
+```python
+from keras_fusion import growth_maps
+fused = growth_maps.fuse_parameters([tree_a, tree_b])
+```
+"""
+
+import keras
+import numpy as np
+
+from keras_fusion import weight_maps
+
+KERNELS = frozenset(
+    ("query", "key", "value", "output", "ffn_input", "ffn_gate", "ffn_output")
+)
+OUTPUT_PROJECTIONS = frozenset(("output", "ffn_output"))
+ROW_LEAVES = frozenset(("reverse_embedding",))
+FFN_IN = frozenset(("ffn_input", "ffn_gate"))
+
+
+def read(tree):
+    """Copy a tree of Keras variables into a tree of NumPy arrays."""
+    return keras.tree.map_structure(lambda v: np.array(keras.ops.convert_to_numpy(v)), tree)
+
+
+def assign(variables, arrays):
+    """Write a tree of arrays into a tree of variables of the same structure."""
+    if _structure(variables) != _structure(arrays):
+        raise ValueError(
+            "Parameter trees do not match: the model has "
+            f"{_structure(variables)}, the parameters have {_structure(arrays)}."
+        )
+
+    def assign_one(variable, array):
+        if tuple(variable.shape) != tuple(np.shape(array)):
+            raise ValueError(
+                f"Shape mismatch for {variable.path}: variable "
+                f"{tuple(variable.shape)}, parameters {tuple(np.shape(array))}."
+            )
+        variable.assign(np.asarray(array, dtype=variable.dtype))
+
+    keras.tree.map_structure(assign_one, variables, arrays)
+
+
+def _structure(tree):
+    if isinstance(tree, dict):
+        return {k: _structure(v) for k, v in sorted(tree.items())}
+    if isinstance(tree, (list, tuple)):
+        return [_structure(v) for v in tree]
+    return None
+
+
+def map_leaves(fn, trees, key=None):
+    """Apply `fn(leaf_name, leaves)` across trees of identical structure."""
+    first = trees[0]
+    if isinstance(first, dict):
+        for t in trees[1:]:
+            if set(t) != set(first):
+                raise ValueError(
+                    f"Parameter trees differ under {key!r}: "
+                    f"{sorted(first)} vs {sorted(t)}."
+                )
+        return {k: map_leaves(fn, [t[k] for t in trees], k) for k in first}
+    if isinstance(first, list):
+        lengths = [len(t) for t in trees]
+        if len(set(lengths)) != 1:
+            raise ValueError(f"{key} have different lengths: {lengths}.")
+        return [map_leaves(fn, list(items), key) for items in zip(*trees)]
+    return fn(key, trees)
+
+
+def check_same(configs, fields):
+    """Raise ValueError naming the first field on which configs disagree."""
+    for field in fields:
+        values = [c.get(field) for c in configs]
+        for i, v in enumerate(values[1:], start=1):
+            if v != values[0]:
+                raise ValueError(
+                    f"{field} differs: {values[0]} vs {v} (model 0 vs model {i})."
+                )
+
+
+def fuse_parameters(trees):
+    """Deep Fusion of n trees: block-diagonal kernels, concatenated features.
+
+    The result computes, on `[x_1; ...; x_n]`, the concatenation of what
+    each tree computes on its own `x_i` (given per-source norm groups).
+    """
+
+    def fuse_leaf(name, leaves):
+        if name in KERNELS:
+            return weight_maps.block_diagonal(leaves)
+        if name in ROW_LEAVES:
+            return weight_maps.concat_rows(leaves)
+        return weight_maps.concat_features(leaves)
+
+    return map_leaves(fuse_leaf, trees)
+
+
+def self_fuse_parameters(tree, noise=0.0, seed=None):
+    """Self fusion: twice the width and heads, duplicated function.
+
+    Kernels use `weight_maps.duplicate_kernel`, whose cancelling noise breaks
+    the symmetry between the halves without changing the function.
+    """
+    rng = np.random.default_rng(seed)
+
+    def self_fuse_leaf(name, leaves):
+        (leaf,) = leaves
+        if name in KERNELS:
+            return weight_maps.duplicate_kernel(leaf, noise, rng)
+        if name in ROW_LEAVES:
+            return weight_maps.duplicate_rows(leaf)
+        return weight_maps.duplicate_features(leaf)
+
+    return map_leaves(self_fuse_leaf, [tree])
+
+
+def identity_block(block):
+    """A copy of `block` whose residual branches all output zero.
+
+    The relative-attention bias is dropped: a new layer follows layer 0,
+    which owns it.
+    """
+
+    def identity_leaf(name, leaves):
+        (leaf,) = leaves
+        if name in OUTPUT_PROJECTIONS:
+            return weight_maps.zeros_like(leaf)
+        return np.array(leaf)
+
+    block = map_leaves(identity_leaf, [block])
+    return _without_relative_bias(block)
+
+
+def _without_relative_bias(block):
+    block = dict(block)
+    block["self_attention"] = {
+        k: v for k, v in block["self_attention"].items() if k != "relative_bias"
+    }
+    return block
+
+
+DEEPEN_MODES = ("identity", "stack")
+
+
+def deepen_parameters(tree, num_new_layers, mode="identity"):
+    """Append `num_new_layers` layers to both the encoder and the decoder.
+
+    Modes:
+        "identity": each new layer is `identity_block` of the last layer:
+            function preserved exactly.
+        "stack": copies of existing layers `0, 1, ...` (cyclically) are
+            appended, G_stack-style. NOT function-preserving: a strong
+            starting point, but the output changes.
+    """
+    if mode not in DEEPEN_MODES:
+        raise ValueError(f"mode must be one of {DEEPEN_MODES}, got {mode!r}.")
+    tree = read_only_copy(tree)
+    for stack in ("encoder_layers", "decoder_layers"):
+        layers = tree[stack]
+        if mode == "identity":
+            new = [identity_block(layers[-1]) for _ in range(num_new_layers)]
+        else:
+            new = [
+                _without_relative_bias(read_only_copy(layers[i % len(layers)]))
+                for i in range(num_new_layers)
+            ]
+        tree[stack] = layers + new
+    return tree
+
+
+def widen_ffn_parameters(tree, factor, noise=0.0, seed=None):
+    """Every feed-forward hidden unit copied `factor` times, same function.
+
+    `ffn_input`/`ffn_gate` columns are tiled; `ffn_output` rows are split
+    `1/factor` each, plus noise that cancels across the copies so that they
+    do not stay identical under training.
+    """
+    rng = np.random.default_rng(seed)
+
+    def widen_leaf(name, leaves):
+        (leaf,) = leaves
+        if name in FFN_IN:
+            return weight_maps.tile_columns(leaf, factor)
+        if name == "ffn_output":
+            return weight_maps.split_rows(leaf, factor, noise, rng)
+        return np.array(leaf)
+
+    return map_leaves(widen_leaf, [tree])
+
+
+def read_only_copy(tree):
+    """A deep copy of a tree (the inputs to an operator are never modified)."""
+    return map_leaves(lambda name, leaves: np.array(leaves[0]), [tree])
+
+
+def output_scale(hidden_dims, weights, tied):
+    """Per-feature scale of the final decoder norm of a fused language model.
+
+    With tied embeddings, keras-hub's T5 multiplies the decoder output by
+    `hidden_dim ** -0.5` before the output projection, so the fused logits
+    come out as `sum_i sqrt(d_i / D) * logits_i`; scaling model i's block of
+    the final norm by `w_i * sqrt(D / d_i)` makes them `sum_i w_i logits_i`.
+    Untied output projections add the blocks' logits with no rescale, so the
+    scale is `w_i`.
+    """
+    total = sum(hidden_dims)
+    parts = []
+    for d, w in zip(hidden_dims, weights):
+        factor = w * np.sqrt(total / d) if tied else w
+        parts.append(np.full((d,), factor, dtype=np.float32))
+    return np.concatenate(parts)

@@ -1,0 +1,6 @@
+"""Keras layers of keras_fusion."""
+
+from keras_fusion.layers.fusion_t5_block import FusionT5Block
+from keras_fusion.layers.grouped_rms_norm import GroupedRMSNorm
+
+__all__ = ["FusionT5Block", "GroupedRMSNorm"]

@@ -1,0 +1,327 @@
+"""FusionT5Block: a keras-hub T5 layer with grouped norms and growth methods."""
+
+import keras
+import numpy as np
+from keras_hub.src.models.t5.t5_multi_head_attention import T5MultiHeadAttention
+from keras_hub.src.models.t5.t5_transformer_layer import T5TransformerLayer
+
+from keras_fusion import growth_maps
+from keras_fusion.layers.grouped_rms_norm import GroupedRMSNorm
+
+
+def block_config(block):
+    """Constructor arguments of a built or unbuilt T5 layer.
+
+    Works for keras-hub's `T5TransformerLayer` (which has no `get_config`)
+    by reading the sub-layers, and for `FusionT5Block`.
+    """
+    if isinstance(block, FusionT5Block):
+        return block.get_config()
+    attention = block.self_attention
+    return {
+        "is_decoder": block.is_decoder,
+        "hidden_dim": attention.hidden_dim,
+        "intermediate_dim": block.input_projector.units,
+        "key_value_dim": attention.key_value_dim,
+        "dropout": block.dropout_layer.rate,
+        "activation": keras.activations.serialize(block.input_projector.activation),
+        "layer_norm_epsilon": block.layer_norm.epsilon,
+        "num_heads": attention.num_heads,
+        "use_gated_activation": block.use_gated_activation,
+        "use_relative_attention_bias": attention.use_relative_attention_bias,
+        "norm_groups": [attention.hidden_dim],
+    }
+
+
+def _attention_variables(attention):
+    tree = {
+        "query": attention.query_projector.kernel,
+        "key": attention.key_projector.kernel,
+        "value": attention.value_projector.kernel,
+        "output": attention.output_projector.kernel,
+    }
+    if attention.use_relative_attention_bias:
+        tree["relative_bias"] = attention.relative_attention_bias
+    return tree
+
+
+def block_variables(block):
+    """The block's variables as a parameter tree (see `growth_maps`).
+
+    Variables are found by attribute, never by path: keras-hub's norm names
+    come from global counters and both relative biases share one path.
+    """
+    if not block.built:
+        raise ValueError(
+            f"Layer {block.name} is not built yet: call it once (or build the "
+            "model that holds it) before growing it."
+        )
+    tree = {
+        "self_attention": _attention_variables(block.self_attention),
+        "self_attention_norm": block.self_attention_layer_norm.weight,
+        "ffn_input": block.input_projector.kernel,
+        "ffn_output": block.output_projector.kernel,
+        "ffn_norm": block.layer_norm.weight,
+    }
+    if block.is_decoder:
+        tree["cross_attention"] = _attention_variables(block.cross_attention)
+        tree["cross_attention_norm"] = block.cross_attention_layer_norm.weight
+    if block.use_gated_activation:
+        tree["ffn_gate"] = block.gate_projector.kernel
+    return tree
+
+
+@keras.saving.register_keras_serializable(package="keras_fusion")
+class FusionT5Block(T5TransformerLayer):
+    """A T5 encoder or decoder layer whose norms are `GroupedRMSNorm`.
+
+    Computes what keras-hub's `T5TransformerLayer` computes (the call is
+    inherited unchanged), except that every RMSNorm normalises each feature
+    group separately. A block fused from `n` blocks has `n` groups and, on
+    the concatenated input `[x_1; ...; x_n]`, returns the concatenation of
+    what each block returns on its own input.
+
+    Args:
+        is_decoder: bool. Decoder layers add cross-attention and a causal mask.
+        hidden_dim: int. Width of the residual stream.
+        intermediate_dim: int. Width of the feed-forward hidden layer.
+        key_value_dim: int. Size of each attention head.
+        dropout: float. Dropout rate.
+        activation: string or callable. Feed-forward activation.
+        layer_norm_epsilon: float. RMSNorm epsilon.
+        num_heads: int. Number of attention heads.
+        use_gated_activation: bool. Gated feed-forward (`act(x Wi) * (x Wg)`).
+        use_relative_attention_bias: bool. Whether this layer owns the
+            relative position bias (only layer 0 of a stack does).
+        norm_groups: list of ints adding up to `hidden_dim`, or `None` for
+            one group (plain T5).
+
+    Call arguments:
+        Those of `keras_hub`'s `T5TransformerLayer`: `hidden_states`,
+        `attention_mask`, `position_bias`, `encoder_hidden_states`,
+        `encoder_attention_mask`, `use_causal_mask`, caches, `training`.
+
+    Returns:
+        `(hidden_states, position_bias)`, or with caches when caches are
+        passed, as `T5TransformerLayer` does.
+
+    Example:
+
+    ```python
+    a = FusionT5Block(is_decoder=False, hidden_dim=8, intermediate_dim=16,
+                      key_value_dim=4, dropout=0.0, activation="relu",
+                      layer_norm_epsilon=1e-6, num_heads=2)
+    b = FusionT5Block(is_decoder=False, hidden_dim=4, intermediate_dim=8,
+                      key_value_dim=4, dropout=0.0, activation="relu",
+                      layer_norm_epsilon=1e-6, num_heads=1)
+    a(keras.random.normal((1, 3, 8))); b(keras.random.normal((1, 3, 4)))
+    fused = FusionT5Block.fuse(a, b)      # hidden_dim 12, 3 heads
+    deeper = FusionT5Block.deepen(fused)  # identity on its input
+    ```
+    """
+
+    def __init__(
+        self,
+        is_decoder,
+        hidden_dim,
+        intermediate_dim,
+        key_value_dim,
+        dropout,
+        activation,
+        layer_norm_epsilon,
+        num_heads,
+        use_gated_activation=False,
+        use_relative_attention_bias=False,
+        norm_groups=None,
+        **kwargs,
+    ):
+        # T5TransformerLayer.__init__ creates T5LayerNorm by name, so the
+        # wiring is restated here with GroupedRMSNorm; call() is inherited.
+        keras.layers.Layer.__init__(self, **kwargs)
+        self.is_decoder = is_decoder
+        self.hidden_dim = hidden_dim
+        self.intermediate_dim = intermediate_dim
+        self.key_value_dim = key_value_dim
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.activation = keras.activations.serialize(keras.activations.get(activation))
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.use_gated_activation = use_gated_activation
+        self.use_relative_attention_bias = use_relative_attention_bias
+        self.norm_groups = list(norm_groups) if norm_groups else [hidden_dim]
+        if sum(self.norm_groups) != hidden_dim:
+            raise ValueError(
+                f"norm_groups {self.norm_groups} add up to "
+                f"{sum(self.norm_groups)}, but hidden_dim is {hidden_dim}."
+            )
+
+        def attention(name, relative_bias):
+            return T5MultiHeadAttention(
+                is_decoder=is_decoder,
+                hidden_dim=hidden_dim,
+                key_value_dim=key_value_dim,
+                num_heads=num_heads,
+                dropout=dropout,
+                use_relative_attention_bias=relative_bias,
+                dtype=self.dtype_policy,
+                name=name,
+            )
+
+        def norm(name):
+            return GroupedRMSNorm(
+                epsilon=layer_norm_epsilon,
+                groups=self.norm_groups,
+                dtype=self.dtype_policy,
+                name=name,
+            )
+
+        def dense(units, fan_in, name, act=None):
+            return keras.layers.Dense(
+                units,
+                use_bias=False,
+                activation=act,
+                kernel_initializer=keras.initializers.RandomNormal(
+                    mean=0, stddev=fan_in**-0.5
+                ),
+                dtype=self.dtype_policy,
+                name=name,
+            )
+
+        def dropout_layer():
+            return keras.layers.Dropout(dropout, dtype=self.dtype_policy)
+
+        self.self_attention = attention("self_attention", use_relative_attention_bias)
+        self.self_attention_layer_norm = norm("self_attention_layer_norm")
+        self.self_attention_dropout = dropout_layer()
+        if is_decoder:
+            self.cross_attention = attention("cross_attention", False)
+            self.cross_attention_layer_norm = norm("cross_attention_layer_norm")
+            self.cross_attention_dropout = dropout_layer()
+        self.input_projector = dense(
+            intermediate_dim,
+            hidden_dim,
+            "input_projector",
+            keras.activations.get(activation),
+        )
+        if use_gated_activation:
+            self.gate_projector = dense(intermediate_dim, hidden_dim, "gate_projector")
+        self.output_projector = dense(hidden_dim, intermediate_dim, "output_projector")
+        self.layer_norm = norm("layer_norm")
+        self.dropout_layer = dropout_layer()
+
+    def build_for_growth(self):
+        """Build every sub-layer by calling the block once on zeros."""
+        x = keras.ops.zeros((1, 2, self.hidden_dim))
+        if self.is_decoder:
+            self(x, encoder_hidden_states=x, use_causal_mask=True)
+        else:
+            self(x)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "is_decoder": self.is_decoder,
+                "hidden_dim": self.hidden_dim,
+                "intermediate_dim": self.intermediate_dim,
+                "key_value_dim": self.key_value_dim,
+                "dropout": self.dropout,
+                "activation": self.activation,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+                "num_heads": self.num_heads,
+                "use_gated_activation": self.use_gated_activation,
+                "use_relative_attention_bias": self.use_relative_attention_bias,
+                "norm_groups": self.norm_groups,
+            }
+        )
+        return config
+
+    @classmethod
+    def _from_parameters(cls, config, parameters):
+        block = cls(**config)
+        block.build_for_growth()
+        growth_maps.assign(block_variables(block), parameters)
+        return block
+
+    @classmethod
+    def fuse(cls, *blocks):
+        """One wider block computing all `blocks` side by side.
+
+        On input `[x_1; ...; x_n]` (features concatenated in the order of
+        `blocks`) the fused block returns `[y_1; ...; y_n]`, where `y_i` is
+        block `i`'s output on `x_i`. Attention and feed-forward kernels are
+        placed block-diagonally, heads are concatenated, and each block keeps
+        its own norm group(s). The inputs are not modified.
+
+        Args:
+            *blocks: two or more built `T5TransformerLayer`s (or
+                `FusionT5Block`s) with the same `is_decoder`,
+                `key_value_dim`, activation, gating, epsilon and relative-bias
+                ownership.
+
+        Returns:
+            A built `FusionT5Block`.
+        """
+        if len(blocks) < 2:
+            raise ValueError(f"fuse needs at least two blocks, got {len(blocks)}.")
+        configs = [block_config(b) for b in blocks]
+        growth_maps.check_same(
+            configs,
+            (
+                "is_decoder",
+                "key_value_dim",
+                "activation",
+                "use_gated_activation",
+                "layer_norm_epsilon",
+                "use_relative_attention_bias",
+            ),
+        )
+        parameters = growth_maps.fuse_parameters(
+            [growth_maps.read(block_variables(b)) for b in blocks]
+        )
+        config = dict(configs[0])
+        config.update(
+            hidden_dim=sum(c["hidden_dim"] for c in configs),
+            intermediate_dim=sum(c["intermediate_dim"] for c in configs),
+            num_heads=sum(c["num_heads"] for c in configs),
+            norm_groups=[g for c in configs for g in c["norm_groups"]],
+        )
+        config.pop("name", None)
+        return cls._from_parameters(_constructor_args(config), parameters)
+
+    @classmethod
+    def deepen(cls, block):
+        """A new block of `block`'s configuration that is an exact identity.
+
+        The new block copies `block`'s weights, then zeroes the output
+        projections of self-attention, cross-attention and the feed-forward
+        network, so each residual branch adds exactly zero. The copied
+        weights give the branches a useful start once training moves the
+        output projections. The new block does not own a relative position
+        bias (it is meant to follow layer 0 of a stack).
+        """
+        config = dict(block_config(block))
+        config.pop("name", None)
+        config["use_relative_attention_bias"] = False
+        parameters = growth_maps.identity_block(growth_maps.read(block_variables(block)))
+        return cls._from_parameters(_constructor_args(config), parameters)
+
+
+_BLOCK_ARGS = (
+    "is_decoder",
+    "hidden_dim",
+    "intermediate_dim",
+    "key_value_dim",
+    "dropout",
+    "activation",
+    "layer_norm_epsilon",
+    "num_heads",
+    "use_gated_activation",
+    "use_relative_attention_bias",
+    "norm_groups",
+    "dtype",
+)
+
+
+def _constructor_args(config):
+    return {k: v for k, v in config.items() if k in _BLOCK_ARGS}

@@ -1,0 +1,443 @@
+"""FusionT5Backbone: a keras-hub T5 backbone that can be grown."""
+
+import math
+
+import keras
+import numpy as np
+from keras.layers import ReversibleEmbedding
+from keras_hub.src.models.backbone import Backbone
+from keras_hub.models import T5Backbone
+
+from keras_fusion import growth_maps
+from keras_fusion.layers.fusion_t5_block import FusionT5Block, block_variables
+from keras_fusion.layers.grouped_rms_norm import GroupedRMSNorm
+
+NORM_MODES = ("grouped", "global")
+
+# Fields two backbones must share to be fused.
+FUSE_FIELDS = (
+    "vocabulary_size",
+    "num_layers",
+    "key_value_dim",
+    "activation",
+    "use_gated_activation",
+    "tie_embedding_weights",
+    "layer_norm_epsilon",
+)
+
+_CONSTRUCTOR_ARGS = (
+    "vocabulary_size",
+    "num_layers",
+    "num_heads",
+    "hidden_dim",
+    "intermediate_dim",
+    "key_value_dim",
+    "dropout",
+    "activation",
+    "use_gated_activation",
+    "layer_norm_epsilon",
+    "tie_embedding_weights",
+    "norm_groups",
+    "dtype",
+)
+
+
+def backbone_config(backbone):
+    """Constructor arguments of a T5 backbone, plain or fused.
+
+    `key_value_dim` is made explicit (keras-hub's default is
+    `hidden_dim // num_heads`, which a fused width would change) and a plain
+    `T5Backbone` reports one norm group.
+    """
+    if not isinstance(backbone, T5Backbone):
+        raise ValueError(
+            "Expected a keras_hub.models.T5Backbone (or FusionT5Backbone), got "
+            f"{type(backbone).__name__}."
+        )
+    config = backbone.get_config()
+    config["key_value_dim"] = backbone.key_value_dim or (
+        backbone.hidden_dim // backbone.num_heads
+    )
+    config["activation"] = keras.activations.serialize(
+        keras.activations.get(config["activation"])
+    )
+    config.setdefault("norm_groups", [backbone.hidden_dim])
+    return {k: v for k, v in config.items() if k in _CONSTRUCTOR_ARGS}
+
+
+def backbone_variables(backbone):
+    """The backbone's variables as a parameter tree (see `growth_maps`)."""
+    tree = {
+        "token_embedding": backbone.token_embedding.embeddings,
+        "encoder_layers": [block_variables(b) for b in backbone.encoder_transformer_layers],
+        "decoder_layers": [block_variables(b) for b in backbone.decoder_transformer_layers],
+        "encoder_norm": backbone.encoder_layer_norm.weight,
+        "decoder_norm": backbone.decoder_layer_norm.weight,
+    }
+    if not backbone.tie_embedding_weights:
+        tree["reverse_embedding"] = backbone.token_embedding.reverse_embeddings
+    return tree
+
+
+def check_fusable(backbones):
+    """Raise ValueError naming the first field on which backbones disagree."""
+    configs = [backbone_config(b) for b in backbones]
+    growth_maps.check_same(configs, FUSE_FIELDS)
+    return configs
+
+
+def _check_finite(name, value, minimum=None):
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}.")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}.")
+
+
+def _check_norm(norm):
+    if norm not in NORM_MODES:
+        raise ValueError(f"norm must be one of {NORM_MODES}, got {norm!r}.")
+
+
+@keras.saving.register_keras_serializable(package="keras_fusion")
+class FusionT5Backbone(T5Backbone):
+    """A T5 backbone built from `FusionT5Block`s, with growth class methods.
+
+    Takes `keras_hub.models.T5Backbone`'s arguments and has its inputs and
+    outputs. Every RMSNorm is a `GroupedRMSNorm` whose groups are
+    `norm_groups`; with the default single group the model computes exactly
+    what a `T5Backbone` with the same weights computes.
+
+    Growth (each a class method returning a new model; the inputs are left
+    untouched):
+        - `fuse(*backbones)`: Deep Fusion, one wider model whose outputs are
+          the inputs' outputs concatenated along features.
+        - `self_fuse(backbone)`: twice the width, duplicated outputs, with
+          symmetry-breaking noise that cancels.
+        - `deepen(backbone, n)`: n more layers in each stack, exact identity.
+        - `widen_ffn(backbone, factor)`: wider feed-forward blocks, exact.
+
+    Args:
+        vocabulary_size, num_layers, num_heads, hidden_dim, intermediate_dim,
+        key_value_dim, dropout, activation, use_gated_activation,
+        layer_norm_epsilon, tie_embedding_weights, dtype: as for
+            `keras_hub.models.T5Backbone`.
+        norm_groups: list of ints adding up to `hidden_dim`: the feature
+            groups every RMSNorm normalises separately. `None` means one
+            group (plain T5).
+
+    Example:
+
+    ```python
+    a = FusionT5Backbone(vocabulary_size=100, num_layers=2, num_heads=2,
+                         hidden_dim=16, intermediate_dim=32, dropout=0.0)
+    b = FusionT5Backbone(vocabulary_size=100, num_layers=2, num_heads=1,
+                         hidden_dim=8, intermediate_dim=16, key_value_dim=8,
+                         dropout=0.0)
+    fused = FusionT5Backbone.fuse(a, b)   # hidden 24, 3 heads, groups [16, 8]
+    deeper = FusionT5Backbone.deepen(fused, num_new_layers=1)
+    ```
+    """
+
+    def __init__(
+        self,
+        vocabulary_size,
+        num_layers,
+        num_heads,
+        hidden_dim,
+        intermediate_dim,
+        key_value_dim=None,
+        dropout=0.1,
+        activation="relu",
+        use_gated_activation=True,
+        layer_norm_epsilon=1e-06,
+        tie_embedding_weights=True,
+        norm_groups=None,
+        dtype=None,
+        **kwargs,
+    ):
+        norm_groups = [int(g) for g in norm_groups] if norm_groups else [hidden_dim]
+        if sum(norm_groups) != hidden_dim or min(norm_groups) <= 0:
+            raise ValueError(
+                f"norm_groups must be positive and add up to hidden_dim="
+                f"{hidden_dim}, got {norm_groups}."
+            )
+        head_dim = key_value_dim or hidden_dim // num_heads
+
+        # T5Backbone.__init__ instantiates T5TransformerLayer and T5LayerNorm
+        # by name, so the functional wiring is restated with our layers.
+        self.token_embedding = ReversibleEmbedding(
+            input_dim=vocabulary_size,
+            output_dim=hidden_dim,
+            tie_weights=tie_embedding_weights,
+            embeddings_initializer=keras.initializers.TruncatedNormal(1.0),
+            dtype=dtype,
+            name="token_embedding",
+        )
+
+        def stack(is_decoder, prefix):
+            return [
+                FusionT5Block(
+                    is_decoder=is_decoder,
+                    hidden_dim=hidden_dim,
+                    intermediate_dim=intermediate_dim,
+                    key_value_dim=head_dim,
+                    dropout=dropout,
+                    activation=activation,
+                    layer_norm_epsilon=layer_norm_epsilon,
+                    num_heads=num_heads,
+                    use_gated_activation=use_gated_activation,
+                    use_relative_attention_bias=(i == 0),
+                    norm_groups=norm_groups,
+                    dtype=dtype,
+                    name=f"transformer_{prefix}_layer_{i}",
+                )
+                for i in range(num_layers)
+            ]
+
+        def norm(name):
+            return GroupedRMSNorm(
+                epsilon=layer_norm_epsilon, groups=norm_groups, dtype=dtype, name=name
+            )
+
+        def dropout_layer(name):
+            return keras.layers.Dropout(dropout, dtype=dtype, name=name)
+
+        self.encoder_embedding_dropout = dropout_layer("encoder_embedding_dropout")
+        self.encoder_transformer_layers = stack(False, "encoder")
+        self.encoder_layer_norm = norm("encoder_output_layer_norm")
+        self.encoder_dropout = dropout_layer("encoder_output_dropout")
+        self.decoder_embedding_dropout = dropout_layer("decoder_embedding_dropout")
+        self.decoder_transformer_layers = stack(True, "decoder")
+        self.decoder_layer_norm = norm("decoder_output_layer_norm")
+        self.decoder_dropout = dropout_layer("decoder_output_dropout")
+
+        inputs = {
+            name: keras.Input(shape=(None,), dtype="int32", name=name)
+            for name in (
+                "encoder_token_ids",
+                "encoder_padding_mask",
+                "decoder_token_ids",
+                "decoder_padding_mask",
+            )
+        }
+        encoder_attention_mask = inputs["encoder_padding_mask"][:, None, :]
+        x = self.token_embedding(inputs["encoder_token_ids"])
+        x = self.encoder_embedding_dropout(x)
+        position_bias = None
+        for layer in self.encoder_transformer_layers:
+            x, position_bias = layer(
+                x,
+                attention_mask=encoder_attention_mask,
+                position_bias=position_bias,
+                use_causal_mask=False,
+            )
+        encoder_output = self.encoder_dropout(self.encoder_layer_norm(x))
+
+        x = self.token_embedding(inputs["decoder_token_ids"])
+        x = self.decoder_embedding_dropout(x)
+        decoder_attention_mask = inputs["decoder_padding_mask"][:, None, :]
+        position_bias = None
+        for layer in self.decoder_transformer_layers:
+            x, position_bias = layer(
+                x,
+                attention_mask=decoder_attention_mask,
+                position_bias=position_bias,
+                encoder_hidden_states=encoder_output,
+                encoder_attention_mask=encoder_attention_mask,
+                use_causal_mask=True,
+            )
+        decoder_output = self.decoder_dropout(self.decoder_layer_norm(x))
+
+        Backbone.__init__(
+            self,
+            inputs,
+            outputs={
+                "encoder_sequence_output": encoder_output,
+                "decoder_sequence_output": decoder_output,
+            },
+            dtype=dtype,
+            **kwargs,
+        )
+
+        self.vocabulary_size = vocabulary_size
+        self.hidden_dim = hidden_dim
+        self.intermediate_dim = intermediate_dim
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.activation = keras.activations.get(activation)
+        self.key_value_dim = key_value_dim
+        self.dropout = dropout
+        self.use_gated_activation = use_gated_activation
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.tie_embedding_weights = tie_embedding_weights
+        self.norm_groups = norm_groups
+
+    def get_config(self):
+        config = super().get_config()
+        config["norm_groups"] = self.norm_groups
+        return config
+
+    # --- Growth -----------------------------------------------------------
+
+    @classmethod
+    def from_parameters(cls, config, parameters):
+        """Build a backbone from a config and a parameter tree (no training)."""
+        config = {k: v for k, v in config.items() if k in _CONSTRUCTOR_ARGS}
+        backbone = cls(**config)
+        growth_maps.assign(backbone_variables(backbone), parameters)
+        return backbone
+
+    @classmethod
+    def fuse(cls, *backbones, norm="grouped"):
+        """Deep Fusion: one wider backbone computing all inputs side by side.
+
+        The fused encoder and decoder outputs are exactly the inputs' outputs
+        concatenated along features, in the order given. Embeddings are
+        concatenated, attention and feed-forward kernels placed
+        block-diagonally, heads and relative biases concatenated.
+
+        Args:
+            *backbones: two or more `T5Backbone`s (plain or fused). They may
+                differ in `hidden_dim`, `num_heads` and `intermediate_dim`,
+                and must agree on every field in `FUSE_FIELDS`.
+            norm: `"grouped"` (default): each input keeps its own norm
+                group(s), exact. `"global"`: one RMSNorm over the whole
+                width, a plain T5; NOT exact for different models (measure
+                it with `keras_fusion.models.function_error`).
+
+        Returns:
+            A `FusionT5Backbone`.
+        """
+        return cls.from_parameters(*fuse_plan(backbones, norm))
+
+    @classmethod
+    def self_fuse(cls, backbone, noise=1e-3, seed=None, norm="grouped"):
+        """Self fusion: the model fused with itself, made to train apart.
+
+        Twice the width, heads and feed-forward width; the outputs are the
+        input's outputs duplicated, `[y; y]`. Plain block-diagonal self
+        fusion would keep the two halves identical under gradient descent
+        forever (identical halves get identical gradients). Here every
+        output block reads both input halves with `W/2 + N` and `W/2 - N`:
+        the noise cancels on the duplicated input, so the function is
+        unchanged, but the halves receive different gradients.
+
+        Args:
+            backbone: a `T5Backbone`.
+            noise: float >= 0. Noise standard deviation as a fraction of each
+                kernel's standard deviation. 0 gives the symmetric (never
+                diverging) construction.
+            seed: int or None, for the noise.
+            norm: `"grouped"` (groups duplicated) or `"global"` (one group;
+                also exact, since `[x; x]` has the RMS of `x`, but only for
+                a model with one group).
+        """
+        return cls.from_parameters(*self_fuse_plan(backbone, noise, seed, norm))
+
+    @classmethod
+    def deepen(cls, backbone, num_new_layers, mode="identity"):
+        """More layers in both stacks.
+
+        Args:
+            backbone: a `T5Backbone`.
+            num_new_layers: int >= 1, layers appended to the encoder and to
+                the decoder each.
+            mode: `"identity"` (default): each new layer copies the last one
+                with its output projections zeroed, an exact identity.
+                `"stack"`: copies of layers 0, 1, ... appended (G_stack
+                style); NOT function-preserving.
+        """
+        return cls.from_parameters(*deepen_plan(backbone, num_new_layers, mode))
+
+    @classmethod
+    def widen_ffn(cls, backbone, factor, noise=1e-3, seed=None):
+        """Feed-forward blocks `factor` times wider, same function.
+
+        Args:
+            backbone: a `T5Backbone`.
+            factor: int >= 2.
+            noise: float >= 0, cancelling noise on the split output rows (as
+                a fraction of their standard deviation) so that the copies
+                of a hidden unit train apart.
+            seed: int or None.
+        """
+        return cls.from_parameters(*widen_ffn_plan(backbone, factor, noise, seed))
+
+
+# Plans: validate the arguments and compute (config, parameters) of the grown
+# model, building nothing. The class methods above and FusionT5Seq2SeqLM
+# build from them.
+
+
+def _check_int(name, value, minimum):
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}.")
+
+
+def _read(backbone):
+    return growth_maps.read(backbone_variables(backbone))
+
+
+def fuse_plan(backbones, norm="grouped"):
+    """Config and parameters of `FusionT5Backbone.fuse(*backbones)`."""
+    _check_norm(norm)
+    if len(backbones) < 2:
+        raise ValueError(f"fuse needs at least two backbones, got {len(backbones)}.")
+    configs = check_fusable(backbones)
+    config = dict(configs[0])
+    hidden_dim = sum(c["hidden_dim"] for c in configs)
+    config.update(
+        hidden_dim=hidden_dim,
+        num_heads=sum(c["num_heads"] for c in configs),
+        intermediate_dim=sum(c["intermediate_dim"] for c in configs),
+        norm_groups=(
+            [g for c in configs for g in c["norm_groups"]]
+            if norm == "grouped"
+            else [hidden_dim]
+        ),
+    )
+    return config, growth_maps.fuse_parameters([_read(b) for b in backbones])
+
+
+def self_fuse_plan(backbone, noise=1e-3, seed=None, norm="grouped"):
+    """Config and parameters of `FusionT5Backbone.self_fuse(backbone)`."""
+    _check_norm(norm)
+    _check_finite("noise", noise, minimum=0)
+    config = backbone_config(backbone)
+    groups = config["norm_groups"]
+    if norm == "global" and len(groups) > 1:
+        raise ValueError(
+            "norm='global' is exact for self fusion only when the model has one "
+            f"norm group; this one has norm_groups={groups}. Use norm='grouped'."
+        )
+    config.update(
+        hidden_dim=2 * config["hidden_dim"],
+        num_heads=2 * config["num_heads"],
+        intermediate_dim=2 * config["intermediate_dim"],
+        norm_groups=groups + groups if norm == "grouped" else [2 * config["hidden_dim"]],
+    )
+    return config, growth_maps.self_fuse_parameters(_read(backbone), noise, seed)
+
+
+def deepen_plan(backbone, num_new_layers, mode="identity"):
+    """Config and parameters of `FusionT5Backbone.deepen(backbone, ...)`."""
+    if mode not in growth_maps.DEEPEN_MODES:
+        raise ValueError(f"mode must be one of {growth_maps.DEEPEN_MODES}, got {mode!r}.")
+    _check_int("num_new_layers", num_new_layers, 1)
+    config = backbone_config(backbone)
+    config["num_layers"] += num_new_layers
+    return config, growth_maps.deepen_parameters(_read(backbone), num_new_layers, mode)
+
+
+def widen_ffn_plan(backbone, factor, noise=1e-3, seed=None):
+    """Config and parameters of `FusionT5Backbone.widen_ffn(backbone, ...)`."""
+    _check_int("factor", factor, 2)
+    _check_finite("noise", noise, minimum=0)
+    config = backbone_config(backbone)
+    config["intermediate_dim"] *= factor
+    return config, growth_maps.widen_ffn_parameters(_read(backbone), factor, noise, seed)
+
+
+def count_parameters(backbone):
+    """Number of scalar weights in a backbone."""
+    return int(sum(np.prod(v.shape) for v in backbone.weights))

@@ -1,0 +1,122 @@
+"""FusionT5Seq2SeqLM: keras-hub's T5 language model, growable."""
+
+import math
+
+import keras
+from keras_hub.models import T5Seq2SeqLM
+
+from keras_fusion import growth_maps
+from keras_fusion.models.fusion_t5_backbone import (
+    FusionT5Backbone,
+    fuse_plan,
+    self_fuse_plan,
+)
+
+
+def _check_lms(lms):
+    for i, lm in enumerate(lms):
+        if not isinstance(lm, T5Seq2SeqLM):
+            raise ValueError(
+                f"Expected keras_hub.models.T5Seq2SeqLM models; argument {i} is a "
+                f"{type(lm).__name__}."
+            )
+
+
+def _check_weights(weights, count):
+    if weights is None:
+        return [1.0 / count] * count
+    weights = list(weights)
+    if len(weights) != count:
+        raise ValueError(
+            f"weights has {len(weights)} entries but {count} models were given."
+        )
+    for w in weights:
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+            raise ValueError(f"weights must be finite numbers, got {weights}.")
+    return [float(w) for w in weights]
+
+
+@keras.saving.register_keras_serializable(package="keras_fusion")
+class FusionT5Seq2SeqLM(T5Seq2SeqLM):
+    """A T5 sequence-to-sequence LM on a `FusionT5Backbone`, growable.
+
+    Behaves as keras-hub's `T5Seq2SeqLM` (`fit`, `generate`, saving). Its
+    class methods grow a trained LM into a bigger one whose logits are known
+    exactly; the inputs are left untouched:
+        - `fuse(*lms, weights=None)`: logits = sum_i weights[i] * logits_i
+          (uniform weights by default: the ensemble average).
+        - `self_fuse(lm)`, `deepen(lm, n)`, `widen_ffn(lm, factor)`: logits
+          unchanged.
+
+    Args:
+        backbone: a `FusionT5Backbone` (or `T5Backbone`).
+        preprocessor: optional `keras_hub.models.T5Seq2SeqLMPreprocessor`.
+
+    Example:
+
+    ```python
+    def tiny(seed):
+        keras.utils.set_random_seed(seed)
+        return FusionT5Seq2SeqLM(FusionT5Backbone(
+            vocabulary_size=100, num_layers=2, num_heads=2,
+            hidden_dim=16, intermediate_dim=32, dropout=0.0))
+
+    fused = FusionT5Seq2SeqLM.fuse(tiny(0), tiny(1))  # averages the logits
+    ```
+    """
+
+    backbone_cls = FusionT5Backbone
+
+    @classmethod
+    def _from_plan(cls, lm, config, parameters, hidden_dims, weights):
+        # Rescale each source's block of the final decoder norm so that the
+        # logits come out as the weighted sum (growth_maps.output_scale).
+        parameters["decoder_norm"] = parameters["decoder_norm"] * growth_maps.output_scale(
+            hidden_dims, weights, config["tie_embedding_weights"]
+        )
+        backbone = FusionT5Backbone.from_parameters(config, parameters)
+        return cls(backbone=backbone, preprocessor=lm.preprocessor)
+
+    @classmethod
+    def fuse(cls, *lms, weights=None, norm="grouped"):
+        """Deep Fusion of language models with an exact logit ensemble.
+
+        Args:
+            *lms: two or more `T5Seq2SeqLM`s with fusable backbones (see
+                `FusionT5Backbone.fuse`).
+            weights: list of finite floats, one per model; default uniform.
+            norm: `"grouped"` (exact) or `"global"` (plain T5, approximate).
+
+        Returns:
+            A `FusionT5Seq2SeqLM` whose logits are
+            `sum_i weights[i] * logits_i`, with the first model's
+            preprocessor.
+        """
+        _check_lms(lms)
+        weights = _check_weights(weights, len(lms))
+        backbones = [lm.backbone for lm in lms]
+        config, parameters = fuse_plan(backbones, norm)
+        hidden_dims = [b.hidden_dim for b in backbones]
+        return cls._from_plan(lms[0], config, parameters, hidden_dims, weights)
+
+    @classmethod
+    def self_fuse(cls, lm, noise=1e-3, seed=None, norm="grouped"):
+        """Self fusion (see `FusionT5Backbone.self_fuse`), logits unchanged."""
+        _check_lms([lm])
+        config, parameters = self_fuse_plan(lm.backbone, noise, seed, norm)
+        d = lm.backbone.hidden_dim
+        return cls._from_plan(lm, config, parameters, [d, d], [0.5, 0.5])
+
+    @classmethod
+    def deepen(cls, lm, num_new_layers, mode="identity"):
+        """More layers (see `FusionT5Backbone.deepen`), logits unchanged."""
+        _check_lms([lm])
+        backbone = FusionT5Backbone.deepen(lm.backbone, num_new_layers, mode=mode)
+        return cls(backbone=backbone, preprocessor=lm.preprocessor)
+
+    @classmethod
+    def widen_ffn(cls, lm, factor, noise=1e-3, seed=None):
+        """Wider feed-forward blocks (see `FusionT5Backbone.widen_ffn`)."""
+        _check_lms([lm])
+        backbone = FusionT5Backbone.widen_ffn(lm.backbone, factor, noise=noise, seed=seed)
+        return cls(backbone=backbone, preprocessor=lm.preprocessor)

@@ -1,0 +1,30 @@
+"""keras_fusion: Deep Fusion and other growth operators for keras-hub T5."""
+
+from setuptools import find_packages, setup
+
+# Versions that resolve together (shared/DESIGN.md section 2). GrowthCallback
+# relies on private Keras attributes, so Keras is pinned exactly.
+INSTALL_REQUIRES = [
+    "tensorflow==2.21.0",
+    "keras==3.15.1",
+    "keras-hub==0.32.0",
+    "tensorflow-text==2.21.1",
+    "tensorflow-datasets==4.9.10",
+    "importlib-resources==7.1.0",  # used by tensorflow-datasets, undeclared
+    "absl-py==2.5.1",
+    "sentencepiece==0.2.3",
+    "matplotlib==3.11.2",
+]
+
+setup(
+    name="keras_fusion",
+    version="0.1.0",
+    description="Grow T5 models during training: Deep Fusion for Keras and keras-hub.",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["keras_fusion", "keras_fusion.*"]),
+    python_requires=">=3.10,<3.13",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": ["pytest==9.2.0", "hypothesis==6.170.15"]},
+    license="Apache-2.0",
+)

@@ -1,0 +1,136 @@
+"""FusionT5Block against keras-hub's T5TransformerLayer."""
+
+import numpy as np
+import pytest
+from keras_hub.src.models.t5.t5_transformer_layer import T5TransformerLayer
+
+from keras_fusion import growth_maps
+from keras_fusion.layers import FusionT5Block
+from keras_fusion.layers.fusion_t5_block import block_variables
+from keras_fusion.models import relative_error
+from t5_test_utils import TOLERANCE
+
+RNG = np.random.default_rng(0)
+
+
+def t5_layer(hidden_dim, num_heads, ff, is_decoder, gated=True, bias=True, activation="relu", cls=T5TransformerLayer):
+    layer = cls(
+        is_decoder=is_decoder, hidden_dim=hidden_dim, intermediate_dim=ff, key_value_dim=4,
+        dropout=0.0, activation=activation, layer_norm_epsilon=1e-6, num_heads=num_heads,
+        use_gated_activation=gated, use_relative_attention_bias=bias,
+    )
+    run(layer, hidden_dim)
+    for v in layer.weights:  # random norm scales, not ones
+        if v.path.endswith("weight"):
+            v.assign(RNG.uniform(0.5, 1.5, v.shape).astype("float32"))
+    return layer
+
+
+def features(width, seed, length=6):
+    return np.random.default_rng(seed).normal(size=(2, length, width)).astype("float32")
+
+
+def run(layer, width, x=None, encoder=None):
+    x = features(width, 1) if x is None else x
+    mask = np.ones((2, 1, x.shape[1]), "int32")
+    mask[0, :, -2:] = 0
+    if layer.is_decoder:
+        encoder = features(width, 2) if encoder is None else encoder
+        out, _ = layer(x, attention_mask=mask, encoder_hidden_states=encoder,
+                       encoder_attention_mask=mask, use_causal_mask=True)
+    else:
+        out, _ = layer(x, attention_mask=mask)
+    return np.asarray(out)
+
+
+@pytest.mark.parametrize("is_decoder", [False, True])
+def test_one_group_block_equals_t5_layer(is_decoder):
+    plain = t5_layer(8, 2, 16, is_decoder)
+    ours = t5_layer(8, 2, 16, is_decoder, cls=FusionT5Block)
+    growth_maps.assign(block_variables(ours), growth_maps.read(block_variables(plain)))
+    np.testing.assert_array_equal(run(ours, 8), run(plain, 8))
+
+
+@pytest.mark.parametrize(
+    "is_decoder,gated,activation",
+    [(False, True, "relu"), (True, True, "gelu"), (True, False, "relu"), (False, False, "gelu")],
+)
+def test_fuse_is_the_concatenation_of_the_blocks(is_decoder, gated, activation):
+    a = t5_layer(8, 2, 16, is_decoder, gated, activation=activation)
+    b = t5_layer(12, 3, 20, is_decoder, gated, activation=activation)
+    fused = FusionT5Block.fuse(a, b)
+    assert fused.norm_groups == [8, 12] and fused.num_heads == 5
+    xa, xb, ea, eb = features(8, 3), features(12, 4), features(8, 5), features(12, 6)
+    out = run(fused, 20, np.concatenate([xa, xb], -1), np.concatenate([ea, eb], -1))
+    ref = np.concatenate([run(a, 8, xa, ea), run(b, 12, xb, eb)], -1)
+    assert relative_error(out, ref) <= TOLERANCE
+
+
+def test_fuse_of_fused_blocks_accumulates_groups():
+    a, b, c = (t5_layer(d, h, 2 * d, True) for d, h in [(8, 2), (4, 1), (12, 3)])
+    ab = FusionT5Block.fuse(a, b)
+    abc = FusionT5Block.fuse(ab, c)
+    assert abc.norm_groups == [8, 4, 12]
+    xs = [features(d, 10 + d) for d in (8, 4, 12)]
+    es = [features(d, 20 + d) for d in (8, 4, 12)]
+    out = run(abc, 24, np.concatenate(xs, -1), np.concatenate(es, -1))
+    ref = np.concatenate([run(m, d, x, e) for m, d, x, e in zip((a, b, c), (8, 4, 12), xs, es)], -1)
+    assert relative_error(out, ref) <= TOLERANCE
+
+
+@pytest.mark.parametrize("is_decoder", [False, True])
+def test_deepen_is_an_exact_identity(is_decoder):
+    block = t5_layer(8, 2, 16, is_decoder)
+    new = FusionT5Block.deepen(block)
+    x = features(8, 7)
+    mask = np.ones((2, 1, 6), "int32")
+    bias = np.random.default_rng(3).normal(size=(1, 2, 6, 6)).astype("float32")
+    kwargs = dict(position_bias=bias)
+    if is_decoder:
+        kwargs.update(encoder_hidden_states=features(8, 8), encoder_attention_mask=mask, use_causal_mask=True)
+    out, _ = new(x, **kwargs)
+    np.testing.assert_array_equal(np.asarray(out), x)
+    assert not new.use_relative_attention_bias
+
+
+def test_inputs_are_not_modified():
+    a, b = t5_layer(8, 2, 16, True), t5_layer(4, 1, 8, True)
+    before = [np.array(v.numpy()) for v in a.weights + b.weights]
+    FusionT5Block.deepen(FusionT5Block.fuse(a, b))
+    for v, w in zip(a.weights + b.weights, before):
+        np.testing.assert_array_equal(v.numpy(), w)
+
+
+def test_config_round_trip():
+    fused = FusionT5Block.fuse(t5_layer(8, 2, 16, True), t5_layer(4, 1, 8, True))
+    restored = FusionT5Block.from_config(fused.get_config())
+    assert restored.get_config() == fused.get_config()
+    assert restored.norm_groups == [8, 4]
+
+
+@pytest.mark.parametrize(
+    "other,field",
+    [
+        (dict(is_decoder=True), "is_decoder"),
+        (dict(gated=False), "use_gated_activation"),
+        (dict(activation="gelu"), "activation"),
+        (dict(bias=False), "use_relative_attention_bias"),
+    ],
+)
+def test_fuse_rejects_incompatible_blocks(other, field):
+    base = dict(is_decoder=False, gated=True, activation="relu", bias=True)
+    a = t5_layer(8, 2, 16, **base)
+    b = t5_layer(8, 2, 16, **{**base, **other})
+    with pytest.raises(ValueError, match=f"{field} differs: .* vs "):
+        FusionT5Block.fuse(a, b)
+
+
+def test_fuse_needs_two_built_blocks():
+    a = t5_layer(8, 2, 16, False)
+    with pytest.raises(ValueError, match="at least two"):
+        FusionT5Block.fuse(a)
+    unbuilt = T5TransformerLayer(is_decoder=False, hidden_dim=8, intermediate_dim=16, key_value_dim=4,
+                                 dropout=0.0, activation="relu", layer_norm_epsilon=1e-6, num_heads=2,
+                                 use_gated_activation=True, use_relative_attention_bias=True)
+    with pytest.raises(ValueError, match="not built"):
+        FusionT5Block.fuse(a, unbuilt)

@@ -1,0 +1,115 @@
+"""The T5 parameter-tree operators, on hand-made trees (no Keras model)."""
+
+import numpy as np
+import pytest
+
+from keras_fusion import growth_maps
+
+RNG = np.random.default_rng(0)
+
+
+def rand(*shape):
+    return RNG.normal(size=shape).astype(np.float32)
+
+
+def attention(d, heads, k=4, bias=False):
+    tree = {"query": rand(d, heads * k), "key": rand(d, heads * k),
+            "value": rand(d, heads * k), "output": rand(heads * k, d)}
+    if bias:
+        tree["relative_bias"] = rand(32, heads)
+    return tree
+
+
+def block(d, heads, f, decoder=False, bias=False):
+    tree = {"self_attention": attention(d, heads, bias=bias), "self_attention_norm": rand(d),
+            "ffn_input": rand(d, f), "ffn_gate": rand(d, f), "ffn_output": rand(f, d),
+            "ffn_norm": rand(d)}
+    if decoder:
+        tree["cross_attention"] = attention(d, heads)
+        tree["cross_attention_norm"] = rand(d)
+    return tree
+
+
+def backbone(d, heads, f, vocab=11, layers=2, tied=True):
+    tree = {
+        "token_embedding": rand(vocab, d),
+        "encoder_layers": [block(d, heads, f, bias=i == 0) for i in range(layers)],
+        "decoder_layers": [block(d, heads, f, True, bias=i == 0) for i in range(layers)],
+        "encoder_norm": rand(d), "decoder_norm": rand(d),
+    }
+    if not tied:
+        tree["reverse_embedding"] = rand(d, vocab)
+    return tree
+
+
+def test_fuse_parameters_places_each_leaf():
+    a, b = backbone(8, 2, 12, tied=False), backbone(4, 1, 6, tied=False)
+    fused = growth_maps.fuse_parameters([a, b])
+    layer = fused["decoder_layers"][0]
+    assert layer["self_attention"]["query"].shape == (12, 12)
+    np.testing.assert_array_equal(layer["self_attention"]["query"][8:, 8:], b["decoder_layers"][0]["self_attention"]["query"])
+    assert not layer["self_attention"]["query"][:8, 8:].any()
+    np.testing.assert_array_equal(layer["self_attention"]["relative_bias"][:, 2:], b["decoder_layers"][0]["self_attention"]["relative_bias"])
+    assert "relative_bias" not in fused["decoder_layers"][1]["self_attention"]
+    assert fused["token_embedding"].shape == (11, 12)
+    assert fused["reverse_embedding"].shape == (12, 11)
+    np.testing.assert_array_equal(fused["encoder_norm"][8:], b["encoder_norm"])
+
+
+def test_fuse_parameters_rejects_different_structures():
+    with pytest.raises(ValueError, match="encoder_layers have different lengths"):
+        growth_maps.fuse_parameters([backbone(4, 1, 4, layers=2), backbone(4, 1, 4, layers=3)])
+    with pytest.raises(ValueError, match="Parameter trees differ"):
+        growth_maps.fuse_parameters([backbone(4, 1, 4, tied=False), backbone(4, 1, 4)])
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_output_scale_turns_fused_logits_into_the_weighted_sum(tied):
+    dims, weights, vocab = [8, 4, 12], [0.2, 0.5, 0.3], 9
+    ys = [rand(5, d) for d in dims]
+    tables = [rand(vocab, d) for d in dims]
+
+    def logits(y, table, d):  # keras-hub T5Seq2SeqLM._logits
+        return (y * d**-0.5) @ table.T if tied else y @ table.T
+
+    expected = sum(w * logits(y, t, d) for w, y, t, d in zip(weights, ys, tables, dims))
+    scale = growth_maps.output_scale(dims, weights, tied)
+    fused = logits(np.concatenate(ys, 1) * scale, np.concatenate(tables, 1), sum(dims))
+    np.testing.assert_allclose(fused, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_identity_block_zeroes_outputs_and_leaves_input_alone():
+    b = block(8, 2, 12, decoder=True, bias=True)
+    before = growth_maps.read_only_copy(b)
+    new = growth_maps.identity_block(b)
+    for name in ("self_attention", "cross_attention"):
+        assert not new[name]["output"].any()
+        np.testing.assert_array_equal(new[name]["query"], b[name]["query"])
+    assert not new["ffn_output"].any()
+    assert "relative_bias" not in new["self_attention"]
+    growth_maps.map_leaves(lambda n, l: np.testing.assert_array_equal(l[0], l[1]), [b, before])
+
+
+@pytest.mark.parametrize("mode", ["identity", "stack"])
+def test_deepen_parameters_appends_layers(mode):
+    tree = backbone(8, 2, 12, layers=2)
+    deep = growth_maps.deepen_parameters(tree, 3, mode)
+    assert len(deep["encoder_layers"]) == 5 and len(deep["decoder_layers"]) == 5
+    assert len(tree["encoder_layers"]) == 2
+    new = deep["decoder_layers"][2]
+    assert "relative_bias" not in new["self_attention"]
+    if mode == "identity":
+        assert not new["ffn_output"].any()
+    else:  # copies of layers 0, 1, 0
+        np.testing.assert_array_equal(new["ffn_output"], tree["decoder_layers"][0]["ffn_output"])
+        np.testing.assert_array_equal(deep["decoder_layers"][4]["ffn_output"], tree["decoder_layers"][0]["ffn_output"])
+
+
+def test_deepen_parameters_rejects_unknown_mode():
+    with pytest.raises(ValueError, match="mode must be one of .*'interleave'"):
+        growth_maps.deepen_parameters(backbone(4, 1, 4), 1, "interleave")
+
+
+def test_check_same_names_field_and_values():
+    with pytest.raises(ValueError, match="vocabulary_size differs: 1000 vs 2000"):
+        growth_maps.check_same([{"vocabulary_size": 1000}, {"vocabulary_size": 2000}], ["vocabulary_size"])
