@@ -25,6 +25,9 @@ setup(
     packages=find_packages(include=["keras_fusion", "keras_fusion.*"]),
     python_requires=">=3.10,<3.13",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest==9.2.0", "hypothesis==6.170.15"]},
+    extras_require={
+        # grain: imported by keras-hub's own TestCase, whose backbone checks we run.
+        "test": ["pytest==9.2.0", "hypothesis==6.170.15", "grain==0.2.18"]
+    },
     license="Apache-2.0",
 )
