@@ -7,9 +7,18 @@ fused = FusionT5Seq2SeqLM.fuse(lm_a, lm_b)  # logits = (logits_a + logits_b) / 2
 """
 
 import os
+import warnings
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# keras-hub's own T5 wiring triggers this on every model build (T5Backbone
+# too); it is harmless there, and would bury ours.
+warnings.filterwarnings(
+    "ignore",
+    message=r"Layer '(self|cross)_attention' \(of type T5MultiHeadAttention\) was "
+    "passed an input with a mask",
+    category=UserWarning,
+)
 
 from keras_fusion import growth_maps, weight_maps  # noqa: E402
 from keras_fusion.layers import FusionT5Block, GroupedRMSNorm  # noqa: E402

@@ -44,7 +44,7 @@ FFN_IN = frozenset(("ffn_input", "ffn_gate"))
 
 def read(tree):
     """Copy a tree of Keras variables into a tree of NumPy arrays."""
-    return keras.tree.map_structure(lambda v: np.array(keras.ops.convert_to_numpy(v)), tree)
+    return keras.tree.map_structure(lambda v: np.array(v.numpy()), tree)
 
 
 def assign(variables, arrays):
