@@ -14,6 +14,7 @@ INSTALL_REQUIRES = [
     "absl-py==2.5.1",
     "sentencepiece==0.2.3",
     "matplotlib==3.11.2",
+    "tensorboard==2.21.0",  # tf.summary needs it; TensorFlow does not install it
 ]
 
 setup(

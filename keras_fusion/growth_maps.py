@@ -104,16 +104,44 @@ def check_same(configs, fields):
                 )
 
 
-def fuse_parameters(trees):
+# What a tree holds. Weights are mapped so that the function is preserved.
+# Optimizer moments are mapped like the gradient of the mapped weights at the
+# moment of growth: a first moment (Adam's m) scales like the gradient, a
+# second moment (Adam's v, Adafactor's factored statistics) like its square;
+# entries that are new get a zero first moment and a second moment of the
+# typical size of their source, so that their first update is not outsized.
+WEIGHT = "weight"
+FIRST_MOMENT = "first_moment"
+SECOND_MOMENT = "second_moment"
+ROLES = (WEIGHT, FIRST_MOMENT, SECOND_MOMENT)
+
+
+def _check_role(role):
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}.")
+
+
+def _gradient_scale(role, scale):
+    """How a moment scales when the gradient scales by `scale`."""
+    return {WEIGHT: 1.0, FIRST_MOMENT: scale, SECOND_MOMENT: scale**2}[role]
+
+
+def fuse_parameters(trees, role=WEIGHT):
     """Deep Fusion of n trees: block-diagonal kernels, concatenated features.
 
     The result computes, on `[x_1; ...; x_n]`, the concatenation of what
     each tree computes on its own `x_i` (given per-source norm groups).
+    Off-diagonal blocks are zero, except for second moments, which get the
+    mean of the source blocks there.
     """
+    _check_role(role)
 
     def fuse_leaf(name, leaves):
         if name in KERNELS:
-            return weight_maps.block_diagonal(leaves)
+            fill = 0.0
+            if role == SECOND_MOMENT:
+                fill = float(np.mean(np.concatenate([np.ravel(x) for x in leaves])))
+            return weight_maps.block_diagonal(leaves, fill)
         if name in ROW_LEAVES:
             return weight_maps.concat_rows(leaves)
         return weight_maps.concat_features(leaves)
@@ -121,35 +149,44 @@ def fuse_parameters(trees):
     return map_leaves(fuse_leaf, trees)
 
 
-def self_fuse_parameters(tree, noise=0.0, seed=None):
+def self_fuse_parameters(tree, noise=0.0, seed=None, role=WEIGHT):
     """Self fusion: twice the width and heads, duplicated function.
 
     Kernels use `weight_maps.duplicate_kernel`, whose cancelling noise breaks
-    the symmetry between the halves without changing the function.
+    the symmetry between the halves without changing the function. Every
+    duplicated entry feeds the next layer through half the weight, so its
+    gradient is half the original one: moments are duplicated and scaled
+    accordingly (m / 2, v / 4).
     """
+    _check_role(role)
     rng = np.random.default_rng(seed)
+    scale = _gradient_scale(role, 0.5)
 
     def self_fuse_leaf(name, leaves):
         (leaf,) = leaves
-        if name in KERNELS:
+        if role == WEIGHT and name in KERNELS:
             return weight_maps.duplicate_kernel(leaf, noise, rng)
+        if name in KERNELS:
+            return np.tile(leaf, (2, 2)) * scale
         if name in ROW_LEAVES:
-            return weight_maps.duplicate_rows(leaf)
-        return weight_maps.duplicate_features(leaf)
+            return weight_maps.duplicate_rows(leaf) * scale
+        return weight_maps.duplicate_features(leaf) * scale
 
     return map_leaves(self_fuse_leaf, [tree])
 
 
-def identity_block(block):
+def identity_block(block, role=WEIGHT):
     """A copy of `block` whose residual branches all output zero.
 
     The relative-attention bias is dropped: a new layer follows layer 0,
-    which owns it.
+    which owns it. For optimizer state the new block starts with a zero
+    first moment and the copied block's second moment.
     """
+    _check_role(role)
 
     def identity_leaf(name, leaves):
         (leaf,) = leaves
-        if name in OUTPUT_PROJECTIONS:
+        if role == FIRST_MOMENT or (role == WEIGHT and name in OUTPUT_PROJECTIONS):
             return weight_maps.zeros_like(leaf)
         return np.array(leaf)
 
@@ -168,7 +205,7 @@ def _without_relative_bias(block):
 DEEPEN_MODES = ("identity", "stack")
 
 
-def deepen_parameters(tree, num_new_layers, mode="identity"):
+def deepen_parameters(tree, num_new_layers, mode="identity", role=WEIGHT):
     """Append `num_new_layers` layers to both the encoder and the decoder.
 
     Modes:
@@ -180,35 +217,45 @@ def deepen_parameters(tree, num_new_layers, mode="identity"):
     """
     if mode not in DEEPEN_MODES:
         raise ValueError(f"mode must be one of {DEEPEN_MODES}, got {mode!r}.")
+    _check_role(role)
     tree = read_only_copy(tree)
     for stack in ("encoder_layers", "decoder_layers"):
         layers = tree[stack]
         if mode == "identity":
-            new = [identity_block(layers[-1]) for _ in range(num_new_layers)]
+            new = [identity_block(layers[-1], role) for _ in range(num_new_layers)]
         else:
             new = [
-                _without_relative_bias(read_only_copy(layers[i % len(layers)]))
+                _without_relative_bias(
+                    identity_block(layers[i % len(layers)], FIRST_MOMENT)
+                    if role == FIRST_MOMENT
+                    else read_only_copy(layers[i % len(layers)])
+                )
                 for i in range(num_new_layers)
             ]
         tree[stack] = layers + new
     return tree
 
 
-def widen_ffn_parameters(tree, factor, noise=0.0, seed=None):
+def widen_ffn_parameters(tree, factor, noise=0.0, seed=None, role=WEIGHT):
     """Every feed-forward hidden unit copied `factor` times, same function.
 
     `ffn_input`/`ffn_gate` columns are tiled; `ffn_output` rows are split
     `1/factor` each, plus noise that cancels across the copies so that they
-    do not stay identical under training.
+    do not stay identical under training. Moments: a tiled column feeds the
+    output through `1/factor` of the weight, so its gradient is `1/factor`
+    of the original; a split row sees the original gradient.
     """
+    _check_role(role)
     rng = np.random.default_rng(seed)
 
     def widen_leaf(name, leaves):
         (leaf,) = leaves
         if name in FFN_IN:
-            return weight_maps.tile_columns(leaf, factor)
+            return weight_maps.tile_columns(leaf, factor) * _gradient_scale(role, 1 / factor)
         if name == "ffn_output":
-            return weight_maps.split_rows(leaf, factor, noise, rng)
+            if role == WEIGHT:
+                return weight_maps.split_rows(leaf, factor, noise, rng)
+            return weight_maps.duplicate_rows(leaf, factor)
         return np.array(leaf)
 
     return map_leaves(widen_leaf, [tree])

@@ -21,7 +21,7 @@ w = weight_maps.block_diagonal([a, b])  # (6, 8), zeros off the diagonal.
 import numpy as np
 
 
-def block_diagonal(kernels):
+def block_diagonal(kernels, fill=0.0):
     """Place Dense kernels on the diagonal of one larger kernel.
 
     With input `[x_1; ...; x_n]` the result computes `[x_1 W_1; ...; x_n W_n]`:
@@ -29,9 +29,11 @@ def block_diagonal(kernels):
 
     Args:
         kernels: list of 2D arrays `(in_i, out_i)`.
+        fill: value off the diagonal blocks: 0 for weights (exactness) and
+            first moments; a typical magnitude for second moments.
 
     Returns:
-        An array `(sum(in_i), sum(out_i))`, zero off the diagonal blocks.
+        An array `(sum(in_i), sum(out_i))`, `fill` off the diagonal blocks.
     """
     kernels = [np.asarray(k) for k in kernels]
     for k in kernels:
@@ -39,7 +41,8 @@ def block_diagonal(kernels):
             raise ValueError(f"block_diagonal expects 2D kernels, got shape {k.shape}.")
     rows = sum(k.shape[0] for k in kernels)
     cols = sum(k.shape[1] for k in kernels)
-    out = np.zeros((rows, cols), dtype=np.result_type(*kernels))
+    dtype = np.result_type(*kernels)
+    out = np.zeros((rows, cols), dtype) if fill == 0 else np.full((rows, cols), fill, dtype)
     r = c = 0
     for k in kernels:
         out[r : r + k.shape[0], c : c + k.shape[1]] = k

@@ -74,3 +74,20 @@ def assert_unchanged(model, before):
     for (path, a), (_, b) in zip(after, before):
         np.testing.assert_array_equal(a, b, err_msg=f"{path} was modified")
 
+
+
+def random_labels(batch_size=3, length=9, seed=0):
+    return np.random.default_rng(seed).integers(0, VOCABULARY_SIZE, (batch_size, length)).astype("int32")
+
+
+def growing_lm(optimizer=None, seed=0, **backbone_kwargs):
+    """A compiled GrowingT5Seq2SeqLM on a tiny random T5 (dropout off)."""
+    from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM, GrowingT5Seq2SeqLM
+
+    lm = FusionT5Seq2SeqLM(random_backbone(seed=seed, cls=FusionT5Backbone, **backbone_kwargs))
+    model = GrowingT5Seq2SeqLM(lm)
+    model.compile(
+        optimizer=optimizer or keras.optimizers.Adam(1e-2),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model

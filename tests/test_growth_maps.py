@@ -113,3 +113,47 @@ def test_deepen_parameters_rejects_unknown_mode():
 def test_check_same_names_field_and_values():
     with pytest.raises(ValueError, match="vocabulary_size differs: 1000 vs 2000"):
         growth_maps.check_same([{"vocabulary_size": 1000}, {"vocabulary_size": 2000}], ["vocabulary_size"])
+
+
+# Optimizer moments follow the gradient of the mapped weights.
+
+
+def test_fuse_moments_zero_first_and_typical_second_off_the_diagonal():
+    a, b = backbone(8, 2, 12), backbone(4, 1, 6)
+    v_a, v_b = (growth_maps.map_leaves(lambda n, l: np.abs(l[0]), [t]) for t in (a, b))
+    m = growth_maps.fuse_parameters([a, b], role=growth_maps.FIRST_MOMENT)
+    v = growth_maps.fuse_parameters([v_a, v_b], role=growth_maps.SECOND_MOMENT)
+    kernel_m, kernel_v = m["encoder_layers"][0]["ffn_input"], v["encoder_layers"][0]["ffn_input"]
+    assert not kernel_m[:8, 12:].any()
+    np.testing.assert_array_equal(kernel_v[:8, :12], v_a["encoder_layers"][0]["ffn_input"])
+    sources = [v_a["encoder_layers"][0]["ffn_input"], v_b["encoder_layers"][0]["ffn_input"]]
+    typical = np.mean(np.concatenate([s.ravel() for s in sources]))
+    np.testing.assert_allclose(kernel_v[:8, 12:], typical, rtol=1e-6)
+    assert typical > 0
+
+
+def test_self_fuse_moments_halve_like_the_gradient():
+    tree = backbone(8, 2, 12)
+    m = growth_maps.self_fuse_parameters(tree, role=growth_maps.FIRST_MOMENT)
+    v = growth_maps.self_fuse_parameters(tree, role=growth_maps.SECOND_MOMENT)
+    q = tree["decoder_layers"][0]["cross_attention"]["query"]
+    for block in (np.s_[:8, :8], np.s_[8:, 8:], np.s_[:8, 8:]):
+        np.testing.assert_allclose(m["decoder_layers"][0]["cross_attention"]["query"][block], q / 2)
+        np.testing.assert_allclose(v["decoder_layers"][0]["cross_attention"]["query"][block], q / 4)
+    np.testing.assert_allclose(m["token_embedding"], np.concatenate([tree["token_embedding"]] * 2, 1) / 2)
+
+
+def test_widen_and_deepen_moments():
+    tree = backbone(8, 2, 12)
+    m = growth_maps.widen_ffn_parameters(tree, 3, role=growth_maps.FIRST_MOMENT)
+    v = growth_maps.widen_ffn_parameters(tree, 3, role=growth_maps.SECOND_MOMENT)
+    layer = tree["encoder_layers"][1]
+    np.testing.assert_allclose(m["encoder_layers"][1]["ffn_input"][:, 12:24], layer["ffn_input"] / 3, rtol=1e-6)
+    np.testing.assert_allclose(v["encoder_layers"][1]["ffn_input"][:, 24:], layer["ffn_input"] / 9, rtol=1e-6)
+    np.testing.assert_array_equal(m["encoder_layers"][1]["ffn_output"][12:24], layer["ffn_output"])
+    deep_m = growth_maps.deepen_parameters(tree, 1, role=growth_maps.FIRST_MOMENT)
+    deep_v = growth_maps.deepen_parameters(tree, 1, role=growth_maps.SECOND_MOMENT)
+    assert not deep_m["decoder_layers"][2]["ffn_input"].any()
+    np.testing.assert_array_equal(deep_v["decoder_layers"][2]["ffn_output"], tree["decoder_layers"][1]["ffn_output"])
+    with pytest.raises(ValueError, match="role must be one of"):
+        growth_maps.fuse_parameters([tree, tree], role="gradient")

@@ -3,5 +3,12 @@
 from keras_fusion.models.function_error import function_error, relative_error
 from keras_fusion.models.fusion_t5_backbone import FusionT5Backbone
 from keras_fusion.models.fusion_t5_seq2seq_lm import FusionT5Seq2SeqLM
+from keras_fusion.models.growing_t5_seq2seq_lm import GrowingT5Seq2SeqLM
 
-__all__ = ["FusionT5Backbone", "FusionT5Seq2SeqLM", "function_error", "relative_error"]
+__all__ = [
+    "FusionT5Backbone",
+    "FusionT5Seq2SeqLM",
+    "GrowingT5Seq2SeqLM",
+    "function_error",
+    "relative_error",
+]

@@ -1,0 +1,225 @@
+"""Callbacks: grow the model inside `model.fit`, checkpoint it across growth."""
+
+import json
+import os
+import time
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from keras_fusion import growth, optimizer_state
+from keras_fusion.models.fusion_t5_backbone import backbone_config, backbone_variables, count_parameters
+from keras_fusion.models.growing_t5_seq2seq_lm import GrowingT5Seq2SeqLM
+
+
+class GrowthCallback(keras.callbacks.Callback):
+    """Grows a `GrowingT5Seq2SeqLM` at scheduled optimizer steps during fit.
+
+    At each entry's step (global `optimizer.iterations`, so a schedule means
+    the same after a resume) the callback, between two training steps and
+    inside the model's distribution strategy scope: grows the inner model,
+    builds a new optimizer of the same class and config on the grown
+    variables with `iterations` and every slot carried across
+    (`keras_fusion.optimizer_state`), swaps both into the model, and resets
+    the compiled train/test/predict functions. Training goes on with no
+    restart; metrics and the step counter are not reset.
+
+    The whole schedule is checked when training begins, before any step:
+    partners must be fusable, the optimizer supported, and the parameter
+    count within `max_parameters`.
+
+    Args:
+        schedule: a list of `keras_fusion.growth` entries, or a schedule
+            string (`"self_fuse@1000,deepen@3000:layers=2"`).
+        max_parameters: optional int; a schedule that would grow the model
+            past it is rejected before training.
+        log_dir: optional directory for TensorBoard summaries of growth
+            events (`growth/num_parameters`, a text summary per event).
+        verbose: 0 silent, 1 one line per growth event.
+
+    Each event is logged, appended to `events` (a list of dicts: step,
+    entry, parameters before/after, seconds), written to TensorBoard when
+    `log_dir` is set, and reported in the epoch logs as `num_parameters`
+    (so `History` records the size per epoch).
+
+    Example:
+
+    ```python
+    model.fit(data, epochs=10, callbacks=[GrowthCallback("deepen@500:layers=2")])
+    ```
+    """
+
+    def __init__(self, schedule, max_parameters=None, log_dir=None, verbose=1):
+        super().__init__()
+        self.schedule = growth.validate_schedule(schedule)
+        self.max_parameters = max_parameters
+        self.log_dir = log_dir
+        self.verbose = verbose
+        self.events = []
+        self._pending = []
+        self._writer = None
+
+    def on_train_begin(self, logs=None):
+        model = self.model
+        if not isinstance(model, GrowingT5Seq2SeqLM):
+            raise ValueError(
+                "GrowthCallback grows a keras_fusion.models.GrowingT5Seq2SeqLM; "
+                f"the model being fit is a {type(model).__name__}. Wrap it: "
+                "GrowingT5Seq2SeqLM(lm)."
+            )
+        optimizer_state.check_supported(model.optimizer)
+        step = int(model.optimizer.iterations.numpy())
+        applied = set(model.growth_history)
+        self._pending = [e for e in self.schedule if e.describe() not in applied]
+        for entry in self._pending:
+            if entry.at_step <= step:
+                raise ValueError(
+                    f"{entry.describe()}: step {entry.at_step} has passed (the optimizer "
+                    f"is at step {step}) and the entry was never applied."
+                )
+        growth.plan_schedule(self._pending, backbone_config(model.backbone), self.max_parameters)
+        if self.log_dir and self._writer is None:
+            self._writer = tf.summary.create_file_writer(self.log_dir)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not self._pending:
+            return
+        step = int(self.model.optimizer.iterations.numpy())
+        while self._pending and self._pending[0].at_step <= step:
+            self.grow(self._pending.pop(0), step)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["num_parameters"] = count_parameters(self.model.backbone)
+
+    def grow(self, entry, step):
+        """Apply one entry now (called by the callback at its step)."""
+        model = self.model
+        start = time.perf_counter()
+        before = count_parameters(model.backbone)
+        with model.distribute_strategy.scope():
+            old_lm, old_optimizer = model.lm, model.optimizer
+            slots = optimizer_state.read_slots(old_optimizer, backbone_variables(old_lm.backbone))
+            grown, map_tree = entry.grow(old_lm)
+            mapped = optimizer_state.map_slots(slots, map_tree)
+            optimizer = optimizer_state.rebuild(
+                old_optimizer, grown.trainable_variables, backbone_variables(grown.backbone), mapped
+            )
+            model.replace_lm(grown, optimizer)
+        model.growth_history.append(entry.describe())
+        event = {
+            "step": step,
+            "entry": entry.describe(),
+            "parameters_before": before,
+            "parameters_after": count_parameters(model.backbone),
+            "seconds": round(time.perf_counter() - start, 3),
+        }
+        self.events.append(event)
+        if self.verbose:
+            message = (
+                f"Growth at step {step}: {event['entry']}, parameters "
+                f"{before:,} -> {event['parameters_after']:,} ({event['seconds']:.2f} s)"
+            )
+            logging.info(message)
+            print(message, flush=True)
+        if self._writer is not None:
+            with self._writer.as_default(step=step):
+                tf.summary.scalar("growth/num_parameters", event["parameters_after"])
+                tf.summary.text("growth/event", event["entry"])
+            self._writer.flush()
+
+
+CHECKPOINT_INDEX = "checkpoint.json"
+
+
+class GrowthCheckpoint(keras.callbacks.Callback):
+    """Saves the growing model whole, atomically, so a killed run resumes.
+
+    Keras' `BackupAndRestore` and `ModelCheckpoint(save_weights_only=True)`
+    restore weights into the model the script builds, which after a growth
+    has the wrong shapes. This callback saves the whole
+    `GrowingT5Seq2SeqLM` as `.keras` (architecture, weights, optimizer state
+    with `iterations`, and the growth history, so applied growths are not
+    applied again) at the end of every epoch. Each file is written to a
+    temporary name and renamed, and the index `checkpoint.json` likewise, so
+    a crash mid-save leaves the previous checkpoint intact.
+
+    Resume with `restore_latest(directory)` and
+    `fit(..., initial_epoch=checkpoint_epoch(directory))`.
+
+    Args:
+        directory: where checkpoints go (created if missing).
+        keep: how many recent checkpoints to keep (>= 1).
+
+    Example:
+
+    ```python
+    model = restore_latest(ckpt_dir) or build_model()
+    model.fit(data, epochs=10, steps_per_epoch=100,
+              initial_epoch=checkpoint_epoch(ckpt_dir),
+              callbacks=[GrowthCallback(schedule), GrowthCheckpoint(ckpt_dir)])
+    ```
+    """
+
+    def __init__(self, directory, keep=2):
+        super().__init__()
+        if not isinstance(keep, int) or keep < 1:
+            raise ValueError(f"keep must be an int >= 1, got {keep!r}.")
+        self.directory = directory
+        self.keep = keep
+
+    def on_epoch_end(self, epoch, logs=None):
+        os.makedirs(self.directory, exist_ok=True)
+        step = int(self.model.optimizer.iterations.numpy())
+        name = f"ckpt-{step:09d}.keras"
+        temporary = os.path.join(self.directory, f".partial-{name}")
+        self.model.save(temporary)
+        os.replace(temporary, os.path.join(self.directory, name))
+        index = _read_index(self.directory)
+        kept = [c for c in index.get("checkpoints", []) if c["file"] != name]
+        kept.append({"file": name, "step": step, "epoch": epoch + 1})
+        for old in kept[: -self.keep]:
+            try:
+                os.remove(os.path.join(self.directory, old["file"]))
+            except FileNotFoundError:
+                pass
+        _write_json(os.path.join(self.directory, CHECKPOINT_INDEX), {"checkpoints": kept[-self.keep :]})
+
+
+def _write_json(path, value):
+    temporary = path + ".partial"
+    with open(temporary, "w") as f:
+        json.dump(value, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+
+
+def _read_index(directory):
+    path = os.path.join(directory, CHECKPOINT_INDEX)
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def restore_latest(directory):
+    """The newest loadable checkpoint in `directory`, or None if there is none.
+
+    A checkpoint that fails to load (truncated, corrupt) is skipped with a
+    warning and the previous one is tried.
+    """
+    for entry in reversed(_read_index(directory).get("checkpoints", [])):
+        path = os.path.join(directory, entry["file"])
+        try:
+            return keras.saving.load_model(path)
+        except Exception as error:  # a damaged file: fall back to an older one
+            logging.warning("Skipping checkpoint %s: %s", path, error)
+    return None
+
+
+def checkpoint_epoch(directory):
+    """The epoch count of the newest checkpoint (0 when there is none)."""
+    checkpoints = _read_index(directory).get("checkpoints", [])
+    return checkpoints[-1]["epoch"] if checkpoints else 0

@@ -1,0 +1,381 @@
+"""Growth schedules: what to grow, and at which optimizer step.
+
+A schedule is a list of entries, each naming a growth operator and the
+global optimizer step (`optimizer.iterations`) after which it applies, so a
+schedule means the same thing after a resume:
+
+```python
+from keras_fusion.growth import Deepen, SelfFuse, parse_schedule
+
+schedule = [SelfFuse(at_step=1000), Deepen(at_step=3000, num_new_layers=2)]
+schedule = parse_schedule("self_fuse@1000,deepen@3000:layers=2")  # the same
+```
+
+String form, for command-line flags: entries separated by commas, each
+`operator@step` followed by `:key=value` options:
+
+| operator | options (default) |
+|---|---|
+| `fuse` | `partner=PATH` (required: a `.keras` T5 LM), `weight=W` (0.5: the partner gets 1 - W) |
+| `self_fuse` | `noise=F` (1e-3), `seed=N` (0) |
+| `deepen` | `layers=N` (1), `mode=identity|stack` (identity) |
+| `widen_ffn` | `factor=N` (2), `noise=F` (1e-3), `seed=N` (0) |
+
+Each entry can `plan` its grown config without building anything (used to
+check a whole schedule before the first training step) and `grow` a
+language model, returning the grown model and the map that carries
+optimizer state (see `optimizer_state`).
+"""
+
+import dataclasses
+import math
+import os
+from typing import Any, Optional
+
+import keras
+import numpy as np
+
+from keras_fusion import growth_maps, optimizer_state
+from keras_fusion.models.fusion_t5_backbone import (
+    FUSE_FIELDS,
+    backbone_config,
+    backbone_variables,
+)
+from keras_fusion.models.fusion_t5_seq2seq_lm import FusionT5Seq2SeqLM
+
+
+def _check_step(entry, at_step):
+    if isinstance(at_step, bool) or not isinstance(at_step, (int, np.integer)) or at_step < 1:
+        raise ValueError(f"{entry}: at_step must be an int >= 1, got {at_step!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class GrowthEntry:
+    """Base class: one growth event at optimizer step `at_step`."""
+
+    at_step: int
+
+    operator = None
+
+    def __post_init__(self):
+        _check_step(self.operator, self.at_step)
+
+    def describe(self):
+        """The entry in schedule-string form (also its identity in history)."""
+        options = "".join(f":{k}={v}" for k, v in self._options().items())
+        return f"{self.operator}@{self.at_step}{options}"
+
+    def _options(self):
+        return {}
+
+    def plan(self, config):
+        """The backbone config after this growth (nothing is built)."""
+        raise NotImplementedError
+
+    def grow(self, lm):
+        """Returns `(grown_lm, map_tree)`: `map_tree(tree, role, slot_name)`
+        maps a parameter-shaped tree of `lm` (an optimizer slot) to the grown
+        model's shapes."""
+        raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True)
+class SelfFuse(GrowthEntry):
+    """Self fusion (`FusionT5Seq2SeqLM.self_fuse`): twice the width."""
+
+    noise: float = 1e-3
+    seed: int = 0
+    operator = "self_fuse"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.noise, (int, float)) or not math.isfinite(self.noise) or self.noise < 0:
+            raise ValueError(f"{self.describe()}: noise must be a finite number >= 0, got {self.noise!r}.")
+
+    def _options(self):
+        return {"noise": self.noise, "seed": self.seed}
+
+    def plan(self, config):
+        return dict(
+            config,
+            hidden_dim=2 * config["hidden_dim"],
+            num_heads=2 * config["num_heads"],
+            intermediate_dim=2 * config["intermediate_dim"],
+            norm_groups=config["norm_groups"] * 2,
+        )
+
+    def grow(self, lm):
+        grown = FusionT5Seq2SeqLM.self_fuse(lm, noise=self.noise, seed=self.seed)
+        return grown, lambda tree, role, _: growth_maps.self_fuse_parameters(tree, role=role)
+
+
+@dataclasses.dataclass(frozen=True)
+class Deepen(GrowthEntry):
+    """More layers (`FusionT5Seq2SeqLM.deepen`); `mode="stack"` is not exact."""
+
+    num_new_layers: int = 1
+    mode: str = "identity"
+    operator = "deepen"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.num_new_layers, bool) or not isinstance(self.num_new_layers, int) or self.num_new_layers < 1:
+            raise ValueError(f"{self.describe()}: layers must be an int >= 1, got {self.num_new_layers!r}.")
+        if self.mode not in growth_maps.DEEPEN_MODES:
+            raise ValueError(
+                f"{self.describe()}: mode must be one of {growth_maps.DEEPEN_MODES}, got {self.mode!r}."
+            )
+
+    def _options(self):
+        return {"layers": self.num_new_layers, "mode": self.mode}
+
+    def plan(self, config):
+        return dict(config, num_layers=config["num_layers"] + self.num_new_layers)
+
+    def grow(self, lm):
+        grown = FusionT5Seq2SeqLM.deepen(lm, self.num_new_layers, mode=self.mode)
+        return grown, lambda tree, role, _: growth_maps.deepen_parameters(
+            tree, self.num_new_layers, self.mode, role=role
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class WidenFFN(GrowthEntry):
+    """Wider feed-forward blocks (`FusionT5Seq2SeqLM.widen_ffn`)."""
+
+    factor: int = 2
+    noise: float = 1e-3
+    seed: int = 0
+    operator = "widen_ffn"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.factor, bool) or not isinstance(self.factor, int) or self.factor < 2:
+            raise ValueError(f"{self.describe()}: factor must be an int >= 2, got {self.factor!r}.")
+        if not isinstance(self.noise, (int, float)) or not math.isfinite(self.noise) or self.noise < 0:
+            raise ValueError(f"{self.describe()}: noise must be a finite number >= 0, got {self.noise!r}.")
+
+    def _options(self):
+        return {"factor": self.factor, "noise": self.noise, "seed": self.seed}
+
+    def plan(self, config):
+        return dict(config, intermediate_dim=config["intermediate_dim"] * self.factor)
+
+    def grow(self, lm):
+        grown = FusionT5Seq2SeqLM.widen_ffn(lm, self.factor, noise=self.noise, seed=self.seed)
+        return grown, lambda tree, role, _: growth_maps.widen_ffn_parameters(
+            tree, self.factor, role=role
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Fuse(GrowthEntry):
+    """Deep Fusion with a trained partner (`FusionT5Seq2SeqLM.fuse`).
+
+    The growing model is model 0 of the fusion, the partner model 1; the
+    fused logits are `weight * logits + (1 - weight) * partner_logits`.
+
+    Args:
+        at_step: optimizer step after which to fuse.
+        partner: a `T5Seq2SeqLM`, or the path of one saved as `.keras`.
+            Loaded (once) when the schedule is checked. A partner saved with
+            a compiled optimizer of the same class brings its optimizer
+            state; otherwise its entries start with zero first moments.
+        weight: the growing model's share of the fused logits.
+    """
+
+    partner: Any = None
+    weight: float = 0.5
+    operator = "fuse"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.partner is None:
+            raise ValueError(f"{self.describe()}: partner is required (a model or a .keras path).")
+        if isinstance(self.partner, str) and not os.path.exists(self.partner):
+            raise ValueError(f"{self.describe()}: partner file not found: {self.partner}")
+        if not isinstance(self.weight, (int, float)) or not math.isfinite(self.weight):
+            raise ValueError(f"{self.describe()}: weight must be a finite number, got {self.weight!r}.")
+
+    def _options(self):
+        partner = self.partner if isinstance(self.partner, str) else type(self.partner).__name__
+        return {"partner": partner, "weight": self.weight}
+
+    def partner_model(self):
+        """The partner LM (loaded from disk on first use)."""
+        cache = self.__dict__.setdefault("_loaded", {})
+        if "model" not in cache:
+            partner = self.partner
+            if isinstance(partner, str):
+                try:
+                    partner = keras.saving.load_model(partner)
+                except Exception as error:  # a corrupt or foreign file
+                    raise ValueError(
+                        f"{self.describe()}: cannot load partner {self.partner}: {error}"
+                    ) from error
+            if not isinstance(partner, keras.Model) or not hasattr(partner, "backbone"):
+                raise ValueError(
+                    f"{self.describe()}: partner must be a T5 language model, got "
+                    f"{type(partner).__name__}."
+                )
+            cache["model"] = getattr(partner, "lm", partner)
+        return cache["model"]
+
+    def plan(self, config):
+        partner = backbone_config(self.partner_model().backbone)
+        for field in FUSE_FIELDS:
+            if config[field] != partner[field]:
+                raise ValueError(
+                    f"{self.describe()}: partner cannot be fused with the model: "
+                    f"{field} differs: {config[field]} vs {partner[field]}."
+                )
+        hidden_dim = config["hidden_dim"] + partner["hidden_dim"]
+        return dict(
+            config,
+            hidden_dim=hidden_dim,
+            num_heads=config["num_heads"] + partner["num_heads"],
+            intermediate_dim=config["intermediate_dim"] + partner["intermediate_dim"],
+            norm_groups=config["norm_groups"] + partner["norm_groups"],
+        )
+
+    def grow(self, lm):
+        partner = self.partner_model()
+        grown = FusionT5Seq2SeqLM.fuse(lm, partner, weights=[self.weight, 1 - self.weight])
+        partner_tree = backbone_variables(partner.backbone)
+        partner_arrays = growth_maps.read(partner_tree)
+        partner_slots = {}
+        optimizer = getattr(partner, "optimizer", None)
+        if isinstance(optimizer, optimizer_state.SUPPORTED) and optimizer.built:
+            partner_slots = optimizer_state.read_slots(optimizer, partner_tree)
+
+        def map_tree(tree, role, slot_name):
+            if slot_name in partner_slots:
+                other = partner_slots[slot_name][1]
+            else:
+                other = optimizer_state.moments_for_new_model(
+                    {slot_name: (role, tree)}, partner_arrays
+                )[slot_name][1]
+            return growth_maps.fuse_parameters([tree, other], role=role)
+
+        return grown, map_tree
+
+
+OPERATORS = {
+    "fuse": (Fuse, {"partner": ("partner", str), "weight": ("weight", float)}),
+    "self_fuse": (SelfFuse, {"noise": ("noise", float), "seed": ("seed", int)}),
+    "deepen": (Deepen, {"layers": ("num_new_layers", int), "mode": ("mode", str)}),
+    "widen_ffn": (WidenFFN, {"factor": ("factor", int), "noise": ("noise", float), "seed": ("seed", int)}),
+}
+
+
+def parse_schedule(text):
+    """Parse `"self_fuse@1000,deepen@3000:layers=2"` into schedule entries.
+
+    Raises:
+        ValueError naming the entry that does not parse, with the allowed
+        operators or options.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"A schedule string is expected, got {type(text).__name__}.")
+    entries = []
+    for raw in (part.strip() for part in text.split(",")):
+        if not raw:
+            continue
+        head, *options = raw.split(":")
+        operator, at, step = head.partition("@")
+        operator = operator.strip()
+        if not at:
+            raise ValueError(f"Schedule entry {raw!r}: expected OPERATOR@STEP, e.g. 'deepen@3000'.")
+        if operator not in OPERATORS:
+            raise ValueError(
+                f"Schedule entry {raw!r}: unknown operator {operator!r}; "
+                f"allowed: {', '.join(sorted(OPERATORS))}."
+            )
+        cls, allowed = OPERATORS[operator]
+        try:
+            kwargs = {"at_step": int(step)}
+        except ValueError:
+            raise ValueError(f"Schedule entry {raw!r}: step {step!r} is not an integer.") from None
+        for option in options:
+            key, eq, value = option.partition("=")
+            if not eq or key not in allowed:
+                raise ValueError(
+                    f"Schedule entry {raw!r}: unknown option {option!r}; "
+                    f"allowed for {operator}: {', '.join(k + '=' for k in allowed)}."
+                )
+            field, kind = allowed[key]
+            try:
+                kwargs[field] = kind(value)
+            except ValueError:
+                raise ValueError(
+                    f"Schedule entry {raw!r}: {key}={value!r} is not a valid {kind.__name__}."
+                ) from None
+        try:
+            entries.append(cls(**kwargs))
+        except ValueError as error:
+            raise ValueError(f"Schedule entry {raw!r}: {error}") from None
+    return validate_schedule(entries)
+
+
+def validate_schedule(schedule):
+    """Check entries and steps (no duplicates); return them sorted by step."""
+    if isinstance(schedule, str):
+        return parse_schedule(schedule)
+    schedule = list(schedule)
+    for entry in schedule:
+        if not isinstance(entry, GrowthEntry):
+            raise ValueError(f"Schedule entries must be growth entries, got {entry!r}.")
+    steps = {}
+    for entry in schedule:
+        if entry.at_step in steps:
+            raise ValueError(
+                f"Two growth entries at step {entry.at_step}: "
+                f"{steps[entry.at_step].describe()} and {entry.describe()}."
+            )
+        steps[entry.at_step] = entry
+    return sorted(schedule, key=lambda e: e.at_step)
+
+
+def plan_schedule(schedule, config, max_parameters: Optional[int] = None):
+    """Configs after each entry; checks partners and the parameter limit.
+
+    Returns:
+        A list of `(entry, config_after, parameter_count_after)`.
+    """
+    planned = []
+    for entry in schedule:
+        config = entry.plan(config)
+        count = parameter_count(config)
+        if max_parameters is not None and count > max_parameters:
+            raise ValueError(
+                f"{entry.describe()}: the model would grow to {count:,} parameters, "
+                f"over max_parameters={max_parameters:,}."
+            )
+        planned.append((entry, config, count))
+    return planned
+
+
+def parameter_count(config):
+    """Parameters of a T5 backbone with this config, computed, not built."""
+    d, f, h = config["hidden_dim"], config["intermediate_dim"], config["num_heads"]
+    k = config.get("key_value_dim") or d // h
+    layers = config["num_layers"]
+    attention = 4 * d * h * k
+    ffn = (3 if config["use_gated_activation"] else 2) * d * f
+    encoder = layers * (attention + ffn + 2 * d) + 32 * h
+    decoder = layers * (2 * attention + ffn + 3 * d) + 32 * h
+    embedding = config["vocabulary_size"] * d * (1 if config["tie_embedding_weights"] else 2)
+    return encoder + decoder + embedding + 2 * d
+
+
+__all__ = [
+    "Deepen",
+    "Fuse",
+    "GrowthEntry",
+    "SelfFuse",
+    "WidenFFN",
+    "parameter_count",
+    "parse_schedule",
+    "plan_schedule",
+    "validate_schedule",
+]

@@ -1,0 +1,166 @@
+"""Optimizer state across growth: read slots as trees, rebuild, write back.
+
+Keras optimizers refuse variables they were not built with, so a grown model
+gets a new optimizer of the same class and config, built on its variables.
+Its `iterations` continue (learning-rate schedules and Adam's bias
+correction go on), and every slot is mapped by the growth operator that
+mapped its variable (see `growth_maps`: first moments scale like the
+gradient, second moments like its square, new entries start with a zero
+first moment and a typical second moment).
+
+What each optimizer gets:
+
+| optimizer | slots carried | role |
+|---|---|---|
+| Adam, AdamW | `momentum` (m), `velocity` (v), `velocity_hat` (AMSGrad) | first, second, second |
+| Adafactor | factored row/column statistics `r`, `c` of kernels; full `v` of vectors | second |
+
+Adafactor's factored statistics are mapped through the full second moment
+they stand for, `V = (r / mean(r)) c^T`: V is mapped as any second moment,
+then factored again (`r = mean(V, -1)`, `c = mean(V, -2)`, which gives back
+V exactly when it is rank one).
+"""
+
+import keras
+import numpy as np
+
+from keras_fusion import growth_maps
+from keras_fusion.growth_maps import FIRST_MOMENT, SECOND_MOMENT
+
+SUPPORTED = (keras.optimizers.Adam, keras.optimizers.AdamW, keras.optimizers.Adafactor)
+
+
+def check_supported(optimizer):
+    """Raise ValueError unless the optimizer's state can be carried."""
+    if not isinstance(optimizer, SUPPORTED):
+        raise ValueError(
+            f"optimizer {type(optimizer).__name__} is not supported for growth; "
+            f"supported: {', '.join(c.__name__ for c in SUPPORTED)}."
+        )
+
+
+def _index(optimizer, variable):
+    return optimizer._get_variable_index(variable)
+
+
+def _adam_slots(optimizer):
+    slots = {"momentum": (FIRST_MOMENT, optimizer._momentums),
+             "velocity": (SECOND_MOMENT, optimizer._velocities)}
+    if optimizer.amsgrad:
+        slots["velocity_hat"] = (SECOND_MOMENT, optimizer._velocity_hats)
+    return slots
+
+
+def read_slots(optimizer, variables):
+    """The optimizer's state for a tree of variables.
+
+    Args:
+        optimizer: a built Adam, AdamW or Adafactor.
+        variables: a parameter tree of the model's variables.
+
+    Returns:
+        `{slot_name: (role, tree of arrays)}`. An unbuilt optimizer has no
+        state yet and gives `{}`.
+    """
+    check_supported(optimizer)
+    if not optimizer.built:
+        return {}
+    if isinstance(optimizer, keras.optimizers.Adafactor):
+        return {"second_moment": (SECOND_MOMENT, keras.tree.map_structure(
+            lambda v: _adafactor_full(optimizer, v), variables))}
+    return {
+        name: (role, keras.tree.map_structure(
+            lambda v, s=slots: np.array(s[_index(optimizer, v)].numpy()), variables))
+        for name, (role, slots) in _adam_slots(optimizer).items()
+    }
+
+
+def _adafactor_full(optimizer, variable):
+    i = _index(optimizer, variable)
+    if len(variable.shape) < 2:
+        return np.array(optimizer._v[i].numpy())
+    r = np.array(optimizer._r[i].numpy())
+    c = np.array(optimizer._c[i].numpy())
+    mean = r.mean(axis=-1, keepdims=True)
+    if not np.all(mean > 0):  # no update yet: no statistics
+        return np.zeros(variable.shape, np.float32)
+    return (r / mean)[..., :, None] * c[..., None, :]
+
+
+def rebuild(optimizer, trainable_variables, variables, slots):
+    """A new optimizer like `optimizer`, built on the grown model, with state.
+
+    Call inside the distribution strategy's scope.
+
+    Args:
+        optimizer: the optimizer of the model before growth.
+        trainable_variables: all trainable variables of the grown model.
+        variables: the grown model's parameter tree (same variables).
+        slots: `{slot_name: (role, tree of arrays)}` already mapped to the
+            grown shapes (as `read_slots` returns them, mapped).
+
+    Returns:
+        The built optimizer, `iterations` carried over.
+    """
+    leaves = keras.tree.flatten(variables)
+    if {id(v) for v in leaves} != {id(v) for v in trainable_variables}:
+        raise ValueError(
+            "The model's trainable variables are not exactly its T5 parameters "
+            f"({len(trainable_variables)} trainable, {len(leaves)} in the tree): "
+            "growth cannot carry the optimizer state of other variables."
+        )
+    new = optimizer.__class__.from_config(optimizer.get_config())
+    new.build(trainable_variables)
+    new.iterations.assign(optimizer.iterations)
+    if isinstance(new, keras.optimizers.Adafactor):
+        _write_adafactor(new, variables, slots)
+    else:
+        targets = _adam_slots(new)
+        for name, (_, tree) in slots.items():
+            slot_list = targets[name][1]
+            keras.tree.map_structure(
+                lambda v, a: slot_list[_index(new, v)].assign(a), variables, tree
+            )
+    return new
+
+
+def _write_adafactor(optimizer, variables, slots):
+    if not slots:
+        return
+    _, tree = slots["second_moment"]
+
+    def write(variable, full):
+        i = _index(optimizer, variable)
+        if len(variable.shape) < 2:
+            optimizer._v[i].assign(full)
+        else:
+            optimizer._r[i].assign(full.mean(axis=-1))
+            optimizer._c[i].assign(full.mean(axis=-2))
+
+    keras.tree.map_structure(write, variables, tree)
+
+
+def map_slots(slots, map_tree):
+    """Apply `map_tree(tree, role, slot_name)` to every slot tree."""
+    return {name: (role, map_tree(tree, role, name)) for name, (role, tree) in slots.items()}
+
+
+def moments_for_new_model(slots, partner):
+    """Slot trees for a partner model that brings no optimizer state.
+
+    First moments are zero; second moments take, leaf by leaf, the mean of
+    the growing model's own second moment (a typical size), so that the
+    partner's first updates are not outsized.
+
+    Args:
+        slots: the growing model's `{slot_name: (role, tree)}`.
+        partner: the partner's parameter tree of arrays (same structure).
+    """
+    result = {}
+    for name, (role, own) in slots.items():
+        def fill(own_leaf, target, role=role):
+            value = 0.0 if role == FIRST_MOMENT else float(np.mean(own_leaf))
+            return np.full(np.shape(target), value, np.float32)
+
+        result[name] = (role, keras.tree.map_structure(fill, own, partner))
+    return result

@@ -1,0 +1,263 @@
+"""GrowthCallback inside model.fit: function, optimizer state, the silent traps."""
+
+import glob
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_fusion import growth_maps, optimizer_state
+from keras_fusion.callbacks import GrowthCallback, GrowthCheckpoint, checkpoint_epoch, restore_latest
+from keras_fusion.growth import Deepen, Fuse, SelfFuse, WidenFFN
+from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM, relative_error
+from keras_fusion.models.fusion_t5_backbone import backbone_variables
+from t5_test_utils import TOLERANCE, growing_lm, random_backbone, random_inputs, random_labels
+
+X = random_inputs(batch_size=4, seed=11)
+Y = random_labels(batch_size=4, seed=12)
+WEIGHTS = X["decoder_padding_mask"].astype("float32")
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def fixed_batch_loss(model):
+    return float(LOSS(Y, model.predict_on_batch(X), sample_weight=WEIGHTS))
+
+
+class AtStep(keras.callbacks.Callback):
+    """Calls fn(model) at the end of optimizer step `step`."""
+
+    def __init__(self, step, fn):
+        super().__init__()
+        self.step, self.fn, self.value = step, fn, None
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) == self.step:
+            self.value = self.fn(self.model)
+
+
+def fit(model, steps, callbacks=(), **kwargs):
+    repeat = lambda a: np.concatenate([a] * steps)  # noqa: E731
+    model.fit({k: repeat(v) for k, v in X.items()}, repeat(Y), sample_weight=repeat(WEIGHTS),
+              batch_size=4, epochs=1, shuffle=False, verbose=0, callbacks=list(callbacks), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [SelfFuse(at_step=2, noise=0.01), Deepen(at_step=2, num_new_layers=1), WidenFFN(at_step=2, factor=2, noise=0.01)],
+    ids=lambda e: e.operator,
+)
+def test_loss_is_continuous_across_growth_inside_fit(entry):
+    model = growing_lm()
+    before, after = AtStep(2, fixed_batch_loss), AtStep(2, fixed_batch_loss)
+    fit(model, 3, [before, GrowthCallback([entry], verbose=0), after])
+    assert model.growth_history == [entry.describe()]
+    assert abs(after.value - before.value) / before.value <= TOLERANCE
+    assert model.backbone.count_params() > random_backbone().count_params()
+
+
+def old_layers(model_or_lm, num_layers=2):
+    tree = growth_maps.read(backbone_variables(model_or_lm.backbone))
+    tree["encoder_layers"] = tree["encoder_layers"][:num_layers]
+    tree["decoder_layers"] = tree["decoder_layers"][:num_layers]
+    return tree
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_update_after_deepen_equals_the_small_models_update(optimizer):
+    """Staged-Training style: identity layers leave the old layers' gradients
+    unchanged, so with the optimizer state carried, the grown model's first
+    update of the old entries equals the small model's update from the same
+    state and batch. (Later updates differ: the new layers start to act.)"""
+    make = {"adam": lambda: keras.optimizers.Adam(1e-2), "adamw": lambda: keras.optimizers.AdamW(1e-2)}[optimizer]
+    small, grown = growing_lm(make()), growing_lm(make())
+    at_growth = AtStep(2, old_layers)
+    fit(small, 3, [at_growth])
+    fit(grown, 3, [GrowthCallback([Deepen(at_step=2, num_new_layers=1)], verbose=0)])
+    assert grown.backbone.num_layers == 3 and int(grown.optimizer.iterations.numpy()) == 3
+    errors = growth_maps.map_leaves(
+        lambda name, leaves: relative_error(leaves[2] - leaves[0], leaves[1] - leaves[0]),
+        [at_growth.value, old_layers(small), old_layers(grown)],
+    )
+    assert max(keras.tree.flatten(errors)) <= TOLERANCE
+
+
+def test_update_after_fuse_follows_adam_from_the_carried_state():
+    """After Deep Fusion the first update of the entries that came from the
+    model equals Adam's update from the model's own (m, v, t), on the fused
+    model's gradient: the state was carried, not reset."""
+    lr, beta_1, beta_2, eps = 1e-2, 0.9, 0.999, 1e-7
+    model = growing_lm(keras.optimizers.Adam(lr, beta_1=beta_1, beta_2=beta_2, epsilon=eps))
+    partner = FusionT5Seq2SeqLM(random_backbone(hidden_dim=8, num_heads=1, intermediate_dim=16, seed=5,
+                                                cls=FusionT5Backbone))
+    fit(model, 2)
+    tree = backbone_variables(model.backbone)
+    slots = optimizer_state.read_slots(model.optimizer, tree)
+    m, v = slots["momentum"][1], slots["velocity"][1]
+    w = growth_maps.read(tree)
+    callback = GrowthCallback([Fuse(at_step=3, partner=partner)], verbose=0)
+    callback.set_model(model)
+    callback.grow(callback.schedule[0], 2)
+
+    fused_tree = backbone_variables(model.backbone)
+    leaves = keras.tree.flatten(fused_tree)
+    with tf.GradientTape() as tape:
+        y_pred = model(X, training=True)
+        loss = model.compute_loss(x=X, y=Y, y_pred=y_pred, sample_weight=WEIGHTS, training=True)
+    gradients = dict(zip([id(v) for v in leaves], tape.gradient(loss, leaves)))
+    model.train_on_batch(X, Y, sample_weight=WEIGHTS)
+    assert int(model.optimizer.iterations.numpy()) == 3
+
+    t = 3
+    alpha = lr * np.sqrt(1 - beta_2**t) / (1 - beta_1**t)
+    d = w["token_embedding"].shape[1]
+    cases = [
+        (lambda tr: tr["token_embedding"], np.s_[:, :d]),
+        (lambda tr: tr["decoder_layers"][1]["cross_attention"]["query"], np.s_[:d, :16]),
+        (lambda tr: tr["encoder_layers"][0]["ffn_output"], np.s_[:32, :d]),
+        (lambda tr: tr["encoder_layers"][1]["ffn_norm"], np.s_[:d]),
+    ]
+    # Not the relative-position bias: its gradient is a sum of softmax
+    # gradients that cancel to ~1e-6, so a gradient taken outside the
+    # compiled train step differs from the step's own by ~1% (measured on
+    # the unfused model too), which says nothing about the carried state.
+    for get, block in cases:
+        g = tf.convert_to_tensor(gradients[id(get(fused_tree))]).numpy()[block]
+        m_new = beta_1 * get(m) + (1 - beta_1) * g
+        v_new = beta_2 * get(v) + (1 - beta_2) * g**2
+        expected = get(w) - alpha * m_new / (np.sqrt(v_new) + eps)
+        actual = get(fused_tree).numpy()[block]
+        assert relative_error(actual - get(w), expected - get(w)) <= 1e-4
+
+
+def test_new_entries_do_not_get_outsized_first_updates():
+    model = growing_lm(keras.optimizers.Adam(1e-2))
+    fit(model, 2)
+    before = growth_maps.read(backbone_variables(model.backbone))
+    callback = GrowthCallback([Fuse(at_step=3, partner=FusionT5Seq2SeqLM(random_backbone(seed=7, cls=FusionT5Backbone)))], verbose=0)
+    callback.set_model(model)
+    callback.grow(callback.schedule[0], 2)
+    start = growth_maps.read(backbone_variables(model.backbone))
+    model.train_on_batch(X, Y, sample_weight=WEIGHTS)
+    end = growth_maps.read(backbone_variables(model.backbone))
+    kernel = lambda tr: tr["encoder_layers"][1]["ffn_input"]  # noqa: E731
+    step = np.abs(kernel(end) - kernel(start))
+    old_block, cross_block = step[:16, :32], step[:16, 32:]
+    # Zero second moments would give the off-diagonal (new) entries a first
+    # Adam step of ~(1 - beta_1) / sqrt(1 - beta_2) = 3.2 learning rates.
+    assert cross_block.max() < 1.5 * 1e-2
+    assert np.median(cross_block) <= 3 * np.median(old_block)
+    assert before  # the small model's weights were read before growth
+
+
+def test_traps_old_variables_untracked_new_weights_train_predict_and_evaluate_use_grown_model():
+    model = growing_lm()
+    old_lm = model.lm
+    at_growth = AtStep(2, lambda m: [v.numpy().copy() for v in old_lm.trainable_variables])
+    fit(model, 4, [GrowthCallback([Deepen(at_step=2)], verbose=0), at_growth],
+        validation_data=(X, Y, WEIGHTS))
+    grown_ids = {id(v) for v in model.lm.trainable_variables}
+    assert {id(v) for v in model.trainable_variables} == grown_ids
+    assert not grown_ids & {id(v) for v in old_lm.trainable_variables}
+    # The old model stopped training at the growth (fit trains the new one).
+    for v, value in zip(old_lm.trainable_variables, at_growth.value):
+        np.testing.assert_array_equal(v.numpy(), value)
+    new_layer = model.backbone.decoder_transformer_layers[-1]
+    assert np.abs(new_layer.output_projector.kernel.numpy()).max() > 0  # was zero
+    # predict and evaluate trace the grown model, not the old one.
+    logits = np.asarray(model.lm(X))
+    np.testing.assert_allclose(model.predict(X, verbose=0), logits, rtol=1e-5, atol=1e-5)
+    evaluated = model.evaluate(X, Y, sample_weight=WEIGHTS, verbose=0)
+    assert abs(evaluated - float(LOSS(Y, logits, sample_weight=WEIGHTS))) <= 1e-5 * evaluated
+    assert abs(evaluated - float(LOSS(Y, old_lm.predict_on_batch(X), sample_weight=WEIGHTS))) > 1e-3
+
+
+def test_iterations_schedule_and_history_continue():
+    schedule = keras.optimizers.schedules.ExponentialDecay(1e-2, decay_steps=2, decay_rate=0.5)
+    model = growing_lm(keras.optimizers.AdamW(schedule))
+    callback = GrowthCallback("self_fuse@2", verbose=0)
+    history = model.fit({k: np.concatenate([v] * 3) for k, v in X.items()}, np.concatenate([Y] * 3),
+                        batch_size=4, epochs=2, shuffle=False, verbose=0, callbacks=[callback])
+    assert int(model.optimizer.iterations.numpy()) == 6
+    np.testing.assert_allclose(float(model.optimizer.learning_rate), float(schedule(6)), rtol=1e-6)
+    assert history.history["num_parameters"][1] == model.backbone.count_params()
+    assert callback.events[0]["step"] == 2 and callback.events[0]["parameters_after"] == model.backbone.count_params()
+
+
+def test_adafactor_state_is_carried():
+    model = growing_lm(keras.optimizers.Adafactor(1e-2))
+    fit(model, 2)
+    optimizer = model.optimizer
+    kernel = model.backbone.encoder_transformer_layers[1].input_projector.kernel
+    r_before = optimizer._r[optimizer._get_variable_index(kernel)].numpy()
+    callback = GrowthCallback([Deepen(at_step=3)], verbose=0)
+    callback.set_model(model)
+    callback.grow(callback.schedule[0], 2)
+    new = model.optimizer
+    assert new is not optimizer and int(new.iterations.numpy()) == 2
+    kernel = model.backbone.encoder_transformer_layers[1].input_projector.kernel
+    r_after = new._r[new._get_variable_index(kernel)].numpy()
+    assert np.abs(r_before).max() > 0
+    assert relative_error(r_after, r_before) <= TOLERANCE
+    fit(model, 1)
+
+
+def test_tensorboard_event_is_written(tmp_path):
+    model = growing_lm()
+    fit(model, 3, [GrowthCallback("deepen@2", log_dir=str(tmp_path), verbose=0)])
+    tags = []
+    for path in glob.glob(os.path.join(tmp_path, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            tags += [(event.step, value.tag) for value in event.summary.value]
+    assert (2, "growth/num_parameters") in tags and (2, "growth/event") in tags
+
+
+@pytest.mark.parametrize(
+    "make_callback,message",
+    [
+        (lambda: GrowthCallback([Fuse(at_step=2, partner=FusionT5Seq2SeqLM(random_backbone(cls=FusionT5Backbone, vocabulary_size=70)))]),
+         r"fuse@2.*vocabulary_size differs: 61 vs 70"),
+        (lambda: GrowthCallback("self_fuse@2", max_parameters=20_000), r"self_fuse@2.*over max_parameters=20,000"),
+    ],
+)
+def test_bad_schedule_fails_before_any_step_and_leaves_the_model_alone(make_callback, message):
+    model = growing_lm()
+    before = [v.numpy().copy() for v in model.weights]
+    with pytest.raises(ValueError, match=message):
+        fit(model, 2, [make_callback()])
+    assert int(model.optimizer.iterations.numpy()) == 0
+    for v, value in zip(model.weights, before):
+        np.testing.assert_array_equal(v.numpy(), value)
+
+
+def test_wrong_model_or_optimizer_is_refused():
+    lm = FusionT5Seq2SeqLM(random_backbone(cls=FusionT5Backbone))
+    lm.compile(optimizer="adam", loss=LOSS)
+    with pytest.raises(ValueError, match="grows a keras_fusion.models.GrowingT5Seq2SeqLM"):
+        lm.fit(X, Y, epochs=1, verbose=0, callbacks=[GrowthCallback("deepen@2")])
+    model = growing_lm(keras.optimizers.SGD(0.1))
+    with pytest.raises(ValueError, match="optimizer SGD is not supported for growth; supported: Adam, AdamW, Adafactor"):
+        fit(model, 1, [GrowthCallback("deepen@2")])
+
+
+def test_checkpoint_restores_grown_model_and_skips_applied_growth(tmp_path):
+    directory = str(tmp_path / "ckpt")
+    model = growing_lm()
+    data = ({k: np.concatenate([v] * 2) for k, v in X.items()}, np.concatenate([Y] * 2))
+    model.fit(*data, batch_size=4, epochs=2, verbose=0, shuffle=False,
+              callbacks=[GrowthCallback("deepen@3", verbose=0), GrowthCheckpoint(directory)])
+    assert sorted(os.listdir(directory)) == ["checkpoint.json", "ckpt-000000002.keras", "ckpt-000000004.keras"]
+    assert checkpoint_epoch(directory) == 2
+    restored = restore_latest(directory)
+    assert restored.growth_history == ["deepen@3:layers=1:mode=identity"]
+    assert restored.backbone.num_layers == 3 and int(restored.optimizer.iterations.numpy()) == 4
+    np.testing.assert_array_equal(restored.predict_on_batch(X), model.predict_on_batch(X))
+    callback = GrowthCallback("deepen@3", verbose=0)
+    restored.fit(*data, batch_size=4, epochs=3, initial_epoch=2, verbose=0, callbacks=[callback])
+    assert callback.events == [] and restored.backbone.num_layers == 3
+    # A damaged newest checkpoint is skipped: the previous one loads.
+    with open(os.path.join(directory, "ckpt-000000004.keras"), "wb") as f:
+        f.write(b"truncated")
+    assert int(restore_latest(directory).optimizer.iterations.numpy()) == 2
+    assert restore_latest(str(tmp_path / "empty")) is None
