@@ -5,6 +5,8 @@ import math
 import keras
 import numpy as np
 from keras.layers import ReversibleEmbedding
+from keras.src.backend.common import global_state as keras_global_state
+from keras.src.backend.common.stateless_scope import in_stateless_scope
 from keras_hub.src.models.backbone import Backbone
 from keras_hub.models import T5Backbone
 
@@ -281,11 +283,37 @@ class FusionT5Backbone(T5Backbone):
 
     @classmethod
     def from_parameters(cls, config, parameters):
-        """Build a backbone from a config and a parameter tree (no training)."""
+        """Build a backbone from a config and a parameter tree (no training).
+
+        The variables are created directly with their final values: the
+        model is built with deferred variable initialisation and each
+        variable is then initialised from its array, which saves filling
+        every variable with random values only to overwrite them, the
+        larger part of the cost of `fuse` at T5-small size (see
+        benchmarks/growth_cost.py). Variables that are not in the tree (the
+        dropout layers' seed generator states) are initialised as usual.
+        Inside a `tf.distribute` strategy scope the variables are
+        distributed as in a normal construction. Inside a
+        `keras.StatelessScope` they are left for Keras to initialise when
+        the scope ends, as for any model built there, but with `parameters`
+        as their values.
+
+        Args:
+            config: constructor arguments (other keys are ignored).
+            parameters: a parameter tree (see `growth_maps`) matching the
+                model `config` describes. It is not modified.
+
+        Returns:
+            A `FusionT5Backbone` whose variables hold exactly `parameters`
+            (cast to the variables' dtype).
+
+        Raises:
+            ValueError: naming the first place where the tree's structure or
+                a leaf's shape does not match the model, before any variable
+                is given a value.
+        """
         config = {k: v for k, v in config.items() if k in _CONSTRUCTOR_ARGS}
-        backbone = cls(**config)
-        growth_maps.assign(backbone_variables(backbone), parameters)
-        return backbone
+        return _build_with_values(cls, config, parameters)
 
     @classmethod
     def fuse(cls, *backbones, norm="grouped"):
@@ -362,6 +390,141 @@ class FusionT5Backbone(T5Backbone):
             seed: int or None.
         """
         return cls.from_parameters(*widen_ffn_plan(backbone, factor, noise, seed))
+
+
+# Building a model directly with given values (FusionT5Backbone.from_parameters).
+#
+# This relies on Keras 3.15 internals (keras/src/backend/common/variables.py
+# and stateless_scope.py, keras/src/backend/tensorflow/core.py), pinned in
+# setup.py and checked by tests/models/test_fusion_t5_backbone.py:
+# - a Variable created inside `keras.StatelessScope` with a callable
+#   initializer gets `_value = None`, keeps the callable in `_initializer`
+#   and is appended to the thread-local list "uninitialized_variables" of
+#   `global_state`; `StatelessScope(initialize_variables=False)` leaves them
+#   there on exit;
+# - `Variable._deferred_initialize()` (what `initialize_all_variables()`
+#   calls for each) creates the backend variable from
+#   `_initializer(shape, dtype)` and then drops `_initializer`. With
+#   TensorFlow it creates the `tf.Variable` (under `tf.init_scope()`, a
+#   no-op in eager mode) in the caller's context, so inside a `tf.distribute`
+#   `strategy.scope()` the variables come out distributed (MirroredVariable)
+#   exactly as in a normal construction (tested, also with two replicas);
+#   the callable may then be called once per replica, so it must not
+#   consume its array.
+# Each of our variables is initialised on its own rather than through
+# `initialize_all_variables()`, so variables that someone else left
+# uninitialised are left to them.
+
+_UNINITIALIZED = "uninitialized_variables"  # keras' global_state key
+
+
+def _build_with_values(cls, config, parameters):
+    """`cls(**config)` whose tree variables are created holding `parameters`."""
+    earlier = list(keras_global_state.get_global_attribute(_UNINITIALIZED) or [])
+    earlier_ids = {id(v) for v in earlier}
+    try:
+        with keras.StatelessScope(initialize_variables=False):
+            backbone = cls(**config)
+    finally:
+        # Take our variables out of Keras' list whatever happens: we
+        # initialise them below, or the half-built model is dropped.
+        registered = keras_global_state.get_global_attribute(_UNINITIALIZED) or []
+        ours = [v for v in registered if id(v) not in earlier_ids]
+        keras_global_state.set_global_attribute(_UNINITIALIZED, earlier)
+
+    # Everything is checked before any variable gets a value.
+    pairs = _paired_leaves(backbone_variables(backbone), parameters)
+    for where, variable, array in pairs:
+        if tuple(variable.shape) != tuple(np.shape(array)):
+            raise ValueError(
+                f"Shape mismatch for {where} (variable {variable.path}): model "
+                f"{tuple(variable.shape)}, parameters {tuple(np.shape(array))}."
+            )
+
+    deferred = {id(v) for v in ours}
+    nested = in_stateless_scope()
+    for _, variable, array in pairs:
+        if id(variable) in deferred and variable._value is None:
+            variable._initializer = _constant_initializer(array)
+            if not nested:
+                variable._deferred_initialize()  # drops the initializer
+        else:
+            # Not deferred (not expected with Keras 3.15): the usual way.
+            variable.assign(_as_tensor(array, variable._dtype))
+    if nested:
+        # Inside an enclosing stateless scope nothing can be initialised:
+        # hand the variables back to Keras, which initialises them (now
+        # from `parameters`) when that scope ends.
+        registered = keras_global_state.get_global_attribute(_UNINITIALIZED) or []
+        keras_global_state.set_global_attribute(_UNINITIALIZED, registered + ours)
+        return backbone
+    for variable in ours:
+        if variable._value is None:  # not in the tree: seed generator states
+            variable._deferred_initialize()
+    return backbone
+
+
+def _as_tensor(array, dtype):
+    return keras.ops.cast(keras.ops.convert_to_tensor(np.asarray(array)), dtype)
+
+
+def _constant_initializer(array):
+    def initializer(shape, dtype=None):
+        return _as_tensor(array, dtype)
+
+    return initializer
+
+
+def _paired_leaves(variables, arrays, where=""):
+    """[(location, variable, array)] for two trees of the same structure.
+
+    Raises ValueError naming the first location where they differ.
+    """
+    here = where or "the top level"
+    if isinstance(variables, dict):
+        if not isinstance(arrays, dict):
+            raise ValueError(
+                f"Parameter trees do not match at {here}: the model has a dict "
+                f"{sorted(variables)}, the parameters have a {type(arrays).__name__}."
+            )
+        if set(arrays) != set(variables):
+            missing = sorted(set(variables) - set(arrays))
+            extra = sorted(set(arrays) - set(variables), key=str)
+            raise ValueError(
+                f"Parameter trees do not match at {here}: the parameters lack "
+                f"{missing} and have unexpected {extra} (the model has "
+                f"{sorted(variables)})."
+            )
+        return [
+            pair
+            for key in variables
+            for pair in _paired_leaves(
+                variables[key], arrays[key], f"{where}.{key}" if where else key
+            )
+        ]
+    if isinstance(variables, (list, tuple)):
+        if not isinstance(arrays, (list, tuple)) or len(arrays) != len(variables):
+            found = (
+                f"a list of {len(arrays)}"
+                if isinstance(arrays, (list, tuple))
+                else f"a {type(arrays).__name__}"
+            )
+            raise ValueError(
+                f"Parameter trees do not match at {here}: the model has a list "
+                f"of {len(variables)}, the parameters have {found}."
+            )
+        return [
+            pair
+            for i, (v, a) in enumerate(zip(variables, arrays))
+            for pair in _paired_leaves(v, a, f"{where}[{i}]")
+        ]
+    if isinstance(arrays, (dict, list, tuple)):
+        raise ValueError(
+            f"Parameter trees do not match at {here}: the model has one "
+            f"variable ({variables.path}), the parameters have a "
+            f"{type(arrays).__name__}."
+        )
+    return [(where, variables, arrays)]
 
 
 # Plans: validate the arguments and compute (config, parameters) of the grown

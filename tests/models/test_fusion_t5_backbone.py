@@ -243,3 +243,132 @@ def test_norm_groups_must_add_up():
     with pytest.raises(ValueError, match=r"add up to hidden_dim=16, got \[8, 4\]"):
         FusionT5Backbone(vocabulary_size=10, num_layers=1, num_heads=2, hidden_dim=16,
                          intermediate_dim=8, norm_groups=[8, 4])
+
+
+# from_parameters builds the model with deferred variable initialisation and
+# creates each variable from its array (Keras internals: Variable._initializer,
+# Variable._deferred_initialize, global_state "uninitialized_variables"). These
+# tests fail if a Keras upgrade changes those.
+
+TREE_CONFIG = dict(vocabulary_size=61, num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32,
+                   key_value_dim=8, dropout=0.1, norm_groups=[8, 8])
+
+
+def _random_tree(config, seed=0):
+    model = FusionT5Backbone(**config)
+    rng = np.random.default_rng(seed)
+    return keras.tree.map_structure(
+        lambda v: rng.standard_normal(tuple(v.shape)).astype("float32"), backbone_variables(model)
+    )
+
+
+def _assert_holds(model, tree):
+    leaves = keras.tree.flatten(backbone_variables(model))
+    arrays = keras.tree.flatten(tree)
+    assert len(leaves) == len(arrays) == len(model.weights)
+    for variable, array in zip(leaves, arrays):
+        np.testing.assert_array_equal(variable.numpy(), array, err_msg=variable.path)
+
+
+def _uninitialized_registry():
+    from keras.src.backend.common import global_state
+    return list(global_state.get_global_attribute("uninitialized_variables") or [])
+
+
+@pytest.mark.parametrize("untied", [False, True], ids=["tied", "untied"])
+def test_from_parameters_creates_the_variables_with_the_tree(untied, monkeypatch):
+    config = dict(TREE_CONFIG, tie_embedding_weights=not untied, use_gated_activation=not untied)
+    tree = _random_tree(config)
+    copy = keras.tree.map_structure(np.copy, tree)
+
+    def no_assign(variable, value):
+        raise AssertionError(f"{variable.path} was assigned: deferred initialisation was not used")
+
+    # The values must come from the variables' creation, not from an assign.
+    monkeypatch.setattr(keras.src.backend.common.variables.Variable, "assign", no_assign)
+    model = FusionT5Backbone.from_parameters(config, tree)
+    monkeypatch.undo()
+    _assert_holds(model, tree)
+    keras.tree.map_structure(np.testing.assert_array_equal, tree, copy)  # tree untouched
+    # Every variable is initialised (seed generator states too) and none is
+    # left in Keras' list of variables to initialise.
+    for variable in model.variables:
+        assert variable._value is not None, variable.path
+    assert not _uninitialized_registry()
+    # Same variables as a normal construction.
+    normal = FusionT5Backbone(**config)
+    assert len(model.trainable_variables) == len(normal.trainable_variables)
+    assert len(model.non_trainable_variables) == len(normal.non_trainable_variables)
+    assert [tuple(v.shape) for v in model.weights] == [tuple(v.shape) for v in normal.weights]
+
+
+def test_from_parameters_model_trains():
+    tree = _random_tree(TREE_CONFIG)
+    model = FusionT5Backbone.from_parameters(TREE_CONFIG, tree)
+    output = model(model.input)["decoder_sequence_output"]
+    lm = keras.Model(model.input, keras.layers.Dense(16)(output))
+    lm.compile(optimizer=keras.optimizers.SGD(0.1),
+               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    labels = np.random.default_rng(0).integers(0, 16, (3, 9)).astype("int32")
+    lm.fit(INPUTS, labels, epochs=1, batch_size=3, verbose=0)
+    changed = [not np.array_equal(v.numpy(), a)
+               for v, a in zip(keras.tree.flatten(backbone_variables(model)), keras.tree.flatten(tree))]
+    assert changed[0] and sum(changed) > len(changed) // 2
+
+
+def test_from_parameters_rejects_a_wrong_tree_naming_the_place():
+    tree = _random_tree(TREE_CONFIG)
+    before = _uninitialized_registry()
+
+    def broken(edit):
+        bad = keras.tree.map_structure(lambda a: a, tree)
+        edit(bad)
+        return bad
+
+    def wrong_shape(t):
+        t["encoder_layers"][1]["ffn_input"] = np.zeros((16, 33), "float32")
+
+    with pytest.raises(ValueError, match=r"Shape mismatch for encoder_layers\[1\]\.ffn_input "
+                                         r"\(variable transformer_encoder_layer_1/.*kernel\): "
+                                         r"model \(16, 32\), parameters \(16, 33\)"):
+        FusionT5Backbone.from_parameters(TREE_CONFIG, broken(wrong_shape))
+    with pytest.raises(ValueError, match=r"at decoder_layers\[0\]: the parameters lack \['ffn_gate'\]"):
+        FusionT5Backbone.from_parameters(TREE_CONFIG, broken(lambda t: t["decoder_layers"][0].pop("ffn_gate")))
+    with pytest.raises(ValueError, match=r"at decoder_layers: the model has a list of 2, the parameters have a list of 1"):
+        FusionT5Backbone.from_parameters(TREE_CONFIG, broken(lambda t: t["decoder_layers"].pop()))
+    assert _uninitialized_registry() == before  # the rejected model left nothing behind
+
+
+def test_from_parameters_leaves_other_uninitialized_variables_alone():
+    tree = _random_tree(TREE_CONFIG)
+    with keras.StatelessScope(initialize_variables=False):
+        pending = keras.Variable(initializer="ones", shape=(2,), name="pending")
+    try:
+        model = FusionT5Backbone.from_parameters(TREE_CONFIG, tree)
+        assert pending._value is None
+        assert [id(v) for v in _uninitialized_registry()] == [id(pending)]
+        keras.src.backend.common.variables.initialize_all_variables()
+        np.testing.assert_array_equal(pending.numpy(), [1.0, 1.0])
+        assert model.token_embedding.embeddings._value is not None
+    finally:
+        keras.src.backend.common.global_state.set_global_attribute("uninitialized_variables", [])
+
+
+def test_from_parameters_in_a_stateless_scope():
+    tree = _random_tree(TREE_CONFIG)
+    with keras.StatelessScope():
+        model = FusionT5Backbone.from_parameters(TREE_CONFIG, tree)
+    _assert_holds(model, tree)
+    assert not _uninitialized_registry()
+
+
+def test_from_parameters_under_a_distribution_strategy():
+    import tensorflow as tf
+
+    tree = _random_tree(TREE_CONFIG)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():
+        model = FusionT5Backbone.from_parameters(TREE_CONFIG, tree)
+    for variable in model.variables:
+        assert isinstance(variable.value, tf.distribute.DistributedValues), variable.path
+    _assert_holds(model, tree)
