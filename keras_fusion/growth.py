@@ -202,7 +202,8 @@ class Fuse(GrowthEntry):
         return {"partner": partner, "weight": self.weight}
 
     def partner_model(self):
-        """The partner LM (loaded from disk on first use)."""
+        """The partner as given or loaded (once): an LM, or a wrapper of one
+        such as `GrowingT5Seq2SeqLM`, whose optimizer then comes along."""
         cache = self.__dict__.setdefault("_loaded", {})
         if "model" not in cache:
             partner = self.partner
@@ -213,12 +214,13 @@ class Fuse(GrowthEntry):
                     raise ValueError(
                         f"{self.describe()}: cannot load partner {self.partner}: {error}"
                     ) from error
-            if not isinstance(partner, keras.Model) or not hasattr(partner, "backbone"):
+            lm = getattr(partner, "lm", partner)
+            if not isinstance(lm, keras.Model) or not hasattr(lm, "backbone"):
                 raise ValueError(
                     f"{self.describe()}: partner must be a T5 language model, got "
                     f"{type(partner).__name__}."
                 )
-            cache["model"] = getattr(partner, "lm", partner)
+            cache["model"] = partner
         return cache["model"]
 
     def plan(self, config):
@@ -239,12 +241,13 @@ class Fuse(GrowthEntry):
         )
 
     def grow(self, lm):
-        partner = self.partner_model()
+        loaded = self.partner_model()
+        partner = getattr(loaded, "lm", loaded)
         grown = FusionT5Seq2SeqLM.fuse(lm, partner, weights=[self.weight, 1 - self.weight])
         partner_tree = backbone_variables(partner.backbone)
         partner_arrays = growth_maps.read(partner_tree)
         partner_slots = {}
-        optimizer = getattr(partner, "optimizer", None)
+        optimizer = getattr(loaded, "optimizer", None)
         if isinstance(optimizer, optimizer_state.SUPPORTED) and optimizer.built:
             partner_slots = optimizer_state.read_slots(optimizer, partner_tree)
 

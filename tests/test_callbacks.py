@@ -261,3 +261,22 @@ def test_checkpoint_restores_grown_model_and_skips_applied_growth(tmp_path):
         f.write(b"truncated")
     assert int(restore_latest(directory).optimizer.iterations.numpy()) == 2
     assert restore_latest(str(tmp_path / "empty")) is None
+
+
+def test_fuse_partner_saved_with_its_optimizer_brings_its_state(tmp_path):
+    partner = growing_lm(keras.optimizers.Adam(1e-2), seed=3)
+    fit(partner, 2)
+    path = str(tmp_path / "partner.keras")
+    partner.save(path)
+    kernel = lambda m: m.backbone.decoder_transformer_layers[0].input_projector.kernel  # noqa: E731
+    partner_m = partner.optimizer._momentums[partner.optimizer._get_variable_index(kernel(partner))].numpy()
+    model = growing_lm(keras.optimizers.Adam(1e-2))
+    fit(model, 3, [GrowthCallback([Fuse(at_step=2, partner=path)], verbose=0)])
+    assert model.backbone.norm_groups == [16, 16]
+    # One step after the fusion, the partner's block of m is beta_1 * (its
+    # own m) + (1 - beta_1) * gradient; with a fresh (zero) m it would be
+    # (1 - beta_1) * gradient alone, 10x smaller than what is seen here.
+    m = model.optimizer._momentums[model.optimizer._get_variable_index(kernel(model))].numpy()
+    block = m[16:, 32:]
+    assert np.abs(partner_m).max() > 0
+    assert relative_error(block, 0.9 * partner_m) < 0.5
