@@ -1,0 +1,198 @@
+"""Corpora: the embedded text, local files, TFDS (offline only), and their errors."""
+
+import hashlib
+import os
+import subprocess
+import sys
+
+import pydoc_data.topics
+import pytest
+import tensorflow_datasets as tfds
+
+from keras_fusion.data import (
+    LocalText,
+    embedded_corpus,
+    load_corpus,
+    local_text_builder,
+    read_text_files,
+)
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def text_files(tmp_path):
+    """Two files of 40 distinct paragraphs each, blank lines of several kinds."""
+    paragraphs = [f"Paragraph {i} of the test corpus.\nIts second line, {i * i}." for i in range(80)]
+    write(tmp_path / "a.txt", "\n\n".join(paragraphs[:40]) + "\n")
+    write(tmp_path / "sub" / "b.txt", "\n  \n\n".join(paragraphs[40:]))
+    return tmp_path, paragraphs
+
+
+def test_embedded_corpus_is_real_python_documentation():
+    documents = embedded_corpus("train") + embedded_corpus("validation")
+    assert len(documents) > 2000 and sum(map(len, documents)) > 1_500_000
+    assert len(set(documents)) == len(documents)
+    assert all(len(d) >= 200 for d in documents)
+    topics = {t for t in pydoc_data.topics.topics.values() if len(t) >= 200}
+    assert topics <= set(documents)  # the reference manual
+    assert any("Return a new list containing all items from the iterable" in d for d in documents)
+    # English prose: "the" is among the most frequent words.
+    words = " ".join(documents).lower().split()
+    assert words.count("the") / len(words) > 0.03
+
+
+def test_embedded_split_is_deterministic_disjoint_and_five_percent():
+    train, validation = embedded_corpus("train"), embedded_corpus("validation")
+    assert train == embedded_corpus("train") and train == sorted(train)
+    assert not set(train) & set(validation)
+    # 5% of ~2.2k documents: binomial standard deviation ~0.5%; tolerance 2%.
+    assert abs(len(validation) / (len(train) + len(validation)) - 0.05) < 0.02
+    half = embedded_corpus("validation", validation_fraction=0.5)
+    assert set(validation) <= set(half)  # a larger fraction only adds documents
+    assert embedded_corpus("validation", validation_fraction=0.0) == []
+
+
+def test_embedded_corpus_skips_modules_with_side_effects():
+    embedded_corpus()
+    for name in ("antigravity", "this", "idlelib", "tkinter", "turtle"):
+        assert name not in sys.modules, name
+
+
+def test_embedded_corpus_returns_a_fresh_list():
+    embedded_corpus().clear()
+    assert embedded_corpus()
+
+
+@pytest.mark.slow
+def test_embedded_corpus_is_the_same_in_a_process_importing_in_another_order():
+    # About 10 s: a fresh interpreter imports keras_fusion. It first imports
+    # the standard library backwards, then compares a hash of the corpus.
+    script = (
+        "import hashlib, importlib, sys, warnings\n"
+        "warnings.simplefilter('ignore')\n"
+        "for name in sorted(sys.stdlib_module_names, reverse=True):\n"
+        "    if name in ('antigravity', 'this', 'idlelib', 'tkinter', 'turtle', 'turtledemo'):\n"
+        "        continue\n"
+        "    try: importlib.import_module(name)\n"
+        "    except Exception: pass\n"
+        "from keras_fusion.data import embedded_corpus\n"
+        "for split in ('train', 'validation'):\n"
+        "    print(hashlib.sha1('\\0'.join(embedded_corpus(split)).encode()).hexdigest())\n"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=REPO),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    expected = [
+        hashlib.sha1("\0".join(embedded_corpus(split)).encode()).hexdigest()
+        for split in ("train", "validation")
+    ]
+    assert output[-2:] == expected
+
+
+def test_load_corpus_embedded_is_embedded_corpus():
+    assert load_corpus("embedded", "validation") == embedded_corpus("validation")
+    assert load_corpus(max_documents=3) == embedded_corpus()[:3]
+
+
+def test_text_files_give_one_document_per_paragraph_split_by_hash(text_files):
+    directory, paragraphs = text_files
+    spec = str(directory / "**" / "*.txt")
+    assert read_text_files(spec) == paragraphs
+    train, validation = load_corpus(spec, "train"), load_corpus(spec, "validation")
+    assert sorted(train + validation) == sorted(paragraphs)
+    assert not set(train) & set(validation) and validation
+    # The split depends on each text only: other files do not move a paragraph.
+    only_a = str(directory / "a.txt")
+    assert set(load_corpus(only_a, "validation")) == set(validation) & set(paragraphs[:40])
+
+
+def test_missing_files_raise_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match=r"No file matches .*nothing-\*\.txt"):
+        load_corpus(str(tmp_path / "nothing-*.txt"))
+    with pytest.raises(ValueError, match="No file matches"):
+        load_corpus(str(tmp_path / "missing.txt"))
+
+
+def test_empty_files_raise_a_clear_error(tmp_path):
+    write(tmp_path / "empty.txt", "")
+    write(tmp_path / "blank.txt", "\n\n   \n\t\n")
+    with pytest.raises(ValueError, match=r"2 file\(s\) matching .* hold no text"):
+        load_corpus(str(tmp_path / "*.txt"))
+
+
+def test_a_split_without_documents_raises(tmp_path):
+    path = write(tmp_path / "one.txt", "A single paragraph, so one split is empty.")
+    train = read_text_files(str(path))
+    empty_split = "validation" if load_corpus(str(path), "train") == train else "train"
+    with pytest.raises(ValueError, match=f"'{empty_split}' split .* holds no document"):
+        load_corpus(str(path), empty_split)
+
+
+@pytest.mark.parametrize("spec", ["gs://bucket/corpus/*.txt", "hf:wikitext", "tfds:", 42])
+def test_unknown_spec_forms_raise(spec):
+    with pytest.raises(ValueError, match="Unknown corpus spec"):
+        load_corpus(spec)
+
+
+def test_unknown_split_raises():
+    with pytest.raises(ValueError, match="Unknown split 'test'"):
+        load_corpus("embedded", "test")
+
+
+@pytest.mark.parametrize("name", ["no_such_dataset_xyz", "c4/en"])
+def test_tfds_dataset_not_prepared_offline_raises_one_line(tmp_path, name):
+    with pytest.raises(ValueError) as error:
+        load_corpus(f"tfds:{name}", data_dir=str(tmp_path))
+    message = str(error.value)
+    assert "\n" not in message
+    assert name in message and str(tmp_path) in message
+    assert "not prepared" in message and "no network" in message
+    assert not any(tmp_path.iterdir())  # nothing written, nothing downloaded
+
+
+def test_local_text_builder_prepares_offline_and_reads_back(text_files):
+    directory, paragraphs = text_files
+    spec = str(directory / "**" / "*.txt")
+    data_dir = str(directory / "tfds")
+    builder = local_text_builder(spec, data_dir)
+    assert isinstance(builder, LocalText)
+    assert isinstance(builder, tfds.core.GeneratorBasedBuilder) and builder.is_prepared()
+    for split in ("train", "validation"):
+        texts = [
+            example["text"].decode()
+            for example in tfds.as_numpy(builder.as_dataset(split=split))
+        ]
+        assert sorted(texts) == sorted(load_corpus(spec, split))
+        # And through the tfds: spec, as for C4.
+        name = f"tfds:local_text/{builder.builder_config.name}"
+        assert sorted(load_corpus(name, split, data_dir=data_dir)) == sorted(texts)
+
+
+def test_local_text_builder_gives_changed_files_a_new_dataset(text_files):
+    directory, _ = text_files
+    spec = str(directory / "a.txt")
+    data_dir = str(directory / "tfds")
+    before = local_text_builder(spec, data_dir)
+    assert local_text_builder(spec, data_dir).builder_config.name == before.builder_config.name
+    write(directory / "a.txt", "\n\n".join(f"New paragraph {i}." for i in range(50)))
+    after = local_text_builder(spec, data_dir)
+    assert after.builder_config.name != before.builder_config.name
+    assert after.info.splits.total_num_examples == 50
+
+
+def test_local_text_builder_rejects_an_empty_split(tmp_path):
+    path = write(tmp_path / "one.txt", "A single paragraph, so one split is empty.")
+    with pytest.raises(ValueError, match="split .* holds no document"):
+        local_text_builder(str(path), str(tmp_path / "tfds"))
