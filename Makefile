@@ -19,10 +19,11 @@ $(STAMP): setup.py
 
 install: $(STAMP)
 
-# The main job. Until the training script exists: fuse two small trained T5
-# models and check that the fused model computes their ensemble.
+# The main job: Deep Fusion on the embedded corpus (Python's own docs), tiny
+# preset: two half-width T5s trained, fused inside fit, trained on, exported.
 demo: install
-	$(BIN)/python examples/fuse_two_models.py
+	$(BIN)/python -m tools.train --recipe=deep_fusion --preset=tiny --steps=1200 \
+		--eval_every=100 --model_dir=runs/demo
 
 # The whole test suite, slow tests included (what CI runs).
 test: install
@@ -33,6 +34,7 @@ test-fast: install
 
 bench: install
 	$(BIN)/python benchmarks/growth_cost.py
+	$(BIN)/python benchmarks/growth_overhead.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info runs

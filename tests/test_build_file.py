@@ -53,3 +53,8 @@ def test_names_are_unique_and_deps_exist():
     helpers = [r for r in rules if r["name"] == "test_utils"][0]
     expected = sorted(set(files("tests/**/*.py")) - set(files("tests/**/test_*.py")))
     assert sorted(helpers["srcs"]) == expected
+
+
+def test_tools_are_declared():
+    (tools,) = [r for r in load_build() if r["name"] == "tools"]
+    assert sorted(tools["srcs"]) == files("tools/*.py")

@@ -1,0 +1,140 @@
+"""SavedModel export of a T5 language model, with token-id and text endpoints.
+
+The SavedModel is written with Keras' `ExportArchive` to a temporary
+directory and renamed into place, so an interrupted export never replaces a
+good one. Endpoints:
+
+- `serve` (also `serving_default`): the four int32 T5 inputs
+  (`encoder_token_ids`, `encoder_padding_mask`, `decoder_token_ids`,
+  `decoder_padding_mask`, each `[batch, length]`) -> logits
+  `[batch, length, vocabulary]`.
+- `generate_text` (when a tokenizer is given): a `[batch]` string tensor ->
+  a `[batch]` string tensor, greedy decoding of up to `max_new_tokens` tokens;
+  the SentencePiece tokenizer runs inside the graph, so a client sends raw
+  text. The graph then uses TF Text's SentencePiece ops: a Python client
+  imports `tensorflow_text` before `tf.saved_model.load`, and a TF Serving
+  build must include TF Text's ops. Without a tokenizer the SavedModel uses
+  core TensorFlow ops only (`saved_model_cli run` works on it as is).
+
+Example:
+
+```python
+from keras_fusion.export import export_saved_model
+export_saved_model(lm, "exported", tokenizer_path="spm.model")
+import tensorflow_text  # the ops of generate_text
+reloaded = tf.saved_model.load("exported")
+reloaded.signatures["generate_text"](text=tf.constant(["def main():"]))
+```
+"""
+
+import os
+import shutil
+import tempfile
+
+import keras
+import tensorflow as tf
+
+PAD_ID, EOS_ID = 0, 1
+INPUT_NAMES = ("encoder_token_ids", "encoder_padding_mask", "decoder_token_ids", "decoder_padding_mask")
+
+
+def _text_tokenizer(tokenizer_path):
+    import tensorflow_text
+
+    if not os.path.exists(tokenizer_path):
+        raise ValueError(f"tokenizer_path not found: {tokenizer_path}")
+    with open(tokenizer_path, "rb") as f:
+        return tensorflow_text.SentencepieceTokenizer(model=f.read(), out_type=tf.int32)
+
+
+def export_saved_model(lm, path, tokenizer_path=None, max_input_length=128, max_new_tokens=32):
+    """Export `lm` (a T5 LM, or a `GrowingT5Seq2SeqLM`) as a SavedModel.
+
+    Args:
+        lm: the language model.
+        path: the SavedModel directory to create (replaced atomically if it
+            exists).
+        tokenizer_path: optional SentencePiece `.model`; adds the
+            `generate_text` endpoint.
+        max_input_length: encoder tokens kept from a text request.
+        max_new_tokens: decoding steps of `generate_text`.
+
+    Returns:
+        `path`.
+    """
+    lm = getattr(lm, "lm", lm)  # a GrowingT5Seq2SeqLM exports its inner model
+    vocabulary_size = lm.backbone.vocabulary_size
+    archive = keras.export.ExportArchive()
+    archive.track(lm)
+    spec = {name: tf.TensorSpec([None, None], tf.int32, name=name) for name in INPUT_NAMES}
+
+    def serve(inputs):
+        return {"logits": lm(inputs, training=False)}
+
+    archive.add_endpoint("serve", serve, input_signature=[spec])
+    if tokenizer_path is not None:
+        tokenizer = _text_tokenizer(tokenizer_path)
+        tokenizer_size = int(tokenizer.vocab_size())
+        if tokenizer_size != vocabulary_size:
+            raise ValueError(
+                f"The tokenizer has {tokenizer_size} pieces but the model's "
+                f"vocabulary_size is {vocabulary_size}: {tokenizer_path} does not "
+                "belong to this model."
+            )
+        archive.track(tokenizer)
+
+        def generate_text(text):
+            return {"text": _greedy_generate(lm, tokenizer, text, max_input_length, max_new_tokens)}
+
+        archive.add_endpoint(
+            "generate_text", generate_text, input_signature=[tf.TensorSpec([None], tf.string, name="text")]
+        )
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    temporary = tempfile.mkdtemp(prefix=".partial-export-", dir=parent)
+    try:
+        archive.write_out(temporary, verbose=False)
+        if os.path.exists(path):
+            old = tempfile.mkdtemp(prefix=".old-export-", dir=parent)
+            os.rename(path, os.path.join(old, "saved_model"))
+            os.rename(temporary, path)
+            shutil.rmtree(old)
+        else:
+            os.rename(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            shutil.rmtree(temporary)
+    return path
+
+
+def _greedy_generate(lm, tokenizer, text, max_input_length, max_new_tokens):
+    """Greedy decoding inside the graph (no cache: the export is for serving
+    small models and checks; keras-hub's `generate` is the fast path)."""
+    pieces = tokenizer.tokenize(text)[:, : max_input_length - 1]
+    eos = tf.RaggedTensor.from_tensor(tf.fill([tf.shape(text)[0], 1], EOS_ID))
+    ids = tf.concat([pieces, eos], axis=1)
+    encoder_ids = ids.to_tensor(PAD_ID)
+    encoder_mask = tf.sequence_mask(ids.row_lengths(), tf.shape(encoder_ids)[1], dtype=tf.int32)
+    batch = tf.shape(text)[0]
+    decoder_ids = tf.zeros([batch, max_new_tokens + 1], tf.int32)
+
+    def step(i, ids):
+        logits = lm(
+            {
+                "encoder_token_ids": encoder_ids,
+                "encoder_padding_mask": encoder_mask,
+                "decoder_token_ids": ids,
+                "decoder_padding_mask": tf.ones_like(ids),
+            },
+            training=False,
+        )
+        next_ids = tf.argmax(logits[:, i, :], axis=-1, output_type=tf.int32)
+        column = tf.one_hot(i + 1, max_new_tokens + 1, dtype=tf.int32)[None, :]
+        return i + 1, ids * (1 - column) + next_ids[:, None] * column
+
+    _, decoder_ids = tf.while_loop(lambda i, _: i < max_new_tokens, step, [tf.constant(0), decoder_ids])
+    generated = decoder_ids[:, 1:]
+    # Keep the tokens before the first eos.
+    before_eos = tf.cumsum(tf.cast(tf.equal(generated, EOS_ID), tf.int32), axis=1) == 0
+    kept = tf.RaggedTensor.from_tensor(generated, lengths=tf.reduce_sum(tf.cast(before_eos, tf.int32), 1))
+    return tokenizer.detokenize(kept)

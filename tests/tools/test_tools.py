@@ -1,0 +1,161 @@
+"""The scripts end to end: every recipe, the SavedModel in a fresh process, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from keras_fusion import data, training
+from keras_fusion.models import relative_error
+from t5_test_utils import TOLERANCE
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def tokenizer_path(tmp_path_factory):
+    texts = data.load_corpus("embedded", "train")[:300]
+    return data.train_tokenizer(texts, 500, str(tmp_path_factory.mktemp("tokenizer")))
+
+
+def tiny_run(recipe, model_dir, tokenizer_path, **overrides):
+    config = training.RunConfig(recipe=recipe, preset="tiny", hidden_dim=32, num_heads=2, key_value_dim=16,
+                                intermediate_dim=64, steps=20, growth_step=10, eval_every=10, eval_batches=1,
+                                batch_size=8, input_length=32, target_length=8, tokenizer=tokenizer_path,
+                                model_dir=str(model_dir), **overrides)
+    return training.run(config)
+
+
+def run_script(module, *args):
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="module")
+def deep_fusion_run(tmp_path_factory, tokenizer_path):
+    model_dir = tmp_path_factory.mktemp("deep_fusion")
+    summary = tiny_run("deep_fusion", model_dir, tokenizer_path)
+    return model_dir, summary
+
+
+def assert_artefacts(model_dir, grown):
+    with open(os.path.join(model_dir, "metrics.json")) as f:
+        metrics = json.load(f)
+    (main,) = [rows for label, rows in metrics["curves"].items() if not label.startswith("partner")]
+    assert [r["step"] for r in main] == [10, 20]
+    assert all(np.isfinite(r["eval_loss"]) and r["flops"] > 0 for r in main)
+    assert main[1]["flops"] > main[0]["flops"]
+    assert bool(metrics["growth_events"]) == grown
+    if grown:
+        assert main[0]["growth"] == metrics["growth_events"][0]["entry"]
+    with open(os.path.join(model_dir, "loss_vs_flops.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert os.listdir(os.path.join(model_dir, "logs"))
+    assert os.path.exists(os.path.join(model_dir, "export", "saved_model.pb"))
+    model = keras.saving.load_model(os.path.join(model_dir, "final.keras"), compile=False)
+    # Every recipe ends at the target size (hidden 32, 2 layers).
+    assert (model.backbone.hidden_dim, model.backbone.num_layers) == (32, 2)
+    assert not [n for n in os.listdir(model_dir) if n.startswith(".partial")]
+    return model
+
+
+@pytest.mark.slow
+def test_deep_fusion_recipe(deep_fusion_run):
+    model_dir, summary = deep_fusion_run
+    model = assert_artefacts(model_dir, grown=True)
+    assert os.path.exists(os.path.join(model_dir, "partner.keras"))
+    assert model.backbone.norm_groups == [16, 16]
+    assert "Final eval loss" in summary and "training FLOPs" in summary
+    with open(os.path.join(model_dir, "metrics.json")) as f:
+        curves = json.load(f)["curves"]
+    partner_flops = curves["partner (fused in at growth)"][-1]["flops"]
+    assert curves["deep_fusion"][0]["flops"] > partner_flops  # the partner's compute is counted
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["self_fusion", "deepen", "scratch"])
+def test_other_recipes(recipe, tmp_path, tokenizer_path):
+    tiny_run(recipe, tmp_path, tokenizer_path)
+    model = assert_artefacts(tmp_path, grown=recipe != "scratch")
+    assert len(model.growth_history) == (recipe != "scratch")
+
+
+@pytest.mark.slow
+def test_saved_model_in_a_fresh_process_matches_keras_and_answers_text(deep_fusion_run, tmp_path):
+    model_dir, _ = deep_fusion_run
+    rng = np.random.default_rng(0)
+    ids = rng.integers(3, 400, (2, 12)).astype("int32")
+    batch = {"encoder_token_ids": ids, "encoder_padding_mask": np.ones_like(ids),
+             "decoder_token_ids": ids[:, ::-1].copy(), "decoder_padding_mask": np.ones_like(ids)}
+    np.savez(tmp_path / "batch.npz", **batch)
+    script = f"""
+import numpy as np, tensorflow as tf
+import tensorflow_text  # registers the SentencePiece ops of generate_text
+loaded = tf.saved_model.load({str(model_dir / 'export')!r})
+batch = dict(np.load({str(tmp_path / 'batch.npz')!r}))
+logits = loaded.signatures["serving_default"](**{{k: tf.constant(v) for k, v in batch.items()}})["logits"]
+np.save({str(tmp_path / 'logits.npy')!r}, logits.numpy())
+text = loaded.signatures["generate_text"](text=tf.constant(["def main():", "The import statement"]))["text"]
+print("GENERATED", [t.decode() for t in text.numpy()])
+"""
+    process = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert process.returncode == 0, process.stderr[-3000:]
+    generated = eval(process.stdout.split("GENERATED", 1)[1].strip())
+    assert len(generated) == 2 and all(isinstance(t, str) for t in generated)
+    model = keras.saving.load_model(os.path.join(model_dir, "final.keras"), compile=False)
+    expected = model.predict_on_batch(batch)
+    assert relative_error(np.load(tmp_path / "logits.npy"), expected) <= TOLERANCE
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--data=/nonexistent/*.txt"], "error: .*/nonexistent/\\*.txt"),
+        (["--preset=huge"], "error: preset must be one of \\('tiny', 'small', 'base'\\), got 'huge'"),
+        (["--data=tfds:no_such_dataset_xyz", "--data_dir=/tmp/no_tfds"], "error: .*no_such_dataset_xyz"),
+    ],
+)
+def test_train_script_bad_input_exits_with_one_line_and_keeps_existing_model(args, message, tmp_path):
+    final = tmp_path / "final.keras"
+    final.write_bytes(b"a good model from an earlier run")
+    process = run_script("tools.train", f"--model_dir={tmp_path}", "--steps=20", "--eval_every=10", *args)
+    assert process.returncode == 2
+    errors = [line for line in process.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and __import__("re").search(message, errors[0]), process.stderr[-2000:]
+    assert final.read_bytes() == b"a good model from an earlier run"
+
+
+@pytest.mark.slow
+def test_fuse_script(deep_fusion_run, tmp_path):
+    model_dir, _ = deep_fusion_run
+    partner, final = str(model_dir / "partner.keras"), str(model_dir / "final.keras")
+    output = str(tmp_path / "fused.keras")
+    process = run_script("tools.fuse", f"--models={partner},{partner}", f"--output={output}")
+    assert process.returncode == 0, process.stderr[-2000:]
+    error = float(process.stdout.split("random tokens:")[1].split()[0])
+    assert error <= TOLERANCE
+    fused = keras.saving.load_model(output, compile=False)
+    assert fused.backbone.norm_groups == [16, 16]
+    # A file that is not a model is refused, and the output is untouched.
+    broken = tmp_path / "broken.keras"
+    broken.write_bytes(b"not a model")
+    before = open(output, "rb").read()
+    process = run_script("tools.fuse", f"--models={partner},{broken}", f"--output={output}")
+    assert process.returncode == 2 and "error: cannot load" in process.stderr
+    assert open(output, "rb").read() == before
+    process = run_script("tools.fuse", f"--models={partner},{final}", f"--output={output}")
+    assert process.returncode == 0, process.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_evaluate_script_refuses_a_tokenizer_of_another_vocabulary(deep_fusion_run, tmp_path):
+    model_dir, _ = deep_fusion_run
+    other = data.train_tokenizer(data.load_corpus("embedded", "train")[:200], 400, str(tmp_path))
+    process = run_script("tools.evaluate", f"--model={model_dir / 'final.keras'}", f"--tokenizer={other}")
+    assert process.returncode == 2
+    assert "error: the tokenizer has 400 pieces but the model's vocabulary_size is 500" in process.stderr

@@ -1,0 +1,1 @@
+"""Command-line scripts: `python -m tools.train`, `tools.fuse`, `tools.export`, `tools.evaluate`."""
