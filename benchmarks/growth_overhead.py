@@ -1,0 +1,791 @@
+"""What does growing a model inside `fit` cost, and does the grown model train at full speed?
+
+Trains a tiny T5 (vocabulary 1000, 2 layers, hidden 64, 4 heads,
+feed-forward 128, dropout 0, batch 16, sequence length 64, AdamW) wrapped in
+`GrowingT5Seq2SeqLM`, grows it inside `model.fit` with `GrowthCallback`, and
+measures, for each growth operator (self_fuse, deepen by 2 layers, fuse with
+a partner of the same config), in one run:
+
+1. the cost of one growth event: the operator and the optimizer-state
+   mapping (the callback's own `seconds`) plus the retrace of the train
+   function (it happens on the first training step after the growth:
+   that step's duration minus the grown model's median step). Reported in
+   seconds, in steps of the grown model and in steps of the tiny model.
+   Goal (reported, not asserted): at most 20 training steps.
+2. the steady-state speed of the grown model against a model of the same
+   final architecture built directly (`FusionT5Backbone(**grown config)`,
+   wrapped and compiled the same way, same optimizer class and config), as
+   the ratio of steps per second grown / direct.
+   Goal (reported, not asserted): >= 0.97 (no per-step retracing or
+   leftover overhead).
+
+How it measures:
+- Each operator runs in a fresh process (multiprocessing "spawn"), so one
+  operator's traced functions and allocations do not slow the next.
+- Every training step is timed by a callback with `time.perf_counter` at
+  `on_train_batch_begin` / `on_train_batch_end` (the callback defines
+  `on_train_batch_end`, so Keras dispatches batch callbacks synchronously;
+  Keras converts the step's logs to Python numbers before calling it, so the
+  step's computation has finished when the end time is taken). Per step it
+  also records the process CPU time, the time in Python's garbage collector
+  (`gc.callbacks`) and the time spent tracing `tf.function`s in Python
+  (TensorFlow's `tracing_compilation.trace_function`, wrapped for the run).
+  The time between a step's end and the next step's begin (callbacks, the
+  growth itself) is recorded too.
+- Data: random token ids (NumPy, seeded), 8 distinct batches of fixed shape
+  in a cached, repeated `tf.data.Dataset` (no partial batch, no retrace).
+- The directly built model is constructed (from the entry's `plan` of the
+  grown config) before any training: every seed is set before the first
+  step, because `keras.utils.set_random_seed` clears TensorFlow's kernel
+  cache and every train function already run would then pay its graph
+  instantiation again (1-2 s) on its next call.
+- The model grows at step `--grow-at` inside one `fit` call, which then goes
+  on for `--post-steps` steps. The direct model is then warmed up (its first
+  step traces its train function), and the two are trained alternately in
+  short `fit` calls of `--chunk` steps, `--rounds` times each (order
+  alternating), so both are measured side by side under the same load: on a
+  small machine shared with other work the step time jumps between levels
+  as other processes come and go. The first `--skip` steps of every `fit`
+  call are excluded. Steady-state figures are the median (and mean) step
+  times over the rest; the speed ratio is the median over rounds of
+  (direct median step / grown median step) in that round, with the pooled
+  ratios and the CPU-time ratio printed beside it.
+- Evidence for the speed ratio: the trace counts of the train function's
+  two `tf.function`s (`experimental_get_tracing_count`, read after every
+  step: a count that grows during steady state means retracing per step),
+  the number of model, trainable and optimizer variables, the parameter
+  count, and the backbone configs of the grown and direct models.
+- Breakdown of the callback's time: the operator (`entry.grow`), reading,
+  mapping and writing the optimizer state, and `replace_lm`, timed by
+  wrapping those functions for the run (the library is not modified). For
+  comparison: the time to construct the direct model, and the first
+  (traced) steps of the tiny and the direct model.
+
+Run: `python benchmarks/growth_overhead.py` (about 3.5 minutes on 2 busy
+CPU cores), or `python benchmarks/growth_overhead.py --quick` for a fast
+check with fewer steps (1.5-3 minutes: most of the time is fixed, importing
+TensorFlow and building and tracing the models; `--operators self_fuse`
+for one operator only). `--operators self_fuse,deepen` picks operators. Prints the machine, library versions, the config, the figures and
+a markdown table for the README; writes everything as JSON to
+`benchmarks/results/growth_overhead.json` (`growth_overhead_quick.json` with
+`--quick`; `--output PATH` to choose).
+"""
+
+import argparse
+import concurrent.futures
+import datetime
+import importlib.metadata
+import json
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+TINY_CONFIG = dict(
+    vocabulary_size=1000,
+    num_layers=2,
+    hidden_dim=64,
+    num_heads=4,
+    intermediate_dim=128,
+    dropout=0.0,
+)
+BATCH_SIZE = 16
+SEQUENCE_LENGTH = 64
+NUM_BATCHES = 8  # distinct random batches, repeated
+LEARNING_RATE = 1e-3
+OPERATORS = ("self_fuse", "deepen", "fuse")
+EVENT_GOAL_STEPS = 20  # a growth event costs at most 20 training steps
+SPEED_GOAL = 0.97  # grown steps/s >= 0.97 x direct steps/s
+
+DEFAULTS = dict(grow_at=20, post_steps=30, chunk=5, rounds=40, skip=1)
+QUICK = dict(grow_at=8, post_steps=12, chunk=5, rounds=8, skip=1)
+
+
+# --- Worker (runs in a fresh spawned process) --------------------------------
+
+
+def _entry(operator, at_step, partner=None):
+    from keras_fusion.growth import Deepen, Fuse, SelfFuse
+
+    if operator == "self_fuse":
+        return SelfFuse(at_step=at_step)
+    if operator == "deepen":
+        return Deepen(at_step=at_step, num_new_layers=2)
+    if operator == "fuse":
+        return Fuse(at_step=at_step, partner=partner, weight=0.5)
+    raise ValueError(f"unknown operator {operator!r}; choose from {OPERATORS}")
+
+
+def _dataset(seed=0):
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    n = NUM_BATCHES * BATCH_SIZE
+    shape = (n, SEQUENCE_LENGTH)
+    vocab = TINY_CONFIG["vocabulary_size"]
+    x = {
+        "encoder_token_ids": rng.integers(1, vocab, shape).astype("int32"),
+        "encoder_padding_mask": np.ones(shape, "int32"),
+        "decoder_token_ids": rng.integers(1, vocab, shape).astype("int32"),
+        "decoder_padding_mask": np.ones(shape, "int32"),
+    }
+    y = rng.integers(0, vocab, shape).astype("int32")
+    return (
+        tf.data.Dataset.from_tensor_slices((x, y))
+        .batch(BATCH_SIZE, drop_remainder=True)
+        .cache()
+        .repeat()
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def _wrap(backbone):
+    import keras
+
+    from keras_fusion.models import FusionT5Seq2SeqLM, GrowingT5Seq2SeqLM
+
+    model = GrowingT5Seq2SeqLM(FusionT5Seq2SeqLM(backbone))
+    model.compile(
+        optimizer=keras.optimizers.AdamW(learning_rate=LEARNING_RATE),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+def _tracing_count(model):
+    """(id, trace count, inner trace count) of the train function's tf.functions.
+
+    Keras' train function is a Python closure over two `tf.function`s:
+    `multi_step_on_iterator` (called every step) and `one_step_on_data`
+    (behind a `functools.wraps` wrapper); a count that grows after the first
+    step means a retrace.
+    """
+    function = getattr(model, "train_function", None)
+    if function is None or not getattr(function, "__closure__", None):
+        return None, None, None
+    found = {}
+    for name, cell in zip(function.__code__.co_freevars, function.__closure__):
+        try:
+            value = cell.cell_contents
+        except ValueError:
+            continue
+        if not hasattr(value, "experimental_get_tracing_count"):
+            value = getattr(value, "__wrapped__", None)
+        if hasattr(value, "experimental_get_tracing_count"):
+            found[name] = (id(value), int(value.experimental_get_tracing_count()))
+    outer = found.get("multi_step_on_iterator", (id(function), None))
+    inner = found.get("one_step_on_data", (None, None))
+    return outer[0], outer[1], inner[1]
+
+
+class _GCClock:
+    """Seconds spent in Python's garbage collector, summed (gc.callbacks)."""
+
+    total = 0.0
+    collections = 0
+    _start = None
+
+    @classmethod
+    def install(cls):
+        import gc
+
+        if cls._callback not in gc.callbacks:
+            gc.callbacks.append(cls._callback)
+
+    @classmethod
+    def _callback(cls, phase, info):
+        if phase == "start":
+            cls._start = time.perf_counter()
+        elif cls._start is not None:
+            cls.total += time.perf_counter() - cls._start
+            cls.collections += 1
+            cls._start = None
+
+
+class _TraceClock:
+    """Seconds spent tracing tf.functions in Python, summed (outermost calls,
+    less the Python GC time within them).
+
+    Wraps TensorFlow's `tracing_compilation.trace_function` (which every
+    `tf.function` call goes through: a cache lookup, or a trace on a miss).
+    """
+
+    total = 0.0
+    installed = False
+    _depth = 0
+
+    @classmethod
+    def install(cls):
+        if cls.installed:
+            return
+        try:
+            from tensorflow.python.eager.polymorphic_function import tracing_compilation
+        except ImportError:  # another TensorFlow layout: no trace timing
+            return
+        original = tracing_compilation.trace_function
+
+        def trace_function(*args, **kwargs):
+            cls._depth += 1
+            start, gc_start = time.perf_counter(), _GCClock.total
+            try:
+                return original(*args, **kwargs)
+            finally:
+                cls._depth -= 1
+                if cls._depth == 0:  # Python GC inside is counted as GC
+                    cls.total += time.perf_counter() - start - (_GCClock.total - gc_start)
+
+        tracing_compilation.trace_function = trace_function
+        cls.installed = True
+
+
+def _step_timer():
+    import keras
+
+    _GCClock.install()
+    _TraceClock.install()
+
+    class StepTimer(keras.callbacks.Callback):
+        """Times every training step (wall, process CPU, Python GC); keeps
+        the trace counts of the train function after each step."""
+
+        def __init__(self):
+            super().__init__()
+            self.steps = []
+            self._begin = None
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self._trace = _TraceClock.total
+            self._gc = _GCClock.total
+            self._cpu = time.process_time()
+            self._begin = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            end = time.perf_counter()
+            cpu = time.process_time() - self._cpu
+            gc_seconds = _GCClock.total - self._gc
+            trace_seconds = _TraceClock.total - self._trace
+            function, traces, inner_traces = _tracing_count(self.model)
+            self.steps.append(dict(begin=self._begin, end=end, cpu=cpu, gc=gc_seconds,
+                                   trace=trace_seconds,
+                                   function=function, traces=traces,
+                                   inner_traces=inner_traces))
+
+    return StepTimer()
+
+
+class _Breakdown:
+    """Times the parts of `GrowthCallback.grow` by wrapping what it calls."""
+
+    def __init__(self, entry_class):
+        from keras_fusion import optimizer_state
+        from keras_fusion.models import GrowingT5Seq2SeqLM
+
+        self.targets = [
+            (entry_class, "grow", "operator (entry.grow)"),
+            (optimizer_state, "read_slots", "read optimizer state"),
+            (optimizer_state, "map_slots", "map optimizer state"),
+            (optimizer_state, "rebuild", "rebuild optimizer with state"),
+            (GrowingT5Seq2SeqLM, "replace_lm", "replace_lm (swap, reset functions)"),
+        ]
+        self.seconds = {}
+
+    def __enter__(self):
+        self.saved = []
+        for owner, name, label in self.targets:
+            original = owner.__dict__[name]
+            self.saved.append((owner, name, original))
+
+            def timed(*args, _original=original, _label=label, **kwargs):
+                start = time.perf_counter()
+                try:
+                    return _original(*args, **kwargs)
+                finally:
+                    self.seconds[_label] = self.seconds.get(_label, 0.0) + (
+                        time.perf_counter() - start
+                    )
+
+            setattr(owner, name, timed)
+        return self
+
+    def __exit__(self, *exc):
+        for owner, name, original in self.saved:
+            setattr(owner, name, original)
+        return False
+
+
+def _summary(seconds):
+    seconds = sorted(seconds)
+    n = len(seconds)
+    return dict(
+        count=n,
+        median_seconds=statistics.median(seconds),
+        mean_seconds=statistics.fmean(seconds),
+        stdev_seconds=statistics.stdev(seconds) if n > 1 else 0.0,
+        p10_seconds=seconds[int(0.1 * (n - 1))],
+        p90_seconds=seconds[int(0.9 * (n - 1))],
+        min_seconds=seconds[0],
+        max_seconds=seconds[-1],
+        steps_per_second_median=1.0 / statistics.median(seconds),
+        steps_per_second_mean=1.0 / statistics.fmean(seconds),
+    )
+
+
+def _model_facts(model):
+    import json as json_
+
+    from keras_fusion.models.fusion_t5_backbone import backbone_config, count_parameters
+
+    return dict(
+        backbone_config=json_.loads(json_.dumps(backbone_config(model.backbone))),
+        parameters=int(count_parameters(model.backbone)),
+        variables=len(model.variables),
+        trainable_variables=len(model.trainable_variables),
+        non_trainable_variables=len(model.non_trainable_variables),
+        optimizer=type(model.optimizer).__name__,
+        optimizer_variables=len(model.optimizer.variables),
+        optimizer_iterations=int(model.optimizer.iterations.numpy()),
+        jit_compile=bool(model.jit_compile),
+        run_eagerly=bool(model.run_eagerly),
+        steps_per_execution=int(model.steps_per_execution),
+    )
+
+
+def worker(operator, settings):
+    """Grow a tiny model with `operator` inside fit; time it against a direct build."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*does not support masking.*")
+    warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
+    import keras
+
+    from keras_fusion.callbacks import GrowthCallback
+    from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM
+    from keras_fusion.models.fusion_t5_backbone import backbone_config
+
+    grow_at, post, chunk, rounds, skip = (
+        settings[k] for k in ("grow_at", "post_steps", "chunk", "rounds", "skip")
+    )
+    data = _dataset()
+
+    keras.utils.set_random_seed(0)
+    model = _wrap(FusionT5Backbone(**TINY_CONFIG))
+    partner = None
+    if operator == "fuse":
+        keras.utils.set_random_seed(1)
+        partner = FusionT5Seq2SeqLM(FusionT5Backbone(**TINY_CONFIG))
+    base_facts = _model_facts(model)
+    entry = _entry(operator, grow_at, partner)
+    growth = GrowthCallback([entry], verbose=0)
+
+    # The same final architecture, built directly (from the entry's plan),
+    # wrapped the same way. Built, and every seed set, before any training:
+    # `keras.utils.set_random_seed` clears TensorFlow's kernel cache, so
+    # every train function already run would be instantiated (and
+    # graph-optimised) again on its next call, a second or two each.
+    keras.utils.set_random_seed(2)
+    planned = entry.plan(backbone_config(model.backbone))
+    build_start = time.perf_counter()
+    direct = _wrap(FusionT5Backbone(**planned))
+    direct_build_seconds = time.perf_counter() - build_start
+
+    # 1. Train the tiny model, grow it at step grow_at, go on post steps.
+    timer = _step_timer()
+    with _Breakdown(type(entry)) as breakdown:
+        model.fit(data, epochs=1, steps_per_epoch=grow_at + post, verbose=0,
+                  callbacks=[timer, growth])
+    event = dict(growth.events[0])
+    growth_fit = timer.steps
+    assert len(growth_fit) == grow_at + post
+
+    # 2. Alternate fit calls of `chunk` steps: direct, grown, grown, direct, ...
+    # The direct model's first call traces its train function: a warm-up call.
+    warmup = _step_timer()
+    direct.fit(data, epochs=1, steps_per_epoch=skip + 2, verbose=0, callbacks=[warmup])
+    chunks = {"grown": [], "direct": []}
+    for r in range(rounds):
+        order = ("grown", "direct") if r % 2 == 0 else ("direct", "grown")
+        for name in order:
+            t = _step_timer()
+            m = direct if name == "direct" else model
+            m.fit(data, epochs=1, steps_per_epoch=chunk, verbose=0, callbacks=[t])
+            chunks[name].append(t.steps)
+
+    def durations(steps, key=None):
+        return [s[key] if key else s["end"] - s["begin"] for s in steps]
+
+    def steady(name, key=None):
+        return [d for c in chunks[name] for d in durations(c, key)[skip:]]
+
+    grown_steady = _summary(steady("grown"))
+    direct_steady = _summary(steady("direct"))
+    per_round = []
+    for r in range(rounds):
+        g = statistics.median(durations(chunks["grown"][r])[skip:])
+        d = statistics.median(durations(chunks["direct"][r])[skip:])
+        per_round.append(dict(grown_median_seconds=g, direct_median_seconds=d, speed_ratio=d / g))
+    paired_ratio = statistics.median(x["speed_ratio"] for x in per_round)
+    cpu = {name: statistics.median(steady(name, "cpu")) for name in chunks}
+    gc_seconds = {name: sum(steady(name, "gc")) for name in chunks}
+
+    fit_durations = durations(growth_fit)
+    gaps = [growth_fit[i + 1]["begin"] - growth_fit[i]["end"] for i in range(len(growth_fit) - 1)]
+    base_steady = _summary(fit_durations[skip:grow_at])
+    median_step = grown_steady["median_seconds"]
+    after = growth_fit[grow_at]  # step grow_at + 1: the retrace
+    first_after = fit_durations[grow_at]
+    growth_gap = gaps[grow_at - 1]  # between step grow_at's end and the next begin
+    ordinary_gap = statistics.median(gaps[skip:grow_at - 1] + gaps[grow_at + 1:])
+    retrace_extra = first_after - median_step
+    callback_seconds = event["seconds"]
+    cost = callback_seconds + retrace_extra
+    # The same from the wall clock: end of step grow_at to end of step
+    # grow_at + 1, less one ordinary step and one ordinary callback gap.
+    wall_cost = growth_gap + first_after - median_step - ordinary_gap
+
+    def trace_info(steps):
+        functions = []
+        for s in steps:
+            if not functions or functions[-1]["function"] != s["function"]:
+                functions.append(dict(function=s["function"], steps=0,
+                                      traces_after_first_step=s["traces"],
+                                      inner_traces_after_first_step=s["inner_traces"]))
+            functions[-1]["traces_after_last_step"] = s["traces"]
+            functions[-1]["inner_traces_after_last_step"] = s["inner_traces"]
+            functions[-1]["steps"] += 1
+        for f in functions:
+            del f["function"]
+        return functions
+
+    grown_all = growth_fit + [s for c in chunks["grown"] for s in c]
+    direct_all = warmup.steps + [s for c in chunks["direct"] for s in c]
+    first_of_chunk = {
+        name: [dict(seconds=c[0]["end"] - c[0]["begin"], gc_seconds=c[0]["gc"],
+                    python_trace_seconds=c[0]["trace"]) for c in chunks[name]]
+        for name in chunks
+    }
+    return dict(
+        operator=operator,
+        entry=event["entry"],
+        settings=settings,
+        base=base_facts,
+        grown=_model_facts(model),
+        direct=_model_facts(direct),
+        same_architecture=backbone_config(model.backbone) == backbone_config(direct.backbone),
+        growth_event=dict(
+            step=event["step"],
+            parameters_before=event["parameters_before"],
+            parameters_after=event["parameters_after"],
+            callback_seconds=callback_seconds,
+            callback_breakdown_seconds=breakdown.seconds,
+            first_step_after_growth_seconds=first_after,
+            first_step_after_growth_cpu_seconds=after["cpu"],
+            first_step_after_growth_gc_seconds=after["gc"],
+            first_step_after_growth_python_trace_seconds=after["trace"],
+            retrace_extra_seconds=retrace_extra,
+            cost_seconds=cost,
+            cost_in_grown_steps=cost / median_step,
+            cost_in_tiny_steps=cost / base_steady["median_seconds"],
+            wall_clock_cost_seconds=wall_cost,
+            growth_gap_seconds=growth_gap,
+            ordinary_gap_seconds=ordinary_gap,
+            steps_2_to_10_after_growth_excess_seconds=sum(
+                d - median_step for d in fit_durations[grow_at + 1:grow_at + 10]),
+            first_steps_after_growth_seconds=fit_durations[grow_at:grow_at + 5],
+        ),
+        comparison_seconds=dict(
+            tiny_model_first_step=fit_durations[0],
+            tiny_model_first_step_python_trace=growth_fit[0]["trace"],
+            direct_model_first_step=durations(warmup.steps)[0],
+            direct_model_first_step_python_trace=warmup.steps[0]["trace"],
+            direct_model_construction=direct_build_seconds,
+        ),
+        first_step_of_each_fit_call=first_of_chunk,
+        tiny_steady=base_steady,
+        grown_steady=grown_steady,
+        direct_steady=direct_steady,
+        grown_after_growth_in_growth_fit=_summary(fit_durations[grow_at + 10:])
+        if post > 12 else None,
+        speed_ratio=paired_ratio,
+        speed_ratio_pooled_median=direct_steady["median_seconds"] / grown_steady["median_seconds"],
+        speed_ratio_pooled_mean=direct_steady["mean_seconds"] / grown_steady["mean_seconds"],
+        speed_ratio_p10=direct_steady["p10_seconds"] / grown_steady["p10_seconds"],
+        cpu_seconds_per_step_median=cpu,
+        cpu_speed_ratio=cpu["direct"] / cpu["grown"],
+        gc_seconds_in_steady_steps=gc_seconds,
+        speed_ratio_per_round=per_round,
+        traces=dict(grown=trace_info(grown_all), direct=trace_info(direct_all)),
+        step_seconds=dict(
+            growth_fit=fit_durations,
+            grown_chunks=[durations(c) for c in chunks["grown"]],
+            direct_chunks=[durations(c) for c in chunks["direct"]],
+            direct_warmup=durations(warmup.steps),
+        ),
+    )
+
+
+# --- Driver ------------------------------------------------------------------
+
+
+def _in_fresh_process(fn, *args):
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def _meminfo_kib(field):
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/meminfo")
+
+
+def machine_info():
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        ram = _meminfo_kib("MemTotal") * 1024
+    except (OSError, RuntimeError):
+        ram = None
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return dict(
+        cpu_model=cpu,
+        cpu_count=os.cpu_count(),
+        usable_cpus=usable,
+        ram_bytes=ram,
+        platform=platform.platform(),
+        python=platform.python_version(),
+    )
+
+
+def versions():
+    out = {}
+    for name in ("tensorflow", "keras", "keras-hub", "numpy"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _short_config(config, base):
+    changed = {k: v for k, v in config.items() if base.get(k) != v}
+    names = dict(hidden_dim="hidden", num_layers="layers", num_heads="heads",
+                 intermediate_dim="ff", norm_groups="norm groups")
+    return ", ".join(f"{names.get(k, k)} {v}" for k, v in changed.items()
+                     if k in names)
+
+
+def markdown_table(result):
+    m, v = result["machine"], result["versions"]
+    lines = [
+        f"Growth inside `fit` on a tiny T5 (vocabulary {TINY_CONFIG['vocabulary_size']}, "
+        f"{TINY_CONFIG['num_layers']} layers, hidden {TINY_CONFIG['hidden_dim']}, "
+        f"{TINY_CONFIG['num_heads']} heads, feed-forward {TINY_CONFIG['intermediate_dim']}, "
+        f"dropout 0, batch {BATCH_SIZE}, length {SEQUENCE_LENGTH}, AdamW; "
+        f"{result['tiny_ms_per_step']:.0f} ms/step) on {m['cpu_model']}, {m['usable_cpus']} CPUs, "
+        f"TensorFlow {v['tensorflow']}, Keras {v['keras']}, keras-hub {v['keras-hub']}. "
+        f"Event cost = operator + optimizer mapping + retrace (first step after growth "
+        f"less a steady step); speed = steps/s of the grown model / steps/s of the same "
+        f"architecture built directly (median over {result['settings']['rounds']} alternating "
+        f"rounds of {result['settings']['chunk']} steps each):",
+        "",
+        "| Operator | Grown model | Event cost (s) | = grown steps "
+        f"(goal <= {EVENT_GOAL_STEPS}) | operator + optimizer (s) | retrace (s) "
+        f"| grown / direct ms/step | Speed grown / direct (goal >= {SPEED_GOAL}) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in result["operators"]:
+        e = r["growth_event"]
+        lines.append(
+            f"| `{r['operator']}` | {r['grown_summary']} | {e['cost_seconds']:.2f} "
+            f"| {e['cost_in_grown_steps']:.0f} | {e['callback_seconds']:.2f} "
+            f"| {e['retrace_extra_seconds']:.2f} "
+            f"| {1e3 * r['grown_steady']['median_seconds']:.1f} / "
+            f"{1e3 * r['direct_steady']['median_seconds']:.1f} "
+            f"| {r['speed_ratio']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def _print_operator(r):
+    e, c = r["growth_event"], r["comparison_seconds"]
+    g, d, t = r["grown_steady"], r["direct_steady"], r["tiny_steady"]
+    print(f"\n== {r['entry']}: {r['grown_summary']} "
+          f"(parameters {e['parameters_before']:,} -> {e['parameters_after']:,})")
+    print(f"  tiny model step (median of {t['count']}):   {1e3 * t['median_seconds']:8.1f} ms")
+    print(f"  growth callback (operator + optimizer): {e['callback_seconds']:8.3f} s")
+    for label, s in e["callback_breakdown_seconds"].items():
+        print(f"      {label:35s}{s:8.3f} s")
+    print(f"  first step after growth (retrace):      {e['first_step_after_growth_seconds']:8.3f} s "
+          f"(over a steady step: {e['retrace_extra_seconds']:.3f} s)")
+    print(f"      Python tracing {e['first_step_after_growth_python_trace_seconds']:.3f} s, "
+          f"Python GC {e['first_step_after_growth_gc_seconds']:.3f} s, the rest (graph "
+          f"instantiation and optimisation, execution) "
+          f"{e['first_step_after_growth_seconds'] - e['first_step_after_growth_python_trace_seconds'] - e['first_step_after_growth_gc_seconds']:.3f} s")
+    print(f"  next steps after growth (s): "
+          + ", ".join(f"{x:.3f}" for x in e["first_steps_after_growth_seconds"][1:]))
+    print(f"  for comparison: first (traced) step of the tiny model {c['tiny_model_first_step']:.3f} s "
+          f"(tracing {c['tiny_model_first_step_python_trace']:.3f} s), of the direct model "
+          f"{c['direct_model_first_step']:.3f} s (tracing {c['direct_model_first_step_python_trace']:.3f} s); "
+          f"constructing the direct model {c['direct_model_construction']:.3f} s")
+    slow = [f"{x['seconds']:.3f}" for x in r["first_step_of_each_fit_call"]["grown"]
+            if x["seconds"] > 5 * g["median_seconds"]]
+    if slow:
+        print(f"  note: slow first steps of later grown fit calls (s): {', '.join(slow)}")
+    print(f"  GROWTH EVENT COST: {e['cost_seconds']:.3f} s = {e['cost_in_grown_steps']:.1f} "
+          f"grown-model steps = {e['cost_in_tiny_steps']:.1f} tiny-model steps "
+          f"(wall clock: {e['wall_clock_cost_seconds']:.3f} s); goal <= {EVENT_GOAL_STEPS} "
+          f"steps: {'met' if r['event_goal_met'] else 'MISSED'}")
+    print(f"  steady state ({g['count']} grown / {d['count']} direct steps, "
+          f"{len(r['speed_ratio_per_round'])} alternating rounds):")
+    for name, s in (("grown", g), ("direct", d)):
+        print(f"      {name:7s} median {1e3 * s['median_seconds']:6.1f} ms  mean "
+              f"{1e3 * s['mean_seconds']:6.1f} ms  p10-p90 {1e3 * s['p10_seconds']:5.1f}-"
+              f"{1e3 * s['p90_seconds']:5.1f} ms  {s['steps_per_second_median']:5.1f} steps/s  "
+              f"CPU {1e3 * r['cpu_seconds_per_step_median'][name]:6.1f} ms/step  "
+              f"GC {r['gc_seconds_in_steady_steps'][name]:.3f} s in all")
+    rounds = ", ".join(f"{x['speed_ratio']:.2f}" for x in r["speed_ratio_per_round"])
+    print(f"  SPEED grown / direct: {r['speed_ratio']:.3f} (median of per-round ratios; goal >= "
+          f"{SPEED_GOAL}: {'met' if r['speed_goal_met'] else 'MISSED'})")
+    print(f"      pooled median {r['speed_ratio_pooled_median']:.3f}, pooled mean "
+          f"{r['speed_ratio_pooled_mean']:.3f}, p10 {r['speed_ratio_p10']:.3f}, CPU time "
+          f"{r['cpu_speed_ratio']:.3f}")
+    print(f"      per round: {rounds}")
+    before, after = r["load_average_before_after"]
+    print(f"      system load average (1 min) before / after: {before[0]:.2f} / {after[0]:.2f} "
+          f"on {os.cpu_count()} CPUs")
+    tr = r["traces"]
+
+    def traces(x):
+        return f"{x['traces_after_last_step']}/{x['inner_traces_after_last_step']} over {x['steps']} steps"
+
+    print("  trace counts (outer/inner tf.function) per train function: grown "
+          + "; ".join(traces(x) for x in tr["grown"]) + " | direct "
+          + "; ".join(traces(x) for x in tr["direct"]))
+    gm, dm = r["grown"], r["direct"]
+    print(f"  variables grown/direct: model {gm['variables']}/{dm['variables']}, trainable "
+          f"{gm['trainable_variables']}/{dm['trainable_variables']}, optimizer "
+          f"{gm['optimizer_variables']}/{dm['optimizer_variables']}, parameters "
+          f"{gm['parameters']:,}/{dm['parameters']:,}; same architecture: "
+          f"{r['same_architecture']}", flush=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer steps, for a fast check")
+    parser.add_argument("--operators", default=",".join(OPERATORS),
+                        help=f"comma-separated, from {', '.join(OPERATORS)} (default all)")
+    for name in DEFAULTS:
+        parser.add_argument("--" + name.replace("_", "-"), type=int, default=None,
+                            help=f"default {DEFAULTS[name]} ({QUICK[name]} with --quick)")
+    parser.add_argument("--output", default=None,
+                        help="JSON path (default benchmarks/results/growth_overhead.json, "
+                             "growth_overhead_quick.json with --quick)")
+    args = parser.parse_args(argv)
+    settings = dict(QUICK if args.quick else DEFAULTS)
+    for name in settings:
+        value = getattr(args, name)
+        if value is not None:
+            settings[name] = value
+    if settings["grow_at"] <= settings["skip"] + 1 or settings["post_steps"] < 5:
+        parser.error("--grow-at must exceed --skip + 1 and --post-steps must be >= 5")
+    if settings["chunk"] <= settings["skip"] or settings["rounds"] < 1:
+        parser.error("--chunk must exceed --skip and --rounds must be >= 1")
+    operators = [o.strip() for o in args.operators.split(",") if o.strip()]
+    for o in operators:
+        if o not in OPERATORS:
+            parser.error(f"unknown operator {o!r}; choose from {', '.join(OPERATORS)}")
+    output = args.output or os.path.join(
+        ROOT, "benchmarks", "results",
+        "growth_overhead_quick.json" if args.quick else "growth_overhead.json",
+    )
+
+    machine, vers = machine_info(), versions()
+    print("Machine:", f"{machine['cpu_model']}, {machine['cpu_count']} CPUs "
+          f"({machine['usable_cpus']} usable), "
+          f"{(machine['ram_bytes'] or 0) / 2**30:.1f} GiB RAM, {machine['platform']}")
+    print("Versions:", ", ".join(f"{k} {v}" for k, v in vers.items()),
+          f"python {machine['python']}")
+    print("Tiny config:", TINY_CONFIG, f"batch {BATCH_SIZE}, sequence length "
+          f"{SEQUENCE_LENGTH}, AdamW(learning_rate={LEARNING_RATE})")
+    print("Settings:", settings, "operators:", operators,
+          "(each operator in a fresh spawned process)", flush=True)
+
+    start = time.perf_counter()
+    results = []
+    for operator in operators:
+        print(f"\nMeasuring {operator} ...", flush=True)
+        load_before = os.getloadavg()
+        r = _in_fresh_process(worker, operator, settings)
+        r["load_average_before_after"] = [load_before, os.getloadavg()]
+        r["grown_summary"] = _short_config(r["grown"]["backbone_config"],
+                                           r["base"]["backbone_config"])
+        r["event_goal_met"] = r["growth_event"]["cost_in_grown_steps"] <= EVENT_GOAL_STEPS
+        r["event_goal_met_tiny_steps"] = r["growth_event"]["cost_in_tiny_steps"] <= EVENT_GOAL_STEPS
+        r["speed_goal_met"] = r["speed_ratio"] >= SPEED_GOAL
+        _print_operator(r)
+        results.append(r)
+
+    tiny_ms = 1e3 * statistics.median(r["tiny_steady"]["median_seconds"] for r in results)
+    result = dict(
+        benchmark="growth_overhead",
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        quick=args.quick,
+        config=dict(TINY_CONFIG, batch_size=BATCH_SIZE, sequence_length=SEQUENCE_LENGTH,
+                    optimizer="AdamW", learning_rate=LEARNING_RATE,
+                    distinct_batches=NUM_BATCHES),
+        settings=settings,
+        machine=machine,
+        versions=vers,
+        goals=dict(
+            event_cost_steps=EVENT_GOAL_STEPS,
+            event_cost_unit="steps of the grown model (also reported in tiny-model steps)",
+            speed_ratio=SPEED_GOAL,
+        ),
+        tiny_ms_per_step=tiny_ms,
+        operators=results,
+        all_goals_met=all(r["event_goal_met"] and r["speed_goal_met"] for r in results),
+        benchmark_wall_seconds=time.perf_counter() - start,
+    )
+    print("\nSummary:")
+    for r in results:
+        e = r["growth_event"]
+        print(f"  {r['operator']:10s} event {e['cost_seconds']:6.2f} s = "
+              f"{e['cost_in_grown_steps']:5.1f} grown steps ({e['cost_in_tiny_steps']:5.1f} tiny "
+              f"steps) [{'met' if r['event_goal_met'] else 'MISSED'}]; speed grown/direct "
+              f"{r['speed_ratio']:.3f} [{'met' if r['speed_goal_met'] else 'MISSED'}]")
+    print()
+    print(markdown_table(result))
+
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    tmp = output + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, output)
+    shown = os.path.relpath(output)
+    if shown.startswith(".."):
+        shown = os.path.abspath(output)
+    print(f"\nWrote {shown} (benchmark took {result['benchmark_wall_seconds']:.0f} s).")
+
+
+if __name__ == "__main__":
+    main()
