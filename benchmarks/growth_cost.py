@@ -48,18 +48,16 @@ figures and a markdown table for the README; writes the figures as JSON to
 """
 
 import argparse
-import concurrent.futures
 import datetime
 import gc
-import importlib.metadata
 import json
-import multiprocessing
 import os
-import platform
 import statistics
 import sys
 import threading
 import time
+
+from benchmark_utils import in_fresh_process, machine_info, versions
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -294,53 +292,12 @@ def worker_breakdown(config):
 # --- Driver -----------------------------------------------------------------
 
 
-def _in_fresh_process(fn, *args):
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
-        return pool.submit(fn, *args).result()
 
 
-def machine_info():
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        ram = _status_kib_of("/proc/meminfo", "MemTotal") * 1024
-    except (OSError, RuntimeError):
-        ram = None
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return dict(
-        cpu_model=cpu,
-        cpu_count=os.cpu_count(),
-        usable_cpus=usable,
-        ram_bytes=ram,
-        platform=platform.platform(),
-        python=platform.python_version(),
-    )
 
 
-def _status_kib_of(path, field):
-    with open(path) as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in {path}")
 
 
-def versions():
-    out = {}
-    for name in ("tensorflow", "keras", "keras-hub", "numpy"):
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def _mib(n):
@@ -411,13 +368,13 @@ def main(argv=None):
 
     start = time.perf_counter()
     print("Measuring fuse ...", flush=True)
-    fuse = _in_fresh_process(worker_fuse, config, args.repeats)
+    fuse = in_fresh_process(worker_fuse, config, args.repeats)
     print("Measuring from-scratch construction ...", flush=True)
-    scratch = _in_fresh_process(worker_scratch, config, fuse["fused_config"], args.repeats)
+    scratch = in_fresh_process(worker_scratch, config, fuse["fused_config"], args.repeats)
     breakdown = None
     if not args.no_breakdown:
         print("Measuring the steps of fuse ...", flush=True)
-        breakdown = _in_fresh_process(worker_breakdown, config)
+        breakdown = in_fresh_process(worker_breakdown, config)
 
     bound = 2 * fuse["fused_parameter_bytes"] + fuse["input_parameter_bytes"]
     result = dict(

@@ -72,16 +72,14 @@ a markdown table for the README; writes everything as JSON to
 """
 
 import argparse
-import concurrent.futures
 import datetime
-import importlib.metadata
 import json
-import multiprocessing
 import os
-import platform
 import statistics
 import sys
 import time
+
+from benchmark_utils import in_fresh_process, machine_info, versions
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -536,53 +534,12 @@ def worker(operator, settings):
 # --- Driver ------------------------------------------------------------------
 
 
-def _in_fresh_process(fn, *args):
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
-        return pool.submit(fn, *args).result()
 
 
-def _meminfo_kib(field):
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/meminfo")
 
 
-def machine_info():
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        ram = _meminfo_kib("MemTotal") * 1024
-    except (OSError, RuntimeError):
-        ram = None
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return dict(
-        cpu_model=cpu,
-        cpu_count=os.cpu_count(),
-        usable_cpus=usable,
-        ram_bytes=ram,
-        platform=platform.platform(),
-        python=platform.python_version(),
-    )
 
 
-def versions():
-    out = {}
-    for name in ("tensorflow", "keras", "keras-hub", "numpy"):
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def _short_config(config, base):
@@ -640,7 +597,7 @@ def _print_operator(r):
           f"Python GC {e['first_step_after_growth_gc_seconds']:.3f} s, the rest (graph "
           f"instantiation and optimisation, execution) "
           f"{e['first_step_after_growth_seconds'] - e['first_step_after_growth_python_trace_seconds'] - e['first_step_after_growth_gc_seconds']:.3f} s")
-    print(f"  next steps after growth (s): "
+    print("  next steps after growth (s): "
           + ", ".join(f"{x:.3f}" for x in e["first_steps_after_growth_seconds"][1:]))
     print(f"  for comparison: first (traced) step of the tiny model {c['tiny_model_first_step']:.3f} s "
           f"(tracing {c['tiny_model_first_step_python_trace']:.3f} s), of the direct model "
@@ -734,7 +691,7 @@ def main(argv=None):
     for operator in operators:
         print(f"\nMeasuring {operator} ...", flush=True)
         load_before = os.getloadavg()
-        r = _in_fresh_process(worker, operator, settings)
+        r = in_fresh_process(worker, operator, settings)
         r["load_average_before_after"] = [load_before, os.getloadavg()]
         r["grown_summary"] = _short_config(r["grown"]["backbone_config"],
                                            r["base"]["backbone_config"])

@@ -24,7 +24,6 @@ V exactly when it is rank one).
 import keras
 import numpy as np
 
-from keras_fusion import growth_maps
 from keras_fusion.growth_maps import FIRST_MOMENT, SECOND_MOMENT
 
 SUPPORTED = (keras.optimizers.Adam, keras.optimizers.AdamW, keras.optimizers.Adafactor)

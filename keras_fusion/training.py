@@ -442,6 +442,16 @@ def run(config):
     )
 
 
+def load_model_file(path, flag="--model"):
+    """Load a `.keras` model for a script, or raise one clear ValueError."""
+    if not path or not os.path.exists(path):
+        raise ValueError(f"{flag} not found: {path}")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as error:  # truncated, corrupt or foreign files
+        raise ValueError(f"cannot load {path}: {error}") from error
+
+
 def save_atomic(model, path):
     """`model.save(path)` through a temporary file: never a half-written model."""
     temporary = os.path.join(os.path.dirname(os.path.abspath(path)), ".partial-" + os.path.basename(path))

@@ -32,7 +32,7 @@ def mirrored(out):
     from keras_fusion.growth import Deepen, SelfFuse
     from keras_fusion.models import relative_error
     from keras_fusion.models.fusion_t5_backbone import backbone_variables
-    from t5_test_utils import growing_lm, random_inputs, random_labels
+    from t5_test_utils import AtStep, growing_lm, random_inputs, random_labels
 
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     x, y = random_inputs(batch_size=4, seed=11), random_labels(batch_size=4, seed=12)
@@ -42,15 +42,6 @@ def mirrored(out):
         # A direct call: predict_on_batch under MirroredStrategy returns
         # one copy of the batch per replica in Keras 3.15.
         return float(loss(y, model(x), sample_weight=x["decoder_padding_mask"]))
-
-    class AtStep(keras.callbacks.Callback):
-        def __init__(self, step, fn):
-            super().__init__()
-            self.step, self.fn, self.value = step, fn, None
-
-        def on_train_batch_end(self, batch, logs=None):
-            if int(self.model.optimizer.iterations.numpy()) == self.step:
-                self.value = self.fn(self.model)
 
     def old_layers(model):
         tree = growth_maps.read(backbone_variables(model.backbone))

@@ -91,3 +91,15 @@ def growing_lm(optimizer=None, seed=0, **backbone_kwargs):
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     return model
+
+
+class AtStep(keras.callbacks.Callback):
+    """Stores `fn(model)` in `value` at the end of optimizer step `step`."""
+
+    def __init__(self, step, fn):
+        super().__init__()
+        self.step, self.fn, self.value = step, fn, None
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) == self.step:
+            self.value = self.fn(self.model)

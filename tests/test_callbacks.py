@@ -13,7 +13,7 @@ from keras_fusion.callbacks import GrowthCallback, GrowthCheckpoint, checkpoint_
 from keras_fusion.growth import Deepen, Fuse, SelfFuse, WidenFFN
 from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM, relative_error
 from keras_fusion.models.fusion_t5_backbone import backbone_variables
-from t5_test_utils import TOLERANCE, growing_lm, random_backbone, random_inputs, random_labels
+from t5_test_utils import TOLERANCE, AtStep, growing_lm, random_backbone, random_inputs, random_labels
 
 X = random_inputs(batch_size=4, seed=11)
 Y = random_labels(batch_size=4, seed=12)
@@ -23,18 +23,6 @@ LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 def fixed_batch_loss(model):
     return float(LOSS(Y, model.predict_on_batch(X), sample_weight=WEIGHTS))
-
-
-class AtStep(keras.callbacks.Callback):
-    """Calls fn(model) at the end of optimizer step `step`."""
-
-    def __init__(self, step, fn):
-        super().__init__()
-        self.step, self.fn, self.value = step, fn, None
-
-    def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.optimizer.iterations.numpy()) == self.step:
-            self.value = self.fn(self.model)
 
 
 def fit(model, steps, callbacks=(), **kwargs):

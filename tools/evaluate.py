@@ -25,18 +25,12 @@ flags.DEFINE_integer("target_length", 16, "Decoder tokens per example.")
 def evaluate(model_path, tokenizer_path, data_spec="embedded", data_dir=None, batch_size=16,
              batches=16, input_length=64, target_length=16):
     """Returns `{"loss": ..., "accuracy": ...}` on the validation split."""
-    import keras
-
     from keras_fusion import data
-    from keras_fusion.training import compile_model, make_optimizer
+    from keras_fusion.training import compile_model, load_model_file, make_optimizer
 
-    for name, path in (("--model", model_path), ("--tokenizer", tokenizer_path)):
-        if not path or not os.path.exists(path):
-            raise ValueError(f"{name} not found: {path}")
-    try:
-        model = keras.saving.load_model(model_path, compile=False)
-    except Exception as error:
-        raise ValueError(f"cannot load {model_path}: {error}") from error
+    if not tokenizer_path or not os.path.exists(tokenizer_path):
+        raise ValueError(f"--tokenizer not found: {tokenizer_path}")
+    model = load_model_file(model_path)
     vocabulary_size = data.vocabulary_size(tokenizer_path)
     if vocabulary_size != model.backbone.vocabulary_size:
         raise ValueError(

@@ -29,19 +29,13 @@ flags.DEFINE_integer("max_new_tokens", 32, "Greedy decoding steps of generate_te
 
 def main(argv):
     del argv
-    import keras
-
     from keras_fusion.export import export_saved_model
+    from keras_fusion.training import load_model_file
 
     try:
-        if not FLAGS.model or not os.path.exists(FLAGS.model):
-            raise ValueError(f"--model not found: {FLAGS.model}")
         if not FLAGS.export_dir:
             raise ValueError("--export_dir is required.")
-        try:
-            model = keras.saving.load_model(FLAGS.model, compile=False)
-        except Exception as error:
-            raise ValueError(f"cannot load {FLAGS.model}: {error}") from error
+        model = load_model_file(FLAGS.model)
         export_saved_model(model, FLAGS.export_dir, FLAGS.tokenizer, FLAGS.max_input_length, FLAGS.max_new_tokens)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)

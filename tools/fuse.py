@@ -25,26 +25,17 @@ flags.DEFINE_enum("norm", "grouped", ["grouped", "global"], "grouped: exact; glo
 
 def fuse_files(paths, output, weights=None, norm="grouped"):
     """Load, check, fuse, verify and save; returns the measured logit error."""
-    import keras
     import numpy as np
 
     from keras_fusion.models import FusionT5Seq2SeqLM, function_error
     from keras_fusion.models.fusion_t5_backbone import check_fusable
-    from keras_fusion.training import save_atomic
+    from keras_fusion.training import load_model_file, save_atomic
 
     if not paths or len(paths) < 2:
         raise ValueError(f"--models needs two or more files, got {paths}.")
     if not output or not output.endswith(".keras"):
         raise ValueError(f"--output must be a .keras path, got {output!r}.")
-    lms = []
-    for path in paths:
-        if not os.path.exists(path):
-            raise ValueError(f"model file not found: {path}")
-        try:
-            model = keras.saving.load_model(path, compile=False)
-        except Exception as error:
-            raise ValueError(f"cannot load {path}: {error}") from error
-        lms.append(getattr(model, "lm", model))
+    lms = [getattr(m, "lm", m) for m in (load_model_file(path, "--models") for path in paths)]
     check_fusable([lm.backbone for lm in lms])
     weights = [float(w) for w in weights] if weights else None
     fused = FusionT5Seq2SeqLM.fuse(*lms, weights=weights, norm=norm)

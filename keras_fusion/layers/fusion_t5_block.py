@@ -1,7 +1,6 @@
 """FusionT5Block: a keras-hub T5 layer with grouped norms and growth methods."""
 
 import keras
-import numpy as np
 from keras_hub.src.models.t5.t5_multi_head_attention import T5MultiHeadAttention
 from keras_hub.src.models.t5.t5_transformer_layer import T5TransformerLayer
 

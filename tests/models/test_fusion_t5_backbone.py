@@ -3,7 +3,6 @@
 import os
 
 import keras
-import keras_hub
 import numpy as np
 import pytest
 from keras_hub.src.tests.test_case import TestCase

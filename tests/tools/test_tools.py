@@ -118,11 +118,15 @@ print("GENERATED", [t.decode() for t in text.numpy()])
         (["--data=/nonexistent/*.txt"], "error: .*/nonexistent/\\*.txt"),
         (["--preset=huge"], "error: preset must be one of \\('tiny', 'small', 'base'\\), got 'huge'"),
         (["--data=tfds:no_such_dataset_xyz", "--data_dir=/tmp/no_tfds"], "error: .*no_such_dataset_xyz"),
+        (["--data={empty}"], "error: The 1 file\\(s\\) matching .*empty.txt' hold no text"),
     ],
 )
 def test_train_script_bad_input_exits_with_one_line_and_keeps_existing_model(args, message, tmp_path):
     final = tmp_path / "final.keras"
     final.write_bytes(b"a good model from an earlier run")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    args = [a.format(empty=empty) for a in args]
     process = run_script("tools.train", f"--model_dir={tmp_path}", "--steps=20", "--eval_every=10", *args)
     assert process.returncode == 2
     errors = [line for line in process.stderr.splitlines() if line.startswith("error:")]
@@ -150,6 +154,18 @@ def test_fuse_script(deep_fusion_run, tmp_path):
     assert open(output, "rb").read() == before
     process = run_script("tools.fuse", f"--models={partner},{final}", f"--output={output}")
     assert process.returncode == 0, process.stderr[-2000:]
+    # Models that cannot be fused: the error names the field and both values.
+    from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM
+
+    other = FusionT5Seq2SeqLM(FusionT5Backbone(vocabulary_size=400, num_layers=2, num_heads=1,
+                                               hidden_dim=16, intermediate_dim=32, key_value_dim=16))
+    other_path = str(tmp_path / "other.keras")
+    other.save(other_path)
+    before = open(output, "rb").read()
+    process = run_script("tools.fuse", f"--models={partner},{other_path}", f"--output={output}")
+    assert process.returncode == 2
+    assert "error: vocabulary_size differs: 500 vs 400" in process.stderr
+    assert open(output, "rb").read() == before
 
 
 @pytest.mark.slow

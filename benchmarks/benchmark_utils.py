@@ -1,0 +1,61 @@
+"""What every benchmark prints and records: the machine, the versions, and a
+fresh process per measured operation."""
+
+import concurrent.futures
+import importlib.metadata
+import multiprocessing
+import os
+import platform
+
+
+def in_fresh_process(fn, *args):
+    """Run `fn(*args)` in a new spawned process and return its result."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def meminfo_kib(field, path="/proc/meminfo"):
+    """A `Name: value kB` field of a /proc file, in KiB."""
+    with open(path) as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in {path}")
+
+
+def machine_info():
+    """CPU model, core counts, RAM, platform and Python version."""
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        ram = meminfo_kib("MemTotal") * 1024
+    except (OSError, RuntimeError):
+        ram = None
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return dict(
+        cpu_model=cpu,
+        cpu_count=os.cpu_count(),
+        usable_cpus=usable,
+        ram_bytes=ram,
+        platform=platform.platform(),
+        python=platform.python_version(),
+    )
+
+
+def versions():
+    """Installed versions of the stack."""
+    out = {}
+    for name in ("tensorflow", "keras", "keras-hub", "numpy"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
