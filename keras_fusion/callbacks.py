@@ -9,8 +9,12 @@ import tensorflow as tf
 from absl import logging
 
 from keras_fusion import growth, optimizer_state
+from keras_fusion.dynamics import DynamicsMonitor
 from keras_fusion.models.fusion_t5_backbone import backbone_config, backbone_variables, count_parameters
 from keras_fusion.models.growing_t5_seq2seq_lm import GrowingT5Seq2SeqLM
+
+
+__all__ = ["DynamicsMonitor", "GrowthCallback", "GrowthCheckpoint", "checkpoint_epoch", "restore_latest"]
 
 
 class GrowthCallback(keras.callbacks.Callback):

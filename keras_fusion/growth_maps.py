@@ -93,6 +93,27 @@ def map_leaves(fn, trees, key=None):
     return fn(key, trees)
 
 
+def check_finite(tree, what="the model"):
+    """Raise ValueError naming the first leaf that holds NaN or Inf.
+
+    Growing a model with non-finite weights would spread them through every
+    block that reads them; better to refuse before anything is built.
+    """
+
+    def walk(node, where):
+        if isinstance(node, dict):
+            for key in sorted(node):
+                walk(node[key], f"{where}.{key}" if where else key)
+        elif isinstance(node, list):
+            for i, item in enumerate(node):
+                walk(item, f"{where}[{i}]")
+        elif not np.all(np.isfinite(node)):
+            bad = int(np.size(node) - np.count_nonzero(np.isfinite(node)))
+            raise ValueError(f"{what} has {bad} non-finite value(s) (NaN or Inf) in {where}.")
+
+    walk(tree, "")
+
+
 def check_same(configs, fields):
     """Raise ValueError naming the first field on which configs disagree."""
     for field in fields:

@@ -340,13 +340,52 @@ def make_strategy(name, tpu=None):
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return multi_worker_strategy()
     if name == "tpu":
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return tf.distribute.TPUStrategy(resolver)
     raise ValueError(f"strategy must be one of default, mirrored, multi_worker, tpu; got {name!r}.")
+
+
+def multi_worker_strategy(timeout_seconds=None):
+    """`MultiWorkerMirroredStrategy` from TF_CONFIG, patched for Keras 3.15.
+
+    Create it at program start, before any other TensorFlow op. With
+    `timeout_seconds`, a collective that waits longer (a worker died or
+    hangs) fails instead of blocking forever.
+
+    Two Keras 3.15 bugs break `fit` with dict inputs under this strategy,
+    with or without growth, and are worked around by wrapping
+    `strategy.reduce`:
+    1. `TensorFlowTrainer._maybe_symbolic_build` reduces the whole first
+       batch at once; the strategy reduces single tensors only ("Attempt to
+       convert a value ({'encoder_token_ids': PerReplica...}) ... to a
+       Tensor"). Reduce leaf by leaf.
+    2. `reduce_per_replica(..., reduction="mean")` reduces scalar losses
+       along axis 0 ("Invalid reduction dimension 0 for input with 0
+       dimensions"). Use `axis=None` for scalars.
+    """
+    import tensorflow as tf
+
+    options = tf.distribute.experimental.CommunicationOptions(
+        implementation=tf.distribute.experimental.CommunicationImplementation.RING,
+        timeout_seconds=timeout_seconds,
+    )
+    strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    reduce = strategy.reduce
+
+    def reduce_leaf(reduce_op, value, axis):
+        if axis is not None and strategy.experimental_local_results(value)[0].shape.rank == 0:
+            axis = None
+        return reduce(reduce_op, value, axis=axis)
+
+    def nested_reduce(reduce_op, value, axis=None):
+        return tf.nest.map_structure(lambda v: reduce_leaf(reduce_op, v, axis), value)
+
+    strategy.reduce = nested_reduce
+    return strategy
 
 
 def run(config):

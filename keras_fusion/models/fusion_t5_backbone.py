@@ -537,8 +537,10 @@ def _check_int(name, value, minimum):
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}.")
 
 
-def _read(backbone):
-    return growth_maps.read(backbone_variables(backbone))
+def _read(backbone, what="the model"):
+    tree = growth_maps.read(backbone_variables(backbone))
+    growth_maps.check_finite(tree, what)
+    return tree
 
 
 def fuse_plan(backbones, norm="grouped"):
@@ -559,7 +561,8 @@ def fuse_plan(backbones, norm="grouped"):
             else [hidden_dim]
         ),
     )
-    return config, growth_maps.fuse_parameters([_read(b) for b in backbones])
+    trees = [_read(b, f"model {i}") for i, b in enumerate(backbones)]
+    return config, growth_maps.fuse_parameters(trees)
 
 
 def self_fuse_plan(backbone, noise=1e-3, seed=None, norm="grouped"):

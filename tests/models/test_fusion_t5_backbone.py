@@ -371,3 +371,20 @@ def test_from_parameters_under_a_distribution_strategy():
     for variable in model.variables:
         assert isinstance(variable.value, tf.distribute.DistributedValues), variable.path
     _assert_holds(model, tree)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_weights_are_refused_naming_the_place(value):
+    a = random_backbone(seed=0)
+    b = random_backbone(seed=1)
+    kernel = b.decoder_transformer_layers[1].output_projector.kernel
+    poisoned = kernel.numpy()
+    poisoned[0, 0] = value
+    kernel.assign(poisoned)
+    before_a, before_b = snapshot(a), snapshot(b)
+    with pytest.raises(ValueError, match=r"model 1 has 1 non-finite value\(s\) \(NaN or Inf\) in decoder_layers\[1\]\.ffn_output"):
+        FusionT5Backbone.fuse(a, b)
+    with pytest.raises(ValueError, match=r"the model has 1 non-finite value"):
+        FusionT5Backbone.self_fuse(b)
+    assert_unchanged(a, before_a)
+    assert_unchanged(b, before_b)

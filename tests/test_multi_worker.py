@@ -1,0 +1,151 @@
+"""Growth under MultiWorkerMirroredStrategy: two worker processes on localhost.
+
+Each worker (`multi_worker_worker.py`) gets its TF_CONFIG, creates the
+strategy first, and fits a tiny GrowingT5Seq2SeqLM through a growth event.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "multi_worker_worker.py")
+# Collective timeout given to the strategy (CommunicationOptions.timeout_seconds).
+COLLECTIVE_TIMEOUT = 30
+# How long after a worker dies its peer may take to exit.
+SURVIVOR_LIMIT = 120
+
+
+def free_ports(n):
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+class Workers:
+    """Two worker processes; `close` kills whatever still runs."""
+
+    def __init__(self, tmp_path, *args, per_worker_args=None):
+        ports = free_ports(2)
+        self.tmp_path = tmp_path
+        self.processes, self.logs = [], []
+        for i in range(2):
+            tf_config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                         "task": {"type": "worker", "index": i}}
+            env = dict(os.environ, TF_CONFIG=json.dumps(tf_config), KERAS_BACKEND="tensorflow",
+                       TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+            log = open(tmp_path / f"worker{i}.log", "w")
+            self.logs.append(log)
+            command = [sys.executable, WORKER, "--out", str(self.out(i)), "--weights", str(self.weights(i)),
+                       *args, *(per_worker_args[i] if per_worker_args else [])]
+            self.processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                                   stdin=subprocess.DEVNULL, env=env))
+
+    def out(self, i):
+        return self.tmp_path / f"result{i}.json"
+
+    def weights(self, i):
+        return self.tmp_path / f"weights{i}.npz"
+
+    def log(self, i):
+        self.logs[i].flush()
+        return (self.tmp_path / f"worker{i}.log").read_text()[-4000:]
+
+    def result(self, i):
+        with open(self.out(i)) as f:
+            return json.load(f)
+
+    def close(self):
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+        for process in self.processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+        for log in self.logs:
+            log.close()
+
+
+@pytest.mark.slow
+def test_growth_under_multi_worker_mirrored_strategy(tmp_path):
+    workers = Workers(tmp_path, "--schedule", "deepen@2", "--steps", "4",
+                      "--timeout_seconds", str(COLLECTIVE_TIMEOUT))
+    try:
+        for i, process in enumerate(workers.processes):
+            try:
+                process.wait(timeout=240)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"worker {i} did not finish in 240 s:\n{workers.log(i)}")
+        for i, process in enumerate(workers.processes):
+            assert process.returncode == 0, f"worker {i}:\n{workers.log(i)}"
+        results = [workers.result(i) for i in range(2)]
+    finally:
+        workers.close()
+
+    for i, result in enumerate(results):
+        assert result["task"] == i
+        assert result["replicas"] == 2
+        assert result["mirrored"]
+        assert result["initial"] == {"num_layers": 2, "hidden_dim": 16}
+        assert result["num_layers"] == 3 and result["hidden_dim"] == 16
+        assert result["iterations"] == 4
+        assert result["events"] == result["growth_history"] == ["deepen@2:layers=1:mode=identity"]
+        assert result["event_steps"] == [2]
+        assert all(np.isfinite(result["loss"]))
+    # Both workers hold the same (grown) model after training.
+    assert results[0]["num_trainable"] == results[1]["num_trainable"]
+    assert results[0]["weights_sha256"] == results[1]["weights_sha256"]
+    assert results[0]["loss"] == results[1]["loss"]
+    with np.load(workers.weights(0)) as w0, np.load(workers.weights(1)) as w1:
+        assert sorted(w0.files) == sorted(w1.files)
+        assert max(float(np.abs(w0[k] - w1[k]).max()) for k in w0.files) == 0.0
+
+
+@pytest.mark.slow
+def test_surviving_worker_exits_when_its_peer_is_killed(tmp_path):
+    # Worker 1 kills itself (SIGKILL) at the end of step 3, after the growth
+    # at step 2; worker 0 must then fail its next collective and exit
+    # instead of waiting forever.
+    workers = Workers(tmp_path, "--schedule", "deepen@2", "--steps", "50",
+                      "--timeout_seconds", str(COLLECTIVE_TIMEOUT),
+                      per_worker_args=[[], ["--kill_at_step", "3"]])
+    survivor, victim = workers.processes
+    try:
+        try:
+            victim.wait(timeout=240)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"worker 1 did not reach step 3 in 240 s:\n{workers.log(1)}")
+        died = time.monotonic()
+        assert victim.returncode == -signal.SIGKILL, workers.log(1)
+        assert "Growth at step 2" in workers.log(1)
+        try:
+            survivor.wait(timeout=SURVIVOR_LIMIT)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"worker 0 still running {SURVIVOR_LIMIT} s after worker 1 was killed:\n"
+                        f"{workers.log(0)}")
+        waited = time.monotonic() - died
+        print(f"worker 0 exited {waited:.1f} s after worker 1 was killed (rc {survivor.returncode})")
+        log = workers.log(0)
+    finally:
+        workers.close()
+
+    assert survivor.returncode not in (0, None), log
+    assert not workers.out(0).exists()
+    assert "Growth at step 2" in log
+    # The error names the failed collective (connection reset / unavailable /
+    # deadline exceeded, depending on how the loss is noticed).
+    assert "Collective" in log or "DeadlineExceeded" in log or "Unavailable" in log, log
+    assert waited < SURVIVOR_LIMIT
