@@ -35,6 +35,7 @@ test-fast: install
 bench: install
 	$(BIN)/python benchmarks/growth_cost.py
 	$(BIN)/python benchmarks/growth_overhead.py
+	$(BIN)/python benchmarks/growth_memory.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs
