@@ -96,13 +96,7 @@ class SelfFuse(GrowthEntry):
         return {"noise": self.noise, "seed": self.seed}
 
     def plan(self, config):
-        return dict(
-            config,
-            hidden_dim=2 * config["hidden_dim"],
-            num_heads=2 * config["num_heads"],
-            intermediate_dim=2 * config["intermediate_dim"],
-            norm_groups=config["norm_groups"] * 2,
-        )
+        return growth_maps.fused_config([config, config])
 
     def grow(self, lm):
         grown = FusionT5Seq2SeqLM.self_fuse(lm, noise=self.noise, seed=self.seed)
@@ -231,14 +225,7 @@ class Fuse(GrowthEntry):
                     f"{self.describe()}: partner cannot be fused with the model: "
                     f"{field} differs: {config[field]} vs {partner[field]}."
                 )
-        hidden_dim = config["hidden_dim"] + partner["hidden_dim"]
-        return dict(
-            config,
-            hidden_dim=hidden_dim,
-            num_heads=config["num_heads"] + partner["num_heads"],
-            intermediate_dim=config["intermediate_dim"] + partner["intermediate_dim"],
-            norm_groups=config["norm_groups"] + partner["norm_groups"],
-        )
+        return growth_maps.fused_config([config, partner])
 
     def grow(self, lm):
         loaded = self.partner_model()

@@ -147,6 +147,23 @@ def _gradient_scale(role, scale):
     return {WEIGHT: 1.0, FIRST_MOMENT: scale, SECOND_MOMENT: scale**2}[role]
 
 
+def fused_config(configs, grouped=True):
+    """The config of the fusion of models (or blocks) with these configs.
+
+    Widths, heads and feed-forward sizes add up; each source keeps its norm
+    groups (`grouped`), or one group spans the fused width.
+    """
+    config = dict(configs[0])
+    hidden_dim = sum(c["hidden_dim"] for c in configs)
+    config.update(
+        hidden_dim=hidden_dim,
+        num_heads=sum(c["num_heads"] for c in configs),
+        intermediate_dim=sum(c["intermediate_dim"] for c in configs),
+        norm_groups=[g for c in configs for g in c["norm_groups"]] if grouped else [hidden_dim],
+    )
+    return config
+
+
 def fuse_parameters(trees, role=WEIGHT):
     """Deep Fusion of n trees: block-diagonal kernels, concatenated features.
 

@@ -278,13 +278,7 @@ class FusionT5Block(T5TransformerLayer):
         parameters = growth_maps.fuse_parameters(
             [growth_maps.read(block_variables(b)) for b in blocks]
         )
-        config = dict(configs[0])
-        config.update(
-            hidden_dim=sum(c["hidden_dim"] for c in configs),
-            intermediate_dim=sum(c["intermediate_dim"] for c in configs),
-            num_heads=sum(c["num_heads"] for c in configs),
-            norm_groups=[g for c in configs for g in c["norm_groups"]],
-        )
+        config = growth_maps.fused_config(configs)
         config.pop("name", None)
         return cls._from_parameters(_constructor_args(config), parameters)
 

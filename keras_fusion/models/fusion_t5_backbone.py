@@ -548,19 +548,7 @@ def fuse_plan(backbones, norm="grouped"):
     _check_norm(norm)
     if len(backbones) < 2:
         raise ValueError(f"fuse needs at least two backbones, got {len(backbones)}.")
-    configs = check_fusable(backbones)
-    config = dict(configs[0])
-    hidden_dim = sum(c["hidden_dim"] for c in configs)
-    config.update(
-        hidden_dim=hidden_dim,
-        num_heads=sum(c["num_heads"] for c in configs),
-        intermediate_dim=sum(c["intermediate_dim"] for c in configs),
-        norm_groups=(
-            [g for c in configs for g in c["norm_groups"]]
-            if norm == "grouped"
-            else [hidden_dim]
-        ),
-    )
+    config = growth_maps.fused_config(check_fusable(backbones), grouped=norm == "grouped")
     trees = [_read(b, f"model {i}") for i, b in enumerate(backbones)]
     return config, growth_maps.fuse_parameters(trees)
 
@@ -576,12 +564,7 @@ def self_fuse_plan(backbone, noise=1e-3, seed=None, norm="grouped"):
             "norm='global' is exact for self fusion only when the model has one "
             f"norm group; this one has norm_groups={groups}. Use norm='grouped'."
         )
-    config.update(
-        hidden_dim=2 * config["hidden_dim"],
-        num_heads=2 * config["num_heads"],
-        intermediate_dim=2 * config["intermediate_dim"],
-        norm_groups=groups + groups if norm == "grouped" else [2 * config["hidden_dim"]],
-    )
+    config = growth_maps.fused_config([config, config], grouped=norm == "grouped")
     return config, growth_maps.self_fuse_parameters(_read(backbone), noise, seed)
 
 
