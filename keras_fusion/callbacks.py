@@ -41,6 +41,13 @@ class GrowthCallback(keras.callbacks.Callback):
         log_dir: optional directory for TensorBoard summaries of growth
             events (`growth/num_parameters`, a text summary per event).
         verbose: 0 silent, 1 one line per growth event.
+        rewarmup_steps: int >= 0. When positive, the learning rate ramps
+            linearly from zero again over this many steps after each growth
+            (`optimizer_state.Rewarmup`, saved with the optimizer).
+        optimizer_state: `"carry"` (the default: every slot mapped with its
+            variable) or `"reset"` (slots start from zero, as when a grown
+            model gets a fresh optimizer; `iterations` still continues).
+            `benchmarks/growth_vs_scratch.py --ablations` measures both.
 
     Each event is logged, appended to `events` (a list of dicts: step,
     entry, parameters before/after, seconds), written to TensorBoard when
@@ -54,8 +61,17 @@ class GrowthCallback(keras.callbacks.Callback):
     ```
     """
 
-    def __init__(self, schedule, max_parameters=None, log_dir=None, verbose=1):
+    OPTIMIZER_STATES = ("carry", "reset")
+
+    def __init__(self, schedule, max_parameters=None, log_dir=None, verbose=1, rewarmup_steps=0,
+                 optimizer_state="carry"):
         super().__init__()
+        if not isinstance(rewarmup_steps, int) or rewarmup_steps < 0:
+            raise ValueError(f"rewarmup_steps must be an int >= 0, got {rewarmup_steps!r}.")
+        if optimizer_state not in self.OPTIMIZER_STATES:
+            raise ValueError(f"optimizer_state must be one of {self.OPTIMIZER_STATES}, got {optimizer_state!r}.")
+        self.rewarmup_steps = rewarmup_steps
+        self.optimizer_state = optimizer_state
         self.schedule = growth.validate_schedule(schedule)
         self.max_parameters = max_parameters
         self.log_dir = log_dir
@@ -106,9 +122,10 @@ class GrowthCallback(keras.callbacks.Callback):
             old_lm, old_optimizer = model.lm, model.optimizer
             slots = optimizer_state.read_slots(old_optimizer, backbone_variables(old_lm.backbone))
             grown, map_tree = entry.grow(old_lm)
-            mapped = optimizer_state.map_slots(slots, map_tree)
+            mapped = optimizer_state.map_slots(slots, map_tree) if self.optimizer_state == "carry" else {}
             optimizer = optimizer_state.rebuild(
-                old_optimizer, grown.trainable_variables, backbone_variables(grown.backbone), mapped
+                old_optimizer, grown.trainable_variables, backbone_variables(grown.backbone), mapped,
+                rewarmup_steps=self.rewarmup_steps,
             )
             model.replace_lm(grown, optimizer)
         model.growth_history.append(entry.describe())

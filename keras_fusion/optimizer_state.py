@@ -86,7 +86,7 @@ def _adafactor_full(optimizer, variable):
     return (r / mean)[..., :, None] * c[..., None, :]
 
 
-def rebuild(optimizer, trainable_variables, variables, slots):
+def rebuild(optimizer, trainable_variables, variables, slots, rewarmup_steps=0):
     """A new optimizer like `optimizer`, built on the grown model, with state.
 
     Call inside the distribution strategy's scope.
@@ -96,7 +96,10 @@ def rebuild(optimizer, trainable_variables, variables, slots):
         trainable_variables: all trainable variables of the grown model.
         variables: the grown model's parameter tree (same variables).
         slots: `{slot_name: (role, tree of arrays)}` already mapped to the
-            grown shapes (as `read_slots` returns them, mapped).
+            grown shapes (as `read_slots` returns them, mapped); `{}` leaves
+            every slot at zero (a fresh optimizer state).
+        rewarmup_steps: int >= 0; when positive, the learning rate is
+            ramped again from the growth step (`Rewarmup`).
 
     Returns:
         The built optimizer, `iterations` carried over.
@@ -108,12 +111,17 @@ def rebuild(optimizer, trainable_variables, variables, slots):
             f"({len(trainable_variables)} trainable, {len(leaves)} in the tree): "
             "growth cannot carry the optimizer state of other variables."
         )
-    new = optimizer.__class__.from_config(optimizer.get_config())
+    config = optimizer.get_config()
+    if rewarmup_steps:
+        config["learning_rate"] = keras.saving.serialize_keras_object(
+            Rewarmup(_base_rate(config["learning_rate"]), int(optimizer.iterations.numpy()), rewarmup_steps)
+        )
+    new = optimizer.__class__.from_config(config)
     new.build(trainable_variables)
     new.iterations.assign(optimizer.iterations)
     if isinstance(new, keras.optimizers.Adafactor):
         _write_adafactor(new, variables, slots)
-    else:
+    elif slots:
         targets = _adam_slots(new)
         for name, (_, tree) in slots.items():
             slot_list = targets[name][1]
@@ -163,3 +171,57 @@ def moments_for_new_model(slots, partner):
 
         result[name] = (role, keras.tree.map_structure(fill, own, partner))
     return result
+
+
+def _base_rate(learning_rate):
+    """The rate under any earlier re-warm-up (re-warm-ups do not nest)."""
+    if isinstance(learning_rate, dict) and learning_rate.get("class_name", "").endswith("Rewarmup"):
+        return learning_rate["config"]["learning_rate"]
+    return learning_rate
+
+
+@keras.saving.register_keras_serializable(package="keras_fusion")
+class Rewarmup(keras.optimizers.schedules.LearningRateSchedule):
+    """A learning rate ramped linearly again after a growth.
+
+    `rate(step) = base(step) * min(1, (step - start_step + 1) / warmup_steps)`
+    for `step >= start_step` (and `base(step)` before), where `base` is a
+    float or another schedule, which keeps running on the global step.
+
+    Args:
+        learning_rate: float, or a `LearningRateSchedule` (or its
+            serialized config).
+        start_step: the optimizer step of the growth.
+        warmup_steps: int >= 1, the length of the ramp.
+
+    Example:
+
+    ```python
+    rate = Rewarmup(1e-3, start_step=1000, warmup_steps=100)
+    float(rate(1049))  # 5e-4
+    ```
+    """
+
+    def __init__(self, learning_rate, start_step, warmup_steps):
+        if not isinstance(warmup_steps, int) or warmup_steps < 1:
+            raise ValueError(f"warmup_steps must be an int >= 1, got {warmup_steps!r}.")
+        if isinstance(learning_rate, dict):
+            learning_rate = keras.saving.deserialize_keras_object(learning_rate)
+        self.learning_rate = learning_rate
+        self.start_step = int(start_step)
+        self.warmup_steps = warmup_steps
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        base = self.learning_rate
+        if callable(base):
+            base = base(step)
+        ramp = (step - float(self.start_step) + 1.0) / float(self.warmup_steps)
+        ramp = keras.ops.where(step < float(self.start_step), 1.0, keras.ops.clip(ramp, 0.0, 1.0))
+        return base * ramp
+
+    def get_config(self):
+        rate = self.learning_rate
+        if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
+            rate = keras.saving.serialize_keras_object(rate)
+        return {"learning_rate": rate, "start_step": self.start_step, "warmup_steps": self.warmup_steps}

@@ -268,3 +268,57 @@ def test_fuse_partner_saved_with_its_optimizer_brings_its_state(tmp_path):
     block = m[16:, 32:]
     assert np.abs(partner_m).max() > 0
     assert relative_error(block, 0.9 * partner_m) < 0.5
+
+
+def test_rewarmup_schedule_ramps_from_the_growth_step_and_round_trips():
+    rate = optimizer_state.Rewarmup(1e-3, start_step=1000, warmup_steps=100)
+    # rate(step) = 1e-3 * min(1, (step - 1000 + 1) / 100) from step 1000 on.
+    for step, expected in [(0, 1e-3), (999, 1e-3), (1000, 1e-5), (1049, 5e-4), (1099, 1e-3), (5000, 1e-3)]:
+        np.testing.assert_allclose(float(rate(step)), expected, rtol=1e-6)
+    decay = keras.optimizers.schedules.ExponentialDecay(1e-2, decay_steps=10, decay_rate=0.5)
+    wrapped = optimizer_state.Rewarmup(decay, start_step=20, warmup_steps=4)
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(wrapped))
+    for step in (5, 20, 21, 30):
+        expected = float(decay(step)) * (min(1.0, (step - 19) / 4) if step >= 20 else 1.0)
+        np.testing.assert_allclose(float(restored(step)), expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        optimizer_state.Rewarmup(1e-3, 0, 0)
+
+
+def test_rewarmup_after_growth_does_not_nest_and_survives_saving(tmp_path):
+    model = growing_lm(keras.optimizers.AdamW(1e-2))
+    fit(model, 5, [GrowthCallback("deepen@2,deepen@4", rewarmup_steps=4, verbose=0)])
+    rate = model.optimizer._learning_rate
+    assert isinstance(rate, optimizer_state.Rewarmup)
+    assert rate.start_step == 4
+    np.testing.assert_allclose(rate.learning_rate, 1e-2, rtol=1e-6)  # the base, not the first ramp
+    np.testing.assert_allclose(float(model.optimizer.learning_rate), 1e-2 * 2 / 4, rtol=1e-6)  # step 5
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    restored = loaded.optimizer._learning_rate  # iterations load lazily; evaluate at step 5
+    assert isinstance(restored, optimizer_state.Rewarmup) and restored.start_step == 4
+    np.testing.assert_allclose(float(restored(5)), 1e-2 * 2 / 4, rtol=1e-6)
+
+
+@pytest.mark.parametrize("state", ["carry", "reset"])
+def test_optimizer_state_carry_or_reset(state):
+    model = growing_lm(keras.optimizers.AdamW(1e-2))
+    fit(model, 2)
+    callback = GrowthCallback("deepen@3", optimizer_state=state, verbose=0)
+    callback.set_model(model)
+    callback.grow(callback.schedule[0], 2)
+    optimizer = model.optimizer
+    largest = max(float(np.abs(m.numpy()).max()) for m in optimizer._momentums + optimizer._velocities)
+    assert int(optimizer.iterations.numpy()) == 2
+    assert (largest > 0) if state == "carry" else (largest == 0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [(dict(rewarmup_steps=-1), "rewarmup_steps"), (dict(rewarmup_steps=1.5), "rewarmup_steps"),
+     (dict(optimizer_state="fresh"), "optimizer_state must be one of")],
+)
+def test_bad_growth_options_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        GrowthCallback("deepen@3", **kwargs)

@@ -75,6 +75,11 @@ class GrowingT5Seq2SeqLM(keras.Model):
             self.lm = lm
             if optimizer is not None:
                 self.optimizer = optimizer
+                # Saved models recompile from the compile config: keep its
+                # optimizer the grown one (a re-warm-up schedule included).
+                compile_config = getattr(self, "_compile_config", None)
+                if compile_config is not None:
+                    compile_config.config["optimizer"] = optimizer
         finally:
             if locked:
                 self._tracker.lock()
