@@ -3,8 +3,12 @@
 `--scenario mirrored`: two logical CPU devices under MirroredStrategy, a
 growth inside fit; writes what it measured as JSON for the test to check.
 `--scenario resume`: trains with GrowthCheckpoint and a growth schedule; with
-`--kill_at_step` it kills itself (SIGKILL, no clean-up) at that step, so a
-second run must resume from the checkpoint directory.
+`--kill_at POINT:STEP` it kills itself (SIGKILL, no clean-up) at that point,
+so the next run must resume from the checkpoint directory. Points:
+`step` (at the end of optimizer step STEP), `growth` (inside the growth at
+STEP: the grown model and its optimizer are built, nothing is swapped yet),
+`save` (during the checkpoint write at STEP: the temporary file is half
+written when the process dies).
 """
 
 import argparse
@@ -87,22 +91,53 @@ def mirrored(out):
         json.dump(result, f)
 
 
-def resume(out, directory, kill_at_step):
+def resume(out, directory, kill_at):
     import keras
     import numpy as np
 
     from keras_fusion.callbacks import GrowthCallback, GrowthCheckpoint, checkpoint_epoch, restore_latest
+    from keras_fusion.models import GrowingT5Seq2SeqLM
     from t5_test_utils import growing_lm, random_inputs, random_labels
+
+    point, kill_at_step = kill_at.split(":") if kill_at else ("", "-1")
+    kill_at_step = int(kill_at_step)
+
+    def at_kill_step(model):
+        return int(model.optimizer.iterations.numpy()) == kill_at_step
+
+    if point == "growth":
+        replace_lm = GrowingT5Seq2SeqLM.replace_lm
+
+        def replace_lm_then_die(self, lm, optimizer=None):
+            if at_kill_step(self):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return replace_lm(self, lm, optimizer)
+
+        GrowingT5Seq2SeqLM.replace_lm = replace_lm_then_die
+    elif point == "save":
+        save = GrowingT5Seq2SeqLM.save
+
+        def save_half_then_die(self, filepath, *args, **kwargs):
+            save(self, filepath, *args, **kwargs)
+            if at_kill_step(self):
+                size = os.path.getsize(filepath)
+                with open(filepath, "r+b") as f:
+                    f.truncate(size // 2)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        GrowingT5Seq2SeqLM.save = save_half_then_die
 
     x, y = random_inputs(batch_size=8, seed=3), random_labels(batch_size=8, seed=4)
     restored = restore_latest(directory)
     model = restored or growing_lm(keras.optimizers.AdamW(1e-2))
     start = {"step": int(model.optimizer.iterations.numpy()), "epoch": checkpoint_epoch(directory),
              "history": list(model.growth_history)}
+    with open(out + ".start.json", "w") as f:  # what a killed run resumed from
+        json.dump(start, f)
 
     class KillAt(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
-            if int(self.model.optimizer.iterations.numpy()) == kill_at_step:
+            if point == "step" and at_kill_step(self.model):
                 os.kill(os.getpid(), signal.SIGKILL)
 
     growth = GrowthCallback("deepen@3,widen_ffn@5", verbose=0)
@@ -126,9 +161,9 @@ if __name__ == "__main__":
     parser.add_argument("--scenario", choices=["mirrored", "resume"], required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--checkpoint_dir")
-    parser.add_argument("--kill_at_step", type=int, default=-1)
+    parser.add_argument("--kill_at", default="", help="POINT:STEP, POINT in step, growth, save")
     args = parser.parse_args()
     if args.scenario == "mirrored":
         mirrored(args.out)
     else:
-        resume(args.out, args.checkpoint_dir, args.kill_at_step)
+        resume(args.out, args.checkpoint_dir, args.kill_at)
