@@ -2,6 +2,8 @@
 
 Each worker (`multi_worker_worker.py`) gets its TF_CONFIG, creates the
 strategy first, and fits a tiny GrowingT5Seq2SeqLM through a growth event.
+When one worker is killed its peer exits within a bound, and restarting both
+resumes from each worker's last `GrowthCheckpoint`, growth state included.
 """
 
 import json
@@ -115,19 +117,23 @@ def test_growth_under_multi_worker_mirrored_strategy(tmp_path):
 
 
 @pytest.mark.slow
-def test_surviving_worker_exits_when_its_peer_is_killed(tmp_path):
-    # Worker 1 kills itself (SIGKILL) at the end of step 3, after the growth
-    # at step 2; worker 0 must then fail its next collective and exit
-    # instead of waiting forever.
-    workers = Workers(tmp_path, "--schedule", "deepen@2", "--steps", "50",
-                      "--timeout_seconds", str(COLLECTIVE_TIMEOUT),
-                      per_worker_args=[[], ["--kill_at_step", "3"]])
+def test_surviving_worker_exits_when_its_peer_is_killed_and_both_resume(tmp_path):
+    # Both workers checkpoint every 2 steps (each into its own directory) and
+    # grow at step 2. Worker 1 kills itself (SIGKILL) at the end of step 5,
+    # after the growth and the checkpoint at step 4; worker 0 must then fail
+    # its next collective and exit instead of waiting forever.
+    checkpoints = tmp_path / "checkpoints"
+    common = ["--schedule", "deepen@2", "--steps", "8", "--steps_per_epoch", "2",
+              "--checkpoint_dir", str(checkpoints), "--timeout_seconds", str(COLLECTIVE_TIMEOUT)]
+    killed_dir = tmp_path / "killed"
+    killed_dir.mkdir()
+    workers = Workers(killed_dir, *common, per_worker_args=[[], ["--kill_at_step", "5"]])
     survivor, victim = workers.processes
     try:
         try:
             victim.wait(timeout=240)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"worker 1 did not reach step 3 in 240 s:\n{workers.log(1)}")
+            pytest.fail(f"worker 1 did not reach step 5 in 240 s:\n{workers.log(1)}")
         died = time.monotonic()
         assert victim.returncode == -signal.SIGKILL, workers.log(1)
         assert "Growth at step 2" in workers.log(1)
@@ -149,3 +155,61 @@ def test_surviving_worker_exits_when_its_peer_is_killed(tmp_path):
     # deadline exceeded, depending on how the loss is noticed).
     assert "Collective" in log or "DeadlineExceeded" in log or "Unavailable" in log, log
     assert waited < SURVIVOR_LIMIT
+    killed_logs = [(killed_dir / f"worker{i}.log").read_text() for i in range(2)]
+    for i in range(2):
+        index = json.loads((checkpoints / f"worker{i}" / "checkpoint.json").read_text())
+        assert [c["step"] for c in index["checkpoints"]] == [2, 4], index
+
+    # Restart both on the same checkpoint directories, no kill: each resumes
+    # from its step-4 checkpoint with the growth already applied, and the
+    # pair finishes the run in lockstep.
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    workers = Workers(resumed_dir, *common)
+    try:
+        for i, process in enumerate(workers.processes):
+            try:
+                process.wait(timeout=240)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"resumed worker {i} did not finish in 240 s:\n{workers.log(i)}")
+        for i, process in enumerate(workers.processes):
+            assert process.returncode == 0, f"resumed worker {i}:\n{workers.log(i)}"
+        results = [workers.result(i) for i in range(2)]
+        logs = [workers.log(i) for i in range(2)]
+    finally:
+        workers.close()
+
+    history = ["deepen@2:layers=1:mode=identity"]
+    for i, (result, log) in enumerate(zip(results, logs)):
+        assert result["task"] == i
+        assert result["replicas"] == 2
+        assert result["restored"], log
+        assert result["mirrored"]
+        # The restored model is the grown one, at the last checkpoint.
+        assert result["start"]["step"] == 4
+        assert result["start"]["epoch"] == 2
+        assert result["start"]["history"] == history
+        # ... holding exactly the weights and optimizer state (iterations,
+        # every slot) this worker had at the end of step 4 before the kill.
+        assert (f"worker {i} epoch 2 step 4 weights {result['start']['weights_sha256']} "
+                f"optimizer {result['start']['optimizer_sha256']}") in killed_logs[i], killed_logs[i][-4000:]
+        assert result["initial"] == {"num_layers": 3, "hidden_dim": 16}
+        # No growth is applied again, and training runs to the end.
+        assert result["events"] == [] and "Growth at step" not in log
+        assert result["iterations"] == 8
+        assert result["num_layers"] == 3 and result["hidden_dim"] == 16
+        assert result["growth_history"] == history
+        assert len(result["loss"]) == 2 and all(np.isfinite(result["loss"]))
+        assert result["weights_sha256"] != result["start"]["weights_sha256"]
+    # Both restored the same state and end with the same weights.
+    assert results[0]["start"]["weights_sha256"] == results[1]["start"]["weights_sha256"]
+    assert results[0]["start"]["optimizer_sha256"] == results[1]["start"]["optimizer_sha256"]
+    assert results[0]["num_trainable"] == results[1]["num_trainable"]
+    assert results[0]["weights_sha256"] == results[1]["weights_sha256"]
+    assert results[0]["loss"] == results[1]["loss"]
+    with np.load(workers.weights(0)) as w0, np.load(workers.weights(1)) as w1:
+        assert sorted(w0.files) == sorted(w1.files)
+        assert max(float(np.abs(w0[k] - w1[k]).max()) for k in w0.files) == 0.0
+    for i in range(2):
+        index = json.loads((checkpoints / f"worker{i}" / "checkpoint.json").read_text())
+        assert [c["step"] for c in index["checkpoints"]] == [6, 8], index
