@@ -168,10 +168,25 @@ class MetricsRecorder(keras.callbacks.Callback):
         self._marked = 0
 
     def on_train_batch_end(self, batch, logs=None):
+        self._release_stale_eval()
         step = int(self.model.optimizer.iterations.numpy())
         self.flops += flops.training_flops(backbone_config(self.model.backbone), *self.shape)
         if step % self.every == 0:
             self.record(step, float((logs or {}).get("loss", np.nan)))
+
+    def on_train_end(self, logs=None):
+        self._release_stale_eval()
+
+    def _release_stale_eval(self):
+        """Drop the evaluation function of a model a growth has replaced.
+
+        `_batch_sums` closes over the inner model it was traced for (and its
+        concrete function captures that model's variables): kept until the
+        next evaluation, or past the end of `fit` when no evaluation follows
+        the last growth, it would keep the replaced model alive.
+        """
+        if getattr(self, "_eval_lm", None) is not None and self._eval_lm is not self.model.lm:
+            self._eval_lm = self._batch_sums = None
 
     def record(self, step, train_loss):
         eval_loss, eval_accuracy = self.evaluate()

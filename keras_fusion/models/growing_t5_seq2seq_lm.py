@@ -1,6 +1,7 @@
 """GrowingT5Seq2SeqLM: the model object that grows in place during fit."""
 
 import keras
+from keras.src.utils import tracking
 
 from keras_fusion.models.fusion_t5_seq2seq_lm import FusionT5Seq2SeqLM
 
@@ -66,6 +67,13 @@ class GrowingT5Seq2SeqLM(keras.Model):
         variables would stay in `trainable_variables`. The train, test and
         predict functions are reset so that the next step traces the new
         model: without that `fit` silently trains the old variables.
+
+        Nothing may keep the old model (its variables, and through them the
+        old optimizer's slots) alive: after five growths the replaced models
+        held ~300 MiB, more than the final model with its optimizer state
+        (`benchmarks/growth_memory.py`). Besides the tracker, `compile`
+        records `_compiled_trainable_state`, a dict keyed by every layer, the
+        old model's included; it is refreshed here (see below).
         """
         old = self.lm
         locked = self._tracker.locked
@@ -73,6 +81,26 @@ class GrowingT5Seq2SeqLM(keras.Model):
         try:
             self._tracker.untrack(old)
             self.lm = lm
+            if getattr(self, "_compiled_trainable_state", None) is not None:
+                # `compile` sets this dict (layer -> trainable) with Keras
+                # tracking off, so TensorFlow wraps it in a `_DictWrapper`
+                # and registers it as a checkpoint dependency named
+                # `_compiled_trainable_state` (in the model's
+                # `_self_unconditional_checkpoint_dependencies` and
+                # `_self_unconditional_dependency_names`), and the wrapper
+                # keeps a snapshot copy: its keys hold every old layer. The
+                # trap: a plain `self._compiled_trainable_state = {}` is
+                # wrapped by Keras' tracker into a `TrackedDict`, which is
+                # not a TF `Trackable`, so TF's dependency is not overwritten
+                # and the old dict (with the old model) stays referenced.
+                # Reassigning as `compile` does (tracking off, a plain dict)
+                # makes TF overwrite the dependency by name. It also records
+                # the new layers, so Keras does not later report the grown
+                # layers as "trainable state changed since compile".
+                with tracking.DotNotTrackScope():
+                    self._compiled_trainable_state = {
+                        layer: layer.trainable for layer in self._flatten_layers()
+                    }
             if optimizer is not None:
                 self.optimizer = optimizer
                 # Saved models recompile from the compile config: keep its
