@@ -49,6 +49,17 @@ class GrowthCallback(keras.callbacks.Callback):
             variable) or `"reset"` (slots start from zero, as when a grown
             model gets a fresh optimizer; `iterations` still continues).
             `benchmarks/growth_vs_scratch.py --ablations` measures both.
+        learning_rate_scale: `"auto"` (the default), `"width"` or a number
+            > 0. The learning rate from each growth on is multiplied by it
+            (scales of successive growths compound). `"auto"` follows the
+            size of the weights the operator writes: self fusion halves
+            every kernel entry (each input half carries `W/2`), and Adam's
+            steps have a fixed size whatever the weight's size, so they
+            would move those entries twice as far relative to their size:
+            the rate is halved. Fuse, Deepen and WidenFFN keep most entry
+            sizes: scale 1. `"width"` uses `hidden_dim` before/after
+            (muP's 1/width rule for Adam). The README ("Growth against
+            scratch") gives the measurements behind the default.
 
     Each event is logged, appended to `events` (a list of dicts: step,
     entry, parameters before/after, seconds), written to TensorBoard when
@@ -65,8 +76,14 @@ class GrowthCallback(keras.callbacks.Callback):
     OPTIMIZER_STATES = ("carry", "reset")
 
     def __init__(self, schedule, max_parameters=None, log_dir=None, verbose=1, rewarmup_steps=0,
-                 optimizer_state="carry"):
+                 optimizer_state="carry", learning_rate_scale="auto"):
         super().__init__()
+        if not (learning_rate_scale in ("auto", "width") or (
+                isinstance(learning_rate_scale, (int, float)) and learning_rate_scale > 0)):
+            raise ValueError(
+                f'learning_rate_scale must be "auto", "width" or a number > 0, got {learning_rate_scale!r}.'
+            )
+        self.learning_rate_scale = learning_rate_scale
         if not isinstance(rewarmup_steps, int) or rewarmup_steps < 0:
             raise ValueError(f"rewarmup_steps must be an int >= 0, got {rewarmup_steps!r}.")
         if optimizer_state not in self.OPTIMIZER_STATES:
@@ -114,6 +131,13 @@ class GrowthCallback(keras.callbacks.Callback):
         if logs is not None:
             logs["num_parameters"] = count_parameters(self.model.backbone)
 
+    def _learning_rate_scale(self, entry, old_lm, grown):
+        if self.learning_rate_scale == "auto":
+            return entry.weight_scale
+        if self.learning_rate_scale == "width":
+            return old_lm.backbone.hidden_dim / grown.backbone.hidden_dim
+        return float(self.learning_rate_scale)
+
     def grow(self, entry, step):
         """Apply one entry now (called by the callback at its step)."""
         model = self.model
@@ -127,6 +151,7 @@ class GrowthCallback(keras.callbacks.Callback):
             optimizer = optimizer_state.rebuild(
                 old_optimizer, grown.trainable_variables, backbone_variables(grown.backbone), mapped,
                 rewarmup_steps=self.rewarmup_steps,
+                learning_rate_scale=self._learning_rate_scale(entry, old_lm, grown),
             )
             model.replace_lm(grown, optimizer)
         # Free the replaced model and optimizer now. They sit in reference

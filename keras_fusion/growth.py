@@ -56,6 +56,9 @@ class GrowthEntry:
     at_step: int
 
     operator = None
+    # How the operator scales kernel entries; GrowthCallback's default
+    # learning_rate_scale="auto" multiplies the learning rate by it.
+    weight_scale = 1.0
 
     def __post_init__(self):
         _check_step(self.operator, self.at_step)
@@ -86,6 +89,7 @@ class SelfFuse(GrowthEntry):
     noise: float = 1e-3
     seed: int = 0
     operator = "self_fuse"
+    weight_scale = 0.5  # every kernel entry becomes W/2 (plus cancelling noise)
 
     def __post_init__(self):
         super().__post_init__()

@@ -86,7 +86,7 @@ def _adafactor_full(optimizer, variable):
     return (r / mean)[..., :, None] * c[..., None, :]
 
 
-def rebuild(optimizer, trainable_variables, variables, slots, rewarmup_steps=0):
+def rebuild(optimizer, trainable_variables, variables, slots, rewarmup_steps=0, learning_rate_scale=1.0):
     """A new optimizer like `optimizer`, built on the grown model, with state.
 
     Call inside the distribution strategy's scope.
@@ -100,6 +100,8 @@ def rebuild(optimizer, trainable_variables, variables, slots, rewarmup_steps=0):
             every slot at zero (a fresh optimizer state).
         rewarmup_steps: int >= 0; when positive, the learning rate is
             ramped again from the growth step (`Rewarmup`).
+        learning_rate_scale: float > 0; the learning rate from the growth
+            on is multiplied by it (on top of earlier growths' scales).
 
     Returns:
         The built optimizer, `iterations` carried over.
@@ -112,9 +114,10 @@ def rebuild(optimizer, trainable_variables, variables, slots, rewarmup_steps=0):
             "growth cannot carry the optimizer state of other variables."
         )
     config = optimizer.get_config()
-    if rewarmup_steps:
+    if rewarmup_steps or learning_rate_scale != 1.0:
+        base, scale = _base_rate(config["learning_rate"])
         config["learning_rate"] = keras.saving.serialize_keras_object(
-            Rewarmup(_base_rate(config["learning_rate"]), int(optimizer.iterations.numpy()), rewarmup_steps)
+            Rewarmup(base, int(optimizer.iterations.numpy()), rewarmup_steps, scale * learning_rate_scale)
         )
     new = optimizer.__class__.from_config(config)
     new.build(trainable_variables)
@@ -174,25 +177,27 @@ def moments_for_new_model(slots, partner):
 
 
 def _base_rate(learning_rate):
-    """The rate under any earlier re-warm-up (re-warm-ups do not nest)."""
+    """The rate under any earlier re-warm-up, and its scale (they do not nest)."""
     if isinstance(learning_rate, dict) and learning_rate.get("class_name", "").endswith("Rewarmup"):
-        return learning_rate["config"]["learning_rate"]
-    return learning_rate
+        return learning_rate["config"]["learning_rate"], learning_rate["config"].get("scale", 1.0)
+    return learning_rate, 1.0
 
 
 @keras.saving.register_keras_serializable(package="keras_fusion")
 class Rewarmup(keras.optimizers.schedules.LearningRateSchedule):
-    """A learning rate ramped linearly again after a growth.
+    """A learning rate scaled and ramped linearly again after a growth.
 
-    `rate(step) = base(step) * min(1, (step - start_step + 1) / warmup_steps)`
+    `rate(step) = base(step) * scale * min(1, (step - start_step + 1) / warmup_steps)`
     for `step >= start_step` (and `base(step)` before), where `base` is a
-    float or another schedule, which keeps running on the global step.
+    float or another schedule, which keeps running on the global step. With
+    `warmup_steps=0` there is no ramp.
 
     Args:
         learning_rate: float, or a `LearningRateSchedule` (or its
             serialized config).
         start_step: the optimizer step of the growth.
-        warmup_steps: int >= 1, the length of the ramp.
+        warmup_steps: int >= 0, the length of the ramp.
+        scale: float > 0, the factor from `start_step` on.
 
     Example:
 
@@ -202,9 +207,12 @@ class Rewarmup(keras.optimizers.schedules.LearningRateSchedule):
     ```
     """
 
-    def __init__(self, learning_rate, start_step, warmup_steps):
-        if not isinstance(warmup_steps, int) or warmup_steps < 1:
-            raise ValueError(f"warmup_steps must be an int >= 1, got {warmup_steps!r}.")
+    def __init__(self, learning_rate, start_step, warmup_steps, scale=1.0):
+        if not isinstance(warmup_steps, int) or warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be an int >= 0, got {warmup_steps!r}.")
+        if not isinstance(scale, (int, float)) or not scale > 0:
+            raise ValueError(f"scale must be a number > 0, got {scale!r}.")
+        self.scale = float(scale)
         if isinstance(learning_rate, dict):
             learning_rate = keras.saving.deserialize_keras_object(learning_rate)
         self.learning_rate = learning_rate
@@ -216,12 +224,13 @@ class Rewarmup(keras.optimizers.schedules.LearningRateSchedule):
         base = self.learning_rate
         if callable(base):
             base = base(step)
-        ramp = (step - float(self.start_step) + 1.0) / float(self.warmup_steps)
-        ramp = keras.ops.where(step < float(self.start_step), 1.0, keras.ops.clip(ramp, 0.0, 1.0))
-        return base * ramp
+        ramp = (step - float(self.start_step) + 1.0) / float(max(self.warmup_steps, 1))
+        ramp = keras.ops.clip(ramp, 0.0, 1.0) * self.scale
+        return base * keras.ops.where(step < float(self.start_step), 1.0, ramp)
 
     def get_config(self):
         rate = self.learning_rate
         if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
             rate = keras.saving.serialize_keras_object(rate)
-        return {"learning_rate": rate, "start_step": self.start_step, "warmup_steps": self.warmup_steps}
+        return {"learning_rate": rate, "start_step": self.start_step, "warmup_steps": self.warmup_steps,
+                "scale": self.scale}

@@ -58,3 +58,8 @@ def test_names_are_unique_and_deps_exist():
 def test_tools_are_declared():
     (tools,) = [r for r in load_build() if r["name"] == "tools"]
     assert sorted(tools["srcs"]) == files("tools/*.py")
+
+
+def test_benchmarks_are_declared():
+    (benchmarks,) = [r for r in load_build() if r["name"] == "benchmarks"]
+    assert sorted(benchmarks["srcs"]) == files("benchmarks/*.py")

@@ -168,7 +168,10 @@ def test_iterations_schedule_and_history_continue():
     history = model.fit({k: np.concatenate([v] * 3) for k, v in X.items()}, np.concatenate([Y] * 3),
                         batch_size=4, epochs=2, shuffle=False, verbose=0, callbacks=[callback])
     assert int(model.optimizer.iterations.numpy()) == 6
-    np.testing.assert_allclose(float(model.optimizer.learning_rate), float(schedule(6)), rtol=1e-6)
+    # The schedule runs on from step 6, at half the rate: self fusion halves
+    # every kernel entry, and GrowthCallback's default learning_rate_scale
+    # ("auto") halves the rate with it.
+    np.testing.assert_allclose(float(model.optimizer.learning_rate), 0.5 * float(schedule(6)), rtol=1e-6)
     assert history.history["num_parameters"][1] == model.backbone.count_params()
     assert callback.events[0]["step"] == 2 and callback.events[0]["parameters_after"] == model.backbone.count_params()
 
@@ -281,24 +284,32 @@ def test_rewarmup_schedule_ramps_from_the_growth_step_and_round_trips():
     for step in (5, 20, 21, 30):
         expected = float(decay(step)) * (min(1.0, (step - 19) / 4) if step >= 20 else 1.0)
         np.testing.assert_allclose(float(restored(step)), expected, rtol=1e-6)
+    scaled = optimizer_state.Rewarmup(1e-3, start_step=10, warmup_steps=0, scale=0.5)  # no ramp
+    np.testing.assert_allclose([float(scaled(9)), float(scaled(10)), float(scaled(99))], [1e-3, 5e-4, 5e-4],
+                               rtol=1e-6)
     with pytest.raises(ValueError, match="warmup_steps"):
-        optimizer_state.Rewarmup(1e-3, 0, 0)
+        optimizer_state.Rewarmup(1e-3, 0, -1)
+    with pytest.raises(ValueError, match="scale"):
+        optimizer_state.Rewarmup(1e-3, 0, 1, scale=0.0)
 
 
 def test_rewarmup_after_growth_does_not_nest_and_survives_saving(tmp_path):
     model = growing_lm(keras.optimizers.AdamW(1e-2))
-    fit(model, 5, [GrowthCallback("deepen@2,deepen@4", rewarmup_steps=4, verbose=0)])
+    # Widths 16 -> 32 (self_fuse: scale 1/2) -> 32 (deepen: scale 1).
+    fit(model, 5, [GrowthCallback("self_fuse@2,deepen@4", rewarmup_steps=4, learning_rate_scale="width",
+                                  verbose=0)])
     rate = model.optimizer._learning_rate
     assert isinstance(rate, optimizer_state.Rewarmup)
-    assert rate.start_step == 4
+    assert rate.start_step == 4 and rate.scale == 0.5  # the scales compound
     np.testing.assert_allclose(rate.learning_rate, 1e-2, rtol=1e-6)  # the base, not the first ramp
-    np.testing.assert_allclose(float(model.optimizer.learning_rate), 1e-2 * 2 / 4, rtol=1e-6)  # step 5
+    expected = 1e-2 * 0.5 * 2 / 4  # step 5: base x scale x ramp
+    np.testing.assert_allclose(float(model.optimizer.learning_rate), expected, rtol=1e-6)
     path = str(tmp_path / "model.keras")
     model.save(path)
     loaded = keras.saving.load_model(path)
     restored = loaded.optimizer._learning_rate  # iterations load lazily; evaluate at step 5
     assert isinstance(restored, optimizer_state.Rewarmup) and restored.start_step == 4
-    np.testing.assert_allclose(float(restored(5)), 1e-2 * 2 / 4, rtol=1e-6)
+    np.testing.assert_allclose(float(restored(5)), expected, rtol=1e-6)
 
 
 @pytest.mark.parametrize("state", ["carry", "reset"])
@@ -317,7 +328,8 @@ def test_optimizer_state_carry_or_reset(state):
 @pytest.mark.parametrize(
     "kwargs, message",
     [(dict(rewarmup_steps=-1), "rewarmup_steps"), (dict(rewarmup_steps=1.5), "rewarmup_steps"),
-     (dict(optimizer_state="fresh"), "optimizer_state must be one of")],
+     (dict(optimizer_state="fresh"), "optimizer_state must be one of"),
+     (dict(learning_rate_scale=0), "learning_rate_scale"), (dict(learning_rate_scale="depth"), "learning_rate_scale")],
 )
 def test_bad_growth_options_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
