@@ -318,6 +318,9 @@ class RunConfig:
     tpu: str = None
     eval_every: int = 100
     eval_batches: int = 8
+    learning_rate_scale: str = "auto"
+    rewarmup_steps: int = 0
+    growth_optimizer_state: str = "carry"
 
     @classmethod
     def from_flags(cls, flag_values):
@@ -341,9 +344,32 @@ class RunConfig:
                 f"deep_fusion trains its partner growth_step={step} steps, which must be a "
                 f"multiple of eval_every ({self.eval_every})."
             )
+        self.growth_options()  # raises on a bad value
         if self.strategy == "tpu" and not self.tpu:
             raise ValueError("--strategy=tpu needs --tpu (a TPU name or grpc:// address).")
         return dataclasses.replace(self, growth_step=step)
+
+
+    def growth_options(self):
+        """`GrowthCallback` keyword arguments from the flags."""
+        scale = self.learning_rate_scale
+        if scale not in ("auto", "width"):
+            try:
+                scale = float(scale)
+            except (TypeError, ValueError):
+                scale = None
+            if scale is None or not scale > 0:
+                raise ValueError(
+                    f"learning_rate_scale must be 'auto', 'width' or a number > 0, got {self.learning_rate_scale!r}."
+                )
+        if self.rewarmup_steps < 0:
+            raise ValueError(f"rewarmup_steps must be >= 0, got {self.rewarmup_steps}.")
+        if self.growth_optimizer_state not in ("carry", "reset"):
+            raise ValueError(
+                f"growth_optimizer_state must be one of ('carry', 'reset'), got {self.growth_optimizer_state!r}."
+            )
+        return dict(learning_rate_scale=scale, rewarmup_steps=self.rewarmup_steps,
+                    optimizer_state=self.growth_optimizer_state)
 
 
 def make_strategy(name, tpu=None):
@@ -469,7 +495,8 @@ def run(config):
         partner_path = os.path.join(config.model_dir, "partner.keras")
         save_atomic(partner, partner_path)
     schedule = config.growth_schedule or growth_schedule(config.recipe, target, config.growth_step, partner_path)
-    growth = GrowthCallback(schedule, log_dir=os.path.join(config.model_dir, "logs", "growth"))
+    growth = GrowthCallback(schedule, log_dir=os.path.join(config.model_dir, "logs", "growth"),
+                            **config.growth_options())
     recorder = train(model, config.seed, config.steps, "main", growth, flops_offset)
     curves[config.recipe] = recorder.rows
 

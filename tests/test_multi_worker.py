@@ -68,6 +68,20 @@ class Workers:
         with open(self.out(i)) as f:
             return json.load(f)
 
+    def finish(self, name="worker", timeout=240):
+        """Wait for both to exit 0; returns their results and log tails."""
+        try:
+            for i, process in enumerate(self.processes):
+                try:
+                    process.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    pytest.fail(f"{name} {i} did not finish in {timeout} s:\n{self.log(i)}")
+            for i, process in enumerate(self.processes):
+                assert process.returncode == 0, f"{name} {i}:\n{self.log(i)}"
+            return [self.result(i) for i in range(2)], [self.log(i) for i in range(2)]
+        finally:
+            self.close()
+
     def close(self):
         for process in self.processes:
             if process.poll() is None:
@@ -81,21 +95,21 @@ class Workers:
             log.close()
 
 
+def assert_same_model(workers, results):
+    """Both workers end with bit-identical weights and the same losses."""
+    assert results[0]["num_trainable"] == results[1]["num_trainable"]
+    assert results[0]["weights_sha256"] == results[1]["weights_sha256"]
+    assert results[0]["loss"] == results[1]["loss"]
+    with np.load(workers.weights(0)) as w0, np.load(workers.weights(1)) as w1:
+        assert sorted(w0.files) == sorted(w1.files)
+        assert max(float(np.abs(w0[k] - w1[k]).max()) for k in w0.files) == 0.0
+
+
 @pytest.mark.slow
 def test_growth_under_multi_worker_mirrored_strategy(tmp_path):
     workers = Workers(tmp_path, "--schedule", "deepen@2", "--steps", "4",
                       "--timeout_seconds", str(COLLECTIVE_TIMEOUT))
-    try:
-        for i, process in enumerate(workers.processes):
-            try:
-                process.wait(timeout=240)
-            except subprocess.TimeoutExpired:
-                pytest.fail(f"worker {i} did not finish in 240 s:\n{workers.log(i)}")
-        for i, process in enumerate(workers.processes):
-            assert process.returncode == 0, f"worker {i}:\n{workers.log(i)}"
-        results = [workers.result(i) for i in range(2)]
-    finally:
-        workers.close()
+    results, _ = workers.finish()
 
     for i, result in enumerate(results):
         assert result["task"] == i
@@ -108,12 +122,7 @@ def test_growth_under_multi_worker_mirrored_strategy(tmp_path):
         assert result["event_steps"] == [2]
         assert all(np.isfinite(result["loss"]))
     # Both workers hold the same (grown) model after training.
-    assert results[0]["num_trainable"] == results[1]["num_trainable"]
-    assert results[0]["weights_sha256"] == results[1]["weights_sha256"]
-    assert results[0]["loss"] == results[1]["loss"]
-    with np.load(workers.weights(0)) as w0, np.load(workers.weights(1)) as w1:
-        assert sorted(w0.files) == sorted(w1.files)
-        assert max(float(np.abs(w0[k] - w1[k]).max()) for k in w0.files) == 0.0
+    assert_same_model(workers, results)
 
 
 @pytest.mark.slow
@@ -166,18 +175,7 @@ def test_surviving_worker_exits_when_its_peer_is_killed_and_both_resume(tmp_path
     resumed_dir = tmp_path / "resumed"
     resumed_dir.mkdir()
     workers = Workers(resumed_dir, *common)
-    try:
-        for i, process in enumerate(workers.processes):
-            try:
-                process.wait(timeout=240)
-            except subprocess.TimeoutExpired:
-                pytest.fail(f"resumed worker {i} did not finish in 240 s:\n{workers.log(i)}")
-        for i, process in enumerate(workers.processes):
-            assert process.returncode == 0, f"resumed worker {i}:\n{workers.log(i)}"
-        results = [workers.result(i) for i in range(2)]
-        logs = [workers.log(i) for i in range(2)]
-    finally:
-        workers.close()
+    results, logs = workers.finish("resumed worker")
 
     history = ["deepen@2:layers=1:mode=identity"]
     for i, (result, log) in enumerate(zip(results, logs)):
@@ -204,12 +202,7 @@ def test_surviving_worker_exits_when_its_peer_is_killed_and_both_resume(tmp_path
     # Both restored the same state and end with the same weights.
     assert results[0]["start"]["weights_sha256"] == results[1]["start"]["weights_sha256"]
     assert results[0]["start"]["optimizer_sha256"] == results[1]["start"]["optimizer_sha256"]
-    assert results[0]["num_trainable"] == results[1]["num_trainable"]
-    assert results[0]["weights_sha256"] == results[1]["weights_sha256"]
-    assert results[0]["loss"] == results[1]["loss"]
-    with np.load(workers.weights(0)) as w0, np.load(workers.weights(1)) as w1:
-        assert sorted(w0.files) == sorted(w1.files)
-        assert max(float(np.abs(w0[k] - w1[k]).max()) for k in w0.files) == 0.0
+    assert_same_model(workers, results)
     for i in range(2):
         index = json.loads((checkpoints / f"worker{i}" / "checkpoint.json").read_text())
         assert [c["step"] for c in index["checkpoints"]] == [6, 8], index

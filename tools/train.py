@@ -53,6 +53,11 @@ flags.DEFINE_string("model_dir", "runs/latest", "Where models, logs, metrics and
 flags.DEFINE_string("export_dir", None, "SavedModel directory (default: MODEL_DIR/export).")
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker", "tpu"], "tf.distribute strategy.")
 flags.DEFINE_string("tpu", None, "TPU name or address, for --strategy=tpu.")
+flags.DEFINE_string("learning_rate_scale", "auto",
+                    "Learning-rate factor after each growth: 'auto' (0.5 after self fusion, else 1), 'width', or a number.")
+flags.DEFINE_integer("rewarmup_steps", 0, "Ramp the learning rate again over N steps after each growth (0: off).")
+flags.DEFINE_enum("growth_optimizer_state", "carry", ["carry", "reset"],
+                  "Optimizer slots across a growth: mapped with the weights (carry) or zeroed (reset).")
 flags.DEFINE_integer("eval_every", 100, "Evaluate every N steps.")
 flags.DEFINE_integer("eval_batches", 8, "Held-out batches per evaluation.")
 

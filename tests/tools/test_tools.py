@@ -119,6 +119,7 @@ print("GENERATED", [t.decode() for t in text.numpy()])
         (["--preset=huge"], "error: preset must be one of \\('tiny', 'small', 'base'\\), got 'huge'"),
         (["--data=tfds:no_such_dataset_xyz", "--data_dir=/tmp/no_tfds"], "error: .*no_such_dataset_xyz"),
         (["--data={empty}"], "error: The 1 file\\(s\\) matching .*empty.txt' hold no text"),
+        (["--learning_rate_scale=half"], "error: learning_rate_scale must be 'auto', 'width' or a number > 0, got 'half'"),
     ],
 )
 def test_train_script_bad_input_exits_with_one_line_and_keeps_existing_model(args, message, tmp_path):
@@ -175,3 +176,14 @@ def test_evaluate_script_refuses_a_tokenizer_of_another_vocabulary(deep_fusion_r
     process = run_script("tools.evaluate", f"--model={model_dir / 'final.keras'}", f"--tokenizer={other}")
     assert process.returncode == 2
     assert "error: the tokenizer has 400 pieces but the model's vocabulary_size is 500" in process.stderr
+
+
+def test_growth_flags_become_callback_options():
+    config = training.RunConfig(learning_rate_scale="0.25", rewarmup_steps=50, growth_optimizer_state="reset")
+    assert config.growth_options() == dict(learning_rate_scale=0.25, rewarmup_steps=50, optimizer_state="reset")
+    assert training.RunConfig().growth_options()["learning_rate_scale"] == "auto"
+    for bad, message in [(dict(learning_rate_scale="-1"), "learning_rate_scale"),
+                         (dict(rewarmup_steps=-5), "rewarmup_steps"),
+                         (dict(growth_optimizer_state="fresh"), "growth_optimizer_state")]:
+        with pytest.raises(ValueError, match=message):
+            training.RunConfig(**bad).check()
