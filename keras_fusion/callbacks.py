@@ -9,9 +9,10 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from keras_fusion import growth, optimizer_state
+from keras_fusion import growth, growth_ahead, optimizer_state
 from keras_fusion.dynamics import DynamicsMonitor
 from keras_fusion.models.fusion_t5_backbone import backbone_config, backbone_variables, count_parameters
+from keras_fusion.models.fusion_t5_seq2seq_lm import FusionT5Seq2SeqLM
 from keras_fusion.models.growing_t5_seq2seq_lm import GrowingT5Seq2SeqLM
 
 
@@ -60,9 +61,22 @@ class GrowthCallback(keras.callbacks.Callback):
             sizes: scale 1. `"width"` uses `hidden_dim` before/after
             (muP's 1/width rule for Adam). The README ("Growth against
             scratch") gives the measurements behind the default.
+        prepare_ahead: bool (default True). Build the grown model and trace
+            its train step in a background thread while the current model
+            trains (`keras_fusion.growth_ahead`), starting after the first
+            step of `fit` once the previous growth is done, so that the
+            growth itself only writes values: the event then costs a few
+            steps instead of a model build and a retrace (numbers in the
+            README, "Growth inside fit"). Same result as growing
+            synchronously. Used only under the default strategy; a
+            prepared model that does not match the growth (another
+            optimizer config, a recompiled model, ...) is dropped and the
+            growth is done synchronously (logged).
 
     Each event is logged, appended to `events` (a list of dicts: step,
-    entry, parameters before/after, seconds), written to TensorBoard when
+    entry, parameters before/after, seconds, whether it was prepared ahead
+    and if not why, the preparation's seconds in its thread and the seconds
+    waited for it), written to TensorBoard when
     `log_dir` is set, and reported in the epoch logs as `num_parameters`
     (so `History` records the size per epoch).
 
@@ -76,8 +90,11 @@ class GrowthCallback(keras.callbacks.Callback):
     OPTIMIZER_STATES = ("carry", "reset")
 
     def __init__(self, schedule, max_parameters=None, log_dir=None, verbose=1, rewarmup_steps=0,
-                 optimizer_state="carry", learning_rate_scale="auto"):
+                 optimizer_state="carry", learning_rate_scale="auto", prepare_ahead=True):
         super().__init__()
+        if not isinstance(prepare_ahead, bool):
+            raise ValueError(f"prepare_ahead must be True or False, got {prepare_ahead!r}.")
+        self.prepare_ahead = prepare_ahead
         if not (learning_rate_scale in ("auto", "width") or (
                 isinstance(learning_rate_scale, (int, float)) and learning_rate_scale > 0)):
             raise ValueError(
@@ -97,6 +114,8 @@ class GrowthCallback(keras.callbacks.Callback):
         self.events = []
         self._pending = []
         self._writer = None
+        self._preparation = None
+        self._not_prepared = None
 
     def on_train_begin(self, logs=None):
         model = self.model
@@ -117,6 +136,9 @@ class GrowthCallback(keras.callbacks.Callback):
                     f"is at step {step}) and the entry was never applied."
                 )
         growth.plan_schedule(self._pending, backbone_config(model.backbone), self.max_parameters)
+        if self._preparation is not None and not any(e is self._preparation.entry for e in self._pending):
+            self._preparation.wait()
+            self._preparation = None
         if self.log_dir and self._writer is None:
             self._writer = tf.summary.create_file_writer(self.log_dir)
 
@@ -126,16 +148,40 @@ class GrowthCallback(keras.callbacks.Callback):
         step = int(self.model.optimizer.iterations.numpy())
         while self._pending and self._pending[0].at_step <= step:
             self.grow(self._pending.pop(0), step)
+        if self.prepare_ahead and self._pending and self._preparation is None:
+            self._prepare(self._pending[0], step)
+
+    def _prepare(self, entry, step):
+        """Start building and tracing `entry`'s grown model in the background."""
+        if (self._not_prepared and self._not_prepared[0] is entry) or entry.at_step <= step:
+            return
+        reason = growth_ahead.unsupported_reason(self.model)
+        if reason is not None:
+            self._not_prepared = (entry, reason)
+            growth_ahead.log_refusal(entry, reason)
+            return
+        model = self.model
+        planned = entry.plan(backbone_config(model.backbone))
+        scale = self._learning_rate_scale(entry, model.backbone.hidden_dim, planned["hidden_dim"])
+        config = optimizer_state.grown_config(model.optimizer, entry.at_step, self.rewarmup_steps, scale)
+        self._preparation = growth_ahead.Preparation(model, entry, config).start()
+
+    def on_train_end(self, logs=None):
+        # No thread outlives fit (a daemon thread running TensorFlow at
+        # interpreter exit can crash it); a finished preparation is kept for
+        # the next fit call.
+        if self._preparation is not None:
+            self._preparation.wait()
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["num_parameters"] = count_parameters(self.model.backbone)
 
-    def _learning_rate_scale(self, entry, old_lm, grown):
+    def _learning_rate_scale(self, entry, hidden_dim, grown_hidden_dim):
         if self.learning_rate_scale == "auto":
             return entry.weight_scale
         if self.learning_rate_scale == "width":
-            return old_lm.backbone.hidden_dim / grown.backbone.hidden_dim
+            return hidden_dim / grown_hidden_dim
         return float(self.learning_rate_scale)
 
     def grow(self, entry, step):
@@ -143,17 +189,43 @@ class GrowthCallback(keras.callbacks.Callback):
         model = self.model
         start = time.perf_counter()
         before = count_parameters(model.backbone)
+        preparation, self._preparation = self._preparation, None
+        if preparation is not None and preparation.entry is not entry:
+            preparation.wait()
+            preparation = None
+        waited = 0.0
+        if not self.prepare_ahead:
+            reason = "prepare_ahead=False"
+        elif self._not_prepared and self._not_prepared[0] is entry:
+            reason = self._not_prepared[1]
+        else:
+            reason = "due before a preparation could start"
         with model.distribute_strategy.scope():
             old_lm, old_optimizer = model.lm, model.optimizer
             slots = optimizer_state.read_slots(old_optimizer, backbone_variables(old_lm.backbone))
-            grown, map_tree = entry.grow(old_lm)
+            config, parameters, map_tree = entry.grown_parameters(old_lm)
             mapped = optimizer_state.map_slots(slots, map_tree) if self.optimizer_state == "carry" else {}
-            optimizer = optimizer_state.rebuild(
-                old_optimizer, grown.trainable_variables, backbone_variables(grown.backbone), mapped,
-                rewarmup_steps=self.rewarmup_steps,
-                learning_rate_scale=self._learning_rate_scale(entry, old_lm, grown),
-            )
-            model.replace_lm(grown, optimizer)
+            scale = self._learning_rate_scale(entry, old_lm.backbone.hidden_dim, config["hidden_dim"])
+            if preparation is not None:
+                waited = preparation.wait()
+                reason = preparation.mismatch(
+                    model, step, optimizer_state.grown_config(old_optimizer, step, self.rewarmup_steps, scale)
+                )
+                if reason is not None:
+                    growth_ahead.log_refusal(entry, reason)
+            if reason is None:
+                grown, optimizer, train_function = preparation.adopt(
+                    model, parameters, mapped, old_optimizer.iterations
+                )
+                model.replace_lm(grown, optimizer, train_function=train_function)
+            else:
+                grown = FusionT5Seq2SeqLM.from_parameters(config, parameters, preprocessor=old_lm.preprocessor)
+                optimizer = optimizer_state.rebuild(
+                    old_optimizer, grown.trainable_variables, backbone_variables(grown.backbone), mapped,
+                    rewarmup_steps=self.rewarmup_steps, learning_rate_scale=scale,
+                )
+                model.replace_lm(grown, optimizer)
+        prepare_seconds = None if preparation is None else preparation.seconds
         # Free the replaced model and optimizer now. They sit in reference
         # cycles (Keras layers, trackers and bound methods refer back to
         # their owners), so dropping the last outside reference does not free
@@ -163,7 +235,7 @@ class GrowthCallback(keras.callbacks.Callback):
         # five growths was ~13% above the final model built directly,
         # `benchmarks/growth_memory.py`). This frame's locals would keep them
         # alive through the collection: drop them first.
-        del old_lm, old_optimizer, slots, mapped, map_tree, grown, optimizer
+        del old_lm, old_optimizer, slots, mapped, map_tree, grown, optimizer, parameters, preparation
         gc.collect()
         model.growth_history.append(entry.describe())
         event = {
@@ -172,12 +244,17 @@ class GrowthCallback(keras.callbacks.Callback):
             "parameters_before": before,
             "parameters_after": count_parameters(model.backbone),
             "seconds": round(time.perf_counter() - start, 3),
+            "prepared_ahead": reason is None,
+            "not_prepared_reason": reason,
+            "prepare_seconds": None if prepare_seconds is None else round(prepare_seconds, 3),
+            "waited_seconds": round(waited, 3),
         }
         self.events.append(event)
         if self.verbose:
             message = (
                 f"Growth at step {step}: {event['entry']}, parameters "
-                f"{before:,} -> {event['parameters_after']:,} ({event['seconds']:.2f} s)"
+                f"{before:,} -> {event['parameters_after']:,} ({event['seconds']:.2f} s"
+                + (", prepared ahead)" if reason is None else f"; not prepared ahead: {reason})")
             )
             logging.info(message)
             print(message, flush=True)

@@ -22,9 +22,10 @@ String form, for command-line flags: entries separated by commas, each
 | `widen_ffn` | `factor=N` (2), `noise=F` (1e-3), `seed=N` (0) |
 
 Each entry can `plan` its grown config without building anything (used to
-check a whole schedule before the first training step) and `grow` a
-language model, returning the grown model and the map that carries
-optimizer state (see `optimizer_state`).
+check a whole schedule before the first training step), compute the grown
+model's `grown_parameters` (arrays, nothing built) and `grow` a language
+model, returning the grown model and the map that carries optimizer state
+(see `optimizer_state`).
 """
 
 import dataclasses
@@ -40,8 +41,10 @@ from keras_fusion.models.fusion_t5_backbone import (
     FUSE_FIELDS,
     backbone_config,
     backbone_variables,
+    deepen_plan,
+    widen_ffn_plan,
 )
-from keras_fusion.models.fusion_t5_seq2seq_lm import FusionT5Seq2SeqLM
+from keras_fusion.models.fusion_t5_seq2seq_lm import FusionT5Seq2SeqLM, fuse_lm_plan, self_fuse_lm_plan
 
 
 def _check_step(entry, at_step):
@@ -75,11 +78,17 @@ class GrowthEntry:
         """The backbone config after this growth (nothing is built)."""
         raise NotImplementedError
 
-    def grow(self, lm):
-        """Returns `(grown_lm, map_tree)`: `map_tree(tree, role, slot_name)`
-        maps a parameter-shaped tree of `lm` (an optimizer slot) to the grown
-        model's shapes."""
+    def grown_parameters(self, lm):
+        """Returns `(config, parameters, map_tree)` of the grown model, built
+        from nothing: its backbone config, its parameter tree (arrays), and
+        `map_tree(tree, role, slot_name)`, which maps a parameter-shaped tree
+        of `lm` (an optimizer slot) to the grown model's shapes."""
         raise NotImplementedError
+
+    def grow(self, lm):
+        """Returns `(grown_lm, map_tree)` (see `grown_parameters`)."""
+        config, parameters, map_tree = self.grown_parameters(lm)
+        return FusionT5Seq2SeqLM.from_parameters(config, parameters, preprocessor=lm.preprocessor), map_tree
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,9 +111,9 @@ class SelfFuse(GrowthEntry):
     def plan(self, config):
         return growth_maps.fused_config([config, config])
 
-    def grow(self, lm):
-        grown = FusionT5Seq2SeqLM.self_fuse(lm, noise=self.noise, seed=self.seed)
-        return grown, lambda tree, role, _: growth_maps.self_fuse_parameters(tree, role=role)
+    def grown_parameters(self, lm):
+        config, parameters = self_fuse_lm_plan(lm, noise=self.noise, seed=self.seed)
+        return config, parameters, lambda tree, role, _: growth_maps.self_fuse_parameters(tree, role=role)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,9 +139,9 @@ class Deepen(GrowthEntry):
     def plan(self, config):
         return dict(config, num_layers=config["num_layers"] + self.num_new_layers)
 
-    def grow(self, lm):
-        grown = FusionT5Seq2SeqLM.deepen(lm, self.num_new_layers, mode=self.mode)
-        return grown, lambda tree, role, _: growth_maps.deepen_parameters(
+    def grown_parameters(self, lm):
+        config, parameters = deepen_plan(lm.backbone, self.num_new_layers, mode=self.mode)
+        return config, parameters, lambda tree, role, _: growth_maps.deepen_parameters(
             tree, self.num_new_layers, self.mode, role=role
         )
 
@@ -159,9 +168,9 @@ class WidenFFN(GrowthEntry):
     def plan(self, config):
         return dict(config, intermediate_dim=config["intermediate_dim"] * self.factor)
 
-    def grow(self, lm):
-        grown = FusionT5Seq2SeqLM.widen_ffn(lm, self.factor, noise=self.noise, seed=self.seed)
-        return grown, lambda tree, role, _: growth_maps.widen_ffn_parameters(
+    def grown_parameters(self, lm):
+        config, parameters = widen_ffn_plan(lm.backbone, self.factor, noise=self.noise, seed=self.seed)
+        return config, parameters, lambda tree, role, _: growth_maps.widen_ffn_parameters(
             tree, self.factor, role=role
         )
 
@@ -231,10 +240,10 @@ class Fuse(GrowthEntry):
                 )
         return growth_maps.fused_config([config, partner])
 
-    def grow(self, lm):
+    def grown_parameters(self, lm):
         loaded = self.partner_model()
         partner = getattr(loaded, "lm", loaded)
-        grown = FusionT5Seq2SeqLM.fuse(lm, partner, weights=[self.weight, 1 - self.weight])
+        config, parameters = fuse_lm_plan([lm, partner], weights=[self.weight, 1 - self.weight])
         partner_tree = backbone_variables(partner.backbone)
         partner_arrays = growth_maps.read(partner_tree)
         partner_slots = {}
@@ -251,7 +260,7 @@ class Fuse(GrowthEntry):
                 )[slot_name][1]
             return growth_maps.fuse_parameters([tree, other], role=role)
 
-        return grown, map_tree
+        return config, parameters, map_tree
 
 
 OPERATORS = {

@@ -106,6 +106,16 @@ def rebuild(optimizer, trainable_variables, variables, slots, rewarmup_steps=0, 
     Returns:
         The built optimizer, `iterations` carried over.
     """
+    check_variables(trainable_variables, variables)
+    config = grown_config(optimizer, int(optimizer.iterations.numpy()), rewarmup_steps, learning_rate_scale)
+    new = optimizer.__class__.from_config(config)
+    new.build(trainable_variables)
+    write_state(new, variables, slots, optimizer.iterations)
+    return new
+
+
+def check_variables(trainable_variables, variables):
+    """Raise ValueError unless the trainable variables are the tree's leaves."""
     leaves = keras.tree.flatten(variables)
     if {id(v) for v in leaves} != {id(v) for v in trainable_variables}:
         raise ValueError(
@@ -113,25 +123,34 @@ def rebuild(optimizer, trainable_variables, variables, slots, rewarmup_steps=0, 
             f"({len(trainable_variables)} trainable, {len(leaves)} in the tree): "
             "growth cannot carry the optimizer state of other variables."
         )
+
+
+def grown_config(optimizer, step, rewarmup_steps=0, learning_rate_scale=1.0):
+    """The config of the optimizer a growth at `step` gives (see `rebuild`)."""
     config = optimizer.get_config()
     if rewarmup_steps or learning_rate_scale != 1.0:
         base, scale = _base_rate(config["learning_rate"])
         config["learning_rate"] = keras.saving.serialize_keras_object(
-            Rewarmup(base, int(optimizer.iterations.numpy()), rewarmup_steps, scale * learning_rate_scale)
+            Rewarmup(base, int(step), rewarmup_steps, scale * learning_rate_scale)
         )
-    new = optimizer.__class__.from_config(config)
-    new.build(trainable_variables)
-    new.iterations.assign(optimizer.iterations)
-    if isinstance(new, keras.optimizers.Adafactor):
-        _write_adafactor(new, variables, slots)
+    return config
+
+
+def write_state(optimizer, variables, slots, iterations):
+    """Write `iterations` and mapped `slots` into a freshly built optimizer.
+
+    Slots not in `slots` keep their fresh (zero) values.
+    """
+    optimizer.iterations.assign(iterations)
+    if isinstance(optimizer, keras.optimizers.Adafactor):
+        _write_adafactor(optimizer, variables, slots)
     elif slots:
-        targets = _adam_slots(new)
+        targets = _adam_slots(optimizer)
         for name, (_, tree) in slots.items():
             slot_list = targets[name][1]
             keras.tree.map_structure(
-                lambda v, a: slot_list[_index(new, v)].assign(a), variables, tree
+                lambda v, a: slot_list[_index(optimizer, v)].assign(a), variables, tree
             )
-    return new
 
 
 def _write_adafactor(optimizer, variables, slots):

@@ -64,7 +64,8 @@ def mirrored(out):
     at_growth, before, after = AtStep(2, old_layers), AtStep(2, batch_loss), AtStep(2, batch_loss)
     fit(small, 3, [at_growth])
     old_lm = grown.lm
-    fit(grown, 3, [before, GrowthCallback([Deepen(at_step=2)], verbose=0), after])
+    growth = GrowthCallback([Deepen(at_step=2)], verbose=0)
+    fit(grown, 3, [before, growth, after])
     errors = growth_maps.map_leaves(
         lambda name, leaves: relative_error(leaves[2] - leaves[0], leaves[1] - leaves[0]),
         [at_growth.value, old_layers(small), old_layers(grown)],
@@ -72,6 +73,7 @@ def mirrored(out):
     result.update(
         loss_before=before.value,
         loss_after=after.value,
+        not_prepared_reason=growth.events[0]["not_prepared_reason"],
         update_error=max(keras.tree.flatten(errors)),
         num_layers=grown.backbone.num_layers,
         iterations=int(grown.optimizer.iterations.numpy()),
@@ -108,10 +110,10 @@ def resume(out, directory, kill_at):
     if point == "growth":
         replace_lm = GrowingT5Seq2SeqLM.replace_lm
 
-        def replace_lm_then_die(self, lm, optimizer=None):
+        def replace_lm_then_die(self, lm, *args, **kwargs):
             if at_kill_step(self):
                 os.kill(os.getpid(), signal.SIGKILL)
-            return replace_lm(self, lm, optimizer)
+            return replace_lm(self, lm, *args, **kwargs)
 
         GrowingT5Seq2SeqLM.replace_lm = replace_lm_then_die
     elif point == "save":

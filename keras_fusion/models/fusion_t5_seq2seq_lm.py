@@ -68,14 +68,10 @@ class FusionT5Seq2SeqLM(T5Seq2SeqLM):
     backbone_cls = FusionT5Backbone
 
     @classmethod
-    def _from_plan(cls, lm, config, parameters, hidden_dims, weights):
-        # Rescale each source's block of the final decoder norm so that the
-        # logits come out as the weighted sum (growth_maps.output_scale).
-        parameters["decoder_norm"] = parameters["decoder_norm"] * growth_maps.output_scale(
-            hidden_dims, weights, config["tie_embedding_weights"]
-        )
+    def from_parameters(cls, config, parameters, preprocessor=None):
+        """An LM on `FusionT5Backbone.from_parameters(config, parameters)`."""
         backbone = FusionT5Backbone.from_parameters(config, parameters)
-        return cls(backbone=backbone, preprocessor=lm.preprocessor)
+        return cls(backbone=backbone, preprocessor=preprocessor)
 
     @classmethod
     def fuse(cls, *lms, weights=None, norm="grouped"):
@@ -92,20 +88,12 @@ class FusionT5Seq2SeqLM(T5Seq2SeqLM):
             `sum_i weights[i] * logits_i`, with the first model's
             preprocessor.
         """
-        _check_lms(lms)
-        weights = _check_weights(weights, len(lms))
-        backbones = [lm.backbone for lm in lms]
-        config, parameters = fuse_plan(backbones, norm)
-        hidden_dims = [b.hidden_dim for b in backbones]
-        return cls._from_plan(lms[0], config, parameters, hidden_dims, weights)
+        return cls.from_parameters(*fuse_lm_plan(lms, weights, norm), preprocessor=lms[0].preprocessor)
 
     @classmethod
     def self_fuse(cls, lm, noise=1e-3, seed=None, norm="grouped"):
         """Self fusion (see `FusionT5Backbone.self_fuse`), logits unchanged."""
-        _check_lms([lm])
-        config, parameters = self_fuse_plan(lm.backbone, noise, seed, norm)
-        d = lm.backbone.hidden_dim
-        return cls._from_plan(lm, config, parameters, [d, d], [0.5, 0.5])
+        return cls.from_parameters(*self_fuse_lm_plan(lm, noise, seed, norm), preprocessor=lm.preprocessor)
 
     @classmethod
     def deepen(cls, lm, num_new_layers, mode="identity"):
@@ -120,3 +108,34 @@ class FusionT5Seq2SeqLM(T5Seq2SeqLM):
         _check_lms([lm])
         backbone = FusionT5Backbone.widen_ffn(lm.backbone, factor, noise=noise, seed=seed)
         return cls(backbone=backbone, preprocessor=lm.preprocessor)
+
+
+# Plans: (config, parameters) of a grown LM, nothing built. The class methods
+# above build from them; `GrowthCallback` also writes them into a grown model
+# prepared ahead of time (`keras_fusion.growth_ahead`).
+
+
+def _scaled_output(config, parameters, hidden_dims, weights):
+    # Rescale each source's block of the final decoder norm so that the
+    # logits come out as the weighted sum (growth_maps.output_scale).
+    parameters["decoder_norm"] = parameters["decoder_norm"] * growth_maps.output_scale(
+        hidden_dims, weights, config["tie_embedding_weights"]
+    )
+    return config, parameters
+
+
+def fuse_lm_plan(lms, weights=None, norm="grouped"):
+    """Config and parameters of `FusionT5Seq2SeqLM.fuse(*lms, weights=...)`."""
+    _check_lms(lms)
+    weights = _check_weights(weights, len(lms))
+    backbones = [lm.backbone for lm in lms]
+    config, parameters = fuse_plan(backbones, norm)
+    return _scaled_output(config, parameters, [b.hidden_dim for b in backbones], weights)
+
+
+def self_fuse_lm_plan(lm, noise=1e-3, seed=None, norm="grouped"):
+    """Config and parameters of `FusionT5Seq2SeqLM.self_fuse(lm, ...)`."""
+    _check_lms([lm])
+    config, parameters = self_fuse_plan(lm.backbone, noise, seed, norm)
+    d = lm.backbone.hidden_dim
+    return _scaled_output(config, parameters, [d, d], [0.5, 0.5])

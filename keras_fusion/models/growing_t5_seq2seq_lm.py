@@ -1,6 +1,7 @@
 """GrowingT5Seq2SeqLM: the model object that grows in place during fit."""
 
 import keras
+import tensorflow as tf
 from keras.src.utils import tracking
 
 from keras_fusion.models.fusion_t5_seq2seq_lm import FusionT5Seq2SeqLM
@@ -42,6 +43,10 @@ class GrowingT5Seq2SeqLM(keras.Model):
             lm = FusionT5Seq2SeqLM(backbone=lm.backbone, preprocessor=lm.preprocessor)
         self.lm = lm
         self.growth_history = list(growth_history or [])
+        # The element spec of the data `fit` trains on (recorded by the
+        # train function; `keras_fusion.growth_ahead` traces a grown model's
+        # train step on it before the growth).
+        self.train_element_spec = None
 
     def call(self, inputs, training=False):
         return self.lm(inputs, training=training)
@@ -60,13 +65,33 @@ class GrowingT5Seq2SeqLM(keras.Model):
     def generate(self, *args, **kwargs):
         return self.lm.generate(*args, **kwargs)
 
-    def replace_lm(self, lm, optimizer=None):
+    def make_train_function(self, force=False):
+        if self.train_function is not None and not force:
+            return self.train_function
+        super().make_train_function(force=True)
+        self.train_function = self._recording(self.train_function)
+        return self.train_function
+
+    def _recording(self, function):
+        """`function`, recording the element spec of the data it is given."""
+
+        def train_function(iterator):
+            if isinstance(iterator, tf.data.Iterator):
+                self.train_element_spec = iterator.element_spec
+            return function(iterator)
+
+        return train_function
+
+    def replace_lm(self, lm, optimizer=None, train_function=None):
         """Swap in a grown inner model (and its optimizer), untracking the old.
 
         The tracker is locked after build; without untracking, the old
         variables would stay in `trainable_variables`. The train, test and
         predict functions are reset so that the next step traces the new
         model: without that `fit` silently trains the old variables.
+        `train_function`, when given, is a train function already traced on
+        `lm` and `optimizer` (`keras_fusion.growth_ahead`) and becomes the
+        model's.
 
         Nothing may keep the old model (its variables, and through them the
         old optimizer's slots) alive: after five growths the replaced models
@@ -111,7 +136,10 @@ class GrowingT5Seq2SeqLM(keras.Model):
         finally:
             if locked:
                 self._tracker.lock()
-        self.make_train_function(force=True)
+        if train_function is None:
+            self.make_train_function(force=True)
+        else:
+            self.train_function = self._recording(train_function)
         self.test_function = None
         self.predict_function = None
 
