@@ -6,10 +6,17 @@ feed-forward 128, dropout 0, batch 16, sequence length 64, AdamW) wrapped in
 measures, for each growth operator (self_fuse, deepen by 2 layers, fuse with
 a partner of the same config), in one run:
 
-1. the cost of one growth event: the operator and the optimizer-state
-   mapping (the callback's own `seconds`) plus the retrace of the train
-   function (it happens on the first training step after the growth:
-   that step's duration minus the grown model's median step). Reported in
+1. the cost of one growth event, for each operator twice, each in a fresh
+   process: prepared ahead (`GrowthCallback`'s default: the grown model is
+   built and its train step traced in a background thread while the tiny
+   model trains) and synchronous (`prepare_ahead=False`). The event is the
+   growth callback's own time (`seconds`: operator, optimizer-state mapping,
+   writing values or building the model, `gc.collect`) plus the retrace on
+   the first step after the growth (that step's duration minus the grown
+   model's median step). The preparation's own cost is what it slows the
+   tiny model's steps by while it runs (their excess over the tiny model's
+   median step after the preparation finished, and the excess of the gaps
+   between them): "with preparation" adds it to the event. Reported in
    seconds, in steps of the grown model and in steps of the tiny model.
    Goal (reported, not asserted): at most 20 training steps.
 2. the steady-state speed of the grown model against a model of the same
@@ -39,8 +46,11 @@ How it measures:
   step, because `keras.utils.set_random_seed` clears TensorFlow's kernel
   cache and every train function already run would then pay its graph
   instantiation again (1-2 s) on its next call.
-- The model grows at step `--grow-at` inside one `fit` call, which then goes
-  on for `--post-steps` steps. The direct model is then warmed up (its first
+- The model grows at step `--grow-at` (400: late enough for the preparation
+  to finish, as in real runs that grow after hundreds or thousands of
+  steps) inside one `fit` call, which then goes on for `--post-steps` steps.
+  `--tf-threads 1` limits TensorFlow to one thread, which leaves a core of a
+  2-core machine to the Python host thread, as an accelerator's host has. The direct model is then warmed up (its first
   step traces its train function), and the two are trained alternately in
   short `fit` calls of `--chunk` steps, `--rounds` times each (order
   alternating), so both are measured side by side under the same load: on a
@@ -107,8 +117,8 @@ SPEED_GOAL = 0.97  # grown steps/s >= 0.97 x direct steps/s
 # The growth comes late enough for the preparation (a few seconds in a
 # background thread) to finish first, as it does in real runs (growth after
 # hundreds or thousands of steps).
-DEFAULTS = dict(grow_at=400, post_steps=30, chunk=5, rounds=40, skip=1)
-QUICK = dict(grow_at=300, post_steps=20, chunk=5, rounds=8, skip=1)
+DEFAULTS = dict(grow_at=400, post_steps=30, chunk=5, rounds=40, skip=1, tf_threads=0)
+QUICK = dict(grow_at=300, post_steps=20, chunk=5, rounds=8, skip=1, tf_threads=0)
 
 
 # --- Worker (runs in a fresh spawned process) --------------------------------
@@ -411,6 +421,11 @@ def worker(operator, settings, prepare_ahead=True):
     grow_at, post, chunk, rounds, skip = (
         settings[k] for k in ("grow_at", "post_steps", "chunk", "rounds", "skip")
     )
+    if settings.get("tf_threads"):
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(settings["tf_threads"])
+        tf.config.threading.set_inter_op_parallelism_threads(settings["tf_threads"])
     data = _dataset()
 
     keras.utils.set_random_seed(0)
@@ -513,6 +528,7 @@ def worker(operator, settings, prepare_ahead=True):
         excess += sum(gaps[i] - ordinary_gap for i in overlap if i < grow_at - 1)
         preparation = dict(
             seconds_in_thread=window[1] - window[0],
+            phase_seconds=dict(preparations.started[0].phase_seconds),
             steps_overlapped=len(overlap),
             first_overlapped_step=overlap[0] + 1 if overlap else None,
             tiny_steps_slowed_by_seconds=excess,
@@ -637,6 +653,7 @@ def markdown_table(result):
         f"dropout 0, batch {BATCH_SIZE}, length {SEQUENCE_LENGTH}, AdamW; "
         f"{result['tiny_ms_per_step']:.0f} ms/step) on {m['cpu_model']}, {m['usable_cpus']} CPUs, "
         f"TensorFlow {v['tensorflow']}, Keras {v['keras']}, keras-hub {v['keras-hub']}. "
+        f"TensorFlow threads: {result['settings'].get('tf_threads') or 'default (all cores)'}. "
         f"Growth at step {result['settings']['grow_at']}, prepared ahead (the default) and "
         f"synchronous (`prepare_ahead=False`), each operator and mode in a fresh process. "
         f"Event = growth callback + first step after growth less a steady step (operator, "
@@ -699,6 +716,7 @@ def _print_operator(r):
               f"which it slowed by {p['tiny_steps_slowed_by_seconds']:.3f} s in all "
               f"(= {p['tiny_steps_slowed_by_grown_steps']:.1f} grown steps); waited for at the "
               f"growth: {e['waited_for_preparation_seconds']:.3f} s")
+        print("      in the thread: " + ", ".join(f"{k} {v:.2f} s" for k, v in p["phase_seconds"].items()))
     print(f"  TOTAL (event + preparation's slowdown): {e['total_cost_seconds']:.3f} s = "
           f"{e['total_cost_in_grown_steps']:.1f} grown steps")
     print(f"  GROWTH EVENT COST: {e['cost_seconds']:.3f} s = {e['cost_in_grown_steps']:.1f} "
@@ -748,7 +766,10 @@ def main(argv=None):
                         help=f"comma-separated, from {', '.join(OPERATORS)} (default all)")
     for name in DEFAULTS:
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=None,
-                            help=f"default {DEFAULTS[name]} ({QUICK[name]} with --quick)")
+                            help=f"default {DEFAULTS[name]} ({QUICK[name]} with --quick)"
+                            + ("; TensorFlow's intra- and inter-op threads, 0 for its default "
+                               "(all cores). 1 leaves a core of this 2-core machine to the host "
+                               "thread, as an accelerator's host has" if name == "tf_threads" else ""))
     parser.add_argument("--output", default=None,
                         help="JSON path (default benchmarks/results/growth_overhead.json, "
                              "growth_overhead_quick.json with --quick)")

@@ -135,6 +135,7 @@ class Preparation:
         self.dtype_policy = keras.config.dtype_policy()
         self.seconds = None
         self.started_at = self.finished_at = None  # time.perf_counter()
+        self.phase_seconds = {}
         self.error = None
         self._wrapper = None
         self._initial = None
@@ -170,9 +171,18 @@ class Preparation:
         # overwritten anyway).
         global_state.set_global_attribute("global_seed_generator", keras.random.SeedGenerator(0))
         keras.config.set_dtype_policy(self.dtype_policy)
+        clock = time.perf_counter()
+
+        def phase(name):
+            nonlocal clock
+            now = time.perf_counter()
+            self.phase_seconds[name] = now - clock
+            clock = now
+
         config = {k: v for k, v in self.planned.items() if k in _CONSTRUCTOR_ARGS}
-        lm = FusionT5Seq2SeqLM(backbone=FusionT5Backbone(**config), preprocessor=self.preprocessor)
+        lm = FusionT5Seq2SeqLM(backbone=FusionT5Backbone.zeros(config), preprocessor=self.preprocessor)
         wrapper = GrowingT5Seq2SeqLM(lm)
+        phase("build the grown model")
         compile_args = keras.saving.deserialize_keras_object(self.compile_config)
         compile_args.pop("optimizer", None)
         # (from_config deserializes the learning-rate schedule in place)
@@ -187,8 +197,10 @@ class Preparation:
             "model": [(v, _initial_value(v)) for v in lm.weights if id(v) not in in_tree],
             "optimizer": [(v, _initial_value(v)) for v in optimizer.variables],
         }
+        phase("compile, build the optimizer")
         wrapper.make_train_function()
         wrapper.train_function(iter(_dummy_dataset(self.element_spec)))
+        phase("trace and run one train step")
         self._wrapper = wrapper
 
     def mismatch(self, model, step, optimizer_config):

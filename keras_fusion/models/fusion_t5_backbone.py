@@ -316,6 +316,14 @@ class FusionT5Backbone(T5Backbone):
         return _build_with_values(cls, config, parameters)
 
     @classmethod
+    def zeros(cls, config):
+        """A backbone of `config` with every parameter zero, built without
+        filling its variables with random values first (a model that is
+        about to be given its values, as `keras_fusion.growth_ahead` does)."""
+        config = {k: v for k, v in config.items() if k in _CONSTRUCTOR_ARGS}
+        return _build_with_values(cls, config, None)
+
+    @classmethod
     def fuse(cls, *backbones, norm="grouped"):
         """Deep Fusion: one wider backbone computing all inputs side by side.
 
@@ -432,6 +440,9 @@ def _build_with_values(cls, config, parameters):
         ours = [v for v in registered if id(v) not in earlier_ids]
         keras_global_state.set_global_attribute(_UNINITIALIZED, earlier)
 
+    if parameters is None:  # every tree variable zero
+        parameters = keras.tree.map_structure(
+            lambda v: np.zeros(v.shape, "float32"), backbone_variables(backbone))
     # Everything is checked before any variable gets a value.
     pairs = _paired_leaves(backbone_variables(backbone), parameters)
     for where, variable, array in pairs:

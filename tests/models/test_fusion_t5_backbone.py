@@ -9,7 +9,7 @@ from keras_hub.src.tests.test_case import TestCase
 
 from keras_fusion import growth_maps
 from keras_fusion.models import FusionT5Backbone, function_error
-from keras_fusion.models.fusion_t5_backbone import backbone_variables
+from keras_fusion.models.fusion_t5_backbone import backbone_config, backbone_variables
 from t5_test_utils import TOLERANCE, assert_unchanged, random_backbone, random_inputs, snapshot
 
 INPUTS = random_inputs()
@@ -388,3 +388,13 @@ def test_non_finite_weights_are_refused_naming_the_place(value):
         FusionT5Backbone.self_fuse(b)
     assert_unchanged(a, before_a)
     assert_unchanged(b, before_b)
+
+
+def test_zeros_builds_the_config_with_every_parameter_zero():
+    source = random_backbone(seed=4, cls=FusionT5Backbone)
+    config = backbone_config(source)
+    zeros = FusionT5Backbone.zeros(config)
+    assert backbone_config(zeros) == config
+    leaves = keras.tree.flatten(growth_maps.read(backbone_variables(zeros)))
+    assert len(leaves) == len(keras.tree.flatten(backbone_variables(source)))
+    assert all(not np.any(leaf) for leaf in leaves)
