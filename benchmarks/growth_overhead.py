@@ -303,7 +303,7 @@ class _Breakdown:
     def __init__(self, entry_class):
         import gc
 
-        from keras_fusion import growth_ahead, optimizer_state
+        from keras_fusion import callbacks, growth_ahead, optimizer_state
         from keras_fusion.models import FusionT5Seq2SeqLM, GrowingT5Seq2SeqLM
 
         self.targets = [
@@ -316,6 +316,7 @@ class _Breakdown:
             (optimizer_state, "rebuild", "rebuild optimizer with state (synchronous)"),
             (GrowingT5Seq2SeqLM, "replace_lm", "replace_lm (swap, reset functions)"),
             (gc, "collect", "gc.collect (free the replaced model)"),
+            (callbacks, "release_free_memory", "malloc_trim (free pages to the system)"),
         ]
         self.seconds = {}
 
