@@ -9,7 +9,7 @@ export KERAS_BACKEND := tensorflow
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench bench-vs-scratch clean
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,13 @@ test-fast: install
 bench: install
 	$(BIN)/python benchmarks/growth_cost.py
 	$(BIN)/python benchmarks/growth_overhead.py
+	$(BIN)/python benchmarks/growth_overhead.py --tf-threads 1 \
+		--output benchmarks/results/growth_overhead_1thread.json
 	$(BIN)/python benchmarks/growth_memory.py
+
+# Growth against training from scratch: about an hour (--quick: minutes).
+bench-vs-scratch: install
+	$(BIN)/python benchmarks/growth_vs_scratch.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs

@@ -71,11 +71,12 @@ How it measures:
   comparison: the time to construct the direct model, and the first
   (traced) steps of the tiny and the direct model.
 
-Run: `python benchmarks/growth_overhead.py` (about 3.5 minutes on 2 busy
-CPU cores), or `python benchmarks/growth_overhead.py --quick` for a fast
-check with fewer steps (1.5-3 minutes: most of the time is fixed, importing
-TensorFlow and building and tracing the models; `--operators self_fuse`
-for one operator only). `--operators self_fuse,deepen` picks operators. Prints the machine, library versions, the config, the figures and
+Run: `python benchmarks/growth_overhead.py` (about 4 minutes on 2 quiet
+CPU cores: six fresh processes), or `python benchmarks/growth_overhead.py
+--quick` for a fast check with fewer steps (most of the time is fixed,
+importing TensorFlow and building and tracing the models).
+`--operators self_fuse,deepen` picks operators; `--tf-threads 1` leaves a
+core to the host thread. Prints the machine, library versions, the config, the figures and
 a markdown table for the README; writes everything as JSON to
 `benchmarks/results/growth_overhead.json` (`growth_overhead_quick.json` with
 `--quick`; `--output PATH` to choose).
