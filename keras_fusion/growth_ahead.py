@@ -111,8 +111,10 @@ class Preparation:
     """A grown model for one schedule entry, built and traced in a thread.
 
     Created by `GrowthCallback` (`prepare_ahead=True`); `start()` begins the
-    work, `adopt(...)` (main thread, at the growth step) waits for it and
-    moves the prepared model into the model being fit.
+    work; at the growth step the main thread calls `wait()`, then
+    `mismatch(...)` (None when the prepared model fits the growth), then
+    `adopt(...)`, which writes the values and hands the prepared model over.
+    `seconds` and `phase_seconds` time the thread's work.
 
     Args:
         model: the `GrowingT5Seq2SeqLM` being fit (read here, in the
