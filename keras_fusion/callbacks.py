@@ -1,5 +1,8 @@
 """Callbacks: grow the model inside `model.fit`, checkpoint it across growth."""
 
+import ctypes
+import ctypes.util
+import functools
 import gc
 import json
 import os
@@ -282,21 +285,17 @@ def release_free_memory():
         trim(0)
 
 
+@functools.cache
 def _malloc_trim():
-    if not hasattr(_malloc_trim, "function"):
-        function = None
-        try:
-            import ctypes
-            import ctypes.util
-
-            name = ctypes.util.find_library("c")
-            function = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
-            if function is not None:
-                function.argtypes, function.restype = [ctypes.c_size_t], ctypes.c_int
-        except OSError:
-            function = None
-        _malloc_trim.function = function
-    return _malloc_trim.function
+    """glibc's `malloc_trim`, or None where there is none."""
+    name = ctypes.util.find_library("c")
+    try:
+        function = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:
+        return None
+    if function is not None:
+        function.argtypes, function.restype = [ctypes.c_size_t], ctypes.c_int
+    return function
 
 
 CHECKPOINT_INDEX = "checkpoint.json"

@@ -9,8 +9,8 @@ grown architecture is known from the schedule (`GrowthEntry.plan`) and the
 data's element spec from the steps already run. So `GrowthCallback` does it
 ahead, in a background thread, while the current model trains:
 
-1. build the grown model (random weights) in a `GrowingT5Seq2SeqLM` of its
-   own, compiled like the model being fit, with a new optimizer of the
+1. build the grown model (zero weights, `FusionT5Backbone.zeros`) in a
+   `GrowingT5Seq2SeqLM` of its own, compiled like the model being fit, with a new optimizer of the
    config the growth will give (`optimizer_state.grown_config`), built;
 2. record the values every variable has now (the fresh optimizer's zeros,
    the dropout seeds);
@@ -47,12 +47,11 @@ from keras.src.utils import tracking
 
 from keras_fusion import optimizer_state
 from keras_fusion.models.fusion_t5_backbone import (
-    _CONSTRUCTOR_ARGS,
     FusionT5Backbone,
     _as_tensor,
-    _paired_leaves,
     backbone_config,
     backbone_variables,
+    checked_pairs,
 )
 from keras_fusion.models.fusion_t5_seq2seq_lm import FusionT5Seq2SeqLM
 from keras_fusion.models.growing_t5_seq2seq_lm import GrowingT5Seq2SeqLM
@@ -181,8 +180,7 @@ class Preparation:
             self.phase_seconds[name] = now - clock
             clock = now
 
-        config = {k: v for k, v in self.planned.items() if k in _CONSTRUCTOR_ARGS}
-        lm = FusionT5Seq2SeqLM(backbone=FusionT5Backbone.zeros(config), preprocessor=self.preprocessor)
+        lm = FusionT5Seq2SeqLM(backbone=FusionT5Backbone.zeros(self.planned), preprocessor=self.preprocessor)
         wrapper = GrowingT5Seq2SeqLM(lm)
         phase("build the grown model")
         compile_args = keras.saving.deserialize_keras_object(self.compile_config)
@@ -247,14 +245,7 @@ class Preparation:
         wrapper = self._wrapper
         lm, optimizer = wrapper.lm, wrapper.optimizer
         tree = backbone_variables(lm.backbone)
-        pairs = _paired_leaves(tree, parameters)
-        for where, variable, array in pairs:
-            if tuple(variable.shape) != tuple(np.shape(array)):
-                raise ValueError(
-                    f"Shape mismatch for {where}: prepared model {tuple(variable.shape)}, "
-                    f"parameters {tuple(np.shape(array))}."
-                )
-        for _, variable, array in pairs:
+        for _, variable, array in checked_pairs(tree, parameters):
             variable.assign(_as_tensor(array, variable._dtype))
         for variable, value in self._initial["model"] + self._initial["optimizer"]:
             variable.assign(keras.ops.zeros(variable.shape, variable.dtype) if value is None else value)

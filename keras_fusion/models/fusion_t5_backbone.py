@@ -444,13 +444,7 @@ def _build_with_values(cls, config, parameters):
         parameters = keras.tree.map_structure(
             lambda v: np.zeros(v.shape, "float32"), backbone_variables(backbone))
     # Everything is checked before any variable gets a value.
-    pairs = _paired_leaves(backbone_variables(backbone), parameters)
-    for where, variable, array in pairs:
-        if tuple(variable.shape) != tuple(np.shape(array)):
-            raise ValueError(
-                f"Shape mismatch for {where} (variable {variable.path}): model "
-                f"{tuple(variable.shape)}, parameters {tuple(np.shape(array))}."
-            )
+    pairs = checked_pairs(backbone_variables(backbone), parameters)
 
     deferred = {id(v) for v in ours}
     nested = in_stateless_scope()
@@ -484,6 +478,22 @@ def _constant_initializer(array):
         return _as_tensor(array, dtype)
 
     return initializer
+
+
+def checked_pairs(variables, arrays):
+    """`[(location, variable, array)]` for a variable tree and an array tree.
+
+    Raises ValueError naming the first place where the structures differ or
+    a leaf's shape does not match its variable, before anything is written.
+    """
+    pairs = _paired_leaves(variables, arrays)
+    for where, variable, array in pairs:
+        if tuple(variable.shape) != tuple(np.shape(array)):
+            raise ValueError(
+                f"Shape mismatch for {where} (variable {variable.path}): model "
+                f"{tuple(variable.shape)}, parameters {tuple(np.shape(array))}."
+            )
+    return pairs
 
 
 def _paired_leaves(variables, arrays, where=""):
