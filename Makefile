@@ -38,6 +38,7 @@ bench: install
 	$(BIN)/python benchmarks/growth_overhead.py --tf-threads 1 \
 		--output benchmarks/results/growth_overhead_1thread.json
 	$(BIN)/python benchmarks/growth_memory.py
+	$(BIN)/python benchmarks/preparation_interference.py
 
 # Growth against training from scratch: about an hour (--quick: minutes).
 bench-vs-scratch: install

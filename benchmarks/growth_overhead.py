@@ -534,6 +534,9 @@ def worker(operator, settings, prepare_ahead=True):
             steps_overlapped=len(overlap),
             first_overlapped_step=overlap[0] + 1 if overlap else None,
             tiny_steps_slowed_by_seconds=excess,
+            # Python's garbage collector (either thread: a collection holds
+            # the GIL, so the training's host thread waits through it).
+            python_gc_seconds_in_overlapped_steps=sum(growth_fit[i]["gc"] for i in overlap),
             tiny_steps_slowed_by_grown_steps=excess / median_step,
         )
     total_cost = wall_cost + (preparation["tiny_steps_slowed_by_seconds"] if preparation else 0.0)
@@ -719,6 +722,8 @@ def _print_operator(r):
               f"(= {p['tiny_steps_slowed_by_grown_steps']:.1f} grown steps); waited for at the "
               f"growth: {e['waited_for_preparation_seconds']:.3f} s")
         print("      in the thread: " + ", ".join(f"{k} {v:.2f} s" for k, v in p["phase_seconds"].items()))
+        print(f"      Python GC (either thread) during those steps: "
+              f"{p['python_gc_seconds_in_overlapped_steps']:.3f} s")
     print(f"  TOTAL (event + preparation's slowdown): {e['total_cost_seconds']:.3f} s = "
           f"{e['total_cost_in_grown_steps']:.1f} grown steps")
     print(f"  GROWTH EVENT COST: {e['cost_seconds']:.3f} s = {e['cost_in_grown_steps']:.1f} "

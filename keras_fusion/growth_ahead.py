@@ -31,7 +31,18 @@ before writing anything, and the callback grows synchronously.
 
 Only under the default (single-device, no `tf.distribute` scope) strategy:
 building and tracing distributed variables off the main thread is not
-attempted; distributed runs grow synchronously.
+attempted, and the one train step would run the strategy's cross-device
+reductions concurrently with training's own (which collective
+implementations such as NCCL do not allow); distributed runs grow
+synchronously.
+
+The thread's work is not free where the host has no idle core: it slows
+the steps it overlaps (`benchmarks/growth_overhead.py`). With a core free
+it still costs a few milliseconds per step, mostly stalls of up to ~100 ms
+while TensorFlow's graph building holds the GIL, and sometimes one full
+garbage collection set off by its allocations
+(`benchmarks/preparation_interference.py`). Python's switch interval does
+not shorten those stalls, so it is left alone.
 """
 
 import copy
