@@ -6,6 +6,21 @@ import importlib.metadata
 import multiprocessing
 import os
 import platform
+import sys
+
+
+def script_setup(script):
+    """Prepare a benchmark script run directly: TensorFlow backend and quiet
+    logs by default, the repository root and `benchmarks/` importable.
+    Returns the repository root."""
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    here = os.path.dirname(os.path.abspath(script))
+    root = os.path.dirname(here)
+    for path in (root, here):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    return root
 
 
 def in_fresh_process(fn, *args):

@@ -204,10 +204,12 @@ def _tracing_count(model):
 
 
 class _GCClock:
-    """Seconds spent in Python's garbage collector, summed (gc.callbacks)."""
+    """Seconds spent in Python's garbage collector, summed (gc.callbacks), and
+    the number of collections (`full`: of generation 2)."""
 
     total = 0.0
     collections = 0
+    full = 0
     _start = None
 
     @classmethod
@@ -224,6 +226,7 @@ class _GCClock:
         elif cls._start is not None:
             cls.total += time.perf_counter() - cls._start
             cls.collections += 1
+            cls.full += info["generation"] == 2
             cls._start = None
 
 

@@ -43,18 +43,11 @@ import dataclasses
 import datetime
 import math
 import os
-import sys
 import time
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from benchmark_utils import machine_info, script_setup, versions
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for path in (ROOT, os.path.dirname(os.path.abspath(__file__))):
-    if path not in sys.path:
-        sys.path.insert(0, path)
-
-from benchmark_utils import machine_info, versions  # noqa: E402
+ROOT = script_setup(__file__)
 
 ARMS = ("scratch", "deep_fusion", "self_fusion", "deepen", "stack")
 RECIPE = {"scratch": "scratch", "deep_fusion": "deep_fusion", "self_fusion": "self_fusion",

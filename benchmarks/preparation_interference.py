@@ -56,15 +56,9 @@ import sys
 import threading
 import time
 
-from benchmark_utils import machine_info, versions
+from benchmark_utils import machine_info, script_setup, versions
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for path in (ROOT, os.path.dirname(os.path.abspath(__file__))):
-    if path not in sys.path:
-        sys.path.insert(0, path)
+ROOT = script_setup(__file__)
 
 WORKLOADS = ("none", "python", "python_1ms", "build", "trace", "trace_1ms")
 DEFAULT_SWITCH = 0.005  # CPython's default switch interval
@@ -81,23 +75,6 @@ def _thread_ticks():
             continue
         ticks[int(tid)] = int(fields[11]) + int(fields[12])
     return ticks
-
-
-class _GCClock:
-    """Seconds in Python's garbage collector and full collections, summed."""
-
-    seconds = 0.0
-    full = 0
-    _start = None
-
-    @classmethod
-    def callback(cls, phase, info):
-        if phase == "start":
-            cls._start = time.perf_counter()
-        elif cls._start is not None:
-            cls.seconds += time.perf_counter() - cls._start
-            cls.full += info["generation"] == 2
-            cls._start = None
 
 
 def _workloads(seconds, data):
@@ -161,9 +138,8 @@ def run(seconds, repeats, reference_steps):
     model.fit(data, epochs=1, steps_per_epoch=20, verbose=0)  # trace, warm up
 
     main_tid = threading.get_native_id()
-    import gc
-
-    gc.callbacks.append(_GCClock.callback)
+    _GCClock = go._GCClock
+    _GCClock.install()
 
     class Window(keras.callbacks.Callback):
         """Times steps; starts the workload after the first; stops with it."""
@@ -180,7 +156,7 @@ def run(seconds, repeats, reference_steps):
             now = time.perf_counter()
             if batch == 0:
                 self.ticks, self.start = _thread_ticks(), now
-                self.gc = (_GCClock.seconds, _GCClock.full)
+                self.gc = (_GCClock.total, _GCClock.full)
                 if self.work is not None:
                     body, interval = self.work
                     previous = sys.getswitchinterval()
@@ -201,7 +177,7 @@ def run(seconds, repeats, reference_steps):
                     else not self.thread.is_alive())
             if done:
                 self.end, self.ticks_end = now, _thread_ticks()
-                self.gc = (_GCClock.seconds - self.gc[0], _GCClock.full - self.gc[1])
+                self.gc = (_GCClock.total - self.gc[0], _GCClock.full - self.gc[1])
                 self.model.stop_training = True
 
     rows = []
