@@ -38,9 +38,9 @@ synchronously.
 
 The thread's work is not free where the host has no idle core: it slows
 the steps it overlaps (`benchmarks/growth_overhead.py`). With a core free
-it still costs a few milliseconds per step, mostly stalls of up to ~100 ms
-while TensorFlow's graph building holds the GIL, and sometimes one full
-garbage collection set off by its allocations
+it still costs a few milliseconds per step, much of it in stalls of up to
+~100 ms (most likely TensorFlow calls that hold the GIL), and sometimes one
+full garbage collection set off by its allocations
 (`benchmarks/preparation_interference.py`). Python's switch interval does
 not shorten those stalls, so it is left alone.
 """
