@@ -28,7 +28,8 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         # grain: imported by keras-hub's own TestCase, whose backbone checks we run.
-        "test": ["pytest==9.2.0", "hypothesis==6.170.15", "grain==0.2.18"]
+        # pytest-xdist: `make test` runs the suite in two worker processes.
+        "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "hypothesis==6.170.15", "grain==0.2.18"]
     },
     license="Apache-2.0",
 )
