@@ -53,18 +53,12 @@ import gc
 import json
 import os
 import statistics
-import sys
 import threading
 import time
 
-from benchmark_utils import in_fresh_process, machine_info, versions
+from benchmark_utils import in_fresh_process, machine_info, script_setup, versions
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+ROOT = script_setup(__file__)
 
 MIB = 1024 * 1024
 

@@ -16,16 +16,10 @@ import argparse
 import datetime
 import json
 import os
-import sys
 
-from benchmark_utils import in_fresh_process, machine_info, meminfo_kib, versions
+from benchmark_utils import in_fresh_process, machine_info, meminfo_kib, script_setup, versions
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+ROOT = script_setup(__file__)
 
 # Large enough that the models and optimizer state are a visible share of the
 # process (TensorFlow's runtime alone is ~1.1 GiB): a leak of the five

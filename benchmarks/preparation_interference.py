@@ -79,7 +79,6 @@ def _thread_ticks():
 
 def _workloads(seconds, data):
     import keras
-    import tensorflow as tf
 
     import growth_overhead as go
     from keras_fusion.models import FusionT5Backbone
@@ -115,7 +114,7 @@ def _workloads(seconds, data):
         "build": (until_done(build), DEFAULT_SWITCH),
         "trace": (until_done(trace), DEFAULT_SWITCH),
         "trace_1ms": (until_done(trace), 0.001),
-    }, tf
+    }
 
 
 def run(seconds, repeats, reference_steps):
@@ -134,7 +133,7 @@ def run(seconds, repeats, reference_steps):
     data = go._dataset()
     keras.utils.set_random_seed(0)
     model = go._wrap(FusionT5Backbone(**go.TINY_CONFIG))
-    workloads, _ = _workloads(seconds, data)
+    workloads = _workloads(seconds, data)
     model.fit(data, epochs=1, steps_per_epoch=20, verbose=0)  # trace, warm up
 
     main_tid = threading.get_native_id()
