@@ -1,11 +1,9 @@
-"""Callbacks: grow the model inside `model.fit`, checkpoint it across growth."""
+"""Callbacks: grow the model inside `model.fit` (checkpoints: `keras_fusion.checkpointing`)."""
 
 import ctypes
 import ctypes.util
 import functools
 import gc
-import json
-import os
 import time
 
 import keras
@@ -13,6 +11,7 @@ import tensorflow as tf
 from absl import logging
 
 from keras_fusion import growth, growth_ahead, optimizer_state
+from keras_fusion.checkpointing import GrowthCheckpoint, checkpoint_epoch, restore_latest
 from keras_fusion.dynamics import DynamicsMonitor
 from keras_fusion.models.fusion_t5_backbone import backbone_config, backbone_variables, count_parameters
 from keras_fusion.models.fusion_t5_seq2seq_lm import FusionT5Seq2SeqLM
@@ -296,98 +295,3 @@ def _malloc_trim():
     if function is not None:
         function.argtypes, function.restype = [ctypes.c_size_t], ctypes.c_int
     return function
-
-
-CHECKPOINT_INDEX = "checkpoint.json"
-
-
-class GrowthCheckpoint(keras.callbacks.Callback):
-    """Saves the growing model whole, atomically, so a killed run resumes.
-
-    Keras' `BackupAndRestore` and `ModelCheckpoint(save_weights_only=True)`
-    restore weights into the model the script builds, which after a growth
-    has the wrong shapes. This callback saves the whole
-    `GrowingT5Seq2SeqLM` as `.keras` (architecture, weights, optimizer state
-    with `iterations`, and the growth history, so applied growths are not
-    applied again) at the end of every epoch. Each file is written to a
-    temporary name and renamed, and the index `checkpoint.json` likewise, so
-    a crash mid-save leaves the previous checkpoint intact.
-
-    Resume with `restore_latest(directory)` and
-    `fit(..., initial_epoch=checkpoint_epoch(directory))`.
-
-    Args:
-        directory: where checkpoints go (created if missing).
-        keep: how many recent checkpoints to keep (>= 1).
-
-    Example:
-
-    ```python
-    model = restore_latest(ckpt_dir) or build_model()
-    model.fit(data, epochs=10, steps_per_epoch=100,
-              initial_epoch=checkpoint_epoch(ckpt_dir),
-              callbacks=[GrowthCallback(schedule), GrowthCheckpoint(ckpt_dir)])
-    ```
-    """
-
-    def __init__(self, directory, keep=2):
-        super().__init__()
-        if not isinstance(keep, int) or keep < 1:
-            raise ValueError(f"keep must be an int >= 1, got {keep!r}.")
-        self.directory = directory
-        self.keep = keep
-
-    def on_epoch_end(self, epoch, logs=None):
-        os.makedirs(self.directory, exist_ok=True)
-        step = int(self.model.optimizer.iterations.numpy())
-        name = f"ckpt-{step:09d}.keras"
-        temporary = os.path.join(self.directory, f".partial-{name}")
-        self.model.save(temporary)
-        os.replace(temporary, os.path.join(self.directory, name))
-        index = _read_index(self.directory)
-        kept = [c for c in index.get("checkpoints", []) if c["file"] != name]
-        kept.append({"file": name, "step": step, "epoch": epoch + 1})
-        for old in kept[: -self.keep]:
-            try:
-                os.remove(os.path.join(self.directory, old["file"]))
-            except FileNotFoundError:
-                pass
-        _write_json(os.path.join(self.directory, CHECKPOINT_INDEX), {"checkpoints": kept[-self.keep :]})
-
-
-def _write_json(path, value):
-    temporary = path + ".partial"
-    with open(temporary, "w") as f:
-        json.dump(value, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
-
-
-def _read_index(directory):
-    path = os.path.join(directory, CHECKPOINT_INDEX)
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
-
-
-def restore_latest(directory):
-    """The newest loadable checkpoint in `directory`, or None if there is none.
-
-    A checkpoint that fails to load (truncated, corrupt) is skipped with a
-    warning and the previous one is tried.
-    """
-    for entry in reversed(_read_index(directory).get("checkpoints", [])):
-        path = os.path.join(directory, entry["file"])
-        try:
-            return keras.saving.load_model(path)
-        except Exception as error:  # a damaged file: fall back to an older one
-            logging.warning("Skipping checkpoint %s: %s", path, error)
-    return None
-
-
-def checkpoint_epoch(directory):
-    """The epoch count of the newest checkpoint (0 when there is none)."""
-    checkpoints = _read_index(directory).get("checkpoints", [])
-    return checkpoints[-1]["epoch"] if checkpoints else 0

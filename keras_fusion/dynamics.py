@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_fusion import growth_maps
+from keras_fusion import growth_maps, storage
 from keras_fusion.models.fusion_t5_backbone import backbone_variables
 
 SOURCE_FIELDS = ("hidden_dim", "num_heads", "intermediate_dim")
@@ -371,8 +371,7 @@ class DynamicsMonitor(keras.callbacks.Callback):
                     if key != "step":
                         tf.summary.scalar(f"dynamics/{key}", value)
         if self.jsonl_path:
-            with open(self.jsonl_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            storage.append_text(self.jsonl_path, json.dumps(record) + "\n")
 
 
 def _relative_distance(pairs):

@@ -34,6 +34,8 @@ import tempfile
 import keras
 import tensorflow as tf
 
+from keras_fusion import storage
+
 PAD_ID, EOS_ID = 0, 1
 INPUT_NAMES = ("encoder_token_ids", "encoder_padding_mask", "decoder_token_ids", "decoder_padding_mask")
 
@@ -41,10 +43,9 @@ INPUT_NAMES = ("encoder_token_ids", "encoder_padding_mask", "decoder_token_ids",
 def _text_tokenizer(tokenizer_path):
     import tensorflow_text
 
-    if not os.path.exists(tokenizer_path):
+    if not storage.exists(tokenizer_path):
         raise ValueError(f"tokenizer_path not found: {tokenizer_path}")
-    with open(tokenizer_path, "rb") as f:
-        return tensorflow_text.SentencepieceTokenizer(model=f.read(), out_type=tf.int32)
+    return tensorflow_text.SentencepieceTokenizer(model=storage.read_bytes(tokenizer_path), out_type=tf.int32)
 
 
 def export_saved_model(lm, path, tokenizer_path=None, max_input_length=128, max_new_tokens=32):
@@ -89,6 +90,12 @@ def export_saved_model(lm, path, tokenizer_path=None, max_input_length=128, max_
         archive.add_endpoint(
             "generate_text", generate_text, input_signature=[tf.TensorSpec([None], tf.string, name="text")]
         )
+    if storage.is_remote(path):
+        # No atomic folder rename on object stores: the export is written in
+        # place (serve a versioned folder, as TF Serving does).
+        storage.rmtree(path)
+        archive.write_out(path, verbose=False)
+        return path
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     temporary = tempfile.mkdtemp(prefix=".partial-export-", dir=parent)

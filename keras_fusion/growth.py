@@ -30,13 +30,13 @@ model, returning the grown model and the map that carries optimizer state
 
 import dataclasses
 import math
-import os
+import re
 from typing import Any, Optional
 
 import keras
 import numpy as np
 
-from keras_fusion import growth_maps, optimizer_state
+from keras_fusion import growth_maps, optimizer_state, storage
 from keras_fusion.models.fusion_t5_backbone import (
     FUSE_FIELDS,
     backbone_config,
@@ -199,7 +199,7 @@ class Fuse(GrowthEntry):
         super().__post_init__()
         if self.partner is None:
             raise ValueError(f"{self.describe()}: partner is required (a model or a .keras path).")
-        if isinstance(self.partner, str) and not os.path.exists(self.partner):
+        if isinstance(self.partner, str) and not storage.exists(self.partner):
             raise ValueError(f"{self.describe()}: partner file not found: {self.partner}")
         if not isinstance(self.weight, (int, float)) or not math.isfinite(self.weight):
             raise ValueError(f"{self.describe()}: weight must be a finite number, got {self.weight!r}.")
@@ -284,7 +284,8 @@ def parse_schedule(text):
     for raw in (part.strip() for part in text.split(",")):
         if not raw:
             continue
-        head, *options = raw.split(":")
+        # A ":" that starts "://" belongs to a path (partner=gs://bucket/a.keras).
+        head, *options = re.split(r":(?!//)", raw)
         operator, at, step = head.partition("@")
         operator = operator.strip()
         if not at:

@@ -15,15 +15,17 @@ included, so runs compare at equal compute.
 """
 
 import dataclasses
-import json
+import io
 import os
+import signal
+import socket
 import sys
 import time
 
 import keras
 import numpy as np
 
-from keras_fusion import flops
+from keras_fusion import checkpointing, flops, storage
 from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM, GrowingT5Seq2SeqLM
 from keras_fusion.models.fusion_t5_backbone import backbone_config
 
@@ -119,9 +121,16 @@ class InverseSqrt(keras.optimizers.schedules.LearningRateSchedule):
         return {"learning_rate": self.learning_rate, "warmup_steps": self.warmup_steps}
 
 
-def compile_model(model, optimizer):
+def compile_model(model, optimizer, jit_compile="auto", steps_per_execution=1):
+    """Compile for span-corruption training (loss on logits, token accuracy).
+
+    `jit_compile` and `steps_per_execution` are Keras' own (XLA; optimizer
+    steps per call of the compiled train function, which TPUs need): growth
+    keeps both (`GrowthCallback` retraces the grown step with them).
+    """
     model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+                  weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+                  jit_compile=jit_compile, steps_per_execution=steps_per_execution)
     return model
 
 
@@ -140,10 +149,18 @@ class MetricsRecorder(keras.callbacks.Callback):
     """Counts training FLOPs and evaluates held-out loss every `every` steps.
 
     Rows (step, FLOPs so far, train loss, eval loss and accuracy, parameters,
-    growth event) go to `rows` and, rewritten atomically after each one, to
-    `path` as JSON. FLOPs of the current architecture are counted per step,
+    growth event) go to `rows` and, rewritten after each one, to `path` as
+    JSON (any TF filesystem). A row is recorded whenever the optimizer step
+    reaches a multiple of `every` (with `steps_per_execution > 1`, at the
+    first execution boundary at or after it, where callbacks run) and at
+    `final_step`. FLOPs of the current architecture are counted per step,
     so they follow each growth; `flops_offset` adds compute spent before this
     fit (a partner's training).
+
+    A row's `train_loss` is the mean training loss of the steps since the
+    previous row (not Keras' running mean of the epoch), so that a run
+    resumed from a checkpoint (`state` / `restore`) records the same rows as
+    one that never stopped.
 
     Args:
         eval_data: a finite dataset of `(x, y, sample_weight)` batches.
@@ -152,10 +169,12 @@ class MetricsRecorder(keras.callbacks.Callback):
         path: optional JSON path.
         flops_offset: FLOPs already spent.
         growth_callback: the run's `GrowthCallback`, to mark its events.
+        stage: a label saved with the rows.
+        final_step: optional step at which a last row is always recorded.
     """
 
     def __init__(self, eval_data, batch_size, encoder_length, decoder_length, every,
-                 path=None, flops_offset=0.0, growth_callback=None, stage=""):
+                 path=None, flops_offset=0.0, growth_callback=None, stage="", final_step=None):
         super().__init__()
         self.eval_data = eval_data
         self.shape = (batch_size, encoder_length, decoder_length)
@@ -164,15 +183,43 @@ class MetricsRecorder(keras.callbacks.Callback):
         self.flops = float(flops_offset)
         self.growth_callback = growth_callback
         self.stage = stage
+        self.final_step = final_step
         self.rows = []
         self._marked = 0
+        self._window = [0.0, 0]  # training-loss sum and steps since the last row
+        self._last_step = None
+
+    def state(self):
+        """What a checkpoint must keep to resume recording exactly."""
+        return {"rows": [dataclasses.asdict(r) for r in self.rows], "flops": self.flops,
+                "marked": self._marked, "window": list(self._window)}
+
+    def restore(self, state):
+        self.rows = [MetricsRow(**row) for row in state["rows"]]
+        self.flops = state["flops"]
+        self._marked = state["marked"]
+        self._window = list(state["window"])
+
+    def on_train_begin(self, logs=None):
+        self._last_step = int(self.model.optimizer.iterations.numpy())
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start, self._epoch_sum = self._last_step, 0.0
 
     def on_train_batch_end(self, batch, logs=None):
         self._release_stale_eval()
         step = int(self.model.optimizer.iterations.numpy())
-        self.flops += flops.training_flops(backbone_config(self.model.backbone), *self.shape)
-        if step % self.every == 0:
-            self.record(step, float((logs or {}).get("loss", np.nan)))
+        done = step - self._last_step
+        self.flops += done * flops.training_flops(backbone_config(self.model.backbone), *self.shape)
+        # Keras logs the epoch's running mean: recover this call's steps' sum.
+        epoch_sum = float((logs or {}).get("loss", np.nan)) * (step - self._epoch_start)
+        self._window[0] += epoch_sum - self._epoch_sum
+        self._window[1] += done
+        self._epoch_sum = epoch_sum
+        last, self._last_step = self._last_step, step
+        if step // self.every > last // self.every or step == self.final_step:
+            self.record(step, self._window[0] / max(self._window[1], 1))
+            self._window = [0.0, 0]
 
     def on_train_end(self, logs=None):
         self._release_stale_eval()
@@ -198,7 +245,7 @@ class MetricsRecorder(keras.callbacks.Callback):
                          growth=";".join(e["entry"] for e in events))
         self.rows.append(row)
         if self.path:
-            write_json_atomic(self.path, {"stage": self.stage, "rows": [dataclasses.asdict(r) for r in self.rows]})
+            storage.write_json(self.path, {"stage": self.stage, "rows": [dataclasses.asdict(r) for r in self.rows]})
 
     def evaluate(self):
         """Token-weighted held-out loss and accuracy.
@@ -228,10 +275,8 @@ class MetricsRecorder(keras.callbacks.Callback):
 
 
 def write_json_atomic(path, value):
-    temporary = path + ".partial"
-    with open(temporary, "w") as f:
-        json.dump(value, f, indent=1)
-    os.replace(temporary, path)
+    """`storage.write_json` (kept for the benchmarks that call it)."""
+    return storage.write_json(path, value)
 
 
 def plot_metrics(curves, path, title="Held-out loss against training compute"):
@@ -239,7 +284,7 @@ def plot_metrics(curves, path, title="Held-out loss against training compute"):
 
     Args:
         curves: `{label: [MetricsRow or dict, ...]}`.
-        path: the PNG to write (atomically).
+        path: the PNG to write (any TF filesystem; atomically on local disk).
     """
     import matplotlib
 
@@ -258,11 +303,10 @@ def plot_metrics(curves, path, title="Held-out loss against training compute"):
     axis.set_title(title)
     axis.legend()
     figure.tight_layout()
-    temporary = path + ".partial.png"
-    figure.savefig(temporary, dpi=100)
+    image = io.BytesIO()
+    figure.savefig(image, format="png", dpi=100)
     plt.close(figure)
-    os.replace(temporary, path)
-    return path
+    return storage.write_bytes(path, image.getvalue())
 
 
 def fit_verbosity():
@@ -321,6 +365,11 @@ class RunConfig:
     learning_rate_scale: str = "auto"
     rewarmup_steps: int = 0
     growth_optimizer_state: str = "carry"
+    checkpoint_every: int = 100
+    fresh: bool = False
+    jit_compile: str = "auto"
+    steps_per_execution: int = 1
+    mixed_precision: str = "float32"
 
     @classmethod
     def from_flags(cls, flag_values):
@@ -331,24 +380,37 @@ class RunConfig:
             raise ValueError(f"recipe must be one of {RECIPES}, got {self.recipe!r}.")
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {self.preset!r}.")
-        for name in ("steps", "batch_size", "eval_every", "eval_batches", "input_length", "target_length"):
+        for name in ("steps", "batch_size", "eval_every", "eval_batches", "input_length", "target_length",
+                     "checkpoint_every", "steps_per_execution"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        if self.steps % self.eval_every:
-            raise ValueError(f"steps ({self.steps}) must be a multiple of eval_every ({self.eval_every}).")
-        step = self.growth_step or max(self.steps // 3 // self.eval_every, 1) * self.eval_every
+        step = self.growth_step or max(self.steps // 3, 1)
         if self.recipe != "scratch" and not 1 <= step < self.steps:
             raise ValueError(f"growth_step must be in [1, steps={self.steps}), got {step}.")
-        if self.recipe == "deep_fusion" and step % self.eval_every:
+        if self.jit_compile not in JIT_COMPILE:
+            raise ValueError(f"jit_compile must be one of {tuple(JIT_COMPILE)}, got {self.jit_compile!r}.")
+        if self.mixed_precision not in PRECISIONS:
+            raise ValueError(f"mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}.")
+        # Keras runs whole executions: a stage must end on an execution boundary.
+        stage_lengths = {"steps": self.steps}
+        if self.recipe == "deep_fusion":
+            stage_lengths["growth_step (the partner's steps)"] = step
+        for name, length in stage_lengths.items():
+            if length % self.steps_per_execution:
+                raise ValueError(
+                    f"{name} ({length}) must be a multiple of steps_per_execution "
+                    f"({self.steps_per_execution}): Keras runs whole executions of "
+                    f"{self.steps_per_execution} steps."
+                )
+        if self.steps_per_execution > 1 and self.strategy in ("mirrored", "multi_worker"):
             raise ValueError(
-                f"deep_fusion trains its partner growth_step={step} steps, which must be a "
-                f"multiple of eval_every ({self.eval_every})."
+                f"steps_per_execution > 1 fails under --strategy={self.strategy} in Keras 3.15 "
+                "(a Keras bug, with or without growth); use steps_per_execution=1 there."
             )
         self.growth_options()  # raises on a bad value
         if self.strategy == "tpu" and not self.tpu:
-            raise ValueError("--strategy=tpu needs --tpu (a TPU name or grpc:// address).")
+            raise ValueError("--strategy=tpu needs --tpu (a TPU name, 'local' on a TPU VM, or grpc://HOST:PORT).")
         return dataclasses.replace(self, growth_step=step)
-
 
     def growth_options(self):
         """`GrowthCallback` keyword arguments from the flags."""
@@ -371,6 +433,21 @@ class RunConfig:
         return dict(learning_rate_scale=scale, rewarmup_steps=self.rewarmup_steps,
                     optimizer_state=self.growth_optimizer_state)
 
+    def run_flags(self):
+        """The flags that define what a run computes (compared on resume)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in RESUMABLE_FLAGS}
+
+
+JIT_COMPILE = {"auto": "auto", "true": True, "false": False}
+PRECISIONS = ("float32", "mixed_bfloat16")
+# Flags that may change when a run is resumed: they do not change what it
+# computes (a pre-empted TPU VM may come back under another TPU name).
+RESUMABLE_FLAGS = ("fresh", "tpu", "export_dir", "checkpoint_every")
+# What `run` writes in model_dir, deleted by `fresh=True`.
+RUN_FILES = ("run.json", "metrics.json", "metrics_partner.json", "metrics_main.json", "partner.keras",
+             "final.keras", "loss_vs_flops.png")
+RUN_FOLDERS = ("checkpoints", "logs", "export")
+
 
 def make_strategy(name, tpu=None):
     """The tf.distribute strategy for `--strategy`."""
@@ -383,11 +460,45 @@ def make_strategy(name, tpu=None):
     if name == "multi_worker":
         return multi_worker_strategy()
     if name == "tpu":
+        check_tpu_reachable(tpu)
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return tf.distribute.TPUStrategy(resolver)
     raise ValueError(f"strategy must be one of default, mirrored, multi_worker, tpu; got {name!r}.")
+
+
+def check_tpu_reachable(tpu, timeout=5.0):
+    """Raise a ValueError at once when `tpu` cannot be reached.
+
+    TensorFlow's resolver would otherwise wait on an address or a metadata
+    server that never answers. `tpu` is a `grpc://HOST:PORT` address, `local`
+    (a Cloud TPU VM's own chips) or a TPU name (resolved through the GCE
+    metadata server, which only Google Cloud VMs reach).
+    """
+    if not tpu:
+        raise ValueError("--strategy=tpu needs --tpu (a TPU name, 'local' on a TPU VM, or grpc://HOST:PORT).")
+    if tpu == "local":
+        if not (storage.glob("/dev/accel*") or storage.glob("/dev/vfio/[0-9]*")):
+            raise ValueError(
+                "--tpu=local: this machine has no TPU device (no /dev/accel* or /dev/vfio/*); run on a "
+                "Cloud TPU VM, or give a TPU name or grpc://HOST:PORT."
+            )
+        return
+    if tpu.startswith("grpc://"):
+        host, _, port = tpu[len("grpc://"):].rpartition(":")
+        where, what = (host, int(port)) if port.isdigit() else (tpu[len("grpc://"):], 8470), f"--tpu={tpu}"
+    else:
+        host = os.environ.get("GCE_METADATA_IP") or os.environ.get("GCE_METADATA_HOST") or "metadata.google.internal"
+        where = (host.split(":")[0], int(host.split(":")[1]) if ":" in host else 80)
+        what = f"--tpu={tpu} (a TPU name, resolved through the GCE metadata server {where[0]})"
+    try:
+        socket.create_connection(where, timeout=timeout).close()
+    except OSError as error:
+        raise ValueError(
+            f"no TPU reachable: {what} does not answer ({error}). Check the name or address, that this VM is "
+            "in the TPU's network, or run without --strategy=tpu."
+        ) from None
 
 
 def multi_worker_strategy(timeout_seconds=None):
@@ -429,14 +540,126 @@ def multi_worker_strategy(timeout_seconds=None):
     return strategy
 
 
-def run(config):
-    """Run one recipe end to end; returns a two-line summary."""
+class Preempted(Exception):
+    """SIGTERM arrived (a pre-emption notice): the run saved a checkpoint and stopped."""
+
+
+class PreemptionWatch(keras.callbacks.Callback):
+    """Turns SIGTERM into "save a checkpoint, then stop" between two steps.
+
+    Cloud TPU VMs and spot VMs send SIGTERM shortly before they are
+    pre-empted. While the watch is installed (`with watch:`), SIGTERM only
+    sets a flag: at the next step boundary the callback saves `checkpoint`
+    and stops `fit`; the caller then raises `Preempted`.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.requested = False
+        self.checkpoint = None
+        self.saved_step = None
+        self._previous = None
+
+    def __enter__(self):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def _on_sigterm(self, signum, frame):
+        print("SIGTERM received: saving a checkpoint at the next step boundary, then stopping.", flush=True)
+        self.requested = True
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.requested and self.saved_step is None:
+            self.checkpoint.save()
+            self.saved_step = int(self.model.optimizer.iterations.numpy())
+            self.model.stop_training = True
+
+    def stop_if_requested(self, where):
+        if self.requested:
+            saved = (f"a checkpoint at step {self.saved_step} was saved" if self.saved_step is not None
+                     else "the last checkpoint stands")
+            raise Preempted(f"pre-empted (SIGTERM) {where}: {saved}; run the same command to resume.")
+
+
+class StopAtStep(keras.callbacks.Callback):
+    """Stops `fit` once the optimizer reaches `step`."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) >= self.step:
+            self.model.stop_training = True
+
+
+def prepare_model_dir(config):
+    """Check that `model_dir` holds this run or none, then record the run's flags.
+
+    With `config.fresh`, what an earlier run wrote there is deleted first.
+    A model_dir that holds a run with other flags is refused (nothing is
+    written): resuming it would mix two runs.
+    """
+    model_dir = config.model_dir
+    run_path = storage.join(model_dir, "run.json")
+    flags = config.run_flags()
+    if config.fresh:
+        for name in RUN_FOLDERS:
+            storage.rmtree(storage.join(model_dir, name))
+        for name in RUN_FILES:
+            storage.remove(storage.join(model_dir, name))
+    elif storage.exists(run_path):
+        saved = storage.read_json(run_path)["flags"]
+        differ = [k for k in sorted(set(saved) | set(flags)) if saved.get(k) != flags.get(k)]
+        if differ:
+            listed = "; ".join(f"--{k}: {saved.get(k)!r} there, {flags.get(k)!r} now" for k in differ)
+            raise ValueError(
+                f"--model_dir={model_dir} holds a run with other flags ({listed}). Give the same flags to "
+                "resume it, --fresh to start over there, or another --model_dir."
+            )
+    storage.write_json(run_path, {"flags": flags})
+
+
+def run(config, callbacks=()):
+    """Run one recipe end to end, resuming from model_dir's checkpoints; returns a summary.
+
+    Every `checkpoint_every` steps the model being trained (the partner in
+    deep_fusion's first stage), its optimizer, growth history and the
+    metrics so far are checkpointed in `model_dir/checkpoints`. Started
+    again with the same config, `run` resumes from the newest good
+    checkpoint: same stage, same step, the growths already applied kept and
+    those not yet saved applied, and the data at the same batch (the
+    pipeline is deterministic for a seed; the batches already trained on are
+    skipped). SIGTERM saves a checkpoint and raises `Preempted`.
+
+    Args:
+        config: a `RunConfig`.
+        callbacks: extra Keras callbacks for every `fit` of the run, or a
+            function of the stage (`"partner"`, `"main"`) returning them.
+    """
+    config = config.check()
+    with PreemptionWatch() as watch:
+        return _run(config, watch, callbacks if callable(callbacks) else lambda stage: list(callbacks))
+
+
+def _run(config, watch, extra_callbacks):
     from keras_fusion import data
     from keras_fusion.callbacks import GrowthCallback
     from keras_fusion.export import export_saved_model
 
-    config = config.check()
-    os.makedirs(config.model_dir, exist_ok=True)
+    model_dir = config.model_dir
+    checkpoints = storage.join(model_dir, "checkpoints")
+    if config.strategy == "tpu":
+        check_tpu_reachable(config.tpu)  # fail in seconds, before anything is read or written
+    prepare_model_dir(config)
+    keras.mixed_precision.set_global_policy(config.mixed_precision)
     with timed(f"Loading corpus {config.data!r}"):
         train_texts = data.load_corpus(config.data, "train", config.data_dir)
         valid_texts = data.load_corpus(config.data, "validation", config.data_dir)
@@ -445,7 +668,7 @@ def run(config):
     else:
         with timed("Tokenizer (SentencePiece, cached by content)"):
             tokenizer_path = data.train_tokenizer(train_texts, config.vocabulary_size,
-                                                  os.path.join(config.model_dir, "tokenizer"))
+                                                  storage.join(model_dir, "tokenizer"))
     vocabulary_size = data.vocabulary_size(tokenizer_path)
     target = target_config(config.preset, vocabulary_size, num_layers=config.num_layers,
                            num_heads=config.num_heads, hidden_dim=config.hidden_dim,
@@ -453,20 +676,28 @@ def run(config):
     start = start_config(config.recipe, target)
     strategy = make_strategy(config.strategy, config.tpu)
     shape = (config.batch_size, config.input_length, config.target_length)
+    watch.stop_if_requested("before training")
 
-    def optimizer():
-        return make_optimizer(config.optimizer, config.learning_rate, config.lr_schedule,
-                              config.warmup_steps, config.steps)
+    def compiled(model):
+        optimizer = make_optimizer(config.optimizer, config.learning_rate, config.lr_schedule,
+                                   config.warmup_steps, config.steps)
+        return compile_model(model, optimizer, JIT_COMPILE[config.jit_compile], config.steps_per_execution)
 
     # Models first: keras.utils.set_random_seed (in build_model) resets
     # TensorFlow's random state and clears its kernel cache, which also
     # deletes the SentencePiece resource of an eager tensorflow-text
     # tokenizer (tensorflow/text#570); seed everything before data exists.
+    # A resumed run builds them too, so that its random state is the same.
     with strategy.scope():
-        model = compile_model(build_model(start, config.seed), optimizer())
-        if config.recipe == "deep_fusion":
-            partner = compile_model(build_model(start, config.seed + 1), optimizer())
+        model = compiled(build_model(start, config.seed))
+        partner = compiled(build_model(start, config.seed + 1)) if config.recipe == "deep_fusion" else None
+        restored, entry = checkpointing.latest_checkpoint(checkpoints)
     tokenizer = data.load_tokenizer(tokenizer_path)
+    state = entry["state"] if entry else {"stage": "partner" if partner else "main"}
+    step = entry["step"] if entry else 0
+    if entry:
+        print(f"Resumed from checkpoint {entry['file'] or '(partner done)'} in {checkpoints}: "
+              f"stage {state['stage']}, step {step}", flush=True)
 
     def dataset(texts, seed, training_data=True):
         ds = data.make_dataset(texts, tokenizer, vocabulary_size, config.batch_size,
@@ -476,66 +707,91 @@ def run(config):
 
     eval_data = dataset(valid_texts, 0, training_data=False)
 
-    def train(model, seed, steps, stage, growth=None, flops_offset=0.0):
-        recorder = MetricsRecorder(eval_data, *shape, every=config.eval_every, stage=stage,
+    def train(model, stage, seed, start_step, steps, recorder, growth=None, run_state=None):
+        checkpoint = checkpointing.GrowthCheckpoint(
+            checkpoints, every_steps=config.checkpoint_every,
+            state=lambda: dict(run_state or {}, stage=stage, recorder=recorder.state(),
+                               growth_events=list(growth.events) if growth else []))
+        watch.checkpoint, watch.saved_step = checkpoint, None
+        if start_step < steps:
+            # Growth first (the step's rows and checkpoint see the grown
+            # model), then the rows, then the checkpoint that keeps them.
+            fit_callbacks = ([growth] if growth else []) + [
+                recorder, checkpoint, StopAtStep(steps), watch,
+                keras.callbacks.TensorBoard(storage.join(model_dir, "logs", stage)),
+            ] + list(extra_callbacks(stage))
+            epoch_steps = -(-config.eval_every // config.steps_per_execution) * config.steps_per_execution
+            initial_epoch = start_step // epoch_steps
+            with timed(f"Training {stage}: steps {start_step}-{steps}, {model.backbone.count_params():,} "
+                       "parameters"):
+                model.fit(dataset(train_texts, seed).skip(start_step), steps_per_epoch=epoch_steps,
+                          initial_epoch=initial_epoch, epochs=initial_epoch + -(-(steps - start_step) // epoch_steps),
+                          verbose=fit_verbosity(), callbacks=fit_callbacks)
+            watch.stop_if_requested(f"in stage {stage}")
+        if checkpoint._last_saved != steps:  # a finished stage is recorded
+            checkpoint.set_model(model)
+            checkpoint.save()
+
+    def recorder_for(stage, steps, flops_offset=0.0, growth=None):
+        recorder = MetricsRecorder(eval_data, *shape, every=config.eval_every, stage=stage, final_step=steps,
                                    flops_offset=flops_offset, growth_callback=growth,
-                                   path=os.path.join(config.model_dir, f"metrics_{stage}.json"))
-        callbacks = [growth] if growth else []
-        callbacks += [recorder, keras.callbacks.TensorBoard(os.path.join(config.model_dir, "logs", stage))]
-        with timed(f"Training {stage}: {steps} steps, {model.backbone.count_params():,} parameters"):
-            model.fit(dataset(train_texts, seed), epochs=-(-steps // config.eval_every),
-                      steps_per_epoch=config.eval_every, verbose=fit_verbosity(), callbacks=callbacks)
+                                   path=storage.join(model_dir, f"metrics_{stage}.json"))
+        if state["stage"] == stage and "recorder" in state:
+            recorder.restore(state["recorder"])
         return recorder
 
-    curves, flops_offset, partner_path = {}, 0.0, None
-    if config.recipe == "deep_fusion":
-        recorder = train(partner, config.seed + 1, config.growth_step, "partner")
-        curves["partner (fused in at growth)"] = recorder.rows
-        flops_offset = recorder.flops
-        partner_path = os.path.join(config.model_dir, "partner.keras")
-        save_atomic(partner, partner_path)
+    curves, run_state, partner_path = {}, {}, None
+    if partner is not None:
+        partner_path = storage.join(model_dir, "partner.keras")
+        if state["stage"] == "partner":
+            partner = restored or partner
+            recorder = recorder_for("partner", config.growth_step)
+            train(partner, "partner", config.seed + 1, step, config.growth_step, recorder)
+            storage.save_model(partner, partner_path)
+            # The partner stage is done: a state-only entry says so (the
+            # main model is still the one built above).
+            run_state = {"partner_rows": recorder.state()["rows"], "partner_flops": recorder.flops}
+            checkpointing.write_entry(checkpoints, {"file": None, "step": 0, "epoch": 0,
+                                                    "state": dict(run_state, stage="main")})
+            state, step, restored = {"stage": "main"}, 0, None
+        else:
+            run_state = {k: state[k] for k in ("partner_rows", "partner_flops")}
+        curves["partner (fused in at growth)"] = [MetricsRow(**r) for r in run_state["partner_rows"]]
+    model = restored or model
     schedule = config.growth_schedule or growth_schedule(config.recipe, target, config.growth_step, partner_path)
-    growth = GrowthCallback(schedule, log_dir=os.path.join(config.model_dir, "logs", "growth"),
-                            **config.growth_options())
-    recorder = train(model, config.seed, config.steps, "main", growth, flops_offset)
+    growth = GrowthCallback(schedule, log_dir=storage.join(model_dir, "logs", "growth"), **config.growth_options())
+    growth.events = list(state.get("growth_events", []))
+    recorder = recorder_for("main", config.steps, run_state.get("partner_flops", 0.0), growth)
+    train(model, "main", config.seed, step, config.steps, recorder, growth, run_state)
     curves[config.recipe] = recorder.rows
 
-    metrics_path = os.path.join(config.model_dir, "metrics.json")
-    write_json_atomic(metrics_path, {
+    metrics_path = storage.join(model_dir, "metrics.json")
+    storage.write_json(metrics_path, {
         "config": dataclasses.asdict(config),
         "tokenizer": tokenizer_path,
         "growth_events": growth.events,
         "curves": {label: [dataclasses.asdict(r) for r in rows] for label, rows in curves.items()},
     })
-    plot_path = plot_metrics(curves, os.path.join(config.model_dir, "loss_vs_flops.png"))
-    final_path = os.path.join(config.model_dir, "final.keras")
-    save_atomic(model, final_path)
-    export_dir = config.export_dir or os.path.join(config.model_dir, "export")
+    plot_path = plot_metrics(curves, storage.join(model_dir, "loss_vs_flops.png"))
+    final_path = storage.save_model(model, storage.join(model_dir, "final.keras"))
+    export_dir = config.export_dir or storage.join(model_dir, "export")
     with timed(f"Exporting SavedModel to {export_dir}"):
         export_saved_model(model, export_dir, tokenizer_path=tokenizer_path,
                            max_input_length=config.input_length)
     last = recorder.rows[-1]
     return (
         f"Artefacts: metrics {metrics_path}, plot {plot_path}, model {final_path}, SavedModel {export_dir}, "
-        f"TensorBoard {os.path.join(config.model_dir, 'logs')}\n"
+        f"TensorBoard {storage.join(model_dir, 'logs')}\n"
         f"Final eval loss {last.eval_loss:.4f} (accuracy {last.eval_accuracy:.3f}) after "
         f"{last.flops:.3e} training FLOPs ({config.recipe}, {model.backbone.count_params():,} parameters)"
     )
 
 
 def load_model_file(path, flag="--model"):
-    """Load a `.keras` model for a script, or raise one clear ValueError."""
-    if not path or not os.path.exists(path):
-        raise ValueError(f"{flag} not found: {path}")
-    try:
-        return keras.saving.load_model(path, compile=False)
-    except Exception as error:  # truncated, corrupt or foreign files
-        raise ValueError(f"cannot load {path}: {error}") from error
+    """Load a `.keras` model for a script (any TF filesystem), or raise one clear ValueError."""
+    return storage.load_model(path, compile=False, argument=flag)
 
 
 def save_atomic(model, path):
-    """`model.save(path)` through a temporary file: never a half-written model."""
-    temporary = os.path.join(os.path.dirname(os.path.abspath(path)), ".partial-" + os.path.basename(path))
-    model.save(temporary)
-    os.replace(temporary, path)
-    return path
+    """`storage.save_model`: never a half-written model under `path`'s name."""
+    return storage.save_model(model, path)

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from keras_fusion import growth_maps, optimizer_state
-from keras_fusion.callbacks import GrowthCallback, GrowthCheckpoint, checkpoint_epoch, restore_latest
+from keras_fusion.callbacks import GrowthCallback
 from keras_fusion.growth import Deepen, Fuse, SelfFuse, WidenFFN
 from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM, relative_error
 from keras_fusion.models.fusion_t5_backbone import backbone_variables
@@ -230,28 +230,6 @@ def test_wrong_model_or_optimizer_is_refused():
     model = growing_lm(keras.optimizers.SGD(0.1))
     with pytest.raises(ValueError, match="optimizer SGD is not supported for growth; supported: Adam, AdamW, Adafactor"):
         fit(model, 1, [GrowthCallback("deepen@2")])
-
-
-def test_checkpoint_restores_grown_model_and_skips_applied_growth(tmp_path):
-    directory = str(tmp_path / "ckpt")
-    model = growing_lm()
-    data = ({k: np.concatenate([v] * 2) for k, v in X.items()}, np.concatenate([Y] * 2))
-    model.fit(*data, batch_size=4, epochs=2, verbose=0, shuffle=False,
-              callbacks=[GrowthCallback("deepen@3", verbose=0), GrowthCheckpoint(directory)])
-    assert sorted(os.listdir(directory)) == ["checkpoint.json", "ckpt-000000002.keras", "ckpt-000000004.keras"]
-    assert checkpoint_epoch(directory) == 2
-    restored = restore_latest(directory)
-    assert restored.growth_history == ["deepen@3:layers=1:mode=identity"]
-    assert restored.backbone.num_layers == 3 and int(restored.optimizer.iterations.numpy()) == 4
-    np.testing.assert_array_equal(restored.predict_on_batch(X), model.predict_on_batch(X))
-    callback = GrowthCallback("deepen@3", verbose=0)
-    restored.fit(*data, batch_size=4, epochs=3, initial_epoch=2, verbose=0, callbacks=[callback])
-    assert callback.events == [] and restored.backbone.num_layers == 3
-    # A damaged newest checkpoint is skipped: the previous one loads.
-    with open(os.path.join(directory, "ckpt-000000004.keras"), "wb") as f:
-        f.write(b"truncated")
-    assert int(restore_latest(directory).optimizer.iterations.numpy()) == 2
-    assert restore_latest(str(tmp_path / "empty")) is None
 
 
 def test_fuse_partner_saved_with_its_optimizer_brings_its_state(tmp_path):

@@ -20,6 +20,15 @@ def test_parse_schedule_entries_and_options():
     assert parse_schedule(schedule[1].describe()) == [schedule[1]]
 
 
+def test_a_partner_on_a_remote_filesystem_keeps_its_scheme():
+    from keras_fusion import storage
+
+    storage.write_bytes("ram://growth_test/partner.keras", b"not read until the growth")
+    (entry,) = parse_schedule("fuse@10:partner=ram://growth_test/partner.keras:weight=0.25")
+    assert (entry.partner, entry.weight) == ("ram://growth_test/partner.keras", 0.25)
+    assert parse_schedule(entry.describe()) == [entry]
+
+
 @pytest.mark.parametrize(
     "text,message",
     [

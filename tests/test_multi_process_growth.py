@@ -66,13 +66,14 @@ def test_killed_at_every_point_resumes_to_the_same_end(tmp_path):
     run_worker(tmp_path, *common, "--kill_at", "step:2", expect_killed=True)
     assert not os.path.exists(os.path.join(directory, "checkpoint.json"))
     # 2. Starts afresh; killed while writing the step-4 checkpoint (which
-    # holds the deepened model): the step-2 one must survive, the partial
+    # holds the deepened model): the step-2 one must survive, the half-written
     # file must never be listed.
     run_worker(tmp_path, *common, "--kill_at", "save:4", expect_killed=True)
     assert started(tmp_path) == {"step": 0, "epoch": 0, "history": []}
     with open(os.path.join(directory, "checkpoint.json")) as f:
         assert [c["step"] for c in json.load(f)["checkpoints"]] == [2]
-    assert os.path.exists(os.path.join(directory, ".partial-ckpt-000000004.keras"))
+    # Written under its final name, never named by the index.
+    assert [n for n in os.listdir(directory) if n.startswith("ckpt-000000004-")]
     # 3. Resumes at step 2 (deepen@3 was never saved, so it is applied
     # again); killed inside the widen_ffn growth at step 5.
     run_worker(tmp_path, *common, "--kill_at", "growth:5", expect_killed=True)

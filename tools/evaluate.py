@@ -25,10 +25,10 @@ flags.DEFINE_integer("target_length", 16, "Decoder tokens per example.")
 def evaluate(model_path, tokenizer_path, data_spec="embedded", data_dir=None, batch_size=16,
              batches=16, input_length=64, target_length=16):
     """Returns `{"loss": ..., "accuracy": ...}` on the validation split."""
-    from keras_fusion import data
+    from keras_fusion import data, storage
     from keras_fusion.training import compile_model, load_model_file, make_optimizer
 
-    if not tokenizer_path or not os.path.exists(tokenizer_path):
+    if not tokenizer_path or not storage.exists(tokenizer_path):
         raise ValueError(f"--tokenizer not found: {tokenizer_path}")
     model = load_model_file(model_path)
     vocabulary_size = data.vocabulary_size(tokenizer_path)

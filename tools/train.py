@@ -5,18 +5,30 @@ On a laptop, the embedded corpus and the tiny preset (what `make demo` runs):
     python -m tools.train --recipe=deep_fusion --preset=tiny --steps=1200 \
         --model_dir=runs/demo
 
-On Cloud TPU, C4 from a prepared TFDS directory:
+On Cloud TPU, C4 from a prepared TFDS directory, everything on Cloud Storage,
+XLA, 100 steps per execution, bfloat16 compute:
 
     python -m tools.train --recipe=deep_fusion --preset=base --steps=100000 \
         --data=tfds:c4/en --data_dir=gs://BUCKET/tfds --strategy=tpu --tpu=NAME \
-        --model_dir=gs://BUCKET/run --optimizer=adafactor --lr_schedule=inverse_sqrt
+        --model_dir=gs://BUCKET/run --optimizer=adafactor --lr_schedule=inverse_sqrt \
+        --warmup_steps=10000 --jit_compile=true --steps_per_execution=100 \
+        --mixed_precision=mixed_bfloat16 --checkpoint_every=1000
 
-Writes to --model_dir: tokenizer/, logs/ (TensorBoard), metrics.json (step,
-training FLOPs so far, train and eval loss, growth events), loss_vs_flops.png,
-final.keras, and a SavedModel in --export_dir.
+Pre-emption safe: every --checkpoint_every steps the model, its optimizer,
+its growth history and the metrics are checkpointed in MODEL_DIR/checkpoints;
+SIGTERM (the pre-emption notice) saves one more. Run the same command again
+and it resumes from the newest good checkpoint, at the same stage, step and
+data batch. --fresh starts over; a MODEL_DIR of a run with other flags is
+refused.
+
+Writes to --model_dir (any TF filesystem: a local path, gs://, ram://):
+run.json (the flags), checkpoints/, tokenizer/, logs/ (TensorBoard),
+metrics.json (step, training FLOPs so far, train and eval loss, growth
+events), loss_vs_flops.png, final.keras, and a SavedModel in --export_dir.
 """
 
 import os
+import signal
 import sys
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -58,8 +70,16 @@ flags.DEFINE_string("learning_rate_scale", "auto",
 flags.DEFINE_integer("rewarmup_steps", 0, "Ramp the learning rate again over N steps after each growth (0: off).")
 flags.DEFINE_enum("growth_optimizer_state", "carry", ["carry", "reset"],
                   "Optimizer slots across a growth: mapped with the weights (carry) or zeroed (reset).")
-flags.DEFINE_integer("eval_every", 100, "Evaluate every N steps.")
+flags.DEFINE_integer("eval_every", 100, "Evaluate every N steps (and at the last step).")
 flags.DEFINE_integer("eval_batches", 8, "Held-out batches per evaluation.")
+flags.DEFINE_integer("checkpoint_every", 100,
+                     "Checkpoint into MODEL_DIR/checkpoints every N steps; the same command resumes from the newest.")
+flags.DEFINE_bool("fresh", False, "Start over: delete what an earlier run wrote in --model_dir.")
+flags.DEFINE_enum("jit_compile", "auto", list(training.JIT_COMPILE), "XLA for the train step (Keras' jit_compile).")
+flags.DEFINE_integer("steps_per_execution", 1,
+                     "Optimizer steps per call of the compiled step (TPU: 100s); stages must be multiples of it.")
+flags.DEFINE_enum("mixed_precision", "float32", list(training.PRECISIONS),
+                  "Keras dtype policy: mixed_bfloat16 computes in bfloat16 with float32 variables (TPU).")
 
 
 def main(argv):
@@ -69,6 +89,9 @@ def main(argv):
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except training.Preempted as preempted:
+        print(preempted, file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)
     print(summary)
 
 

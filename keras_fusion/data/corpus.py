@@ -28,7 +28,6 @@ validation = data.load_corpus("embedded", split="validation")
 """
 
 import functools
-import glob
 import hashlib
 import importlib
 import inspect
@@ -39,6 +38,8 @@ import sys
 import warnings
 
 import tensorflow_datasets as tfds
+
+from keras_fusion import storage
 
 SPLITS = ("train", "validation")
 VALIDATION_FRACTION = 0.05
@@ -66,7 +67,8 @@ SKIPPED_MODULES = frozenset(
     )
 )
 
-# A spec such as "gs://..." or "hf:..." names a source this module cannot read.
+# A spec such as "hf:..." names a source this module cannot read; "gs://..." (any
+# `scheme://` TF filesystem path) is a text-file glob there.
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
 _SPEC_FORMS = "use 'embedded', a path or glob of text files, or 'tfds:NAME'"
 
@@ -137,7 +139,7 @@ def load_corpus(spec="embedded", split="train", data_dir=None, max_documents=Non
         documents = embedded_corpus(split)
     elif spec.startswith("tfds:"):
         documents = _tfds_documents(spec[len("tfds:") :], split, data_dir, max_documents)
-    elif _SCHEME.match(spec) and not os.path.exists(spec):
+    elif _SCHEME.match(spec) and not storage.is_remote(spec) and not os.path.exists(spec):
         raise ValueError(f"Unknown corpus spec {spec!r}: {_SPEC_FORMS}.")
     else:
         documents = _nonempty_split(read_text_files(spec), split, VALIDATION_FRACTION, spec)
@@ -153,7 +155,8 @@ def read_text_files(files_glob):
     bytes become U+FFFD), blocks are stripped and empty blocks dropped.
 
     Args:
-        files_glob: a file path or a glob (`~` expanded, `**` recursive).
+        files_glob: a file path or a glob (`~` expanded, `**` recursive), on
+            any TF filesystem (`gs://bucket/texts/*.txt`).
 
     Returns:
         A list of non-empty strings, in file then paragraph order.
@@ -170,8 +173,7 @@ def read_text_files(files_glob):
     paths = _matching_files(files_glob)
     documents = []
     for path in paths:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            text = f.read()
+        text = storage.read_text(path)
         blocks = re.split(r"\n[ \t\r\f\v]*\n", text.replace("\r\n", "\n"))
         documents.extend(block.strip() for block in blocks if block.strip())
     if not documents:
@@ -222,8 +224,7 @@ def _check_split(split):
 
 
 def _matching_files(files_glob):
-    pattern = os.path.expanduser(files_glob)
-    paths = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+    paths = storage.glob(files_glob)
     if not paths:
         raise ValueError(f"No file matches {files_glob!r}.")
     return paths

@@ -26,7 +26,6 @@ ids = tokenizer.tokenize("Return the absolute value of x.")
 import hashlib
 import io
 import os
-import tempfile
 import time
 
 import sentencepiece
@@ -34,6 +33,8 @@ import tensorflow as tf
 import tensorflow_text
 from absl import logging
 from sentencepiece import sentencepiece_model_pb2
+
+from keras_fusion import storage
 
 PAD_ID = 0
 EOS_ID = 1
@@ -51,8 +52,9 @@ def train_tokenizer(texts, vocabulary_size=1000, model_dir=None, num_sentinels=1
     The model is a unigram SentencePiece model with pad 0, eos 1, unk 2, no
     bos, and `num_sentinels` sentinels at the top (see the module docstring).
     Its file name holds a hash of the texts and of the settings: when that
-    file exists it is returned at once, without training. It is written under
-    a temporary name and then renamed, so a reader never sees half a file.
+    file exists it is returned at once, without training. It is written with
+    `keras_fusion.storage.write_bytes` (any TF filesystem; locally under a
+    temporary name, then renamed), so a reader never sees half a file.
 
     Args:
         texts: an iterable of strings. SentencePiece reads them line by line.
@@ -84,12 +86,12 @@ def train_tokenizer(texts, vocabulary_size=1000, model_dir=None, num_sentinels=1
             f"and num_sentinels={num_sentinels} sentinels."
         )
     model_dir = model_dir or DEFAULT_MODEL_DIR
-    path = os.path.join(
+    path = storage.join(
         model_dir,
         f"t5_spm_{vocabulary_size}_{num_sentinels}_"
         f"{_fingerprint(texts, vocabulary_size, num_sentinels)}.model",
     )
-    if os.path.exists(path):
+    if storage.exists(path):
         logging.info("Tokenizer found in the cache: %s", path)
         return path
     logging.info(
@@ -100,8 +102,7 @@ def train_tokenizer(texts, vocabulary_size=1000, model_dir=None, num_sentinels=1
     )
     start = time.time()
     proto = _with_sentinels(_train(lines, vocabulary_size - num_sentinels), num_sentinels)
-    os.makedirs(model_dir, exist_ok=True)
-    _write_atomically(path, proto)
+    storage.write_bytes(path, proto)
     logging.info("Trained the tokenizer in %.1f s: %s", time.time() - start, path)
     return path
 
@@ -244,19 +245,7 @@ def _with_sentinels(proto, num_sentinels):
     return model.SerializeToString()
 
 
-def _write_atomically(path, data):
-    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as f:
-            f.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        os.remove(temporary)
-        raise
-
-
 def _read(path):
-    if not os.path.isfile(path):
+    if not storage.exists(path) or storage.isdir(path):
         raise ValueError(f"Tokenizer file {path!r} does not exist: train one with train_tokenizer.")
-    with open(path, "rb") as f:
-        return f.read()
+    return storage.read_bytes(path)

@@ -187,3 +187,61 @@ def test_growth_flags_become_callback_options():
                          (dict(growth_optimizer_state="fresh"), "growth_optimizer_state")]:
         with pytest.raises(ValueError, match=message):
             training.RunConfig(**bad).check()
+
+
+@pytest.mark.slow
+def test_every_tool_runs_with_every_path_on_a_remote_filesystem(tmp_path):
+    """tools.train (a text glob, model_dir and export_dir), tools.fuse,
+    tools.export and tools.evaluate with every path under ram://, TF's
+    in-process filesystem, which Python's open() and os cannot see: all of
+    it must go through tf.io.gfile, and nothing lands in the working folder."""
+    out = tmp_path / "out.json"
+    work = tmp_path / "cwd"
+    work.mkdir()
+    process = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "tools", "ram_worker.py"), str(out)],
+                             cwd=work, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL)
+    assert process.returncode == 0, process.stderr[-3000:]
+    with open(out) as f:
+        result = json.load(f)
+    for tool in ("train", "fuse", "export", "evaluate"):
+        assert result[tool]["code"] == 0, (tool, result[tool]["output"])
+    assert "held-out loss" in result["evaluate"]["output"]
+    files = result["files"]
+    for name in ("run/run.json", "run/metrics.json", "run/metrics_main.json", "run/metrics_partner.json",
+                 "run/loss_vs_flops.png", "run/final.keras", "run/partner.keras", "run/checkpoints/checkpoint.json",
+                 "served/saved_model.pb", "fused/fused.keras", "fused/export/saved_model.pb"):
+        assert files.get(name, 0) > 0, name
+    assert [n for n in files if n.startswith("run/tokenizer/") and n.endswith(".model")]
+    assert [n for n in files if n.startswith("run/logs/main/")] and [n for n in files if n.startswith("run/logs/growth/")]
+    assert len([n for n in files if n.startswith("run/checkpoints/ckpt-")]) == 2
+    # --steps=15 with --eval_every=10: rows at 10 and at the last step.
+    (main,) = [rows for label, rows in result["metrics"]["curves"].items() if not label.startswith("partner")]
+    assert [r["step"] for r in main] == [10, 15]
+    assert os.listdir(work) == []  # no "ram:" folder, no stray file
+
+
+def test_steps_need_no_relation_to_eval_every():
+    config = training.RunConfig(steps=40, eval_every=100).check()
+    assert (config.steps, config.growth_step) == (40, 13)
+    with pytest.raises(ValueError, match=r"steps \(40\) must be a multiple of steps_per_execution \(16\)"):
+        training.RunConfig(steps=40, steps_per_execution=16).check()
+    with pytest.raises(ValueError, match=r"growth_step \(the partner's steps\) \(6\) must be a multiple"):
+        training.RunConfig(steps=40, growth_step=6, steps_per_execution=4).check()
+
+
+@pytest.mark.parametrize("tpu", ["grpc://127.0.0.1:1", "no-such-tpu", "local"])
+def test_tpu_strategy_fails_fast_when_no_tpu_is_reachable(tpu):
+    """An error naming the flag (exit 2), not the resolver's endless wait
+    (run_script's timeout would fail the test), and nothing written."""
+    process = run_script("tools.train", "--strategy=tpu", f"--tpu={tpu}", "--steps=3", "--eval_every=1",
+                         "--data=embedded", "--model_dir=ram://tpu_test")
+    assert process.returncode == 2, process.stderr[-2000:]
+    assert f"--tpu={tpu}" in process.stderr and "error:" in process.stderr
+    assert "Loading corpus" not in process.stdout  # checked first
+
+
+def test_tpu_reachability_errors_name_the_address():
+    with pytest.raises(ValueError, match="no TPU reachable: --tpu=grpc://127.0.0.1:1 does not answer"):
+        training.check_tpu_reachable("grpc://127.0.0.1:1", timeout=1)
+    with pytest.raises(ValueError, match="--tpu=local: this machine has no TPU device"):
+        training.check_tpu_reachable("local")

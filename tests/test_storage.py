@@ -1,0 +1,60 @@
+"""keras_fusion.storage on the local disk and on a TF filesystem that is not it (ram://)."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from keras_fusion import storage
+
+
+@pytest.mark.parametrize("root", ["local", "ram://storage_test"])
+def test_files_round_trip_and_rewrites_replace(root, tmp_path):
+    root = str(tmp_path) if root == "local" else root
+    path = storage.join(root, "a", "b.json")
+    storage.write_json(path, {"x": [1, 2]})
+    storage.write_json(path, {"x": 3})  # a rewrite replaces, never appends
+    assert storage.read_json(path) == {"x": 3}
+    storage.write_bytes(storage.join(root, "a", "c.bin"), b"\x00\x01")
+    assert storage.read_bytes(storage.join(root, "a", "c.bin")) == b"\x00\x01"
+    storage.append_text(storage.join(root, "log.txt"), "one\n")
+    storage.append_text(storage.join(root, "log.txt"), "two\n")
+    assert storage.read_text(storage.join(root, "log.txt")) == "one\ntwo\n"
+    assert storage.listdir(storage.join(root, "a")) == ["b.json", "c.bin"]
+    assert storage.glob(storage.join(root, "**", "*.json")) == [path]
+    storage.remove(storage.join(root, "a", "missing"))  # no error
+    storage.rmtree(storage.join(root, "a"))
+    assert not storage.exists(path) and storage.listdir(storage.join(root, "a")) == []
+
+
+def test_a_local_write_leaves_no_temporary_and_never_half_a_file(tmp_path, monkeypatch):
+    path = str(tmp_path / "x.json")
+    storage.write_json(path, {"old": True})
+
+    def fail(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        storage.write_json(path, {"new": True})
+    assert storage.read_json(path) == {"old": True}
+    assert os.listdir(tmp_path) == ["x.json"]
+
+
+def test_models_save_and_load_on_a_remote_filesystem(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    for _ in range(2):  # the second save replaces the first
+        storage.save_model(model, "ram://storage_test/models/m.keras")
+    loaded = storage.load_model("ram://storage_test/models/m.keras", compile=False)
+    x = np.random.default_rng(0).normal(size=(4, 3)).astype("float32")
+    np.testing.assert_array_equal(loaded.predict_on_batch(x), model.predict_on_batch(x))
+    with pytest.raises(ValueError, match="--model not found: ram://storage_test/none.keras"):
+        storage.load_model("ram://storage_test/none.keras", argument="--model")
+    assert os.listdir(tmp_path) == []  # nothing local, no folder named "ram:"
+
+
+def test_unique_names_differ():
+    names = {storage.unique_name("ckpt-000000004", ".keras") for _ in range(100)}
+    assert len(names) == 100 and all(n.startswith("ckpt-000000004-") and n.endswith(".keras") for n in names)
