@@ -145,12 +145,12 @@ class GrowingT5Seq2SeqLM(keras.Model):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "lm": keras.saving.serialize_keras_object(self.lm),
-                "growth_history": self.growth_history,
-            }
-        )
+        lm = keras.saving.serialize_keras_object(self.lm)
+        # The inner task's compile config would be restored by its own
+        # custom compile(), which Keras refuses with a warning at every load;
+        # what trains is the wrapper, whose compile config Keras restores.
+        lm.pop("compile_config", None)
+        config.update({"lm": lm, "growth_history": self.growth_history})
         return config
 
     @classmethod
