@@ -15,6 +15,7 @@ INSTALL_REQUIRES = [
     "sentencepiece==0.2.3",
     "matplotlib==3.11.2",
     "tensorboard==2.21.0",  # tf.summary needs it; TensorFlow does not install it
+    "safetensors==0.8.0",  # Hugging Face T5 checkpoints in and out (numpy API, no torch)
 ]
 
 setup(
@@ -29,7 +30,16 @@ setup(
     extras_require={
         # grain: imported by keras-hub's own TestCase, whose backbone checks we run.
         # pytest-xdist: `make test` runs the suite in two worker processes.
-        "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "hypothesis==6.170.15", "grain==0.2.18"]
+        # torch + transformers: the PyTorch T5 that HF imports and exports are
+        # checked against (torch 2.13.0 is the CPU build on the dev machines).
+        "test": [
+            "pytest==9.2.0",
+            "pytest-xdist==3.8.0",
+            "hypothesis==6.170.15",
+            "grain==0.2.18",
+            "torch==2.13.0",
+            "transformers==4.57.6",
+        ]
     },
     license="Apache-2.0",
 )
