@@ -148,3 +148,15 @@ def test_greedy_generate_on_strings_matches_transformers(tmp_path):
     assert lm.preprocessor.tokenizer.vocabulary_size() == vocabulary
     generated = lm.generate(prompts, max_length=9)  # the start token and 8 new ones
     assert list(generated) == expected
+
+
+@pytest.mark.parametrize("weights", [None, [0.3, 0.7]], ids=["uniform", "unequal"])
+def test_fuse_of_two_imported_models_is_the_weighted_mean_of_hf_logits(weights, tmp_path):
+    a, folder_a = save_hf_t5(tmp_path / "a", seed=1, **T5_11)
+    b, folder_b = save_hf_t5(tmp_path / "b", seed=2, d_model=8, num_heads=2, d_ff=12, **T5_11)
+    fused = FusionT5Seq2SeqLM.fuse(FusionT5Seq2SeqLM.from_preset(folder_a),
+                                   FusionT5Seq2SeqLM.from_preset(folder_b), weights=weights)
+    inputs = random_inputs(seed=5)
+    wa, wb = weights or (0.5, 0.5)
+    expected = wa * hf_logits(a, inputs) + wb * hf_logits(b, inputs)
+    assert relative_error(keras_logits(fused, inputs), expected) <= TOLERANCE
