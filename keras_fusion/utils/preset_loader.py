@@ -132,7 +132,10 @@ def lm_from_preset(cls, preset, load_weights=True, **kwargs):
     if _is_plain_t5_preset(FusionT5Backbone, preset):
         backbone = FusionT5Backbone.from_preset(preset, load_weights=load_weights, dtype=dtype)
         if "preprocessor" not in kwargs:
-            kwargs["preprocessor"] = keras_hub.models.T5Seq2SeqLMPreprocessor.from_preset(preset)
+            has_tokenizer = tf.io.gfile.exists(convert_t5._join(preset, preset_utils.TOKENIZER_CONFIG_FILE))
+            kwargs["preprocessor"] = (
+                keras_hub.models.T5Seq2SeqLMPreprocessor.from_preset(preset) if has_tokenizer else None
+            )
         return cls(backbone=backbone, **kwargs)
     return None
 
