@@ -170,8 +170,11 @@ def load_lm(path):
 
     if isinstance(path, str) and path.endswith(".keras"):
         if not tf.io.gfile.exists(path):
-            raise ValueError(f"No such .keras file: {path}")
-        model = keras.saving.load_model(path, compile=False)
+            raise ValueError(f"not found: {path}")
+        try:
+            model = keras.saving.load_model(path, compile=False)
+        except Exception as error:  # truncated, corrupt or foreign files
+            raise ValueError(f"cannot load {path}: {error}") from error
         lm = getattr(model, "lm", model)
         if not isinstance(lm, keras_hub.models.T5Seq2SeqLM):
             raise ValueError(f"{path} holds a {type(lm).__name__}, not a T5 language model.")
