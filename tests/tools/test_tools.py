@@ -191,3 +191,34 @@ def test_growth_flags_become_callback_options():
                          (dict(growth_optimizer_state="fresh"), "growth_optimizer_state")]:
         with pytest.raises(ValueError, match=message):
             training.RunConfig(**bad).check()
+
+
+@pytest.mark.slow
+def test_fuse_and_export_scripts_take_hugging_face_folders(tmp_path):
+    import keras_hub
+
+    from hf_test_utils import T5_11, hf_logits, load_hf, save_hf_t5
+    from t5_test_utils import random_inputs
+
+    a, folder_a = save_hf_t5(tmp_path / "a", seed=1, **T5_11)
+    b, folder_b = save_hf_t5(tmp_path / "b", seed=2, d_model=8, num_heads=2, d_ff=12, **T5_11)
+    fused = str(tmp_path / "fused.keras")
+    process = run_script("tools.fuse", f"--models={folder_a},{folder_b}", f"--output={fused}")
+    assert process.returncode == 0, process.stderr[-2000:]
+    assert float(process.stdout.split("random tokens:")[1].split()[0]) <= TOLERANCE
+    # A grouped fusion cannot become an HF T5: refused, nothing written.
+    process = run_script("tools.export", f"--model={fused}", "--format=huggingface",
+                         f"--export_dir={tmp_path / 'refused'}")
+    assert process.returncode == 2 and "no grouped RMSNorm" in process.stderr
+    assert not (tmp_path / "refused").exists()
+    # An HF folder through the tool, back to HF and to a keras-hub preset.
+    process = run_script("tools.export", f"--model={folder_a}", "--format=huggingface",
+                         f"--export_dir={tmp_path / 'hf_out'}")
+    assert process.returncode == 0, process.stderr[-2000:]
+    inputs = random_inputs()
+    assert relative_error(hf_logits(load_hf(tmp_path / "hf_out"), inputs), hf_logits(a, inputs)) <= TOLERANCE
+    process = run_script("tools.export", f"--model={folder_b}", "--format=keras_hub",
+                         f"--export_dir={tmp_path / 'preset'}")
+    assert process.returncode == 0, process.stderr[-2000:]
+    loaded = keras_hub.models.Seq2SeqLM.from_preset(str(tmp_path / "preset"))
+    assert relative_error(np.asarray(loaded(inputs, training=False)), hf_logits(b, inputs)) <= TOLERANCE
