@@ -15,7 +15,6 @@ INSTALL_REQUIRES = [
     "sentencepiece==0.2.3",
     "matplotlib==3.11.2",
     "tensorboard==2.21.0",  # tf.summary needs it; TensorFlow does not install it
-    "safetensors==0.8.0",  # Hugging Face T5 checkpoints in and out (numpy API, no torch)
 ]
 
 setup(
@@ -32,6 +31,7 @@ setup(
         # pytest-xdist: `make test` runs the suite in two worker processes.
         # torch + transformers: the PyTorch T5 that HF imports and exports are
         # checked against (torch 2.13.0 is the CPU build on the dev machines).
+        # The library reads and writes safetensors itself (safetensors_io).
         "test": [
             "pytest==9.2.0",
             "pytest-xdist==3.8.0",
@@ -39,6 +39,7 @@ setup(
             "grain==0.2.18",
             "torch==2.13.0",
             "transformers==4.57.6",
+            "safetensors==0.8.0",  # the tests write hand-made checkpoints with it
         ]
     },
     license="Apache-2.0",

@@ -29,15 +29,20 @@ lm.generate(["translate English to German: How old are you?"])
 """
 
 import json
-import posixpath
 
 import numpy as np
 import tensorflow as tf
 from keras_hub.src.utils.keras_utils import gelu_approximate
 
+from keras_fusion.utils.transformers.safetensors_io import (
+    WEIGHTS_FILE,
+    WEIGHTS_INDEX_FILE,
+    LazyArray,
+    SafetensorsCheckpoint,
+    join as _join,
+)
+
 CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
 SPIECE_FILE = "spiece.model"
 
 # keras-hub's T5MultiHeadAttention hard-codes its relative-position buckets.
@@ -55,10 +60,6 @@ ACTIVATIONS = {
     "silu": "silu",
     "swish": "silu",
 }
-
-
-def _join(folder, name):
-    return posixpath.join(folder, name) if "://" in folder else tf.io.gfile.join(folder, name)
 
 
 def read_json(folder, name):
@@ -264,17 +265,21 @@ def check_weight_names(config, names):
         raise ValueError(f"The checkpoint lacks tensors its config.json implies: {shown}{hint}.")
 
 
-def convert_weights(config, get, output_scale=1.0):
+def convert_weights(config, get, output_scale=1.0, shape=None):
     """HF T5 tensors -> a `FusionT5Backbone` parameter tree (pure NumPy).
 
     Args:
         config: backbone arguments from `convert_config`.
-        get: `get(name) -> np.ndarray`, the HF tensor of that name.
+        get: `get(name) -> np.ndarray`, the HF tensor of that name (KeyError
+            when absent).
         output_scale: from `convert_config`; multiplies the final decoder norm.
+        shape: optional `shape(name) -> tuple`. When given, the leaves are
+            `LazyArray`s that call `get` only when converted, so that a model
+            built from the tree holds one HF tensor at a time besides itself.
 
     Returns:
-        The parameter tree (`keras_fusion.growth_maps` layout), float32
-        arrays; the inputs are not modified.
+        The parameter tree (`keras_fusion.growth_maps` layout) of float32
+        arrays (or `LazyArray`s); the inputs are not modified.
 
     Example:
 
@@ -285,7 +290,10 @@ def convert_weights(config, get, output_scale=1.0):
     """
 
     def read(name, transposed=False):
-        array = np.asarray(get(name), dtype="float32")
+        if shape is None:
+            array = np.asarray(get(name), dtype="float32")
+        else:
+            array = LazyArray(shape(name), lambda: np.asarray(get(name), dtype="float32"))
         return array.T if transposed else array
 
     def block(stack, i):
@@ -316,90 +324,6 @@ def _read_first(names, read):
         except KeyError:
             continue
     raise KeyError(" or ".join(names))
-
-
-class SafetensorsCheckpoint:
-    """The tensors of a folder's safetensors files, one file or sharded.
-
-    Local files are memory-mapped and each tensor read when asked for; other
-    file systems (`gs://`, ...) are read whole through `tf.io.gfile`, one
-    shard at a time.
-
-    Args:
-        folder: a local or `tf.io.gfile` folder with `model.safetensors` or
-            `model.safetensors.index.json` and its shards.
-
-    Raises:
-        ValueError: when the folder holds neither (e.g. only
-            `pytorch_model.bin`, which is not read).
-
-    Example:
-
-    ```python
-    with SafetensorsCheckpoint(folder) as checkpoint:
-        embedding = checkpoint.get("shared.weight")
-    ```
-    """
-
-    def __init__(self, folder):
-        self.folder = folder
-        self._files = {}
-        if tf.io.gfile.exists(_join(folder, WEIGHTS_INDEX_FILE)):
-            self.file_of = dict(read_json(folder, WEIGHTS_INDEX_FILE)["weight_map"])
-        elif tf.io.gfile.exists(_join(folder, WEIGHTS_FILE)):
-            self.file_of = {name: WEIGHTS_FILE for name in self._open(WEIGHTS_FILE).keys()}
-        else:
-            raise ValueError(
-                f"{folder} holds neither {WEIGHTS_FILE} nor {WEIGHTS_INDEX_FILE}: only "
-                "safetensors checkpoints are read (re-save the model with "
-                "`save_pretrained(..., safe_serialization=True)`)."
-            )
-
-    def _open(self, file):
-        import safetensors
-        import safetensors.numpy
-
-        handles = self._files
-        if file not in handles:
-            path = _join(self.folder, file)
-            if "://" in self.folder:
-                with tf.io.gfile.GFile(path, "rb") as f:
-                    handles[file] = _Loaded(safetensors.numpy.load(f.read()))
-            else:
-                handles[file] = safetensors.safe_open(path, framework="numpy")
-        return handles[file]
-
-    def names(self):
-        """All tensor names (read from the index or the file header only)."""
-        return set(self.file_of)
-
-    def get(self, name):
-        """The tensor `name` as a NumPy array; KeyError when absent."""
-        if name not in self.file_of:
-            raise KeyError(name)
-        return self._open(self.file_of[name]).get_tensor(name)
-
-    def close(self):
-        self._files = {}
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-class _Loaded:
-    """A dict of arrays with safe_open's `get_tensor` / `keys`."""
-
-    def __init__(self, arrays):
-        self.arrays = arrays
-
-    def keys(self):
-        return self.arrays.keys()
-
-    def get_tensor(self, name):
-        return self.arrays[name]
 
 
 def load_backbone(cls, folder, load_weights=True, dtype=None):
@@ -433,7 +357,8 @@ def load_backbone(cls, folder, load_weights=True, dtype=None):
         return cls(**config)
     with SafetensorsCheckpoint(folder) as checkpoint:
         check_weight_names(config, checkpoint.names())
-        tree = convert_weights(config, checkpoint.get, output_scale)
+        # Lazy leaves: each HF tensor is read when its variable is created.
+        tree = convert_weights(config, checkpoint.get, output_scale, shape=checkpoint.shape)
         return cls.from_parameters(config, tree)
 
 

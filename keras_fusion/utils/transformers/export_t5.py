@@ -28,12 +28,11 @@ transformers.T5ForConditionalGeneration.from_pretrained("deeper")
 import json
 
 import keras
-import numpy as np
 import tensorflow as tf
 from keras_hub.src.utils.keras_utils import gelu_approximate
 
-from keras_fusion import growth_maps
 from keras_fusion.utils.transformers import convert_t5
+from keras_fusion.utils.transformers.safetensors_io import LazyArray, write_safetensors
 
 PAD_ID, EOS_ID = 0, 1
 
@@ -132,8 +131,9 @@ def state_dict(config, tree):
             `backbone_variables`).
 
     Returns:
-        `{name: float32 C-contiguous array}`, the shared embedding under
-        `shared.weight`, and `lm_head.weight` when untied.
+        `{name: array}` (transposed views, or `LazyArray`s for a lazy tree),
+        the shared embedding under `shared.weight`, and `lm_head.weight` when
+        untied.
     """
     out = {"shared.weight": tree["token_embedding"]}
     for stack in ("encoder", "decoder"):
@@ -146,7 +146,7 @@ def state_dict(config, tree):
         out[f"{stack}.final_layer_norm.weight"] = tree[f"{stack}_norm"]
     if not config["tie_embedding_weights"]:
         out["lm_head.weight"] = tree["reverse_embedding"].T
-    return {k: np.ascontiguousarray(v, dtype="float32") for k, v in out.items()}
+    return out
 
 
 def export_to_transformers(model, path):
@@ -174,21 +174,22 @@ def export_to_transformers(model, path):
     transformers.T5ForConditionalGeneration.from_pretrained("exported")
     ```
     """
-    import safetensors.numpy
-
     from keras_fusion.models.fusion_t5_backbone import backbone_config, backbone_variables
 
     backbone = getattr(model, "backbone", model)
     config = backbone_config(backbone)
     config_json = hf_config(config)
-    tensors = state_dict(config, growth_maps.read(backbone_variables(backbone)))
+    # Lazy leaves: each variable is copied out only when its tensor is written.
+    tree = keras.tree.map_structure(
+        lambda v: LazyArray(v.shape, lambda: v.numpy()), backbone_variables(backbone))
+    tensors = state_dict(config, tree)
     tokenizer = getattr(getattr(model, "preprocessor", None), "tokenizer", None)
     proto = getattr(tokenizer, "proto", None)
     tf.io.gfile.makedirs(path)
     _write(path, convert_t5.CONFIG_FILE, json.dumps(config_json, indent=2, sort_keys=True))
     generation = {"decoder_start_token_id": PAD_ID, "eos_token_id": EOS_ID, "pad_token_id": PAD_ID}
     _write(path, "generation_config.json", json.dumps(generation, indent=2))
-    _write(path, convert_t5.WEIGHTS_FILE, safetensors.numpy.save(tensors, metadata={"format": "pt"}))
+    write_safetensors(convert_t5._join(path, convert_t5.WEIGHTS_FILE), tensors, metadata={"format": "pt"})
     if proto:
         _write(path, convert_t5.SPIECE_FILE, proto)
         if _piece_count(proto) == config_json["vocab_size"]:
