@@ -1,0 +1,41 @@
+"""The measurement of benchmarks/convert.py: peak memory and time of one operation."""
+
+import importlib.util
+import os
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPT = os.path.join(ROOT, "benchmarks", "convert.py")
+
+
+def load_benchmark():
+    sys.path.insert(0, os.path.dirname(SCRIPT))
+    spec = importlib.util.spec_from_file_location("convert_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = load_benchmark()
+
+
+def test_measure_sees_a_transient_allocation_of_known_size():
+    size = 64 * 1024 * 1024
+
+    def allocate_and_free():
+        block = np.ones(size, "uint8")  # touched, so resident
+        return int(block[::4096].sum())
+
+    result, figures = bench._measure(allocate_and_free)
+    assert result == size // 4096
+    assert figures["seconds"] > 0
+    if figures["peak_reset"]:
+        # The peak includes the freed block; the slack is the interpreter's own.
+        assert size <= figures["peak_extra_bytes"] <= size + 32 * 1024 * 1024
+
+
+def test_summary_takes_the_median():
+    runs = [{"seconds": 3.0}, {"seconds": 1.0}, {"seconds": 2.0}]
+    assert bench.summary(runs, "seconds") == {"median": 2.0, "min": 1.0, "all": [3.0, 1.0, 2.0]}
