@@ -1,24 +1,10 @@
 """The measurement of benchmarks/convert.py: peak memory and time of one operation."""
 
-import importlib.util
-import os
-import sys
-
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPT = os.path.join(ROOT, "benchmarks", "convert.py")
+from benchmark_test_utils import load_benchmark
 
-
-def load_benchmark():
-    sys.path.insert(0, os.path.dirname(SCRIPT))
-    spec = importlib.util.spec_from_file_location("convert_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = load_benchmark()
+bench = load_benchmark("convert")
 
 
 def test_measure_sees_a_transient_allocation_of_known_size():
