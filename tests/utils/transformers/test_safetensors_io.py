@@ -2,15 +2,15 @@
 
 import numpy as np
 import pytest
-import safetensors.numpy
-import safetensors.torch
+
+from hf_test_utils import torch  # noqa: F401  (skips without the test extra)
+import safetensors.numpy  # noqa: E402
+import safetensors.torch  # noqa: E402
 
 from keras_fusion.utils.transformers.safetensors_io import LazyArray, SafetensorsCheckpoint, write_safetensors
 
 
 def test_reader_matches_the_safetensors_package_and_widens_bfloat16_exactly(tmp_path):
-    import torch
-
     rng = np.random.default_rng(0)
     arrays = {"a": rng.normal(size=(3, 5)).astype("float32"), "b": rng.normal(size=(7,)).astype("float16"),
               "c": rng.normal(size=(2, 2, 2)).astype("float64")}
