@@ -8,7 +8,9 @@ SentencePiece tokenizer, `spiece.model`, all through `tf.io.gfile`.
 
 The config is written the transformers 4.x way (`tie_word_embeddings` true
 and scaled logits for a tied model; false and a separate `lm_head.weight`
-for an untied one).
+for an untied one), checked against transformers 4.57.6. transformers 5.x
+reads tied exports the same way; untested with 5.x: untied ones, whose
+`lm_head.weight` 5.x may tie to the embedding.
 
 Only models with one norm group can be exported: HF's T5 normalises the
 whole width with one RMSNorm (it has no grouped RMSNorm). Fused models made

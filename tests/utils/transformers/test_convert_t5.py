@@ -167,3 +167,18 @@ def test_fuse_of_two_imported_models_is_the_weighted_mean_of_hf_logits(weights, 
     wa, wb = weights or (0.5, 0.5)
     expected = wa * hf_logits(a, inputs) + wb * hf_logits(b, inputs)
     assert relative_error(keras_logits(fused, inputs), expected) <= TOLERANCE
+
+
+def test_backbone_encoder_output_equals_transformers_encoder(tmp_path):
+    import torch
+
+    model, folder = save_hf_t5(tmp_path / "hf", **T5_10)
+    backbone = FusionT5Backbone.from_preset(folder)
+    inputs = random_inputs(seed=6)
+    with torch.no_grad():
+        expected = model.encoder(
+            input_ids=torch.tensor(inputs["encoder_token_ids"], dtype=torch.long),
+            attention_mask=torch.tensor(inputs["encoder_padding_mask"], dtype=torch.long),
+        ).last_hidden_state.numpy()
+    outputs = backbone(inputs, training=False)
+    assert relative_error(np.asarray(outputs["encoder_sequence_output"]), expected) <= TOLERANCE
