@@ -182,3 +182,17 @@ def test_backbone_encoder_output_equals_transformers_encoder(tmp_path):
         ).last_hidden_state.numpy()
     outputs = backbone(inputs, training=False)
     assert relative_error(np.asarray(outputs["encoder_sequence_output"]), expected) <= TOLERANCE
+
+
+def test_imported_gated_gelu_model_survives_keras_saving(tmp_path):
+    import keras
+
+    model, folder = save_hf_t5(tmp_path / "hf", **T5_11)
+    lm = FusionT5Seq2SeqLM.from_preset(folder)
+    lm.save(str(tmp_path / "lm.keras"))
+    lm.save_to_preset(str(tmp_path / "preset"))
+    inputs = random_inputs(seed=7)
+    expected = hf_logits(model, inputs)
+    for loaded in (keras.saving.load_model(str(tmp_path / "lm.keras"), compile=False),
+                   FusionT5Seq2SeqLM.from_preset(str(tmp_path / "preset"))):
+        assert relative_error(keras_logits(loaded, inputs), expected) <= TOLERANCE
