@@ -19,13 +19,12 @@ Run: `python benchmarks/convert.py` (about two minutes here; `--rounds`,
 
 import argparse
 import datetime
-import json
 import os
 import statistics
 import tempfile
 import time
 
-from benchmark_utils import in_fresh_process, machine_info, meminfo_kib, script_setup, versions
+from benchmark_utils import in_fresh_process, machine_info, meminfo_kib, script_setup, versions, write_result
 
 ROOT = script_setup(__file__)
 
@@ -125,11 +124,8 @@ def main():
         "goals": {"import_time_ratio": 2.0, "import_memory_ratio": 2.0},
         "peak_reset": all(r["peak_reset"] for r in hf_runs + import_runs + export_runs),
     }
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(result, f, indent=1)
+    write_result(result, args.output)
     mib = 1024 * 1024
-    print(f"Machine: {result['machine']['cpu_model']}, {result['machine']['cpu_count']} CPUs; {result['versions']}")
     print(f"Config {config}; checkpoint {checkpoint_bytes / mib:.1f} MiB; {args.rounds} interleaved rounds (medians)")
     print(f"transformers from_pretrained: {hf['seconds']['median']:6.2f} s, peak +{hf['peak_extra_bytes']['median'] / mib:7.1f} MiB")
     print(f"keras_fusion import:          {ours['seconds']['median']:6.2f} s, peak +{ours['peak_extra_bytes']['median'] / mib:7.1f} MiB")

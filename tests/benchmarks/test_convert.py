@@ -18,8 +18,10 @@ def test_measure_sees_a_transient_allocation_of_known_size():
     assert result == size // 4096
     assert figures["seconds"] > 0
     if figures["peak_reset"]:
-        # The peak includes the freed block; the slack is the interpreter's own.
-        assert size <= figures["peak_extra_bytes"] <= size + 32 * 1024 * 1024
+        # The peak includes the freed block, within a few MiB either way
+        # (pages the allocator reuses or frees around it).
+        slack = 8 * 1024 * 1024
+        assert size - slack <= figures["peak_extra_bytes"] <= size + 4 * slack
 
 
 def test_summary_takes_the_median():
