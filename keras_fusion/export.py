@@ -108,7 +108,8 @@ def export_saved_model(lm, path, tokenizer_path=None, max_input_length=128, max_
         if tokenizer_size != vocabulary_size:
             raise ValueError(
                 f"The tokenizer has {tokenizer_size} pieces but the model's "
-                f"vocabulary_size is {vocabulary_size}: {tokenizer_path} does not "
+                f"vocabulary_size is {vocabulary_size}: "
+                f"{'it' if isinstance(tokenizer_path, bytes) else tokenizer_path} does not "
                 "belong to this model."
             )
 

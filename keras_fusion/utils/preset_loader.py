@@ -45,32 +45,32 @@ def _local_hf(preset):
     return preset
 
 
-def _keras_hub_class(preset):
-    """The class a keras-hub preset's config.json names, or None."""
-    if not isinstance(preset, str) or preset.startswith((HF_SCHEME, "kaggle://")):
+def _config(preset):
+    """The preset's config.json as a dict, or None when there is none to read
+    (keras-hub then reports the problem). Local and `tf.io.gfile` folders are
+    read directly; `hf://`, `kaggle://` handles and keras-hub's built-in
+    preset names go through keras-hub's downloader."""
+    if not isinstance(preset, str):
         return None
-    path = convert_t5._join(preset, convert_t5.CONFIG_FILE)
-    if not tf.io.gfile.exists(path):
-        return None
-    config = convert_t5.read_json(preset, convert_t5.CONFIG_FILE)
-    if "registered_name" not in config:
-        return None
-    return preset_utils.check_config_class(config)
+    if tf.io.gfile.isdir(preset):
+        if not tf.io.gfile.exists(convert_t5._join(preset, convert_t5.CONFIG_FILE)):
+            return None
+        return convert_t5.read_json(preset, convert_t5.CONFIG_FILE)
+    if "://" in preset or preset in preset_utils.BUILTIN_PRESETS:
+        return preset_utils.load_json(preset, convert_t5.CONFIG_FILE)
+    return None
 
 
-def _is_hf_t5(preset):
-    if isinstance(preset, str) and preset.startswith(HF_SCHEME):
-        return True  # keras-hub would route it to transformers too; T5 is checked on load
-    return convert_t5.is_t5_folder(preset)
+def _is_hf_t5(config):
+    return config is not None and "registered_name" not in config and config.get("model_type") == "t5"
 
 
-def _is_plain_t5_preset(cls, preset):
-    found = _keras_hub_class(preset)
-    return (
-        found is not None
-        and issubclass(found, keras_hub.models.T5Backbone)
-        and not issubclass(found, cls)
-    )
+def _is_plain_t5_preset(cls, config):
+    """A keras-hub preset of a T5Backbone that is not (a subclass of) `cls`."""
+    if config is None or "registered_name" not in config:
+        return False
+    found = preset_utils.check_config_class(config)
+    return issubclass(found, keras_hub.models.T5Backbone) and not issubclass(found, cls)
 
 
 def as_fusion_backbone(cls, backbone):
@@ -93,9 +93,10 @@ def backbone_from_preset(cls, preset, load_weights=True, **kwargs):
     Returns:
         A `cls` instance.
     """
-    if _is_hf_t5(preset):
+    config = _config(preset)
+    if _is_hf_t5(config):
         return convert_t5.load_backbone(cls, _local_hf(preset), load_weights, kwargs.pop("dtype", None))
-    if _is_plain_t5_preset(cls, preset):
+    if _is_plain_t5_preset(cls, config):
         plain = keras_hub.models.Backbone.from_preset(preset, load_weights=load_weights, **kwargs)
         return as_fusion_backbone(cls, plain)
     return None
@@ -122,14 +123,15 @@ def lm_from_preset(cls, preset, load_weights=True, **kwargs):
     from keras_fusion.models.fusion_t5_backbone import FusionT5Backbone
 
     dtype = kwargs.pop("dtype", None)
-    if _is_hf_t5(preset):
+    config = _config(preset)
+    if _is_hf_t5(config):
         folder = _local_hf(preset)
         backbone = convert_t5.load_backbone(FusionT5Backbone, folder, load_weights, dtype)
         if "preprocessor" not in kwargs:
             tokenizer = convert_t5.load_tokenizer(folder)
             kwargs["preprocessor"] = tokenizer and keras_hub.models.T5Seq2SeqLMPreprocessor(tokenizer=tokenizer)
         return cls(backbone=backbone, **kwargs)
-    if _is_plain_t5_preset(FusionT5Backbone, preset):
+    if _is_plain_t5_preset(FusionT5Backbone, config):
         backbone = FusionT5Backbone.from_preset(preset, load_weights=load_weights, dtype=dtype)
         if "preprocessor" not in kwargs:
             has_tokenizer = tf.io.gfile.exists(convert_t5._join(preset, preset_utils.TOKENIZER_CONFIG_FILE))

@@ -68,16 +68,6 @@ def read_json(folder, name):
         return json.load(f)
 
 
-def is_t5_folder(folder):
-    """Whether `folder` holds a Hugging Face config.json with `model_type` "t5"."""
-    if not isinstance(folder, str) or not tf.io.gfile.exists(_join(folder, CONFIG_FILE)):
-        return False
-    try:
-        return read_json(folder, CONFIG_FILE).get("model_type") == "t5"
-    except (ValueError, tf.errors.OpError):
-        return False
-
-
 def _refuse(field, value, allowed):
     raise ValueError(
         f"Cannot import this T5 checkpoint: config.json has {field}={value!r}, "
