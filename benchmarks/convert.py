@@ -6,7 +6,10 @@ is written once with `save_pretrained`. Then, each in a fresh process and in
 interleaved rounds:
 - `transformers`: `T5ForConditionalGeneration.from_pretrained(folder)`;
 - `import`: `FusionT5Seq2SeqLM.from_preset(folder)`;
-- `export`: `export_to_transformers` of the imported model (timed alone).
+- `export`: `export_to_transformers` of the imported model (timed alone);
+- references: transformers' load with every parameter read once (its
+  `from_pretrained` leaves tensors on the file's memory map, unread), and
+  keras-hub's own `T5Backbone(...)` of the same shape with random weights.
 Each process first loads a tiny checkpoint of the same layout (a warm-up:
 transformers imports most of its modules lazily inside the first
 `from_pretrained`, and Keras traces its first model), so that times and
@@ -80,6 +83,10 @@ def transformers_process(folder, warm_up_folder):
     load = transformers.T5ForConditionalGeneration.from_pretrained
     load(warm_up_folder)
     _, figures = _measure(lambda: load(folder))
+    # from_pretrained leaves the tensors on the file's memory map, unread
+    # until used; the same load with every parameter read once:
+    _, figures["with_weights_read"] = _measure(
+        lambda: sum(float(p.detach().sum()) for p in load(folder).parameters()))
     return figures
 
 
@@ -91,7 +98,17 @@ def import_process(folder, warm_up_folder, export_dir):
     del warm
     lm, figures = _measure(lambda: FusionT5Seq2SeqLM.from_preset(folder))
     _, export = _measure(lambda: lm.export_to_transformers(export_dir))
-    return {"import": figures, "export": export}
+    del lm
+    # Reference: keras-hub's own T5Backbone of the same shape, random weights
+    # (building the functional graph is most of an import).
+    import keras_hub
+
+    from keras_fusion.utils.transformers import convert_t5
+
+    config, _ = convert_t5.convert_config(convert_t5.read_json(folder, convert_t5.CONFIG_FILE))
+    config.pop("norm_groups")
+    _, scratch = _measure(lambda: keras_hub.models.T5Backbone(**config))
+    return {"import": figures, "export": export, "keras_hub_t5_backbone_random": scratch}
 
 
 def summary(runs, key):
@@ -110,22 +127,28 @@ def main():
         folder, warm_up = os.path.join(work, "hf"), os.path.join(work, "warm_up")
         checkpoint_bytes = in_fresh_process(write_checkpoint, folder, config)
         in_fresh_process(write_checkpoint, warm_up, TINY)
-        hf_runs, import_runs, export_runs = [], [], []
+        hf_runs, import_runs, export_runs, scratch_runs = [], [], [], []
         for i in range(args.rounds):
             hf_runs.append(in_fresh_process(transformers_process, folder, warm_up))
             measured = in_fresh_process(import_process, folder, warm_up, os.path.join(work, f"export{i}"))
             import_runs.append(measured["import"])
             export_runs.append(measured["export"])
+            scratch_runs.append(measured["keras_hub_t5_backbone_random"])
     hf = {k: summary(hf_runs, k) for k in ("seconds", "peak_extra_bytes")}
     ours = {k: summary(import_runs, k) for k in ("seconds", "peak_extra_bytes")}
     export = {k: summary(export_runs, k) for k in ("seconds", "peak_extra_bytes")}
+    hf_read = {k: summary([r["with_weights_read"] for r in hf_runs], k) for k in ("seconds", "peak_extra_bytes")}
+    scratch = {k: summary(scratch_runs, k) for k in ("seconds", "peak_extra_bytes")}
     time_ratio = ours["seconds"]["median"] / hf["seconds"]["median"]
     memory_ratio = ours["peak_extra_bytes"]["median"] / checkpoint_bytes
     result = {
         "benchmark": "convert",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(), "versions": versions(), "config": config, "rounds": args.rounds,
-        "checkpoint_bytes": checkpoint_bytes, "transformers_from_pretrained": hf, "import": ours,
+        "checkpoint_bytes": checkpoint_bytes, "transformers_from_pretrained": hf,
+        "transformers_from_pretrained_weights_read": hf_read, "keras_hub_t5_backbone_random": scratch,
+        "import_time_vs_weights_read": ours["seconds"]["median"] / hf_read["seconds"]["median"],
+        "import_time_vs_keras_hub_build": ours["seconds"]["median"] / scratch["seconds"]["median"], "import": ours,
         "export": export, "import_time_ratio": time_ratio, "import_memory_ratio": memory_ratio,
         "export_memory_ratio": export["peak_extra_bytes"]["median"] / checkpoint_bytes,
         "goals": {"import_time_ratio": 2.0, "import_memory_ratio": 2.0},
@@ -135,7 +158,9 @@ def main():
     mib = 1024 * 1024
     print(f"Config {config}; checkpoint {checkpoint_bytes / mib:.1f} MiB; {args.rounds} interleaved rounds (medians)")
     print(f"transformers from_pretrained: {hf['seconds']['median']:6.2f} s, peak +{hf['peak_extra_bytes']['median'] / mib:7.1f} MiB")
+    print(f"  ... and every weight read:  {hf_read['seconds']['median']:6.2f} s, peak +{hf_read['peak_extra_bytes']['median'] / mib:7.1f} MiB")
     print(f"keras_fusion import:          {ours['seconds']['median']:6.2f} s, peak +{ours['peak_extra_bytes']['median'] / mib:7.1f} MiB")
+    print(f"keras-hub T5Backbone(random): {scratch['seconds']['median']:6.2f} s, peak +{scratch['peak_extra_bytes']['median'] / mib:7.1f} MiB")
     print(f"keras_fusion export:          {export['seconds']['median']:6.2f} s, peak +{export['peak_extra_bytes']['median'] / mib:7.1f} MiB")
     print(f"Import time / transformers: {time_ratio:.2f} (goal <= 2: {'met' if time_ratio <= 2 else 'NOT met'})")
     print(f"Import peak / checkpoint:   {memory_ratio:.2f} (goal <= 2: {'met' if memory_ratio <= 2 else 'NOT met'})")
