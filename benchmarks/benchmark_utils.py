@@ -3,6 +3,7 @@ fresh process per measured operation."""
 
 import concurrent.futures
 import importlib.metadata
+import json
 import multiprocessing
 import os
 import platform
@@ -74,3 +75,13 @@ def versions():
         except importlib.metadata.PackageNotFoundError:
             out[name] = None
     return out
+
+
+def write_result(result, path):
+    """Write a benchmark's `result` dict (with `machine` and `versions`) as
+    JSON to `path` and print the machine line that heads its report."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    machine = result["machine"]
+    print(f"Machine: {machine['cpu_model']}, {machine['cpu_count']} CPUs; {result['versions']}")

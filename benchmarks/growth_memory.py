@@ -17,7 +17,7 @@ import datetime
 import json
 import os
 
-from benchmark_utils import in_fresh_process, machine_info, meminfo_kib, script_setup, versions
+from benchmark_utils import in_fresh_process, machine_info, meminfo_kib, script_setup, versions, write_result
 
 ROOT = script_setup(__file__)
 
@@ -90,11 +90,8 @@ def main():
         "grown": {k: v for k, v in grown.items() if k != "final_config"}, "final_config": final,
         "direct": direct, "rss_ratio": ratio, "goal": 1.10, "goal_met": ratio <= 1.10,
     }
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(result, f, indent=1)
+    write_result(result, args.output)
     mib = 1024 * 1024
-    print(f"Machine: {result['machine']['cpu_model']}, {result['machine']['cpu_count']} CPUs; {result['versions']}")
     print(f"Start {CONFIG}; schedule {SCHEDULE}; {STEPS} steps of batch {BATCH} x {LENGTH}")
     print(f"Final: {grown['parameters']:,} parameters ({direct['parameters']:,} built directly)")
     print(f"Resident memory after five growths:      {grown['rss_bytes'] / mib:8.1f} MiB")

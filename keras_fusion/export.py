@@ -1,29 +1,33 @@
-"""SavedModel export of a T5 language model, with token-id and text endpoints.
+"""SavedModel export of a T5 language model: a token-id SavedModel and a text one.
 
-The SavedModel is written with Keras' `ExportArchive` to a temporary
-directory and renamed into place, so an interrupted export never replaces a
-good one. Endpoints:
+Two SavedModels, written with Keras' `ExportArchive` to a temporary
+directory and renamed into place together, so an interrupted export never
+replaces a good one:
 
-- `serve` (also `serving_default`): the four int32 T5 inputs
-  (`encoder_token_ids`, `encoder_padding_mask`, `decoder_token_ids`,
-  `decoder_padding_mask`, each `[batch, length]`) -> logits
-  `[batch, length, vocabulary]`.
-- `generate_text` (when a tokenizer is given): a `[batch]` string tensor ->
-  a `[batch]` string tensor, greedy decoding of up to `max_new_tokens` tokens;
-  the SentencePiece tokenizer runs inside the graph, so a client sends raw
-  text. The graph then uses TF Text's SentencePiece ops: a Python client
-  imports `tensorflow_text` before `tf.saved_model.load`, and a TF Serving
-  build must include TF Text's ops. Without a tokenizer the SavedModel uses
-  core TensorFlow ops only (`saved_model_cli run` works on it as is).
+- `path` (the token-id model): `serve` (also `serving_default`): the four
+  int32 T5 inputs (`encoder_token_ids`, `encoder_padding_mask`,
+  `decoder_token_ids`, `decoder_padding_mask`, each `[batch, length]`) ->
+  logits `[batch, length, vocabulary]`. Core TensorFlow ops only: it loads and
+  runs in a process that never imports `tensorflow_text`, in a stock TF
+  Serving, and under `saved_model_cli run`.
+- `path/text` (when a tokenizer is given): `generate_text` (also
+  `serving_default`): a `[batch]` string tensor -> a `[batch]` string
+  tensor, greedy decoding of up to `max_new_tokens` tokens; the SentencePiece
+  tokenizer runs inside the graph, so a client sends raw text. This graph
+  uses TF Text's SentencePiece ops: a Python client imports
+  `tensorflow_text` before `tf.saved_model.load`, and a TF Serving build must
+  include TF Text's ops (tensorflow/serving#1490). Keeping them out of the
+  token-id model is why there are two.
 
 Example:
 
 ```python
 from keras_fusion.export import export_saved_model
 export_saved_model(lm, "exported", tokenizer_path="spm.model")
+ids_model = tf.saved_model.load("exported")          # no tensorflow_text needed
 import tensorflow_text  # the ops of generate_text
-reloaded = tf.saved_model.load("exported")
-reloaded.signatures["generate_text"](text=tf.constant(["def main():"]))
+text_model = tf.saved_model.load("exported/text")
+text_model.signatures["generate_text"](text=tf.constant(["def main():"]))
 ```
 """
 
@@ -38,69 +42,103 @@ from keras_fusion import storage
 
 PAD_ID, EOS_ID = 0, 1
 INPUT_NAMES = ("encoder_token_ids", "encoder_padding_mask", "decoder_token_ids", "decoder_padding_mask")
+TEXT_DIR = "text"  # the text SavedModel, inside the token-id one
+
+
+def read_tokenizer(tokenizer):
+    """The serialized SentencePiece model: `tokenizer` itself when it is bytes,
+    else the file it names (read with `tf.io.gfile`).
+
+    Raises:
+        ValueError: when the file does not exist.
+    """
+    if isinstance(tokenizer, bytes):
+        return tokenizer
+    if not tf.io.gfile.exists(tokenizer):
+        raise ValueError(f"tokenizer_path not found: {tokenizer}")
+    with tf.io.gfile.GFile(tokenizer, "rb") as f:
+        return f.read()
 
 
 def _text_tokenizer(tokenizer_path):
     import tensorflow_text
 
-    if not storage.exists(tokenizer_path):
-        raise ValueError(f"tokenizer_path not found: {tokenizer_path}")
-    return tensorflow_text.SentencepieceTokenizer(model=storage.read_bytes(tokenizer_path), out_type=tf.int32)
+    return tensorflow_text.SentencepieceTokenizer(model=read_tokenizer(tokenizer_path), out_type=tf.int32)
 
 
 def export_saved_model(lm, path, tokenizer_path=None, max_input_length=128, max_new_tokens=32):
-    """Export `lm` (a T5 LM, or a `GrowingT5Seq2SeqLM`) as a SavedModel.
+    """Export `lm` (a T5 LM, or a `GrowingT5Seq2SeqLM`) as SavedModels.
 
     Args:
         lm: the language model.
-        path: the SavedModel directory to create (replaced atomically if it
-            exists).
-        tokenizer_path: optional SentencePiece `.model`; adds the
-            `generate_text` endpoint.
+        path: the token-id SavedModel directory to create (replaced
+            atomically, with its `text` SavedModel, if it exists).
+        tokenizer_path: optional SentencePiece `.model` path (or its bytes);
+            adds the text SavedModel `path/text` with `generate_text`.
         max_input_length: encoder tokens kept from a text request.
         max_new_tokens: decoding steps of `generate_text`.
 
     Returns:
         `path`.
+
+    Raises:
+        ValueError: for a missing tokenizer file or one whose vocabulary is
+            not the model's, before anything is written.
+
+    Example:
+
+    ```python
+    export_saved_model(lm, "exported", tokenizer_path="spm.model")
+    ```
     """
     lm = getattr(lm, "lm", lm)  # a GrowingT5Seq2SeqLM exports its inner model
     vocabulary_size = lm.backbone.vocabulary_size
-    archive = keras.export.ExportArchive()
-    archive.track(lm)
     spec = {name: tf.TensorSpec([None, None], tf.int32, name=name) for name in INPUT_NAMES}
 
     def serve(inputs):
         return {"logits": lm(inputs, training=False)}
 
-    archive.add_endpoint("serve", serve, input_signature=[spec])
+    # Only the backbone is tracked: the LM's preprocessor (with its
+    # SentencePiece resource) must stay out of the token-id graph.
+    ids_archive = keras.export.ExportArchive()
+    ids_archive.track(lm.backbone)
+    ids_archive.add_endpoint("serve", serve, input_signature=[spec])
+    text_archive = None
     if tokenizer_path is not None:
         tokenizer = _text_tokenizer(tokenizer_path)
         tokenizer_size = int(tokenizer.vocab_size())
         if tokenizer_size != vocabulary_size:
             raise ValueError(
                 f"The tokenizer has {tokenizer_size} pieces but the model's "
-                f"vocabulary_size is {vocabulary_size}: {tokenizer_path} does not "
+                f"vocabulary_size is {vocabulary_size}: "
+                f"{'it' if isinstance(tokenizer_path, bytes) else tokenizer_path} does not "
                 "belong to this model."
             )
-        archive.track(tokenizer)
 
         def generate_text(text):
             return {"text": _greedy_generate(lm, tokenizer, text, max_input_length, max_new_tokens)}
 
-        archive.add_endpoint(
+        text_archive = keras.export.ExportArchive()
+        text_archive.track(lm.backbone)
+        text_archive.track(tokenizer)
+        text_archive.add_endpoint(
             "generate_text", generate_text, input_signature=[tf.TensorSpec([None], tf.string, name="text")]
         )
     if storage.is_remote(path):
         # No atomic folder rename on object stores: the export is written in
         # place (serve a versioned folder, as TF Serving does).
         storage.rmtree(path)
-        archive.write_out(path, verbose=False)
+        ids_archive.write_out(path, verbose=False)
+        if text_archive is not None:
+            text_archive.write_out(storage.join(path, TEXT_DIR), verbose=False)
         return path
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     temporary = tempfile.mkdtemp(prefix=".partial-export-", dir=parent)
     try:
-        archive.write_out(temporary, verbose=False)
+        ids_archive.write_out(temporary, verbose=False)
+        if text_archive is not None:
+            text_archive.write_out(os.path.join(temporary, TEXT_DIR), verbose=False)
         if os.path.exists(path):
             old = tempfile.mkdtemp(prefix=".old-export-", dir=parent)
             os.rename(path, os.path.join(old, "saved_model"))

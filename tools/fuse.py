@@ -1,6 +1,10 @@
 """Fuse saved T5 language models into one, checking compatibility first.
 
     python -m tools.fuse --models=a.keras,b.keras --output=fused.keras [--weights=0.5,0.5]
+    python -m tools.fuse --models=/hf/t5-a,/hf/t5-b --output=fused.keras   # Hugging Face T5 folders
+
+Each model is a `.keras` file, a keras-hub preset directory or a Hugging
+Face T5 folder (see `keras_fusion.utils.preset_loader.load_lm`).
 
 The fused model's logits are the weighted sum of the inputs' (exact); the
 script prints the measured error on random tokens. The output is written to
@@ -17,7 +21,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("models", None, "Comma-separated .keras files of T5 language models (two or more).")
+flags.DEFINE_list("models", None, "Comma-separated T5 language models (two or more): .keras files, "
+                  "keras-hub preset directories or Hugging Face T5 folders.")
 flags.DEFINE_string("output", None, "Where to write the fused model (.keras).")
 flags.DEFINE_list("weights", None, "Weights of the logit ensemble, one per model (default: uniform).")
 flags.DEFINE_enum("norm", "grouped", ["grouped", "global"], "grouped: exact; global: a plain T5, approximate.")
@@ -29,13 +34,14 @@ def fuse_files(paths, output, weights=None, norm="grouped"):
 
     from keras_fusion.models import FusionT5Seq2SeqLM, function_error
     from keras_fusion.models.fusion_t5_backbone import check_fusable
-    from keras_fusion.training import load_model_file, save_atomic
+    from keras_fusion.training import save_atomic
+    from keras_fusion.utils.preset_loader import load_lm
 
     if not paths or len(paths) < 2:
         raise ValueError(f"--models needs two or more files, got {paths}.")
     if not output or not output.endswith(".keras"):
         raise ValueError(f"--output must be a .keras path, got {output!r}.")
-    lms = [getattr(m, "lm", m) for m in (load_model_file(path, "--models") for path in paths)]
+    lms = [load_lm(path)[0] for path in paths]
     check_fusable([lm.backbone for lm in lms])
     weights = [float(w) for w in weights] if weights else None
     fused = FusionT5Seq2SeqLM.fuse(*lms, weights=weights, norm=norm)

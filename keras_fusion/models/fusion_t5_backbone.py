@@ -279,6 +279,64 @@ class FusionT5Backbone(T5Backbone):
         config["norm_groups"] = self.norm_groups
         return config
 
+    # --- Checkpoints in and out ---------------------------------------------
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """A backbone from a preset, a keras-hub T5 or a Hugging Face T5.
+
+        Besides what keras-hub's `Backbone.from_preset` loads (presets saved
+        from keras_fusion models), this reads a local (or `gs://`, `hf://`)
+        Hugging Face T5 folder, converted exactly (see
+        `keras_fusion.utils.transformers.convert_t5`), and a keras-hub preset
+        saved from a plain `T5Backbone`.
+
+        Args:
+            preset: the preset directory, HF folder or handle.
+            load_weights: False gives the architecture with random weights.
+            **kwargs: `dtype`, or keras-hub's loader arguments.
+
+        Returns:
+            A `FusionT5Backbone` (one norm group for imports).
+
+        Raises:
+            ValueError: for an HF config keras-hub's T5 cannot represent,
+                naming the field, before any weight is read.
+
+        Example:
+
+        ```python
+        backbone = FusionT5Backbone.from_preset("/path/to/t5-v1_1-small")
+        ```
+        """
+        from keras_fusion.utils import preset_loader
+
+        backbone = preset_loader.backbone_from_preset(cls, preset, load_weights, **kwargs)
+        if backbone is None:
+            backbone = super().from_preset(preset, load_weights=load_weights, **kwargs)
+        return backbone
+
+    def export_to_transformers(self, path):
+        """Write a Hugging Face T5 folder of this backbone (see
+        `keras_fusion.utils.transformers.export_t5.export_to_transformers`;
+        no tokenizer). Refused, writing nothing, for several norm groups.
+
+        Args:
+            path: the folder (local or `tf.io.gfile`).
+
+        Returns:
+            `path`.
+
+        Example:
+
+        ```python
+        backbone.export_to_transformers("hf_t5")
+        ```
+        """
+        from keras_fusion.utils.transformers import export_t5
+
+        return export_t5.export_to_transformers(self, path)
+
     # --- Growth -----------------------------------------------------------
 
     @classmethod

@@ -68,6 +68,72 @@ class FusionT5Seq2SeqLM(T5Seq2SeqLM):
     backbone_cls = FusionT5Backbone
 
     @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """An LM from a preset, a keras-hub T5 or a Hugging Face T5.
+
+        A local (or `gs://`, `hf://`) Hugging Face T5 folder is converted
+        exactly, its `spiece.model` (when present) becoming the
+        preprocessor's tokenizer; a keras-hub preset saved from a plain
+        `T5Seq2SeqLM` or `T5Backbone` is loaded with its preprocessor; other
+        presets go to keras-hub's `Seq2SeqLM.from_preset`.
+
+        Args:
+            preset: the preset directory, HF folder or handle.
+            load_weights: False gives the architecture with random weights.
+            **kwargs: `dtype` for the backbone; other arguments go to the
+                constructor (e.g. `preprocessor=None`).
+
+        Returns:
+            A `FusionT5Seq2SeqLM`.
+
+        Raises:
+            ValueError: for an HF config keras-hub's T5 cannot represent,
+                naming the field, before any weight is read.
+
+        Example:
+
+        ```python
+        lm = FusionT5Seq2SeqLM.from_preset("/path/to/flan-t5-small")
+        lm.generate(["translate English to German: Thank you."])
+        ```
+        """
+        from keras_fusion.utils import preset_loader
+
+        lm = preset_loader.lm_from_preset(cls, preset, load_weights, **kwargs)
+        if lm is None:
+            lm = super().from_preset(preset, load_weights=load_weights, **kwargs)
+        return lm
+
+    def export_to_transformers(self, path):
+        """Write a Hugging Face T5 folder that `T5ForConditionalGeneration`
+        loads with the same logits, and the tokenizer's `spiece.model`.
+
+        Only models with one norm group: plain and imported models, their
+        `deepen` and `widen_ffn`, `self_fuse(norm="global")` and
+        `fuse(norm="global")`. Several norm groups are refused before
+        anything is written (HF's T5 has no grouped RMSNorm).
+
+        Args:
+            path: the folder (local or `tf.io.gfile`, e.g. `gs://`).
+
+        Returns:
+            `path`.
+
+        Raises:
+            ValueError: for several norm groups or an activation HF's T5
+                cannot name.
+
+        Example:
+
+        ```python
+        FusionT5Seq2SeqLM.self_fuse(lm, norm="global").export_to_transformers("wide")
+        ```
+        """
+        from keras_fusion.utils.transformers import export_t5
+
+        return export_t5.export_to_transformers(self, path)
+
+    @classmethod
     def from_parameters(cls, config, parameters, preprocessor=None):
         """An LM on `FusionT5Backbone.from_parameters(config, parameters)`."""
         backbone = FusionT5Backbone.from_parameters(config, parameters)

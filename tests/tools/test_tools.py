@@ -92,14 +92,18 @@ def test_saved_model_in_a_fresh_process_matches_keras_and_answers_text(deep_fusi
     batch = {"encoder_token_ids": ids, "encoder_padding_mask": np.ones_like(ids),
              "decoder_token_ids": ids[:, ::-1].copy(), "decoder_padding_mask": np.ones_like(ids)}
     np.savez(tmp_path / "batch.npz", **batch)
+    # The token-id SavedModel needs no TensorFlow Text; the text one does.
     script = f"""
+import sys
 import numpy as np, tensorflow as tf
-import tensorflow_text  # registers the SentencePiece ops of generate_text
 loaded = tf.saved_model.load({str(model_dir / 'export')!r})
 batch = dict(np.load({str(tmp_path / 'batch.npz')!r}))
 logits = loaded.signatures["serving_default"](**{{k: tf.constant(v) for k, v in batch.items()}})["logits"]
 np.save({str(tmp_path / 'logits.npy')!r}, logits.numpy())
-text = loaded.signatures["generate_text"](text=tf.constant(["def main():", "The import statement"]))["text"]
+assert "tensorflow_text" not in sys.modules
+import tensorflow_text  # registers the SentencePiece ops of generate_text
+text_model = tf.saved_model.load({str(model_dir / 'export' / 'text')!r})
+text = text_model.signatures["generate_text"](text=tf.constant(["def main():", "The import statement"]))["text"]
 print("GENERATED", [t.decode() for t in text.numpy()])
 """
     process = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
@@ -245,3 +249,31 @@ def test_tpu_reachability_errors_name_the_address():
         training.check_tpu_reachable("grpc://127.0.0.1:1", timeout=1)
     with pytest.raises(ValueError, match="--tpu=local: this machine has no TPU device"):
         training.check_tpu_reachable("local")
+def test_fuse_and_export_scripts_take_hugging_face_folders(tmp_path):
+    import keras_hub
+
+    from hf_test_utils import T5_11, hf_logits, load_hf, save_hf_t5
+    from t5_test_utils import random_inputs
+
+    a, folder_a = save_hf_t5(tmp_path / "a", seed=1, **T5_11)
+    b, folder_b = save_hf_t5(tmp_path / "b", seed=2, d_model=8, num_heads=2, d_ff=12, **T5_11)
+    fused = str(tmp_path / "fused.keras")
+    process = run_script("tools.fuse", f"--models={folder_a},{folder_b}", f"--output={fused}")
+    assert process.returncode == 0, process.stderr[-2000:]
+    assert float(process.stdout.split("random tokens:")[1].split()[0]) <= TOLERANCE
+    # A grouped fusion cannot become an HF T5: refused, nothing written.
+    process = run_script("tools.export", f"--model={fused}", "--format=huggingface",
+                         f"--export_dir={tmp_path / 'refused'}")
+    assert process.returncode == 2 and "no grouped RMSNorm" in process.stderr
+    assert not (tmp_path / "refused").exists()
+    # An HF folder through the tool, back to HF and to a keras-hub preset.
+    process = run_script("tools.export", f"--model={folder_a}", "--format=huggingface",
+                         f"--export_dir={tmp_path / 'hf_out'}")
+    assert process.returncode == 0, process.stderr[-2000:]
+    inputs = random_inputs()
+    assert relative_error(hf_logits(load_hf(tmp_path / "hf_out"), inputs), hf_logits(a, inputs)) <= TOLERANCE
+    process = run_script("tools.export", f"--model={folder_b}", "--format=keras_hub",
+                         f"--export_dir={tmp_path / 'preset'}")
+    assert process.returncode == 0, process.stderr[-2000:]
+    loaded = keras_hub.models.Seq2SeqLM.from_preset(str(tmp_path / "preset"))
+    assert relative_error(np.asarray(loaded(inputs, training=False)), hf_logits(b, inputs)) <= TOLERANCE

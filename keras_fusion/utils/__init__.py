@@ -1,0 +1,1 @@
+"""Loading and saving checkpoints in other formats (Hugging Face, keras-hub presets)."""
