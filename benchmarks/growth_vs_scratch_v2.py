@@ -63,6 +63,7 @@ full run in parts (README, "Growth against scratch").
 """
 
 import argparse
+import dataclasses
 import datetime
 import glob
 import json
@@ -76,6 +77,7 @@ from benchmark_utils import machine_info, script_setup, versions
 
 ROOT = script_setup(__file__)
 
+import growth_vs_scratch  # noqa: E402
 from growth_vs_scratch import Data, flops_to_reach, interpolate, plot  # noqa: E402
 
 MODES = ("scratch", "small_alone", "deep_fusion", "fusion_tree", "self_fusion", "deepen", "stack")
@@ -158,30 +160,19 @@ def flops_at(levels, step):
     return spent
 
 
-class Setup:
-    """The settings every arm shares (and every part file must agree on)."""
+class Setup(growth_vs_scratch.Setup):
+    """The settings every arm shares (and every part file must agree on):
+    v1's, without its re-warm-up ablation."""
 
     def __init__(self, target, steps, eval_every, eval_batches, growth_fraction,
                  batch_size=16, input_length=64, target_length=16):
-        self.target, self.steps, self.eval_every = target, steps, eval_every
-        self.eval_batches, self.growth_fraction = eval_batches, growth_fraction
-        self.batch_size, self.input_length, self.target_length = batch_size, input_length, target_length
-
-    @property
-    def shape(self):
-        return (self.batch_size, self.input_length, self.target_length)
-
-    def step_flops(self, config):
-        from keras_fusion import flops
-
-        return flops.training_flops(config, *self.shape)
-
-    @property
-    def budget(self):
-        return self.steps * self.step_flops(self.target)
+        super().__init__(target=target, steps=steps, eval_every=eval_every, batch_size=batch_size,
+                         input_length=input_length, target_length=target_length,
+                         growth_fraction=growth_fraction, rewarmup_steps=0, eval_batches=eval_batches)
 
     def as_dict(self):
-        return dict(vars(self), budget=self.budget)
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k != "rewarmup_steps"}
+        return dict(fields, budget=self.budget)
 
 
 def train_arm(arm, seed, learning_rate, setup, shared):

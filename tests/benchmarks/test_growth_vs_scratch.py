@@ -5,28 +5,17 @@ their own tests cover; here the numbers the report is built from are checked
 against hand-computed values.
 """
 
-import importlib.util
 import os
 import subprocess
 import sys
 
 import pytest
 
+from benchmark_test_utils import BENCHMARKS, load_benchmark
 from keras_fusion import flops, training
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPT = os.path.join(ROOT, "benchmarks", "growth_vs_scratch.py")
-
-
-def load_benchmark():
-    sys.path.insert(0, os.path.dirname(SCRIPT))
-    spec = importlib.util.spec_from_file_location("growth_vs_scratch", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = load_benchmark()
+SCRIPT = os.path.join(BENCHMARKS, "growth_vs_scratch.py")
+bench = load_benchmark("growth_vs_scratch")
 ROWS = [{"flops": 0.0, "eval_loss": 10.0}, {"flops": 100.0, "eval_loss": 6.0}, {"flops": 200.0, "eval_loss": 4.0}]
 
 

@@ -5,7 +5,6 @@ values; one tiny end-to-end run (two arms, a few steps) checks that the
 training, the part file and the merge fit together.
 """
 
-import importlib.util
 import json
 import math
 import os
@@ -15,21 +14,11 @@ import sys
 
 import pytest
 
+from benchmark_test_utils import BENCHMARKS, load_benchmark
 from keras_fusion import flops, training
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPT = os.path.join(ROOT, "benchmarks", "growth_vs_scratch_v2.py")
-
-
-def load_benchmark():
-    sys.path.insert(0, os.path.dirname(SCRIPT))
-    spec = importlib.util.spec_from_file_location("growth_vs_scratch_v2", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = load_benchmark()
+SCRIPT = os.path.join(BENCHMARKS, "growth_vs_scratch_v2.py")
+bench = load_benchmark("growth_vs_scratch_v2")
 TARGET = training.target_config("tiny", 1000, num_layers=4)  # d 64, 4 heads, ff 128
 
 
