@@ -486,7 +486,7 @@ def main(argv=None):
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2; quick 0,1)")
     parser.add_argument("--learning_rates", default=None,
                         help="comma-separated rates, or 'best' (each arm's seed-0 choice in the part files); "
-                             "default 1e-3,3e-3,1e-2 for seed 0 and best otherwise; quick 3e-3")
+                             "default 3e-3,1e-3,1e-2 (in that order: the likeliest first, for runs cut short) for seed 0 and best otherwise; quick 3e-3")
     parser.add_argument("--steps", type=int, default=None, help="scratch steps: the budget (default 7000, quick 300)")
     parser.add_argument("--eval_every", type=int, default=None, help="default steps // 40 (quick steps // 20)")
     parser.add_argument("--eval_batches", type=int, default=64)
@@ -559,7 +559,7 @@ def main(argv=None):
             if rates_flag not in (None, "best"):
                 rates = [float(r) for r in rates_flag.split(",")]
             elif rates_flag is None and seed == 0:
-                rates = [1e-3, 3e-3, 1e-2]
+                rates = [3e-3, 1e-3, 1e-2]
             elif arm in chosen or arm.partition("@")[0] in chosen:
                 rates = [chosen.get(arm, chosen.get(arm.partition("@")[0]))]
             else:
