@@ -486,7 +486,8 @@ def main(argv=None):
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2; quick 0,1)")
     parser.add_argument("--learning_rates", default=None,
                         help="comma-separated rates, or 'best' (each arm's seed-0 choice in the part files); "
-                             "default 3e-3,1e-3,1e-2 (in that order: the likeliest first, for runs cut short) for seed 0 and best otherwise; quick 3e-3")
+                             "default 3e-3,1e-3,1e-2 for seed 0 (the likeliest first, for a part cut short) "
+                             "and best otherwise; quick 3e-3")
     parser.add_argument("--steps", type=int, default=None, help="scratch steps: the budget (default 7000, quick 300)")
     parser.add_argument("--eval_every", type=int, default=None, help="default steps // 40 (quick steps // 20)")
     parser.add_argument("--eval_batches", type=int, default=64)
