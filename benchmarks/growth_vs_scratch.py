@@ -97,10 +97,12 @@ class Data:
     """The tokenizer, corpus and validation batches every arm shares."""
 
     def __init__(self, vocabulary_size, workdir, setup, corpus="embedded"):
+        """`corpus`: a `load_corpus` spec, or a function of the split."""
         from keras_fusion import data
 
-        self.train_texts = data.load_corpus(corpus, "train")
-        self.valid_texts = data.load_corpus(corpus, "validation")
+        load = corpus if callable(corpus) else lambda split: data.load_corpus(corpus, split)
+        self.train_texts = load("train")
+        self.valid_texts = load("validation")
         self.tokenizer_path = data.train_tokenizer(self.train_texts, vocabulary_size,
                                                    os.path.join(workdir, "tokenizer"))
         self.vocabulary_size = data.vocabulary_size(self.tokenizer_path)

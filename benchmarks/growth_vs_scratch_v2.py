@@ -531,13 +531,21 @@ def main(argv=None):
                   growth_fraction=args.growth_fraction)
     os.makedirs(args.workdir, exist_ok=True)
     corpus_started = time.perf_counter()
-    shared = Data(args.vocabulary_size, args.workdir, setup, corpus=args.corpus)
+    earlier_parts = read_parts(prefix)
+    # Keep the corpus of the parts already run, should a package have been
+    # installed since (the installed corpus follows the environment).
+    key = next((part["corpus"].get("environment_key") for _, part in earlier_parts
+                if part["corpus"]["spec"] == args.corpus), None)
+    spec = args.corpus
+    if args.corpus == "installed":
+        spec = lambda split: data.installed_corpus(split, environment_key=key)  # noqa: E731
+    shared = Data(args.vocabulary_size, args.workdir, setup, corpus=spec)
     corpus = {"spec": args.corpus, "documents": len(shared.train_texts) + len(shared.valid_texts),
               "characters": sum(map(len, shared.train_texts)) + sum(map(len, shared.valid_texts)),
               "sha256": data.corpus_fingerprint(shared.train_texts + shared.valid_texts),  # train, then validation
               "train_tokens": shared.train_tokens(), "seconds": round(time.perf_counter() - corpus_started, 1)}
     if args.corpus == "installed":
-        info = data.installed_corpus_info()
+        info = data.installed_corpus_info(environment_key=key)
         corpus.update(environment_key=info["environment_key"], build_seconds=info["build_seconds"],
                       installed_sha256=info["sha256"])
     setup.target = training.target_config("tiny", shared.vocabulary_size, num_layers=args.num_layers,
@@ -552,7 +560,7 @@ def main(argv=None):
           f"eval every {every} steps on {args.eval_batches} batches")
     print(f"Corpus {corpus}", flush=True)
 
-    existing = {run_key(r): r for _, part in read_parts(prefix) for r in part["runs"]}
+    existing = {run_key(r): r for _, part in earlier_parts for r in part["runs"]}
     if rates_flag == "best" or rates_flag is None:
         chosen = chosen_rates(list(existing.values()))
     jobs = []

@@ -118,7 +118,8 @@ def embedded_corpus(split="train", validation_fraction=VALIDATION_FRACTION):
     return split_documents(_embedded_documents(), split, validation_fraction)
 
 
-def installed_corpus(split="train", validation_fraction=VALIDATION_FRACTION, cache_dir=None):
+def installed_corpus(split="train", validation_fraction=VALIDATION_FRACTION, cache_dir=None,
+                     environment_key=None):
     """English documents of this environment: every docstring of every installed package.
 
     The documents are the reference-manual topics of `pydoc_data.topics` and
@@ -145,9 +146,16 @@ def installed_corpus(split="train", validation_fraction=VALIDATION_FRACTION, cac
         validation_fraction: the share of documents held out for validation.
         cache_dir: the cache folder (`None`: `~/.cache/keras_fusion/corpora`,
             or under `$XDG_CACHE_HOME`).
+        environment_key: `None` (this environment's), or the
+            `environment_key` of an earlier `installed_corpus_info`: the
+            corpus cached then, so that runs keep one corpus when a package
+            is installed in between.
 
     Returns:
         A new list of strings, sorted, the same on every run.
+
+    Raises:
+        ValueError: for an `environment_key` whose corpus is not cached.
 
     Example:
 
@@ -155,11 +163,11 @@ def installed_corpus(split="train", validation_fraction=VALIDATION_FRACTION, cac
     documents = installed_corpus("train")
     ```
     """
-    documents = _installed_documents(cache_dir or INSTALLED_CACHE_DIR)["documents"]
+    documents = _installed_documents(cache_dir or INSTALLED_CACHE_DIR, environment_key)["documents"]
     return split_documents(documents, split, validation_fraction)
 
 
-def installed_corpus_info(cache_dir=None):
+def installed_corpus_info(cache_dir=None, environment_key=None):
     """Size, content hash, cache file and build time of `installed_corpus`.
 
     Returns:
@@ -167,7 +175,7 @@ def installed_corpus_info(cache_dir=None):
         all documents), `environment_key`, `cache_path`, `build_seconds` (the
         time parsing took when the cache was built) and `from_cache`.
     """
-    entry = _installed_documents(cache_dir or INSTALLED_CACHE_DIR)
+    entry = _installed_documents(cache_dir or INSTALLED_CACHE_DIR, environment_key)
     return {k: v for k, v in entry.items() if k != "documents"}
 
 
@@ -239,9 +247,14 @@ def _test_part(name):
 
 
 @functools.lru_cache(maxsize=4)
-def _installed_documents(cache_dir):
-    key = _environment_key()
+def _installed_documents(cache_dir, environment_key=None):
+    key = environment_key or _environment_key()
     cache_path = os.path.join(cache_dir, f"installed-{key}.json.gz")
+    if environment_key and not os.path.exists(cache_path):
+        raise ValueError(
+            f"The installed corpus of environment {environment_key!r} is not cached in {cache_dir!r}: "
+            "it can only be rebuilt in that environment."
+        )
     if os.path.exists(cache_path):
         with gzip.open(cache_path, "rt", encoding="utf-8") as f:
             entry = json.load(f)

@@ -282,3 +282,16 @@ def test_installed_corpus_is_tens_of_millions_of_characters_of_this_environment(
     assert any("densely-connected NN layer" in d for d in everything)  # keras.layers.Dense
     words = " ".join(validation).lower().split()
     assert words.count("the") / len(words) > 0.03
+
+
+def test_installed_corpus_of_an_earlier_environment_stays_readable(fake_environment, monkeypatch):
+    cache, _ = fake_environment
+    before = corpus.installed_corpus_info(cache_dir=str(cache))
+    documents = corpus.installed_corpus("train", 0.0, cache_dir=str(cache))
+    monkeypatch.setattr(corpus, "_environment_key", lambda: "another-environment")  # a package installed
+    corpus._installed_documents.cache_clear()
+    pinned = corpus.installed_corpus("train", 0.0, cache_dir=str(cache), environment_key=before["environment_key"])
+    assert pinned == documents
+    assert corpus.installed_corpus_info(cache_dir=str(cache))["environment_key"] == "another-environment"
+    with pytest.raises(ValueError, match="not cached"):
+        corpus.installed_corpus("train", cache_dir=str(cache), environment_key="0123456789abcdef")
