@@ -96,11 +96,13 @@ class Setup:
 class Data:
     """The tokenizer, corpus and validation batches every arm shares."""
 
-    def __init__(self, vocabulary_size, workdir, setup):
+    def __init__(self, vocabulary_size, workdir, setup, corpus="embedded"):
+        """`corpus`: a `load_corpus` spec, or a function of the split."""
         from keras_fusion import data
 
-        self.train_texts = data.load_corpus("embedded", "train")
-        self.valid_texts = data.load_corpus("embedded", "validation")
+        load = corpus if callable(corpus) else lambda split: data.load_corpus(corpus, split)
+        self.train_texts = load("train")
+        self.valid_texts = load("validation")
         self.tokenizer_path = data.train_tokenizer(self.train_texts, vocabulary_size,
                                                    os.path.join(workdir, "tokenizer"))
         self.vocabulary_size = data.vocabulary_size(self.tokenizer_path)
@@ -117,6 +119,13 @@ class Data:
                                target_length=self.setup.target_length, seed=seed,
                                shuffle=training, repeat=training)
         return ds if training else ds.take(self.setup.eval_batches).cache()
+
+    def train_tokens(self):
+        """How many tokens the training texts hold."""
+        import sentencepiece
+
+        processor = sentencepiece.SentencePieceProcessor(model_file=self.tokenizer_path)
+        return sum(map(len, processor.encode(self.train_texts)))
 
 
 def growth_plan(arm, setup):
@@ -250,7 +259,7 @@ def table(summaries, target_loss):
     return "\n".join(lines)
 
 
-def plot(groups, budget, target_loss, path, title):
+def plot(groups, budget, target_loss, path, title, marks=((0.6, "0.6 x budget"),)):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -267,7 +276,8 @@ def plot(groups, budget, target_loss, path, title):
                 if r["growth"]:
                     axis.axvline(r["flops"], color=color, linestyle=":", alpha=0.5)
     axis.axhline(target_loss, color="black", linewidth=0.8, linestyle="--", label="scratch loss at budget")
-    axis.axvline(0.6 * budget, color="grey", linewidth=0.8, linestyle="-.", label="0.6 x budget")
+    for fraction, label in marks:
+        axis.axvline(fraction * budget, color="grey", linewidth=0.8, linestyle="-.", label=label)
     axis.set_xlabel("training FLOPs (every model of the arm)")
     axis.set_ylabel("held-out loss")
     axis.set_title(title, fontsize=10)

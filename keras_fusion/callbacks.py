@@ -37,9 +37,23 @@ class GrowthCallback(keras.callbacks.Callback):
     partners must be fusable, the optimizer supported, and the parameter
     count within `max_parameters`.
 
+    With no schedule (`GrowthCallback()`), the callback grows once, by
+    `growth.DEFAULT_GROWTH_MODE` after `growth.DEFAULT_GROWTH_FRACTION` of
+    the steps `fit` will run (`growth.default_entry`). Keras tells the
+    callback those steps when training begins (`self.params`: `epochs` x
+    `steps` per epoch, counted from step 0, so a run resumed with
+    `initial_epoch` keeps the same growth step); `fit` must then know its
+    steps per epoch (`steps_per_epoch`, or data of known length). The
+    entry is fixed at the first `fit` and kept for later calls. The model's
+    learning-rate schedule runs on across the growth (the step counter is
+    carried; see `learning_rate_scale`). The default mode and fraction come
+    from `benchmarks/growth_vs_scratch_v2.py`; the README ("Growth against
+    scratch") gives the measurements and how far they go.
+
     Args:
-        schedule: a list of `keras_fusion.growth` entries, or a schedule
-            string (`"self_fuse@1000,deepen@3000:layers=2"`).
+        schedule: a list of `keras_fusion.growth` entries, a schedule
+            string (`"self_fuse@1000,deepen@3000:layers=2"`), or `None` (the
+            default growth, above).
         max_parameters: optional int; a schedule that would grow the model
             past it is rejected before training.
         log_dir: optional directory for TensorBoard summaries of growth
@@ -91,7 +105,7 @@ class GrowthCallback(keras.callbacks.Callback):
 
     OPTIMIZER_STATES = ("carry", "reset")
 
-    def __init__(self, schedule, max_parameters=None, log_dir=None, verbose=1, rewarmup_steps=0,
+    def __init__(self, schedule=None, max_parameters=None, log_dir=None, verbose=1, rewarmup_steps=0,
                  optimizer_state="carry", learning_rate_scale="auto", prepare_ahead=True):
         super().__init__()
         if not isinstance(prepare_ahead, bool):
@@ -109,7 +123,7 @@ class GrowthCallback(keras.callbacks.Callback):
             raise ValueError(f"optimizer_state must be one of {self.OPTIMIZER_STATES}, got {optimizer_state!r}.")
         self.rewarmup_steps = rewarmup_steps
         self.optimizer_state = optimizer_state
-        self.schedule = growth.validate_schedule(schedule)
+        self.schedule = None if schedule is None else growth.validate_schedule(schedule)
         self.max_parameters = max_parameters
         self.log_dir = log_dir
         self.verbose = verbose
@@ -128,6 +142,8 @@ class GrowthCallback(keras.callbacks.Callback):
                 "GrowingT5Seq2SeqLM(lm)."
             )
         optimizer_state.check_supported(model.optimizer)
+        if self.schedule is None:
+            self.schedule = [self._default_entry(model)]
         step = int(model.optimizer.iterations.numpy())
         applied = set(model.growth_history)
         self._pending = [e for e in self.schedule if e.describe() not in applied]
@@ -143,6 +159,16 @@ class GrowthCallback(keras.callbacks.Callback):
             self._preparation = None
         if self.log_dir and self._writer is None:
             self._writer = tf.summary.create_file_writer(self.log_dir)
+
+    def _default_entry(self, model):
+        steps, epochs = (self.params or {}).get("steps"), (self.params or {}).get("epochs")
+        if not steps or not epochs:
+            raise ValueError(
+                "GrowthCallback() without a schedule grows after a fraction of the steps fit will "
+                "run, but fit does not know them (a dataset of unknown length): pass "
+                "steps_per_epoch to fit, or give GrowthCallback a schedule."
+            )
+        return growth.default_entry(backbone_config(model.backbone), int(steps) * int(epochs))
 
     def on_train_batch_end(self, batch, logs=None):
         if not self._pending:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_fusion import growth_maps, optimizer_state
+from keras_fusion import growth, growth_maps, optimizer_state
 from keras_fusion.callbacks import GrowthCallback
 from keras_fusion.growth import Deepen, Fuse, SelfFuse, WidenFFN
 from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM, relative_error
@@ -312,3 +312,51 @@ def test_optimizer_state_carry_or_reset(state):
 def test_bad_growth_options_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         GrowthCallback("deepen@3", **kwargs)
+
+
+def test_no_schedule_grows_by_the_default_mode_at_the_default_fraction_of_fits_steps():
+    """GrowthCallback() reads the steps fit will run from Keras (epochs x
+    steps per epoch) and grows once, by the default mode, after the default
+    fraction of them; the learning-rate schedule runs on across the growth."""
+    schedule = keras.optimizers.schedules.CosineDecay(1e-2, decay_steps=12, alpha=0.1)
+    model = growing_lm(keras.optimizers.AdamW(schedule))
+    before = {"layers": model.backbone.num_layers, "width": model.backbone.hidden_dim}
+    callback = GrowthCallback(verbose=0)
+    model.fit({k: np.concatenate([v] * 4) for k, v in X.items()}, np.concatenate([Y] * 4),
+              batch_size=4, epochs=3, shuffle=False, verbose=0, callbacks=[callback])
+    (event,) = callback.events
+    expected_step = max(1, round(growth.DEFAULT_GROWTH_FRACTION * 12))  # 3 epochs x 4 steps
+    assert event["step"] == expected_step and model.growth_history == [event["entry"]]
+    assert event["entry"].startswith(
+        {"self_fusion": "self_fuse@", "deepen": "deepen@", "stack": "deepen@"}[growth.DEFAULT_GROWTH_MODE]
+    )
+    if growth.DEFAULT_GROWTH_MODE == "self_fusion":
+        assert model.backbone.hidden_dim == 2 * before["width"]
+    else:
+        assert model.backbone.num_layers == 2 * before["layers"]
+    assert int(model.optimizer.iterations.numpy()) == 12
+    entry = growth.parse_schedule(event["entry"])[0]
+    np.testing.assert_allclose(float(model.optimizer.learning_rate), entry.weight_scale * float(schedule(12)),
+                               rtol=1e-6)
+    # A second fit keeps the entry (already applied): no second growth.
+    fit(model, 2, [callback])
+    assert len(callback.events) == 1
+
+
+@pytest.mark.parametrize("mode, fraction, total, expected",
+                         [("self_fusion", 0.25, 400, "self_fuse@100:noise=0.001:seed=0"),
+                          ("deepen", 0.1, 1000, "deepen@100:layers=2:mode=identity"),
+                          ("stack", 0.5, 3, "deepen@2:layers=2:mode=stack")])
+def test_default_entry_grows_at_the_fraction_of_the_run(mode, fraction, total, expected):
+    config = {"num_layers": 2}
+    assert growth.default_entry(config, total, mode, fraction).describe() == expected
+
+
+def test_no_schedule_needs_fit_to_know_its_steps():
+    model = growing_lm()
+    data = tf.data.Dataset.from_tensors((X, Y)).repeat()  # unknown length
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        model.fit(data, epochs=1, verbose=0, callbacks=[GrowthCallback(verbose=0)])
+    for bad in [dict(mode="deep_fusion"), dict(fraction=1.0), dict(fraction=0.0)]:
+        with pytest.raises(ValueError):
+            growth.default_entry({"num_layers": 2}, 100, **bad)

@@ -12,10 +12,14 @@ dataset = data.make_dataset(
 
 from keras_fusion.data.corpus import (
     LocalText,
+    corpus_fingerprint,
     embedded_corpus,
+    installed_corpus,
+    installed_corpus_info,
     load_corpus,
     local_text_builder,
     read_text_files,
+    source_docstrings,
     split_documents,
 )
 from keras_fusion.data.pipeline import make_dataset
@@ -35,7 +39,10 @@ from keras_fusion.data.tokenizer import (
 __all__ = [
     "LocalText",
     "T5SentencepieceTokenizer",
+    "corpus_fingerprint",
     "embedded_corpus",
+    "installed_corpus",
+    "installed_corpus_info",
     "load_corpus",
     "load_tokenizer",
     "local_text_builder",
@@ -44,6 +51,7 @@ __all__ = [
     "random_spans_noise_mask",
     "read_text_files",
     "sentinel_id",
+    "source_docstrings",
     "span_corruption",
     "split_documents",
     "train_tokenizer",

@@ -1,10 +1,14 @@
 """Text corpora that need no network: Python's own documentation, local files, TFDS.
 
-Three sources, one entry point (`load_corpus`):
+Four sources, one entry point (`load_corpus`):
 
 - `"embedded"`: English text that ships with every Python installation, the
   language reference topics (`pydoc_data.topics`) and the docstrings of the
   standard library. See `embedded_corpus` for its size.
+- `"installed"`: the same topics and the docstrings of the standard library
+  and of every installed package, read from the source files without
+  importing anything; about twelve times the embedded text. See
+  `installed_corpus`.
 - a path or glob of plain-text files: one document per blank-line-separated
   block (see `read_text_files`).
 - `"tfds:NAME"` (e.g. `"tfds:c4/en"`): a TensorFlow Datasets dataset that is
@@ -27,14 +31,20 @@ validation = data.load_corpus("embedded", split="validation")
 ```
 """
 
+import ast
 import functools
+import gzip
 import hashlib
 import importlib
+import importlib.metadata
 import inspect
+import json
 import os
 import pkgutil
 import re
 import sys
+import sysconfig
+import time
 import warnings
 
 import tensorflow_datasets as tfds
@@ -70,7 +80,14 @@ SKIPPED_MODULES = frozenset(
 # A spec such as "hf:..." names a source this module cannot read; "gs://..." (any
 # `scheme://` TF filesystem path) is a text-file glob there.
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
-_SPEC_FORMS = "use 'embedded', a path or glob of text files, or 'tfds:NAME'"
+_SPEC_FORMS = "use 'embedded', 'installed', a path or glob of text files, or 'tfds:NAME'"
+# Source files larger than this are generated tables, not documentation.
+MAX_SOURCE_BYTES = 2_000_000
+INSTALLED_CACHE_DIR = os.path.join(
+    os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+    "keras_fusion",
+    "corpora",
+)
 
 
 def embedded_corpus(split="train", validation_fraction=VALIDATION_FRACTION):
@@ -103,11 +120,187 @@ def embedded_corpus(split="train", validation_fraction=VALIDATION_FRACTION):
     return split_documents(_embedded_documents(), split, validation_fraction)
 
 
+def installed_corpus(split="train", validation_fraction=VALIDATION_FRACTION, cache_dir=None,
+                     environment_key=None):
+    """English documents of this environment: every docstring of every installed package.
+
+    The documents are the reference-manual topics of `pydoc_data.topics` and
+    every docstring of at least 200 characters (module, class, function and
+    method docstrings, cleaned like `inspect.getdoc`) found by parsing, with
+    `ast`, the `.py` files of the standard library and of the environment's
+    `site-packages`. Nothing is imported, so no package's import side effects
+    run; files of test folders and files over 2 MB (generated tables) are
+    skipped; objects written in C (builtins, extension modules) have no
+    source here, so their docstrings are not included. Measured on this
+    project's pinned environment (CPython 3.11.7): 23,664 documents, 20.8M
+    characters. The documents are de-duplicated and sorted, then split by a hash
+    of each text (`split_documents`), so the corpus is the same on every run
+    of a pinned environment; `corpus_fingerprint` names its content.
+
+    Parsing every file took 39.5 s on 2 CPU cores, so the documents
+    are cached on disk under a key of the Python version, the interpreter's
+    paths and every installed distribution's name and version (installing or
+    upgrading a package gives a new cache file); `installed_corpus_info`
+    reports the size, fingerprint, cache file and build time.
+
+    Args:
+        split: `"train"` or `"validation"`.
+        validation_fraction: the share of documents held out for validation.
+        cache_dir: the cache folder (`None`: `~/.cache/keras_fusion/corpora`,
+            or under `$XDG_CACHE_HOME`).
+        environment_key: `None` (this environment's), or the
+            `environment_key` of an earlier `installed_corpus_info`: the
+            corpus cached then, so that runs keep one corpus when a package
+            is installed in between.
+
+    Returns:
+        A new list of strings, sorted, the same on every run.
+
+    Raises:
+        ValueError: for an `environment_key` whose corpus is not cached.
+
+    Example:
+
+    ```python
+    documents = installed_corpus("train")
+    ```
+    """
+    documents = _installed_documents(cache_dir or INSTALLED_CACHE_DIR, environment_key)["documents"]
+    return split_documents(documents, split, validation_fraction)
+
+
+def installed_corpus_info(cache_dir=None, environment_key=None):
+    """Size, content hash, cache file and build time of `installed_corpus`.
+
+    Returns:
+        A dict: `num_documents`, `characters`, `sha256` (`corpus_fingerprint` of
+        all documents), `environment_key`, `cache_path`, `build_seconds` (the
+        time parsing took when the cache was built) and `from_cache`.
+    """
+    entry = _installed_documents(cache_dir or INSTALLED_CACHE_DIR, environment_key)
+    return {k: v for k, v in entry.items() if k != "documents"}
+
+
+def corpus_fingerprint(documents):
+    """SHA-256 of the documents, in order, each followed by a NUL byte."""
+    digest = hashlib.sha256()
+    for document in documents:
+        digest.update(document.encode("utf-8") + b"\0")
+    return digest.hexdigest()
+
+
+def source_docstrings(source):
+    """The docstrings of a Python source's module, classes and functions.
+
+    Args:
+        source: the text (or bytes) of a Python file.
+
+    Returns:
+        A list of the cleaned docstrings (`inspect.cleandoc`), in file order;
+        empty when the source does not parse.
+    """
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return []
+    kinds = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, kinds):
+            doc = ast.get_docstring(node, clean=True)
+            if doc:
+                found.append(doc)
+    return found
+
+
+def _environment_key():
+    """A name for this interpreter and its installed distributions."""
+    distributions = sorted(
+        f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions()
+        if d.metadata["Name"]
+    )
+    identity = [sys.version, *sorted(set(_source_roots())), *distributions]
+    return hashlib.sha256("\n".join(identity).encode("utf-8")).hexdigest()[:16]
+
+
+def _source_roots():
+    paths = sysconfig.get_paths()
+    return [os.path.realpath(paths[name]) for name in ("stdlib", "purelib", "platlib")]
+
+
+def _source_files():
+    """Every `.py` file of the standard library and site-packages, sorted, tests skipped."""
+    files = set()
+    for root in sorted(set(_source_roots())):
+        for folder, subfolders, names in os.walk(root):
+            relative = os.path.relpath(folder, root)
+            parts = [] if relative == "." else relative.split(os.sep)
+            # site-packages inside the standard library is scanned as its own root.
+            subfolders[:] = sorted(
+                d for d in subfolders
+                if d != "site-packages" and not _test_part(d) and not (not parts and d in SKIPPED_MODULES)
+            )
+            files.update(os.path.join(folder, n) for n in names if n.endswith(".py") and not _test_part(n[:-3]))
+    return sorted(files)
+
+
+def _test_part(name):
+    return name in ("tests", "test", "testing", "idle_test", "__main__") or name.startswith("test_")
+
+
+@functools.lru_cache(maxsize=4)
+def _installed_documents(cache_dir, environment_key=None):
+    key = environment_key or _environment_key()
+    cache_path = os.path.join(cache_dir, f"installed-{key}.json.gz")
+    if environment_key and not os.path.exists(cache_path):
+        raise ValueError(
+            f"The installed corpus of environment {environment_key!r} is not cached in {cache_dir!r}: "
+            "it can only be rebuilt in that environment."
+        )
+    if os.path.exists(cache_path):
+        with gzip.open(cache_path, "rt", encoding="utf-8") as f:
+            entry = json.load(f)
+        entry["from_cache"] = True
+        entry["documents"] = tuple(entry["documents"])
+        return entry
+    start = time.perf_counter()
+    import pydoc_data.topics
+
+    documents = set(pydoc_data.topics.topics.values())
+    for path in _source_files():
+        try:
+            if os.path.getsize(path) > MAX_SOURCE_BYTES:
+                continue
+            with open(path, "rb") as f:
+                source = f.read()
+        except OSError:
+            continue
+        documents.update(source_docstrings(source))
+    documents = sorted(d for d in documents if len(d) >= MIN_DOCSTRING_CHARS)
+    entry = {
+        "documents": documents,
+        "num_documents": len(documents),
+        "characters": sum(map(len, documents)),
+        "sha256": corpus_fingerprint(documents),
+        "environment_key": key,
+        "cache_path": cache_path,
+        "build_seconds": round(time.perf_counter() - start, 1),
+    }
+    os.makedirs(cache_dir, exist_ok=True)
+    temporary = f"{cache_path}.{os.getpid()}.partial"
+    with gzip.open(temporary, "wt", encoding="utf-8") as f:
+        json.dump(entry, f)
+    os.replace(temporary, cache_path)
+    entry.update(from_cache=False, documents=tuple(documents))
+    return entry
+
+
 def load_corpus(spec="embedded", split="train", data_dir=None, max_documents=None):
     """Load the documents of one split of a corpus, never downloading.
 
     Args:
-        spec: `"embedded"` (see `embedded_corpus`); a path or glob of plain-text
+        spec: `"embedded"` (see `embedded_corpus`); `"installed"` (see
+            `installed_corpus`); a path or glob of plain-text
             files (see `read_text_files`; `**` matches folders recursively);
             or `"tfds:NAME"`, a TFDS dataset with a string feature `"text"`
             and "train"/"validation" splits, already prepared in `data_dir`.
@@ -137,6 +330,8 @@ def load_corpus(spec="embedded", split="train", data_dir=None, max_documents=Non
         raise ValueError(f"Unknown corpus spec {spec!r}: {_SPEC_FORMS}.")
     if spec == "embedded":
         documents = embedded_corpus(split)
+    elif spec == "installed":
+        documents = installed_corpus(split)
     elif spec.startswith("tfds:"):
         documents = _tfds_documents(spec[len("tfds:") :], split, data_dir, max_documents)
     elif _SCHEME.match(spec) and not storage.is_remote(spec) and not os.path.exists(spec):

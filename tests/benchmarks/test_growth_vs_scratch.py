@@ -11,11 +11,10 @@ import sys
 
 import pytest
 
-from benchmark_test_utils import ROOT, load_benchmark
+from benchmark_test_utils import BENCHMARKS, load_benchmark
 from keras_fusion import flops, training
 
-SCRIPT = os.path.join(ROOT, "benchmarks", "growth_vs_scratch.py")
-
+SCRIPT = os.path.join(BENCHMARKS, "growth_vs_scratch.py")
 bench = load_benchmark("growth_vs_scratch")
 ROWS = [{"flops": 0.0, "eval_loss": 10.0}, {"flops": 100.0, "eval_loss": 6.0}, {"flops": 200.0, "eval_loss": 4.0}]
 

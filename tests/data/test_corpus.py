@@ -9,6 +9,7 @@ import pydoc_data.topics
 import pytest
 import tensorflow_datasets as tfds
 
+from keras_fusion.data import corpus
 from keras_fusion.data import (
     LocalText,
     embedded_corpus,
@@ -212,3 +213,101 @@ def test_local_text_builder_rejects_an_empty_split(tmp_path):
     path = write(tmp_path / "one.txt", "A single paragraph, so one split is empty.")
     with pytest.raises(ValueError, match="split .* holds no document"):
         local_text_builder(str(path), str(tmp_path / "tfds"))
+
+
+LONG = "This docstring is long enough to be kept in the corpus. " * 4  # 224 characters
+
+
+def test_source_docstrings_reads_module_class_function_and_method_docstrings():
+    source = (
+        f'"""Module.\n\n    {LONG}"""\n'
+        "class A:\n"
+        '    """Class A."""\n'
+        "    def method(self):\n"
+        '        """Method."""\n'
+        "        def inner():\n"
+        '            """Inner."""\n'
+        "async def coroutine():\n"
+        '    """Coroutine."""\n'
+        "x = 1\n"
+        '"""A bare string is not a docstring."""\n'
+    )
+    found = corpus.source_docstrings(source)
+    assert sorted(found) == sorted([f"Module.\n\n{LONG}", "Class A.", "Method.", "Inner.", "Coroutine."])
+    assert corpus.source_docstrings("def broken(:\n") == []
+    assert corpus.source_docstrings(b"# -*- coding: latin-1 -*-\n'''Caf\xe9.'''\n") == ["Caf\u00e9."]
+
+
+@pytest.fixture
+def fake_environment(tmp_path, monkeypatch):
+    """A standard library and a site-packages of a few files, and an empty cache."""
+    stdlib, site = tmp_path / "stdlib", tmp_path / "site"
+    write(stdlib / "alpha.py", f'"""Alpha {LONG}"""\n')
+    write(stdlib / "tests" / "test_alpha.py", f'"""Test folder {LONG}"""\n')
+    write(stdlib / "site-packages" / "inner.py", f'"""Scanned as its own root only {LONG}"""\n')
+    marker = tmp_path / "imported"
+    write(site / "pkg" / "__init__.py", f'"""Package {LONG}"""\nopen({str(marker)!r}, "w").close()\n')
+    write(site / "pkg" / "module.py", f'def f():\n    """Function {LONG}"""\n\ndef g():\n    """Short."""\n')
+    write(site / "pkg" / "copy.py", f'"""Package {LONG}"""\n')  # a duplicate
+    write(site / "pkg" / "test_module.py", f'"""Test file {LONG}"""\n')
+    write(site / "pkg" / "broken.py", "def (:\n")
+    write(site / "pkg" / "generated.py", f'"""Generated {LONG}"""\n' + "x = 1\n" * 400_000)
+    monkeypatch.setattr(corpus, "_source_roots", lambda: [str(stdlib), str(site), str(site)])
+    corpus._installed_documents.cache_clear()
+    yield tmp_path / "cache", marker
+    corpus._installed_documents.cache_clear()
+
+
+def test_installed_corpus_parses_sources_without_importing_them(fake_environment):
+    cache, marker = fake_environment
+    documents = corpus.installed_corpus("train", 0.0, cache_dir=str(cache))
+    topics = {t for t in pydoc_data.topics.topics.values() if len(t) >= 200}
+    ours = set(documents) - topics
+    assert ours == {f"Alpha {LONG}", f"Package {LONG}", f"Function {LONG}"}
+    assert documents == sorted(documents) and len(set(documents)) == len(documents)
+    assert not marker.exists()  # pkg/__init__.py was parsed, never run
+    validation = corpus.installed_corpus("validation", 0.5, cache_dir=str(cache))
+    train = corpus.installed_corpus("train", 0.5, cache_dir=str(cache))
+    assert sorted(train + validation) == documents and not set(train) & set(validation)
+
+
+def test_installed_corpus_is_cached_under_the_environment_and_fingerprinted(fake_environment):
+    cache, _ = fake_environment
+    built = corpus.installed_corpus_info(cache_dir=str(cache))
+    documents = corpus.installed_corpus("train", 0.0, cache_dir=str(cache))
+    assert built["from_cache"] is False and os.path.exists(built["cache_path"])
+    assert built["num_documents"] == len(documents) and built["characters"] == sum(map(len, documents))
+    expected = hashlib.sha256(b"".join(d.encode("utf-8") + b"\0" for d in documents)).hexdigest()
+    assert built["sha256"] == expected
+    corpus._installed_documents.cache_clear()
+    again = corpus.installed_corpus_info(cache_dir=str(cache))
+    assert again["from_cache"] is True and again["sha256"] == expected
+    assert corpus.installed_corpus("train", 0.0, cache_dir=str(cache)) == documents
+
+
+@pytest.mark.slow
+def test_installed_corpus_is_tens_of_millions_of_characters_of_this_environment():
+    # About 40 s the first time in an environment (then cached on disk).
+    info = corpus.installed_corpus_info()
+    assert info["characters"] > 10_000_000 and info["num_documents"] > 10_000
+    train, validation = load_corpus("installed", "train"), load_corpus("installed", "validation")
+    assert train == corpus.installed_corpus("train") and not set(train) & set(validation)
+    assert abs(len(validation) / (len(train) + len(validation)) - 0.05) < 0.01
+    everything = train + validation
+    assert any(d.startswith("Serialize ``obj`` to a JSON formatted ``str``") for d in everything)  # json.dumps
+    assert any("densely-connected NN layer" in d for d in everything)  # keras.layers.Dense
+    words = " ".join(validation).lower().split()
+    assert words.count("the") / len(words) > 0.03
+
+
+def test_installed_corpus_of_an_earlier_environment_stays_readable(fake_environment, monkeypatch):
+    cache, _ = fake_environment
+    before = corpus.installed_corpus_info(cache_dir=str(cache))
+    documents = corpus.installed_corpus("train", 0.0, cache_dir=str(cache))
+    monkeypatch.setattr(corpus, "_environment_key", lambda: "another-environment")  # a package installed
+    corpus._installed_documents.cache_clear()
+    pinned = corpus.installed_corpus("train", 0.0, cache_dir=str(cache), environment_key=before["environment_key"])
+    assert pinned == documents
+    assert corpus.installed_corpus_info(cache_dir=str(cache))["environment_key"] == "another-environment"
+    with pytest.raises(ValueError, match="not cached"):
+        corpus.installed_corpus("train", cache_dir=str(cache), environment_key="0123456789abcdef")

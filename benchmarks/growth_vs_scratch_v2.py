@@ -1,0 +1,611 @@
+"""Does growth pay once the comparison is fair? Growth against scratch, v2.
+
+The protocol (issue 15), the same for every arm:
+
+- one target architecture (a 4-layer T5, hidden 64, 4 heads, feed-forward
+  128, 458,880 parameters with the 1,000-id tokenizer) and one training-FLOPs
+  budget (`keras_fusion.flops`, every model of an arm counted);
+- the `installed` corpus (`keras_fusion.data.installed_corpus`: the
+  docstrings of every installed package, ~20M characters), one tokenizer,
+  one held-out set of `--eval_batches` (64) batches; the run reports how
+  many times the longest arm sees each training token;
+- AdamW with a warm-up-cosine learning rate (linear warm-up over 5% of the
+  arm's steps, cosine decay to 0 at the arm's last step); a growing arm
+  keeps one schedule across its growths (`GrowthCallback` carries
+  `optimizer.iterations`), its partners train on the same schedule;
+- the same learning-rate search for every arm: seed 0 at every rate of
+  `--learning_rates`, then the rate with the lowest loss at the budget on
+  the other seeds (`--learning_rates best` reads that choice from the part
+  files already written). A growth-time variant (`deep_fusion@0.1`) uses
+  its own seed-0 search when there is one, else its mode's (stated in the
+  summary).
+
+Arms (`--arms`, comma-separated):
+
+- `scratch`: the target from random initialisation;
+- `small_alone`: the half-width model (the one Deep Fusion and self fusion
+  start from) trained alone for the whole budget: the control. The regime
+  check asks that scratch's final loss beat it by more than twice the
+  larger seed standard deviation; if not, the budget is too small for the
+  target to be the compute-optimal model and growth cannot show a saving;
+- `deep_fusion`: two half-width models (other seeds and data orders),
+  fused, the fused model trained on; both models' FLOPs counted;
+- `fusion_tree`: the paper's tree in miniature, 4 quarter-width models ->
+  2 half-width -> 1 target, each node trained the same number of steps
+  (the root until the budget);
+- `self_fusion`, `deepen` (identity layers, half depth), `stack` (G_stack
+  copy, half depth);
+- `MODE@F` (e.g. `deep_fusion@0.1`): a growth-time variant, the growth after
+  the fraction F of the budget (plain names grow at `--growth_fraction`,
+  0.25).
+
+FLOPs are counted in lockstep: at each step of the arm's main lineage every
+model of that level is counted (a Deep Fusion partner trains alongside the
+main model), so the point where an arm reaches scratch's final loss is a
+true compute figure before and after growth. Per arm the summary gives the
+eval loss at the budget (mean, sample std over seeds), the FLOPs at which
+the eval loss first reaches scratch's mean final loss as a fraction of the
+budget (linear interpolation between evaluations), whether that point lies
+after the arm's last growth (a saving counts only then), and the wall-clock
+time the arm would take with its partners on separate devices (the main
+lineage's measured time: partners have the same shape and step count).
+
+Runs go in parts: each invocation trains its `--arms` x `--seeds` x rates,
+appending each finished run to `<output>.parts/<part>.json` (a run already
+in any part file is skipped, so a killed part resumes), then merges every
+part file into `<output>.json` (every curve and a `summary`), `<output>.png`
+and `<output>.md`. `--merge_only` merges without training.
+
+Run: `python benchmarks/growth_vs_scratch_v2.py --quick` (300-step budget,
+seeds 0 and 1, one rate, no search, no fusion tree; the goal is under 10
+minutes on 2 CPU cores, measured 41.5 min on this machine while other test
+suites loaded it), or the full run in parts (README, "Growth against
+scratch"; `make bench-vs-scratch`).
+"""
+
+import argparse
+import dataclasses
+import datetime
+import glob
+import json
+import math
+import os
+import statistics
+import sys
+import time
+
+from benchmark_utils import machine_info, script_setup, versions
+
+ROOT = script_setup(__file__)
+
+import growth_vs_scratch  # noqa: E402
+from growth_vs_scratch import Data, flops_to_reach, interpolate, plot  # noqa: E402
+
+MODES = ("scratch", "small_alone", "deep_fusion", "fusion_tree", "self_fusion", "deepen", "stack")
+GROWING = ("deep_fusion", "self_fusion", "deepen", "stack")  # the modes with a growth time
+WARMUP_FRACTION = 0.05
+DEFAULT_OUTPUT = os.path.join(ROOT, "benchmarks", "results", "growth_vs_scratch_v2")
+
+
+def parse_arm(arm, default_fraction):
+    """`"deep_fusion@0.1"` -> `("deep_fusion", 0.1)`; plain names get the default."""
+    mode, at, fraction = arm.partition("@")
+    if mode not in MODES:
+        raise ValueError(f"unknown arm {arm!r}; modes: {', '.join(MODES)} (optionally MODE@FRACTION)")
+    if at and mode not in GROWING:
+        raise ValueError(f"arm {arm!r}: only {', '.join(GROWING)} take a growth fraction")
+    try:
+        fraction = float(fraction) if at else default_fraction
+    except ValueError:
+        raise ValueError(f"arm {arm!r}: {fraction!r} is not a number") from None
+    if mode in GROWING and not 0 < fraction < 1:
+        raise ValueError(f"arm {arm!r}: the growth fraction must be in (0, 1)")
+    return mode, fraction
+
+
+def divide_width(config, parts):
+    """The config of one of `parts` models whose fusion is `config`."""
+    for key in ("hidden_dim", "num_heads", "intermediate_dim"):
+        if config[key] % parts:
+            raise ValueError(f"{key}={config[key]} does not split into {parts} models")
+    return dict(config, hidden_dim=config["hidden_dim"] // parts, num_heads=config["num_heads"] // parts,
+                intermediate_dim=config["intermediate_dim"] // parts)
+
+
+def plan(arm, setup):
+    """How an arm spends the budget.
+
+    Returns a dict: `mode`, `fraction` (the requested growth fraction, or
+    None), `start` (the main lineage's first config), `levels`, a list of
+    `(end_step, flops_per_step)` of the main lineage (every model trained
+    alongside it counted), `growth_steps` and `total` (its last step, a
+    multiple of `setup.eval_every`, at or past the budget).
+    """
+    mode, fraction = parse_arm(arm, setup.growth_fraction)
+    cost, every, budget = setup.step_flops, setup.eval_every, setup.budget
+    target = setup.target
+
+    def steps(flops, rate, rounding=math.ceil):
+        return max(every, rounding(flops / rate / every) * every)
+
+    if mode == "scratch":
+        levels, start = [(setup.steps, cost(target))], target
+    elif mode == "small_alone":
+        start = divide_width(target, 2)
+        levels = [(steps(budget, cost(start)), cost(start))]
+    elif mode == "fusion_tree":
+        start, half = divide_width(target, 4), divide_width(target, 2)
+        rates = [4 * cost(start), 2 * cost(half), cost(target)]
+        node = steps(budget, sum(rates), round)
+        root = steps(budget - node * (rates[0] + rates[1]), rates[2])
+        levels = [(node, rates[0]), (2 * node, rates[1]), (2 * node + root, rates[2])]
+    else:
+        if mode in ("deep_fusion", "self_fusion"):
+            start = divide_width(target, 2)
+        else:
+            start = dict(target, num_layers=target["num_layers"] // 2)
+        rate = cost(start) * (2 if mode == "deep_fusion" else 1)
+        growth = steps(fraction * budget, rate, round)
+        rest = steps(budget - growth * rate, cost(target))
+        levels = [(growth, rate), (growth + rest, cost(target))]
+    return {"mode": mode, "fraction": fraction if mode in GROWING else None, "start": start,
+            "levels": levels, "growth_steps": [end for end, _ in levels[:-1]], "total": levels[-1][0]}
+
+
+def flops_at(levels, step):
+    """The arm's FLOPs after `step` steps of its main lineage."""
+    spent, begin = 0.0, 0
+    for end, rate in levels:
+        spent += rate * max(0, min(step, end) - begin)
+        begin = end
+    return spent
+
+
+class Setup(growth_vs_scratch.Setup):
+    """The settings every arm shares (and every part file must agree on):
+    v1's, without its re-warm-up ablation."""
+
+    def __init__(self, target, steps, eval_every, eval_batches, growth_fraction,
+                 batch_size=16, input_length=64, target_length=16):
+        super().__init__(target=target, steps=steps, eval_every=eval_every, batch_size=batch_size,
+                         input_length=input_length, target_length=target_length,
+                         growth_fraction=growth_fraction, rewarmup_steps=0, eval_batches=eval_batches)
+
+    def as_dict(self):
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k != "rewarmup_steps"}
+        return dict(fields, budget=self.budget)
+
+
+def train_arm(arm, seed, learning_rate, setup, shared):
+    """Train one arm for one seed and rate; returns its record (every curve)."""
+    import keras
+
+    from keras_fusion import training
+    from keras_fusion.callbacks import GrowthCallback
+    from keras_fusion.growth import Deepen, Fuse, SelfFuse
+
+    started = time.perf_counter()
+    keras.backend.clear_session()
+    arm_plan = plan(arm, setup)
+    mode, total, growth_steps = arm_plan["mode"], arm_plan["total"], arm_plan["growth_steps"]
+    warmup = max(1, round(WARMUP_FRACTION * total))
+
+    def model(config, model_seed):
+        optimizer = training.make_optimizer("adamw", learning_rate, "cosine", warmup, total)
+        return training.compile_model(training.build_model(config, model_seed), optimizer)
+
+    partner_seconds = []
+
+    def fit(network, data_seed, steps, callbacks=()):
+        begin = time.perf_counter()
+        network.fit(shared.dataset(data_seed), epochs=1, steps_per_epoch=steps, verbose=0,
+                    callbacks=list(callbacks))
+        return time.perf_counter() - begin
+
+    def partner(config, model_seed, steps, schedule=()):
+        network = model(config, model_seed)
+        callbacks = [GrowthCallback(list(schedule), verbose=0)] if schedule else []
+        partner_seconds.append(fit(network, model_seed, steps, callbacks))
+        return network
+
+    start = arm_plan["start"]
+    schedule = []
+    if mode == "deep_fusion":
+        schedule = [Fuse(at_step=growth_steps[0], partner=partner(start, seed + 1000, growth_steps[0]))]
+    elif mode == "fusion_tree":
+        node = growth_steps[0]
+        leaf3 = partner(start, seed + 3000, node)
+        middle2 = partner(start, seed + 2000, 2 * node, [Fuse(at_step=node, partner=leaf3)])
+        leaf1 = partner(start, seed + 1000, node)
+        schedule = [Fuse(at_step=node, partner=leaf1), Fuse(at_step=2 * node, partner=middle2)]
+    elif mode == "self_fusion":
+        schedule = [SelfFuse(at_step=growth_steps[0])]
+    elif mode in ("deepen", "stack"):
+        schedule = [Deepen(at_step=growth_steps[0], num_new_layers=setup.target["num_layers"] - start["num_layers"],
+                           mode="stack" if mode == "stack" else "identity")]
+    main = model(start, seed)
+    growth = GrowthCallback(schedule, verbose=0) if schedule else None
+    recorder = training.MetricsRecorder(shared.eval_data, *setup.shape, every=setup.eval_every,
+                                        growth_callback=growth)
+    recorder.set_model(main)
+    recorder.record(0, math.nan)
+    main_seconds = fit(main, seed, total, ([growth] if growth else []) + [recorder])
+    rows = []
+    for row in recorder.rows:
+        row = dict(vars(row))
+        row["flops"] = flops_at(arm_plan["levels"], row["step"])  # lockstep: partners counted
+        rows.append(row)
+    return {
+        "arm": arm, "mode": mode, "seed": seed, "learning_rate": learning_rate,
+        "growth_fraction": arm_plan["fraction"], "growth_steps": growth_steps, "steps": total,
+        "warmup_steps": warmup, "levels": arm_plan["levels"],
+        "growth_flops": [flops_at(arm_plan["levels"], s) for s in growth_steps],
+        "growth_events": growth.events if growth else [],
+        "start_parameters": rows[0]["num_parameters"], "final_parameters": rows[-1]["num_parameters"],
+        "rows": rows, "loss_at_budget": interpolate(rows, setup.budget),
+        "parallel_seconds": round(main_seconds, 1),
+        "sequential_seconds": round(main_seconds + sum(partner_seconds), 1),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def run_key(record):
+    return (record["arm"], record["seed"], float(record["learning_rate"]))
+
+
+def read_parts(prefix):
+    """Every part file of `prefix`: a list of `(path, part)`, sorted by path."""
+    parts = []
+    for path in sorted(glob.glob(prefix + ".parts/*.json")):
+        with open(path) as f:
+            parts.append((path, json.load(f)))
+    return parts
+
+
+# The fields every part of one result must share.
+SHARED_FIELDS = ("setup", "corpus", "tokenizer_vocabulary")
+
+
+def check_compatible(parts):
+    """Raise if two part files were run with different settings."""
+    for path, part in parts[1:]:
+        for field in SHARED_FIELDS:
+            if part[field] != parts[0][1][field]:
+                raise ValueError(f"{path}: {field} differs from {parts[0][0]}'s; parts of one "
+                                 f"result must share the setup, corpus and tokenizer")
+
+
+def chosen_rates(records):
+    """Per arm, the rate of its lowest seed-0 loss at the budget; a
+    growth-time variant without a seed-0 search of its own takes its
+    mode's (the plain arm's)."""
+    best = {}
+    for record in records:
+        if record["seed"] == 0:
+            current = best.get(record["arm"])
+            if current is None or record["loss_at_budget"] < current["loss_at_budget"]:
+                best[record["arm"]] = record
+    rates = {arm: r["learning_rate"] for arm, r in best.items()}
+    for record in records:
+        arm, mode = record["arm"], record["arm"].partition("@")[0]
+        if arm not in rates and mode in rates:
+            rates[arm] = rates[mode]
+    return rates
+
+
+def mean_std(values):
+    """Mean and sample standard deviation (0 for one value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarise(records, budget, rates, quick, eval_batches):
+    """The machine-readable summary of the merged runs (see the module doc)."""
+    arms = {}
+    for arm in dict.fromkeys(r["arm"] for r in records):
+        if arm in rates:
+            arms[arm] = sorted((r for r in records if r["arm"] == arm and r["learning_rate"] == rates[arm]),
+                               key=lambda r: r["seed"])
+    scratch = arms.get("scratch")
+    scratch_loss = mean_std([r["loss_at_budget"] for r in scratch])[0] if scratch else None
+    summary = {"quick": quick, "eval_batches": eval_batches, "budget_flops": budget,
+               "learning_rates": rates, "arms": {}}
+    for arm, runs in arms.items():
+        mean, std = mean_std([r["loss_at_budget"] for r in runs])
+        entry = {"seeds": [r["seed"] for r in runs], "learning_rate": rates[arm],
+                 "final_loss_mean": mean, "final_loss_std": std,
+                 "fraction_to_scratch_loss": None, "reached_after_growth": None,
+                 "fraction_after_growth": None, "per_seed": [],
+                 "growth_fraction": [f / budget for f in runs[0]["growth_flops"]],
+                 "parallel_minutes": statistics.fmean(r["parallel_seconds"] for r in runs) / 60,
+                 "sequential_minutes": statistics.fmean(r["sequential_seconds"] for r in runs) / 60,
+                 "parameters": [runs[0]["start_parameters"], runs[0]["final_parameters"]]}
+        if scratch_loss is not None:
+            entry.update(crossings(runs, scratch_loss, budget))
+        summary["arms"][arm] = entry
+    small = summary["arms"].get("small_alone")
+    if scratch and small:
+        margin = 2 * max(summary["arms"]["scratch"]["final_loss_std"], small["final_loss_std"])
+        enough_seeds = min(len(scratch), len(small["seeds"])) >= 2
+        summary["regime_check"] = {
+            "scratch_loss": scratch_loss, "small_loss": small["final_loss_mean"], "margin": margin,
+            "passed": enough_seeds and scratch_loss < small["final_loss_mean"] - margin,
+            "rule": "scratch's mean final loss below small_alone's by more than twice the larger seed std "
+                    "(sample std), with at least 2 seeds of each",
+        }
+    else:
+        summary["regime_check"] = {"scratch_loss": scratch_loss, "small_loss": None, "passed": False,
+                                   "rule": "needs the scratch and small_alone arms"}
+    return summary
+
+
+def crossings(runs, scratch_loss, budget):
+    """Where each seed first reaches `scratch_loss`, and whether after its last growth."""
+    per_seed, fractions, after, after_growth = [], [], [], []
+    for r in runs:
+        grown_at = r["growth_flops"][-1] if r["growth_flops"] else None
+        first = flops_to_reach(r["rows"], scratch_loss, budget)
+        if grown_at is not None:
+            later = flops_to_reach([row for row in r["rows"] if row["flops"] >= grown_at], scratch_loss, budget)
+        else:
+            later = first
+        per_seed.append({"seed": r["seed"], "loss_at_budget": r["loss_at_budget"],
+                         "fraction": None if first is None else first / budget,
+                         "after_growth": None if grown_at is None or first is None else first > grown_at,
+                         "fraction_after_growth": None if later is None else later / budget})
+        fractions.append(first)
+        after.append(later)
+        after_growth.append(None if grown_at is None or first is None else first > grown_at)
+    complete = all(f is not None for f in fractions)
+    return {
+        "per_seed": per_seed,
+        "fraction_to_scratch_loss": statistics.fmean(f / budget for f in fractions) if complete else None,
+        "reached_after_growth": (all(after_growth) if complete and runs[0]["growth_flops"] else None),
+        "fraction_after_growth": (statistics.fmean(f / budget for f in after)
+                                  if runs[0]["growth_flops"] and all(f is not None for f in after) else None),
+    }
+
+
+def table(summary):
+    """The markdown table of a summary."""
+    scratch = summary["regime_check"]["scratch_loss"]
+    target = "-" if scratch is None else f"{scratch:.4f}"
+    lines = [
+        f"| arm | LR | seeds | eval loss at budget, mean ± std | FLOPs to scratch's {target}, fraction of budget "
+        "(mean; per seed) | reached after growth | growth at (fraction) | minutes, partners in parallel "
+        "(sequential) | parameters |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def fraction(value):
+        return "not reached" if value is None else f"{value:.2f}"
+
+    for arm, s in summary["arms"].items():
+        per_seed = ", ".join(fraction(p["fraction"]) for p in s["per_seed"])
+        mean = "-" if s["fraction_to_scratch_loss"] is None else f"**{s['fraction_to_scratch_loss']:.2f}**"
+        after = {None: "-", True: "yes", False: "**no**"}[s["reached_after_growth"]]
+        if s["reached_after_growth"] is False and s["fraction_after_growth"] is not None:
+            after += f" (after growth: {s['fraction_after_growth']:.2f})"
+        grown = ", ".join(f"{g:.2f}" for g in s["growth_fraction"]) or "-"
+        lines.append(f"| {arm} | {s['learning_rate']:g} | {len(s['seeds'])} | {s['final_loss_mean']:.4f} ± "
+                     f"{s['final_loss_std']:.4f} | {mean} ({per_seed}) | {after} | {grown} | "
+                     f"{s['parallel_minutes']:.1f} ({s['sequential_minutes']:.1f}) | "
+                     f"{s['parameters'][0]:,} -> {s['parameters'][1]:,} |")
+    return "\n".join(lines)
+
+
+def verdict(summary):
+    """The goal of issue 15, judged on the summary: a list of sentences."""
+    regime = summary["regime_check"]
+    lines = [f"Regime check ({regime['rule']}): scratch {fmt(regime['scratch_loss'])}, small alone "
+             f"{fmt(regime['small_loss'])}: {'PASSED' if regime['passed'] else 'NOT passed'}."]
+    growing = {a: s for a, s in summary["arms"].items() if s["growth_fraction"]}
+    counted = {a: s for a, s in growing.items() if s["reached_after_growth"]}
+    if counted:
+        arm, best = min(counted.items(), key=lambda kv: kv[1]["fraction_to_scratch_loss"])
+        lines.append(f"Best growth arm reaching scratch's loss after its growth: {arm} at "
+                     f"{best['fraction_to_scratch_loss']:.2f} of the budget (goal <= 0.5"
+                     f"{'' if regime['passed'] else ', but the regime check did not pass'}: "
+                     f"{'met' if best['fraction_to_scratch_loss'] <= 0.5 and regime['passed'] else 'NOT met'}).")
+    else:
+        lines.append("No growth arm reached scratch's loss after its growth on every seed (goal NOT met).")
+    for arm in ("deep_fusion", "fusion_tree"):
+        s = growing.get(arm)
+        if s:
+            value = s["fraction_to_scratch_loss"] if s["reached_after_growth"] else None
+            lines.append(f"{arm}: {fmt(value, 'no saving attributable to growth')} (goal <= 0.7: "
+                         f"{'met' if value is not None and value <= 0.7 and regime['passed'] else 'NOT met'}).")
+    return lines
+
+
+def fmt(value, missing="-"):
+    return missing if value is None else f"{value:.4f}" if value > 1 else f"{value:.2f}"
+
+
+def merge(prefix, quick):
+    """Merge every part file of `prefix` into `<prefix>.json`, `.png`, `.md`; returns the result."""
+    from keras_fusion import training
+
+    parts = read_parts(prefix)
+    if not parts:
+        raise ValueError(f"no part files under {prefix}.parts/")
+    check_compatible(parts)
+    first = parts[0][1]
+    records = list({run_key(r): r for _, part in parts for r in part["runs"]}.values())
+    budget = first["setup"]["budget"]
+    rates = chosen_rates(records)
+    summary = summarise(records, budget, rates, quick, first["setup"]["eval_batches"])
+    summary["regime_check"]["passed"] = bool(summary["regime_check"]["passed"])
+    longest = max(r["steps"] for r in records)
+    passes = longest * first["setup"]["batch_size"] * first["chunk_length"] / first["corpus"]["train_tokens"]
+    summary["token_passes_longest_arm"] = passes
+    setup = first["setup"]
+    notes = [
+        f"Parts: {', '.join(os.path.basename(p) for p, _ in parts)}; commands: "
+        + "; ".join(f"`{part['command']}` ({part['minutes']:.1f} min, {part['machine']['cpu_model']}, "
+                    f"{part['machine']['cpu_count']} CPUs)" for _, part in parts),
+        f"Budget {budget:.3e} training FLOPs = {setup['steps']} steps of the target "
+        f"({first['target_parameters']:,} parameters) at batch {setup['batch_size']} x "
+        f"({setup['input_length']}+{setup['target_length']}) tokens; corpus `{first['corpus']['spec']}`, "
+        f"{first['corpus']['characters']:,} characters, sha256 {first['corpus']['sha256'][:16]}, "
+        f"{first['corpus']['train_tokens']:,} training tokens; the longest arm ({longest} steps) sees each "
+        f"token {passes:.2f} times; held-out set {setup['eval_batches']} batches; AdamW, warm-up "
+        f"({WARMUP_FRACTION:.0%}) then cosine to 0 over each arm's run; learning rate chosen on seed 0 "
+        f"among {sorted({r['learning_rate'] for r in records})}: {rates}.",
+    ]
+    markdown = "\n\n".join(notes + [table(summary), " ".join(verdict(summary))])
+    result = {"benchmark": "growth_vs_scratch_v2", "summary": summary, "setup": setup,
+              "corpus": first["corpus"], "parts": [{k: v for k, v in part.items() if k != "runs"}
+                                                   for _, part in parts],
+              "merged": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "runs": records}
+    training.write_json_atomic(prefix + ".json", result)
+    groups = {}
+    for record in records:
+        if rates.get(record["arm"]) == record["learning_rate"]:
+            groups.setdefault(record["arm"], []).append(record)
+    if summary["regime_check"]["scratch_loss"] is not None:
+        plot(groups, budget, summary["regime_check"]["scratch_loss"], prefix + ".png",
+             f"{setup['target']['num_layers']}-layer T5, d={setup['target']['hidden_dim']}: eval loss "
+             f"against FLOPs (dotted: growth)", marks=((0.5, "0.5 x budget"), (0.7, "0.7 x budget")))
+    with open(prefix + ".md", "w") as f:
+        f.write(markdown + "\n")
+    return result, markdown
+
+
+def part_name(arms, seeds, rates):
+    label = lambda values: "+".join(str(v) for v in values)  # noqa: E731
+    return f"{label(arms)}_s{label(seeds)}_lr{label(rates)}".replace("@", "at").replace("/", "-")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="300-step budget, seeds 0,1, rate 3e-3, no fusion tree, output <output>_quick")
+    parser.add_argument("--arms", default=None,
+                        help="comma-separated arms (MODE or MODE@FRACTION); default every mode (quick: all but "
+                             "fusion_tree, whose seven models cost ~2 min of building and tracing a seed)")
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2; quick 0,1)")
+    parser.add_argument("--learning_rates", default=None,
+                        help="comma-separated rates, or 'best' (each arm's seed-0 choice in the part files); "
+                             "default 3e-3,1e-3,1e-2 for seed 0 (the likeliest first, for a part cut short) "
+                             "and best otherwise; quick 3e-3")
+    parser.add_argument("--steps", type=int, default=None, help="scratch steps: the budget (default 7000, quick 300)")
+    parser.add_argument("--eval_every", type=int, default=None, help="default steps // 40 (quick steps // 20)")
+    parser.add_argument("--eval_batches", type=int, default=64)
+    parser.add_argument("--growth_fraction", type=float, default=0.25)
+    parser.add_argument("--corpus", default="installed", help="'installed' (the benchmark's) or 'embedded' (tests)")
+    parser.add_argument("--vocabulary_size", type=int, default=1000)
+    parser.add_argument("--hidden_dim", type=int, default=64, help="the target's width (tests shrink it)")
+    parser.add_argument("--num_layers", type=int, default=4, help="the target's depth")
+    parser.add_argument("--output", default=None, help=f"result prefix (default {DEFAULT_OUTPUT}[_quick])")
+    parser.add_argument("--workdir", default=os.path.join(ROOT, "runs", "growth_vs_scratch_v2"))
+    parser.add_argument("--merge_only", action="store_true", help="merge the part files, train nothing")
+    args = parser.parse_args(argv)
+
+    prefix = args.output or DEFAULT_OUTPUT + ("_quick" if args.quick else "")
+    if args.merge_only:
+        _, markdown = merge(prefix, args.quick)
+        print(markdown)
+        print(f"Wrote {prefix}.json, .png, .md")
+        return
+    arms = [a for a in (args.arms or ",".join(m for m in MODES if not (args.quick and m == "fusion_tree"))).split(",")
+            if a]
+    seeds = [int(s) for s in (args.seeds or ("0,1" if args.quick else "0,1,2")).split(",")]
+    for arm in arms:
+        try:
+            parse_arm(arm, args.growth_fraction)
+        except ValueError as error:
+            parser.error(f"--arms: {error}")
+    if not 0 < args.growth_fraction < 1:
+        parser.error("--growth_fraction must be in (0, 1)")
+    if args.eval_batches < 1 or (args.steps is not None and args.steps < 1):
+        parser.error("--steps and --eval_batches must be >= 1")
+    steps = args.steps or (300 if args.quick else 7000)
+    every = args.eval_every or max(steps // (20 if args.quick else 40), 1)
+    rates_flag = args.learning_rates or ("3e-3" if args.quick else None)
+
+    from keras_fusion import data, training
+    from keras_fusion.data.span_corruption import random_spans_helper
+
+    setup = Setup(target={}, steps=steps, eval_every=every, eval_batches=args.eval_batches,
+                  growth_fraction=args.growth_fraction)
+    os.makedirs(args.workdir, exist_ok=True)
+    corpus_started = time.perf_counter()
+    earlier_parts = read_parts(prefix)
+    # Keep the corpus of the parts already run, should a package have been
+    # installed since (the installed corpus follows the environment).
+    key = next((part["corpus"].get("environment_key") for _, part in earlier_parts
+                if part["corpus"]["spec"] == args.corpus), None)
+    spec = args.corpus
+    if args.corpus == "installed":
+        spec = lambda split: data.installed_corpus(split, environment_key=key)  # noqa: E731
+    shared = Data(args.vocabulary_size, args.workdir, setup, corpus=spec)
+    corpus = {"spec": args.corpus, "documents": len(shared.train_texts) + len(shared.valid_texts),
+              "characters": sum(map(len, shared.train_texts)) + sum(map(len, shared.valid_texts)),
+              "sha256": data.corpus_fingerprint(shared.train_texts + shared.valid_texts),  # train, then validation
+              "train_tokens": shared.train_tokens(), "seconds": round(time.perf_counter() - corpus_started, 1)}
+    if args.corpus == "installed":
+        info = data.installed_corpus_info(environment_key=key)
+        corpus.update(environment_key=info["environment_key"], build_seconds=info["build_seconds"],
+                      installed_sha256=info["sha256"])
+    setup.target = training.target_config("tiny", shared.vocabulary_size, num_layers=args.num_layers,
+                                          hidden_dim=args.hidden_dim, intermediate_dim=2 * args.hidden_dim)
+    shared.eval_data = shared.dataset(0, training=False)
+    machine = machine_info()
+    from keras_fusion.growth import parameter_count
+
+    print(f"Machine: {machine['cpu_model']}, {machine['cpu_count']} CPUs; {versions()}")
+    print(f"Target {setup.target} ({parameter_count(setup.target):,} parameters); batch {setup.batch_size} x "
+          f"({setup.input_length}, {setup.target_length}); budget {setup.budget:.3e} FLOPs = {steps} steps; "
+          f"eval every {every} steps on {args.eval_batches} batches")
+    print(f"Corpus {corpus}", flush=True)
+
+    existing = {run_key(r): r for _, part in earlier_parts for r in part["runs"]}
+    if rates_flag == "best" or rates_flag is None:
+        chosen = chosen_rates(list(existing.values()))
+    jobs = []
+    for arm in arms:
+        for seed in seeds:
+            if rates_flag not in (None, "best"):
+                rates = [float(r) for r in rates_flag.split(",")]
+            elif rates_flag is None and seed == 0:
+                rates = [3e-3, 1e-3, 1e-2]
+            elif arm in chosen or arm.partition("@")[0] in chosen:
+                rates = [chosen.get(arm, chosen.get(arm.partition("@")[0]))]
+            else:
+                parser.error(f"no seed-0 search for {arm} in {prefix}.parts/: run --seeds=0 first")
+            jobs += [(arm, seed, rate) for rate in rates]
+    name = part_name(arms, seeds, sorted({rate for _, _, rate in jobs}))
+    path = os.path.join(prefix + ".parts", name + ".json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    command = "python benchmarks/growth_vs_scratch_v2.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    part = {"command": command.strip(), "setup": setup.as_dict(), "corpus": corpus,
+            "tokenizer_vocabulary": shared.vocabulary_size, "chunk_length": random_spans_helper(
+                setup.input_length, 0.15, 3.0, setup.target_length)[0],
+            "target_parameters": parameter_count(setup.target), "machine": machine, "versions": versions(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "minutes": 0.0, "runs": []}
+    earlier = 0.0
+    if os.path.exists(path):
+        with open(path) as f:
+            previous = json.load(f)
+        part["runs"], earlier = previous["runs"], previous["minutes"]
+    started = time.perf_counter()
+    for arm, seed, rate in jobs:
+        if (arm, seed, rate) in existing:
+            print(f"  {arm} seed {seed} lr {rate:g}: already in a part file, skipped")
+            continue
+        record = train_arm(arm, seed, rate, setup, shared)
+        part["runs"].append(record)
+        part["minutes"] = earlier + (time.perf_counter() - started) / 60
+        training.write_json_atomic(path, part)
+        print(f"  {arm:<18} seed {seed} lr {rate:g}: loss at budget {record['loss_at_budget']:.4f} "
+              f"({record['steps']} steps, growth at {record['growth_steps']}, {record['seconds']:.0f} s; "
+              f"{part['minutes']:.1f} min so far)", flush=True)
+    _, markdown = merge(prefix, args.quick)
+    print(markdown)
+    print(f"Wrote {path}; merged into {prefix}.json, .png, .md")
+
+
+if __name__ == "__main__":
+    main()
