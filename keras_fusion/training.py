@@ -25,9 +25,10 @@ import time
 import keras
 import numpy as np
 
-from keras_fusion import checkpointing, flops, storage
+from keras_fusion import checkpointing, flops, growth_maps, storage
+from keras_fusion.growth import DEFAULT_GROWTH_FRACTION
 from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM, GrowingT5Seq2SeqLM
-from keras_fusion.models.fusion_t5_backbone import backbone_config
+from keras_fusion.models.fusion_t5_backbone import backbone_config, backbone_variables
 
 PRESETS = {
     # T5 shapes; vocabulary_size comes from the tokenizer.
@@ -370,6 +371,7 @@ class RunConfig:
     jit_compile: str = "auto"
     steps_per_execution: int = 1
     mixed_precision: str = "float32"
+    init_from: str = None
 
     @classmethod
     def from_flags(cls, flag_values):
@@ -384,7 +386,9 @@ class RunConfig:
                      "checkpoint_every", "steps_per_execution"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        step = self.growth_step or max(self.steps // 3, 1)
+        # The default growth time: `growth.DEFAULT_GROWTH_FRACTION` of the
+        # run (benchmarks/growth_vs_scratch_v2.py; README "Growth against scratch").
+        step = self.growth_step or max(round(DEFAULT_GROWTH_FRACTION * self.steps), 1)
         if self.recipe != "scratch" and not 1 <= step < self.steps:
             raise ValueError(f"growth_step must be in [1, steps={self.steps}), got {step}.")
         if self.jit_compile not in JIT_COMPILE:
@@ -663,17 +667,27 @@ def _run(config, watch, extra_callbacks):
     with timed(f"Loading corpus {config.data!r}"):
         train_texts = data.load_corpus(config.data, "train", config.data_dir)
         valid_texts = data.load_corpus(config.data, "validation", config.data_dir)
-    if config.tokenizer:
-        tokenizer_path = config.tokenizer
+    initial = None
+    if config.init_from:
+        with timed(f"Loading the starting model from {config.init_from}"):
+            initial, tokenizer_path = init_from(config.init_from, config.tokenizer, model_dir)
+        start = backbone_config(initial.backbone)
+        target = grown_config(config.recipe, start)
     else:
-        with timed("Tokenizer (SentencePiece, cached by content)"):
-            tokenizer_path = data.train_tokenizer(train_texts, config.vocabulary_size,
-                                                  storage.join(model_dir, "tokenizer"))
+        if config.tokenizer:
+            tokenizer_path = config.tokenizer
+        else:
+            with timed("Tokenizer (SentencePiece, cached by content)"):
+                tokenizer_path = data.train_tokenizer(train_texts, config.vocabulary_size,
+                                                      storage.join(model_dir, "tokenizer"))
+        target = target_config(config.preset, data.vocabulary_size(tokenizer_path), num_layers=config.num_layers,
+                               num_heads=config.num_heads, hidden_dim=config.hidden_dim,
+                               intermediate_dim=config.intermediate_dim, key_value_dim=config.key_value_dim)
+        start = start_config(config.recipe, target)
     vocabulary_size = data.vocabulary_size(tokenizer_path)
-    target = target_config(config.preset, vocabulary_size, num_layers=config.num_layers,
-                           num_heads=config.num_heads, hidden_dim=config.hidden_dim,
-                           intermediate_dim=config.intermediate_dim, key_value_dim=config.key_value_dim)
-    start = start_config(config.recipe, target)
+    if vocabulary_size != start["vocabulary_size"]:
+        raise ValueError(f"the tokenizer {tokenizer_path} has {vocabulary_size} pieces but the model's "
+                         f"vocabulary_size is {start['vocabulary_size']}.")
     strategy = make_strategy(config.strategy, config.tpu)
     shape = (config.batch_size, config.input_length, config.target_length)
     watch.stop_if_requested("before training")
@@ -688,9 +702,16 @@ def _run(config, watch, extra_callbacks):
     # deletes the SentencePiece resource of an eager tensorflow-text
     # tokenizer (tensorflow/text#570); seed everything before data exists.
     # A resumed run builds them too, so that its random state is the same.
+    def built(seed):
+        if initial is None:
+            return build_model(start, seed)
+        keras.utils.set_random_seed(seed)  # the data order and any noise
+        return GrowingT5Seq2SeqLM(FusionT5Seq2SeqLM.from_parameters(
+            start, growth_maps.read(backbone_variables(initial.backbone)), preprocessor=initial.preprocessor))
+
     with strategy.scope():
-        model = compiled(build_model(start, config.seed))
-        partner = compiled(build_model(start, config.seed + 1)) if config.recipe == "deep_fusion" else None
+        model = compiled(built(config.seed))
+        partner = compiled(built(config.seed + 1)) if config.recipe == "deep_fusion" else None
         restored, entry = checkpointing.latest_checkpoint(checkpoints)
     tokenizer = data.load_tokenizer(tokenizer_path)
     state = entry["state"] if entry else {"stage": "partner" if partner else "main"}
@@ -785,6 +806,34 @@ def _run(config, watch, extra_callbacks):
         f"Final eval loss {last.eval_loss:.4f} (accuracy {last.eval_accuracy:.3f}) after "
         f"{last.flops:.3e} training FLOPs ({config.recipe}, {model.backbone.count_params():,} parameters)"
     )
+
+
+def grown_config(recipe, start):
+    """The config a recipe grows `start` to (the inverse of `start_config`)."""
+    if recipe in ("deep_fusion", "self_fusion"):
+        return dict(start, hidden_dim=2 * start["hidden_dim"], num_heads=2 * start["num_heads"],
+                    intermediate_dim=2 * start["intermediate_dim"])
+    if recipe == "deepen":
+        return dict(start, num_layers=2 * start["num_layers"])
+    return dict(start)
+
+
+def init_from(path, tokenizer=None, model_dir=None):
+    """The starting LM of `--init_from` and the path of its SentencePiece model.
+
+    `path` is a Hugging Face T5 folder, a keras-hub preset directory or a
+    `.keras` file (`keras_fusion.utils.preset_loader.load_lm`). The tokenizer
+    is the checkpoint's own (written to `model_dir/tokenizer/`), or
+    `tokenizer` when the checkpoint has none.
+    """
+    from keras_fusion.utils.preset_loader import load_lm
+
+    lm, proto = load_lm(path)
+    if proto is None:
+        if not tokenizer:
+            raise ValueError(f"--init_from={path} holds no tokenizer: give its SentencePiece model as --tokenizer.")
+        return lm, tokenizer
+    return lm, storage.write_bytes(storage.join(model_dir, "tokenizer", "init_from.model"), proto)
 
 
 def load_model_file(path, flag="--model"):

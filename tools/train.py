@@ -61,6 +61,10 @@ flags.DEFINE_integer("seed", 0, "Random seed (a deep_fusion partner uses seed + 
 flags.DEFINE_string("data", "embedded", "'embedded', a text file glob, or 'tfds:NAME' (e.g. tfds:c4/en).")
 flags.DEFINE_string("data_dir", None, "TFDS data directory (for tfds: data).")
 flags.DEFINE_string("tokenizer", None, "An existing SentencePiece .model (default: train one, cached).")
+flags.DEFINE_string("init_from", None,
+                    "Start from a trained T5: a Hugging Face T5 folder, a keras-hub preset or a .keras file. "
+                    "Its architecture is the starting model (the recipe grows it; --preset and dimensions are "
+                    "then unused) and its tokenizer is the run's.")
 flags.DEFINE_string("model_dir", "runs/latest", "Where models, logs, metrics and plots go.")
 flags.DEFINE_string("export_dir", None, "SavedModel directory (default: MODEL_DIR/export).")
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker", "tpu"], "tf.distribute strategy.")

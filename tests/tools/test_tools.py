@@ -226,7 +226,8 @@ def test_every_tool_runs_with_every_path_on_a_remote_filesystem(tmp_path):
 
 def test_steps_need_no_relation_to_eval_every():
     config = training.RunConfig(steps=40, eval_every=100).check()
-    assert (config.steps, config.growth_step) == (40, 13)
+    # The default growth time: DEFAULT_GROWTH_FRACTION (0.25) of the steps.
+    assert (config.steps, config.growth_step) == (40, 10)
     with pytest.raises(ValueError, match=r"steps \(40\) must be a multiple of steps_per_execution \(16\)"):
         training.RunConfig(steps=40, steps_per_execution=16).check()
     with pytest.raises(ValueError, match=r"growth_step \(the partner's steps\) \(6\) must be a multiple"):
@@ -277,3 +278,32 @@ def test_fuse_and_export_scripts_take_hugging_face_folders(tmp_path):
     assert process.returncode == 0, process.stderr[-2000:]
     loaded = keras_hub.models.Seq2SeqLM.from_preset(str(tmp_path / "preset"))
     assert relative_error(np.asarray(loaded(inputs, training=False)), hf_logits(b, inputs)) <= TOLERANCE
+
+
+@pytest.mark.slow
+def test_init_from_starts_the_recipe_from_a_trained_checkpoint(tmp_path, tokenizer_path):
+    """--init_from: the run's starting model is the checkpoint itself (same
+    logits when fit begins), and the recipe grows it (self fusion: 2x wide)."""
+    from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM
+    from t5_test_utils import random_backbone, random_inputs
+
+    start = FusionT5Seq2SeqLM(random_backbone(cls=FusionT5Backbone, vocabulary_size=500, hidden_dim=16,
+                                              num_heads=2, intermediate_dim=32, key_value_dim=8))
+    path = str(tmp_path / "start.keras")
+    start.save(path)
+    inputs = {k: np.minimum(v, 499) for k, v in random_inputs(seed=3).items()}
+
+    class AtBegin(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.logits = np.array(self.model.lm(inputs))
+
+    at_begin = AtBegin()
+    config = training.RunConfig(recipe="self_fusion", init_from=path, tokenizer=tokenizer_path, steps=8,
+                                growth_step=4, eval_every=4, eval_batches=1, batch_size=8, input_length=32,
+                                target_length=8, model_dir=str(tmp_path / "run"))
+    training.run(config, callbacks=lambda stage: [at_begin])
+    assert relative_error(at_begin.logits, start(inputs)) <= TOLERANCE
+    final = keras.saving.load_model(str(tmp_path / "run" / "final.keras"), compile=False)
+    assert (final.backbone.hidden_dim, final.backbone.num_layers) == (32, 2)
+    with pytest.raises(ValueError, match="holds no tokenizer: give its SentencePiece model as --tokenizer"):
+        training.init_from(path)
