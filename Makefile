@@ -22,7 +22,7 @@ install: $(STAMP)
 # The main job: Deep Fusion on the embedded corpus (Python's own docs), tiny
 # preset: two half-width T5s trained, fused inside fit, trained on, exported.
 demo: install
-	$(BIN)/python -m tools.train --recipe=deep_fusion --preset=tiny --steps=1200 \
+	$(BIN)/python -m tools.train --recipe=deep_fusion --preset=tiny --steps=1200 --growth_step=400 \
 		--eval_every=100 --model_dir=runs/demo
 
 # The whole test suite, slow tests included (what CI runs), in

@@ -479,10 +479,19 @@ def _docstrings(module):
                 objects.extend(
                     member
                     for member in vars(value).values()
-                    if inspect.isroutine(member)
-                    or isinstance(member, (property, staticmethod, classmethod))
+                    if (inspect.isroutine(member)
+                        or isinstance(member, (property, staticmethod, classmethod)))
+                    and _defined_in(member, module.__name__)
                 )
     return {doc for doc in map(inspect.getdoc, objects) if doc}
+
+
+def _defined_in(member, module_name):
+    """False for a method another package attached to a standard-library class
+    (transformers adds `logging.Logger.warning_once`): the corpus must not
+    depend on what else the process imported."""
+    function = getattr(member, "__func__", None) or getattr(member, "fget", None) or member
+    return getattr(function, "__module__", module_name) in (module_name, None)
 
 
 def _tfds_documents(name, split, data_dir, max_documents):

@@ -1,6 +1,7 @@
 """Corpora: the embedded text, local files, TFDS (offline only), and their errors."""
 
 import hashlib
+import inspect
 import os
 import subprocess
 import sys
@@ -311,3 +312,21 @@ def test_installed_corpus_of_an_earlier_environment_stays_readable(fake_environm
     assert corpus.installed_corpus_info(cache_dir=str(cache))["environment_key"] == "another-environment"
     with pytest.raises(ValueError, match="not cached"):
         corpus.installed_corpus("train", cache_dir=str(cache), environment_key="0123456789abcdef")
+
+
+def test_methods_other_packages_attach_to_stdlib_classes_are_not_embedded(monkeypatch):
+    """transformers adds `logging.Logger.warning_once` when imported; the
+    embedded corpus must not change with what else the process imported."""
+    import logging
+
+    from keras_fusion.data import corpus
+
+    def patched(self):
+        pass
+
+    patched.__doc__ = "Attached by another package. " * 10
+    patched.__module__ = "some_installed_package.logging"
+    monkeypatch.setattr(logging.Logger, "kf_attached_method", patched, raising=False)
+    docs = corpus._docstrings(logging)
+    assert patched.__doc__.strip() not in docs
+    assert inspect.getdoc(logging.Logger.warning) in docs  # the class's own methods stay
