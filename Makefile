@@ -32,10 +32,10 @@ demo: install
 TEST_WORKERS ?= 2
 
 test: install
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) tests
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal tests
 
 test-fast: install
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) tests -m "not slow"
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal tests -m "not slow"
 
 bench: install
 	$(BIN)/python benchmarks/growth_cost.py
