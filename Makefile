@@ -39,6 +39,7 @@ test-fast: install
 
 bench: install
 	$(BIN)/python benchmarks/growth_cost.py
+	$(BIN)/python benchmarks/checkpoint_cost.py
 	$(BIN)/python benchmarks/growth_overhead.py
 	$(BIN)/python benchmarks/growth_overhead.py --tf-threads 1 \
 		--output benchmarks/results/growth_overhead_1thread.json
