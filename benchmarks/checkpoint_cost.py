@@ -53,12 +53,12 @@ def measure_size(size, repeats, warmup):
     import numpy as np
     import tensorflow as tf
 
-    from keras_fusion import storage, training
+    from keras_fusion import recipes, storage
     from keras_fusion.checkpointing import GrowthCheckpoint
 
     config = dict(SIZES[size], dropout=0.0, activation="gelu", use_gated_activation=True,
                   tie_embedding_weights=True)
-    model = training.compile_model(training.build_model(config, 0), keras.optimizers.AdamW(1e-3))
+    model = recipes.compile_model(recipes.build_model(config, 0), keras.optimizers.AdamW(1e-3))
     rng = np.random.default_rng(0)
     vocab = config["vocabulary_size"]
     x = {"encoder_token_ids": rng.integers(3, vocab, (BATCH, ENCODER)).astype("int32"),
@@ -102,7 +102,7 @@ import os, sys, time
 START = time.time()
 sys.path.insert(0, {root!r}); sys.path.insert(0, os.path.join({root!r}, "tests", "tools"))
 import keras
-from keras_fusion import training
+from keras_fusion import data, recipes, storage, training
 from train_worker import CONFIG
 
 class FirstStep(keras.callbacks.Callback):

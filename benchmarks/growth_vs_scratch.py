@@ -130,9 +130,9 @@ class Data:
 
 def growth_plan(arm, setup):
     """(start config, steps before growth, total steps) of an arm."""
-    from keras_fusion import training
+    from keras_fusion import recipes
 
-    start = training.start_config(RECIPE[arm], setup.target)
+    start = recipes.start_config(RECIPE[arm], setup.target)
     if arm == "scratch":
         return start, 0, setup.steps
     small = setup.step_flops(start) * (2 if arm == "deep_fusion" else 1)
@@ -147,7 +147,7 @@ def train_arm(arm, seed, learning_rate, setup, shared, callback_options=None, en
     """Train one arm for one seed and rate; returns its record."""
     import keras
 
-    from keras_fusion import training
+    from keras_fusion import metrics, optimizers, recipes
     from keras_fusion.callbacks import GrowthCallback
     from keras_fusion.growth import Deepen, Fuse, SelfFuse
 
@@ -160,7 +160,7 @@ def train_arm(arm, seed, learning_rate, setup, shared, callback_options=None, en
     flops_offset, partner_rows = 0.0, []
 
     def optimizer():
-        return training.make_optimizer("adamw", learning_rate)
+        return optimizers.make_optimizer("adamw", learning_rate)
 
     def fit(model, steps, seed, callbacks):
         epochs = math.ceil(steps / every)
@@ -171,9 +171,9 @@ def train_arm(arm, seed, learning_rate, setup, shared, callback_options=None, en
     if arm == "deep_fusion":
         # The partner trains first, on another seed and data order, for the
         # growth step's length; its FLOPs count towards the arm's.
-        partner = training.compile_model(training.build_model(start, seed + 1000), optimizer())
+        partner = recipes.compile_model(recipes.build_model(start, seed + 1000), optimizer())
         eval_data = shared.dataset(0, training=False)
-        recorder = training.MetricsRecorder(eval_data, *setup.shape, every=growth_step)
+        recorder = metrics.MetricsRecorder(eval_data, *setup.shape, every=growth_step)
         partner.fit(shared.dataset(seed + 1000), epochs=1, steps_per_epoch=growth_step, verbose=0,
                     callbacks=[recorder])
         flops_offset, partner_rows = recorder.flops, [dataclasses.asdict(r) for r in recorder.rows]
@@ -184,14 +184,14 @@ def train_arm(arm, seed, learning_rate, setup, shared, callback_options=None, en
         new_layers = setup.target["num_layers"] - start["num_layers"]
         schedule = [Deepen(at_step=growth_step, num_new_layers=new_layers,
                            mode="stack" if arm == "stack" else "identity")]
-    model = training.compile_model(training.build_model(start, seed), optimizer())
+    model = recipes.compile_model(recipes.build_model(start, seed), optimizer())
     if eval_data is None:
         eval_data = shared.dataset(0, training=False)
     growth = None
     if schedule:
         rewarmup = setup.rewarmup_steps if callback_options.pop("rewarmup", False) else 0
         growth = GrowthCallback(schedule, verbose=0, rewarmup_steps=rewarmup, **callback_options)
-    recorder = training.MetricsRecorder(eval_data, *setup.shape, every=every, flops_offset=flops_offset,
+    recorder = metrics.MetricsRecorder(eval_data, *setup.shape, every=every, flops_offset=flops_offset,
                                         growth_callback=growth)
     recorder.set_model(model)
     recorder.record(0, math.nan)  # the starting point
@@ -318,14 +318,14 @@ def main():
     if args.seeds < 1 or not 0 < args.growth_fraction < 1:
         parser.error("--seeds must be >= 1 and --growth_fraction in (0, 1)")
 
-    from keras_fusion import training
+    from keras_fusion import recipes, storage
 
     setup = Setup(target={}, steps=steps, eval_every=max(steps // 20, 1), batch_size=16, input_length=64,
                   target_length=16, growth_fraction=args.growth_fraction,
                   rewarmup_steps=args.rewarmup_steps or max(steps // 20, 1), eval_batches=8)
     os.makedirs(args.workdir, exist_ok=True)
     shared = Data(1000, args.workdir, setup)
-    setup.target = training.target_config("tiny", shared.vocabulary_size, num_layers=4)
+    setup.target = recipes.target_config("tiny", shared.vocabulary_size, num_layers=4)
     budget = setup.budget
     machine = machine_info()
     print(f"Machine: {machine['cpu_model']}, {machine['cpu_count']} CPUs; {versions()}")
@@ -389,7 +389,7 @@ def main():
         "minutes": elapsed / 60, "runs": runs,
     }
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    training.write_json_atomic(args.output + ".json", result)
+    storage.write_json(args.output + ".json", result)
     groups = {arm: final(arm, chosen[arm]) for arm in arms}
     plot(groups, budget, target_loss, args.output + ".png",
          f"{setup.target['num_layers']}-layer T5, d={setup.target['hidden_dim']}: eval loss against FLOPs "

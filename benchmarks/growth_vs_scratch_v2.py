@@ -180,7 +180,7 @@ def train_arm(arm, seed, learning_rate, setup, shared):
     """Train one arm for one seed and rate; returns its record (every curve)."""
     import keras
 
-    from keras_fusion import training
+    from keras_fusion import metrics, optimizers, recipes
     from keras_fusion.callbacks import GrowthCallback
     from keras_fusion.growth import Deepen, Fuse, SelfFuse
 
@@ -191,8 +191,8 @@ def train_arm(arm, seed, learning_rate, setup, shared):
     warmup = max(1, round(WARMUP_FRACTION * total))
 
     def model(config, model_seed):
-        optimizer = training.make_optimizer("adamw", learning_rate, "cosine", warmup, total)
-        return training.compile_model(training.build_model(config, model_seed), optimizer)
+        optimizer = optimizers.make_optimizer("adamw", learning_rate, "cosine", warmup, total)
+        return recipes.compile_model(recipes.build_model(config, model_seed), optimizer)
 
     partner_seconds = []
 
@@ -225,7 +225,7 @@ def train_arm(arm, seed, learning_rate, setup, shared):
                            mode="stack" if mode == "stack" else "identity")]
     main = model(start, seed)
     growth = GrowthCallback(schedule, verbose=0) if schedule else None
-    recorder = training.MetricsRecorder(shared.eval_data, *setup.shape, every=setup.eval_every,
+    recorder = metrics.MetricsRecorder(shared.eval_data, *setup.shape, every=setup.eval_every,
                                         growth_callback=growth)
     recorder.set_model(main)
     recorder.record(0, math.nan)
@@ -423,7 +423,7 @@ def fmt(value, missing="-"):
 
 def merge(prefix, quick):
     """Merge every part file of `prefix` into `<prefix>.json`, `.png`, `.md`; returns the result."""
-    from keras_fusion import training
+    from keras_fusion import storage
 
     parts = read_parts(prefix)
     if not parts:
@@ -458,7 +458,7 @@ def merge(prefix, quick):
                                                    for _, part in parts],
               "merged": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "runs": records}
-    training.write_json_atomic(prefix + ".json", result)
+    storage.write_json(prefix + ".json", result)
     groups = {}
     for record in records:
         if rates.get(record["arm"]) == record["learning_rate"]:
@@ -492,6 +492,9 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=None, help="scratch steps: the budget (default 7000, quick 300)")
     parser.add_argument("--eval_every", type=int, default=None, help="default steps // 40 (quick steps // 20)")
     parser.add_argument("--eval_batches", type=int, default=64)
+    parser.add_argument("--batch_size", type=int, default=16,
+                        help="sequences per step; a larger batch raises the budget at little wall-clock cost, "
+                             "since a step of these tiny models is bound by per-step overhead")
     parser.add_argument("--growth_fraction", type=float, default=0.25)
     parser.add_argument("--corpus", default="installed", help="'installed' (the benchmark's) or 'embedded' (tests)")
     parser.add_argument("--vocabulary_size", type=int, default=1000)
@@ -518,17 +521,17 @@ def main(argv=None):
             parser.error(f"--arms: {error}")
     if not 0 < args.growth_fraction < 1:
         parser.error("--growth_fraction must be in (0, 1)")
-    if args.eval_batches < 1 or (args.steps is not None and args.steps < 1):
-        parser.error("--steps and --eval_batches must be >= 1")
+    if args.eval_batches < 1 or args.batch_size < 1 or (args.steps is not None and args.steps < 1):
+        parser.error("--steps, --eval_batches and --batch_size must be >= 1")
     steps = args.steps or (300 if args.quick else 7000)
     every = args.eval_every or max(steps // (20 if args.quick else 40), 1)
     rates_flag = args.learning_rates or ("3e-3" if args.quick else None)
 
-    from keras_fusion import data, training
+    from keras_fusion import data, recipes, storage
     from keras_fusion.data.span_corruption import random_spans_helper
 
     setup = Setup(target={}, steps=steps, eval_every=every, eval_batches=args.eval_batches,
-                  growth_fraction=args.growth_fraction)
+                  growth_fraction=args.growth_fraction, batch_size=args.batch_size)
     os.makedirs(args.workdir, exist_ok=True)
     corpus_started = time.perf_counter()
     earlier_parts = read_parts(prefix)
@@ -548,7 +551,7 @@ def main(argv=None):
         info = data.installed_corpus_info(environment_key=key)
         corpus.update(environment_key=info["environment_key"], build_seconds=info["build_seconds"],
                       installed_sha256=info["sha256"])
-    setup.target = training.target_config("tiny", shared.vocabulary_size, num_layers=args.num_layers,
+    setup.target = recipes.target_config("tiny", shared.vocabulary_size, num_layers=args.num_layers,
                                           hidden_dim=args.hidden_dim, intermediate_dim=2 * args.hidden_dim)
     shared.eval_data = shared.dataset(0, training=False)
     machine = machine_info()
@@ -598,7 +601,7 @@ def main(argv=None):
         record = train_arm(arm, seed, rate, setup, shared)
         part["runs"].append(record)
         part["minutes"] = earlier + (time.perf_counter() - started) / 60
-        training.write_json_atomic(path, part)
+        storage.write_json(path, part)
         print(f"  {arm:<18} seed {seed} lr {rate:g}: loss at budget {record['loss_at_budget']:.4f} "
               f"({record['steps']} steps, growth at {record['growth_steps']}, {record['seconds']:.0f} s; "
               f"{part['minutes']:.1f} min so far)", flush=True)

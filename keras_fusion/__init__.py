@@ -1,18 +1,34 @@
 """keras_fusion: grow T5 models during training (Deep Fusion, arXiv 2306.11903).
 
 ```python
+import keras_fusion as kf
 from keras_fusion.models import FusionT5Seq2SeqLM
+
 fused = FusionT5Seq2SeqLM.fuse(lm_a, lm_b)  # logits = (logits_a + logits_b) / 2
+callback = kf.callbacks.GrowthCallback()   # grow inside model.fit
 ```
+
+Where the paper lives: the growth maths in `weight_maps` and `growth_maps`
+(pure NumPy), the growing models in `models` and `layers`, growth inside
+`fit` in `callbacks` (schedules: `growth`; prepared ahead: `growth_ahead`;
+optimizer state: `optimizer_state`), and the recipes and run behind
+`tools/train` in `recipes`, `optimizers`, `metrics`, `distribution` and
+`training`. Every submodule is an attribute (`kf.growth`, `kf.callbacks`),
+imported on first use.
+
+Importing the package changes two pieces of process-wide state, both needed:
+it sets `KERAS_BACKEND=tensorflow` unless the variable is already set (the
+library is built on TensorFlow: tf.data, tf.distribute, SavedModel), and it
+adds one warnings filter for a harmless warning that keras-hub's own T5
+raises at every model build ("Layer 'self_attention' ... was passed an input
+with a mask"), which would otherwise bury ours.
 """
 
+import importlib
 import os
 import warnings
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# keras-hub's own T5 wiring triggers this on every model build (T5Backbone
-# too); it is harmless there, and would bury ours.
 warnings.filterwarnings(
     "ignore",
     message=r"Layer '(self|cross)_attention' \(of type T5MultiHeadAttention\) was "
@@ -21,14 +37,36 @@ warnings.filterwarnings(
 )
 
 from keras_fusion import growth_maps, weight_maps  # noqa: E402
+from keras_fusion.diagnostics import function_error  # noqa: E402
 from keras_fusion.layers import FusionT5Block, GroupedRMSNorm  # noqa: E402
-from keras_fusion.models import (  # noqa: E402
-    FusionT5Backbone,
-    FusionT5Seq2SeqLM,
-    function_error,
-)
+from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM  # noqa: E402
 
 __version__ = "0.1.0"
+
+SUBMODULES = (
+    "callbacks",
+    "checkpointing",
+    "data",
+    "diagnostics",
+    "distribution",
+    "dynamics",
+    "export",
+    "flops",
+    "growth",
+    "growth_ahead",
+    "growth_maps",
+    "layers",
+    "memory",
+    "metrics",
+    "models",
+    "optimizer_state",
+    "optimizers",
+    "recipes",
+    "storage",
+    "training",
+    "utils",
+    "weight_maps",
+)
 
 __all__ = [
     "FusionT5Backbone",
@@ -36,6 +74,16 @@ __all__ = [
     "FusionT5Seq2SeqLM",
     "GroupedRMSNorm",
     "function_error",
-    "growth_maps",
-    "weight_maps",
+    *SUBMODULES,
 ]
+
+
+def __getattr__(name):
+    """`keras_fusion.<submodule>`, imported on first use."""
+    if name in SUBMODULES:
+        return importlib.import_module(f"keras_fusion.{name}")
+    raise AttributeError(f"module 'keras_fusion' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(SUBMODULES))

@@ -1,16 +1,13 @@
 """Callbacks: grow the model inside `model.fit` (checkpoints: `keras_fusion.checkpointing`)."""
 
-import ctypes
-import ctypes.util
-import functools
 import gc
 import time
 
 import keras
 import tensorflow as tf
-from absl import logging
 
 from keras_fusion import growth, growth_ahead, optimizer_state
+from keras_fusion.memory import release_free_memory
 from keras_fusion.checkpointing import GrowthCheckpoint, checkpoint_epoch, restore_latest
 from keras_fusion.dynamics import DynamicsMonitor
 from keras_fusion.models.fusion_t5_backbone import backbone_config, backbone_variables, count_parameters
@@ -242,10 +239,10 @@ class GrowthCallback(keras.callbacks.Callback):
                 if reason is not None:
                     growth_ahead.log_refusal(entry, reason)
             if reason is None:
-                grown, optimizer, train_function = preparation.adopt(
-                    model, parameters, mapped, old_optimizer.iterations
-                )
-                model.replace_lm(grown, optimizer, train_function=train_function)
+                prepared = preparation.adopt(parameters, mapped, old_optimizer.iterations)
+                grown, optimizer = prepared.lm, prepared.optimizer
+                model.replace_lm(grown, optimizer, prepared=prepared)
+                del prepared
             else:
                 grown = FusionT5Seq2SeqLM.from_parameters(config, parameters, preprocessor=old_lm.preprocessor)
                 optimizer = optimizer_state.rebuild(
@@ -285,39 +282,9 @@ class GrowthCallback(keras.callbacks.Callback):
                 f"{before:,} -> {event['parameters_after']:,} ({event['seconds']:.2f} s"
                 + (", prepared ahead)" if reason is None else f"; not prepared ahead: {reason})")
             )
-            logging.info(message)
-            print(message, flush=True)
+            print(message, flush=True)  # once: not also to the log
         if self._writer is not None:
             with self._writer.as_default(step=step):
                 tf.summary.scalar("growth/num_parameters", event["parameters_after"])
                 tf.summary.text("growth/event", event["entry"])
             self._writer.flush()
-
-
-def release_free_memory():
-    """Hand the allocator's free pages back to the system (glibc only).
-
-    The grown model is built (prepared ahead) in another thread, whose
-    allocations come from another malloc arena, and large freed blocks raise
-    glibc's mmap threshold, so the memory of a replaced model, once freed,
-    stays in the process as free heap pages: after five growths resident
-    memory was 1.24x that of the final model built directly, against 1.07x
-    after `malloc_trim(0)` (`benchmarks/growth_memory.py`). A no-op where
-    there is no glibc.
-    """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
-@functools.cache
-def _malloc_trim():
-    """glibc's `malloc_trim`, or None where there is none."""
-    name = ctypes.util.find_library("c")
-    try:
-        function = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
-    except OSError:
-        return None
-    if function is not None:
-        function.argtypes, function.restype = [ctypes.c_size_t], ctypes.c_int
-    return function

@@ -85,6 +85,12 @@ class GrowthCheckpoint(keras.callbacks.Callback):
     def _step(self):
         return int(self.model.optimizer.iterations.numpy())
 
+    @property
+    def last_saved_step(self):
+        """The optimizer step of the last checkpoint this callback saved (or
+        found at the start of `fit`), None before `fit`."""
+        return self._last_saved
+
     def save(self, epoch=None, model=None):
         """Save a checkpoint now; returns its path.
 

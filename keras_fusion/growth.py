@@ -45,6 +45,7 @@ from keras_fusion.models.fusion_t5_backbone import (
     widen_ffn_plan,
 )
 from keras_fusion.models.fusion_t5_seq2seq_lm import FusionT5Seq2SeqLM, fuse_lm_plan, self_fuse_lm_plan
+from keras_fusion.models import variable_trees
 
 
 def _check_step(entry, at_step):
@@ -245,7 +246,7 @@ class Fuse(GrowthEntry):
         partner = getattr(loaded, "lm", loaded)
         config, parameters = fuse_lm_plan([lm, partner], weights=[self.weight, 1 - self.weight])
         partner_tree = backbone_variables(partner.backbone)
-        partner_arrays = growth_maps.read(partner_tree)
+        partner_arrays = variable_trees.read(partner_tree)
         partner_slots = {}
         optimizer = getattr(loaded, "optimizer", None)
         if isinstance(optimizer, optimizer_state.SUPPORTED) and optimizer.built:

@@ -53,17 +53,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
-from keras.src.backend.common import global_state
-from keras.src.utils import tracking
 
+from keras_fusion import _keras_internals as internals
 from keras_fusion import optimizer_state
-from keras_fusion.models.fusion_t5_backbone import (
-    FusionT5Backbone,
-    _as_tensor,
-    backbone_config,
-    backbone_variables,
-    checked_pairs,
-)
+from keras_fusion.distribution import is_distributed
+from keras_fusion.models import variable_trees
+from keras_fusion.models.fusion_t5_backbone import FusionT5Backbone, backbone_config, backbone_variables
 from keras_fusion.models.fusion_t5_seq2seq_lm import FusionT5Seq2SeqLM
 from keras_fusion.models.growing_t5_seq2seq_lm import GrowingT5Seq2SeqLM
 
@@ -73,7 +68,7 @@ __all__ = ["Preparation", "unsupported_reason"]
 def unsupported_reason(model):
     """Why growth cannot be prepared ahead for `model` (None when it can)."""
     strategy = model.distribute_strategy
-    if type(strategy).__name__ != "_DefaultDistributionStrategy":
+    if is_distributed(strategy):
         return f"the model trains under {type(strategy).__name__}"
     if model.run_eagerly:
         return "the model runs eagerly (nothing to trace)"
@@ -181,7 +176,7 @@ class Preparation:
         # Keras' global state is per thread: seed this thread's generator so
         # that building draws nothing from Python's `random` (the weights are
         # overwritten anyway).
-        global_state.set_global_attribute("global_seed_generator", keras.random.SeedGenerator(0))
+        internals.seed_this_thread(0)
         keras.config.set_dtype_policy(self.dtype_policy)
         clock = time.perf_counter()
 
@@ -235,41 +230,31 @@ class Preparation:
             return "the model's metrics differ from the prepared model's"
         return None
 
-    def adopt(self, model, parameters, slots, iterations):
+    def adopt(self, parameters, slots, iterations):
         """Write the growth's values into the prepared model; hand it over.
 
         Args:
-            model: the `GrowingT5Seq2SeqLM` being fit.
             parameters: the grown parameter tree (`entry.grown_parameters`).
             slots: the mapped optimizer slots (`{}`: fresh).
             iterations: the optimizer step to continue from.
 
         Returns:
-            `(lm, optimizer, train_function)` for `model.replace_lm`. The
-            model's metric trackers are replaced by the prepared ones, which
-            hold the same values.
+            The prepared `GrowingT5Seq2SeqLM`, for
+            `model.replace_lm(prepared.lm, prepared.optimizer, prepared=...)`,
+            which writes everything into the model being fit.
 
         Raises:
             ValueError: the parameter tree does not fit the prepared model,
                 before any value is written.
         """
         wrapper = self._wrapper
-        lm, optimizer = wrapper.lm, wrapper.optimizer
-        tree = backbone_variables(lm.backbone)
-        for _, variable, array in checked_pairs(tree, parameters):
-            variable.assign(_as_tensor(array, variable._dtype))
+        tree = backbone_variables(wrapper.lm.backbone)
+        variable_trees.assign(tree, parameters)
         for variable, value in self._initial["model"] + self._initial["optimizer"]:
             variable.assign(keras.ops.zeros(variable.shape, variable.dtype) if value is None else value)
-        optimizer_state.write_state(optimizer, tree, slots, iterations)
-        for source, target in zip(model.metrics_variables, wrapper.metrics_variables):
-            target.assign(source)
-        with tracking.DotNotTrackScope():
-            model._loss_tracker = wrapper._loss_tracker
-            model._compile_loss = wrapper._compile_loss
-            model._compile_metrics = wrapper._compile_metrics
-        train_function = wrapper.train_function
+        optimizer_state.write_state(wrapper.optimizer, tree, slots, iterations)
         self._wrapper = self._initial = None
-        return lm, optimizer, train_function
+        return wrapper
 
 
 def log_refusal(entry, reason):

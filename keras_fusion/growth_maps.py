@@ -29,7 +29,6 @@ fused = growth_maps.fuse_parameters([tree_a, tree_b])
 ```
 """
 
-import keras
 import numpy as np
 
 from keras_fusion import weight_maps
@@ -42,54 +41,80 @@ ROW_LEAVES = frozenset(("reverse_embedding",))
 FFN_IN = frozenset(("ffn_input", "ffn_gate"))
 
 
-def read(tree):
-    """Copy a tree of Keras variables into a tree of NumPy arrays."""
-    return keras.tree.map_structure(lambda v: np.array(v.numpy()), tree)
+def zip_leaves(trees, names=None, where=""):
+    """`[(location, leaves)]` for trees of one structure, leaf by leaf.
+
+    The one structure check of keras_fusion: every operator, and the model
+    layer that writes a tree into variables, pairs trees through it.
+
+    Args:
+        trees: parameter trees (dicts, lists of layers, leaves: arrays or
+            variables).
+        names: what to call each tree in errors (default "tree 0", ...;
+            a plural name such as "the parameters" takes plural verbs).
+        where: the location of `trees` (for the recursion).
+
+    Raises:
+        ValueError: naming the first location where the trees differ.
+    """
+    names = names or [f"tree {i}" for i in range(len(trees))]
+    here, first = where or "the top level", trees[0]
+
+    def mismatch(name, verb, detail):
+        verb = verb if name.endswith("s") else {"have": "has", "lack": "lacks"}[verb]
+        return ValueError(f"Parameter trees do not match at {here}: {names[0]} has {describe(first)}, "
+                          f"{name} {verb} {detail}.")
+
+    def describe(node):
+        if isinstance(node, dict):
+            return f"a dict {sorted(node, key=str)}"
+        if isinstance(node, (list, tuple)):
+            return f"a list of {len(node)}"
+        return f"one leaf ({node.path})" if hasattr(node, "path") else "one leaf"
+
+    for name, tree in zip(names[1:], trees[1:]):
+        if isinstance(first, dict):
+            if not isinstance(tree, dict):
+                raise mismatch(name, "have", f"a {type(tree).__name__}")
+            if set(tree) != set(first):
+                missing = sorted(set(first) - set(tree))
+                extra = sorted(set(tree) - set(first), key=str)
+                verb = "have" if name.endswith("s") else "has"
+                raise ValueError(f"Parameter trees do not match at {here}: {name} "
+                                 f"{'lack' if name.endswith('s') else 'lacks'} {missing} and {verb} unexpected "
+                                 f"{extra} ({names[0]} has {sorted(first)}).")
+        elif isinstance(first, (list, tuple)):
+            if not isinstance(tree, (list, tuple)) or len(tree) != len(first):
+                raise mismatch(name, "have", describe(tree) if isinstance(tree, (list, tuple))
+                               else f"a {type(tree).__name__}")
+        elif isinstance(tree, (dict, list, tuple)):
+            raise mismatch(name, "have", f"a {type(tree).__name__}")
+    if isinstance(first, dict):
+        return [pair for key in first
+                for pair in zip_leaves([t[key] for t in trees], names, f"{where}.{key}" if where else key)]
+    if isinstance(first, (list, tuple)):
+        return [pair for i, items in enumerate(zip(*trees))
+                for pair in zip_leaves(list(items), names, f"{where}[{i}]")]
+    return [(where, trees)]
 
 
-def assign(variables, arrays):
-    """Write a tree of arrays into a tree of variables of the same structure."""
-    if _structure(variables) != _structure(arrays):
-        raise ValueError(
-            "Parameter trees do not match: the model has "
-            f"{_structure(variables)}, the parameters have {_structure(arrays)}."
-        )
+def map_leaves(fn, trees):
+    """Apply `fn(leaf_name, leaves)` across trees of identical structure.
 
-    def assign_one(variable, array):
-        if tuple(variable.shape) != tuple(np.shape(array)):
-            raise ValueError(
-                f"Shape mismatch for {variable.path}: variable "
-                f"{tuple(variable.shape)}, parameters {tuple(np.shape(array))}."
-            )
-        variable.assign(np.asarray(array, dtype=variable.dtype))
-
-    keras.tree.map_structure(assign_one, variables, arrays)
+    Returns a tree of `fn`'s results, of the same structure; `leaf_name` is
+    the leaf's last key ("query", "ffn_input", ...). The structures are
+    checked first (`zip_leaves`).
+    """
+    zip_leaves(trees)
+    return _map_checked(fn, trees, None)
 
 
-def _structure(tree):
-    if isinstance(tree, dict):
-        return {k: _structure(v) for k, v in sorted(tree.items())}
-    if isinstance(tree, (list, tuple)):
-        return [_structure(v) for v in tree]
-    return None
-
-
-def map_leaves(fn, trees, key=None):
-    """Apply `fn(leaf_name, leaves)` across trees of identical structure."""
+def _map_checked(fn, trees, key):
     first = trees[0]
     if isinstance(first, dict):
-        for t in trees[1:]:
-            if set(t) != set(first):
-                raise ValueError(
-                    f"Parameter trees differ under {key!r}: "
-                    f"{sorted(first)} vs {sorted(t)}."
-                )
-        return {k: map_leaves(fn, [t[k] for t in trees], k) for k in first}
+        return {k: _map_checked(fn, [t[k] for t in trees], k) for k in first}
     if isinstance(first, list):
-        lengths = [len(t) for t in trees]
-        if len(set(lengths)) != 1:
-            raise ValueError(f"{key} have different lengths: {lengths}.")
-        return [map_leaves(fn, list(items), key) for items in zip(*trees)]
+        return [_map_checked(fn, list(items), key) for items in zip(*trees)]
     return fn(key, trees)
 
 
@@ -256,7 +281,7 @@ def deepen_parameters(tree, num_new_layers, mode="identity", role=WEIGHT):
     if mode not in DEEPEN_MODES:
         raise ValueError(f"mode must be one of {DEEPEN_MODES}, got {mode!r}.")
     _check_role(role)
-    tree = read_only_copy(tree)
+    tree = deep_copy(tree)
     for stack in ("encoder_layers", "decoder_layers"):
         layers = tree[stack]
         if mode == "identity":
@@ -266,7 +291,7 @@ def deepen_parameters(tree, num_new_layers, mode="identity", role=WEIGHT):
                 _without_relative_bias(
                     identity_block(layers[i % len(layers)], FIRST_MOMENT)
                     if role == FIRST_MOMENT
-                    else read_only_copy(layers[i % len(layers)])
+                    else deep_copy(layers[i % len(layers)])
                 )
                 for i in range(num_new_layers)
             ]
@@ -299,8 +324,9 @@ def widen_ffn_parameters(tree, factor, noise=0.0, seed=None, role=WEIGHT):
     return map_leaves(widen_leaf, [tree])
 
 
-def read_only_copy(tree):
-    """A deep copy of a tree (the inputs to an operator are never modified)."""
+def deep_copy(tree):
+    """A copy of a tree whose arrays share no memory with it (the inputs to
+    an operator are never modified)."""
     return map_leaves(lambda name, leaves: np.array(leaves[0]), [tree])
 
 

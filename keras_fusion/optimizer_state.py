@@ -24,6 +24,7 @@ V exactly when it is rank one).
 import keras
 import numpy as np
 
+from keras_fusion import _keras_internals as internals
 from keras_fusion.growth_maps import FIRST_MOMENT, SECOND_MOMENT
 
 SUPPORTED = (keras.optimizers.Adam, keras.optimizers.AdamW, keras.optimizers.Adafactor)
@@ -38,16 +39,12 @@ def check_supported(optimizer):
         )
 
 
-def _index(optimizer, variable):
-    return optimizer._get_variable_index(variable)
+_index = internals.variable_index
+ADAM_ROLES = {"momentum": FIRST_MOMENT, "velocity": SECOND_MOMENT, "velocity_hat": SECOND_MOMENT}
 
 
 def _adam_slots(optimizer):
-    slots = {"momentum": (FIRST_MOMENT, optimizer._momentums),
-             "velocity": (SECOND_MOMENT, optimizer._velocities)}
-    if optimizer.amsgrad:
-        slots["velocity_hat"] = (SECOND_MOMENT, optimizer._velocity_hats)
-    return slots
+    return {name: (ADAM_ROLES[name], slots) for name, slots in internals.adam_slots(optimizer).items()}
 
 
 def read_slots(optimizer, variables):
@@ -76,10 +73,11 @@ def read_slots(optimizer, variables):
 
 def _adafactor_full(optimizer, variable):
     i = _index(optimizer, variable)
+    v, r, c = internals.adafactor_slots(optimizer)
     if len(variable.shape) < 2:
-        return np.array(optimizer._v[i].numpy())
-    r = np.array(optimizer._r[i].numpy())
-    c = np.array(optimizer._c[i].numpy())
+        return np.array(v[i].numpy())
+    r = np.array(r[i].numpy())
+    c = np.array(c[i].numpy())
     mean = r.mean(axis=-1, keepdims=True)
     if not np.all(mean > 0):  # no update yet: no statistics
         return np.zeros(variable.shape, np.float32)
@@ -160,11 +158,12 @@ def _write_adafactor(optimizer, variables, slots):
 
     def write(variable, full):
         i = _index(optimizer, variable)
+        v, r, c = internals.adafactor_slots(optimizer)
         if len(variable.shape) < 2:
-            optimizer._v[i].assign(full)
+            v[i].assign(full)
         else:
-            optimizer._r[i].assign(full.mean(axis=-1))
-            optimizer._c[i].assign(full.mean(axis=-2))
+            r[i].assign(full.mean(axis=-1))
+            c[i].assign(full.mean(axis=-2))
 
     keras.tree.map_structure(write, variables, tree)
 

@@ -1,313 +1,43 @@
-"""The training recipes behind `tools/train`: models, optimizers, metrics.
+"""The run behind `tools/train`: one recipe end to end, resumable, pre-emption safe.
 
-Recipes (the growth happens inside `fit`, through `GrowthCallback`):
-
-- `scratch`: the target model trained from random initialisation.
-- `deep_fusion` (the paper's): two models of half the target width trained
-  from different seeds and data orders; at `growth_step` the first is fused
-  with the second and the fused model, of the target size, trains on.
-- `self_fusion`: one half-width model, fused with itself at `growth_step`.
-- `deepen`: a model with half the target depth, given identity layers at
-  `growth_step`.
-
+`run(RunConfig(...))` trains a recipe (`keras_fusion.recipes`), growing
+inside `fit` through `GrowthCallback`, checkpoints to `model_dir`, resumes
+from it, and writes metrics, a plot, the final model and a SavedModel.
 Every recipe counts training FLOPs (`keras_fusion.flops`), the partner's
 included, so runs compare at equal compute.
+
+```python
+from keras_fusion import training
+
+print(training.run(training.RunConfig(recipe="self_fusion", steps=200, model_dir="runs/try")))
+```
 """
 
 import dataclasses
-import io
-import os
 import signal
-import socket
 import sys
 import time
 
 import keras
-import numpy as np
 
-from keras_fusion import checkpointing, flops, growth_maps, storage
+from keras_fusion import checkpointing, storage
+from keras_fusion.distribution import check_tpu_reachable, make_strategy
 from keras_fusion.growth import DEFAULT_GROWTH_FRACTION
-from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM, GrowingT5Seq2SeqLM
+from keras_fusion.metrics import MetricsRecorder, MetricsRow, plot_metrics
+from keras_fusion.models import FusionT5Seq2SeqLM, GrowingT5Seq2SeqLM
 from keras_fusion.models.fusion_t5_backbone import backbone_config, backbone_variables
-
-PRESETS = {
-    # T5 shapes; vocabulary_size comes from the tokenizer.
-    "tiny": dict(num_layers=2, num_heads=4, hidden_dim=64, intermediate_dim=128, key_value_dim=16),
-    "small": dict(num_layers=6, num_heads=8, hidden_dim=512, intermediate_dim=2048, key_value_dim=64),
-    "base": dict(num_layers=12, num_heads=12, hidden_dim=768, intermediate_dim=3072, key_value_dim=64),
-}
-RECIPES = ("deep_fusion", "self_fusion", "deepen", "scratch")
-OPTIMIZERS = ("adafactor", "adamw")
-LR_SCHEDULES = ("constant", "inverse_sqrt", "cosine")
-
-
-def target_config(preset, vocabulary_size, **overrides):
-    """The config of the model a recipe ends with."""
-    if preset not in PRESETS:
-        raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}.")
-    config = dict(PRESETS[preset], vocabulary_size=vocabulary_size, dropout=0.0,
-                  activation="gelu", use_gated_activation=True, tie_embedding_weights=True)
-    config.update({k: v for k, v in overrides.items() if v is not None})
-    return config
-
-
-def start_config(recipe, config):
-    """The config a recipe starts from (before growth)."""
-    if recipe not in RECIPES:
-        raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}.")
-    if recipe in ("deep_fusion", "self_fusion"):
-        for key in ("hidden_dim", "num_heads", "intermediate_dim"):
-            if config[key] % 2:
-                raise ValueError(f"{recipe} halves {key}, which must be even; got {config[key]}.")
-        return dict(config, hidden_dim=config["hidden_dim"] // 2, num_heads=config["num_heads"] // 2,
-                    intermediate_dim=config["intermediate_dim"] // 2)
-    if recipe == "deepen":
-        if config["num_layers"] < 2:
-            raise ValueError(f"deepen halves num_layers, which must be >= 2; got {config['num_layers']}.")
-        return dict(config, num_layers=config["num_layers"] // 2)
-    return dict(config)
-
-
-def growth_schedule(recipe, config, growth_step, partner_path=None):
-    """The schedule string of a recipe."""
-    if recipe == "scratch":
-        return ""
-    if recipe == "deep_fusion":
-        return f"fuse@{growth_step}:partner={partner_path}"
-    if recipe == "self_fusion":
-        return f"self_fuse@{growth_step}"
-    return f"deepen@{growth_step}:layers={config['num_layers'] - config['num_layers'] // 2}"
-
-
-def build_model(config, seed):
-    """A compiled-ready `GrowingT5Seq2SeqLM` of `config`, seeded."""
-    keras.utils.set_random_seed(seed)
-    return GrowingT5Seq2SeqLM(FusionT5Seq2SeqLM(FusionT5Backbone(**config)))
-
-
-def make_optimizer(name, learning_rate, schedule="constant", warmup_steps=0, total_steps=1):
-    """Adafactor (T5's) or AdamW, with a learning-rate schedule."""
-    if name not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}.")
-    if schedule not in LR_SCHEDULES:
-        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {schedule!r}.")
-    if not learning_rate > 0:
-        raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}.")
-    rate = learning_rate
-    if schedule == "inverse_sqrt":
-        rate = InverseSqrt(learning_rate, max(warmup_steps, 1))
-    elif schedule == "cosine":
-        rate = keras.optimizers.schedules.CosineDecay(
-            0.0 if warmup_steps else learning_rate, max(total_steps - warmup_steps, 1),
-            warmup_target=learning_rate if warmup_steps else None, warmup_steps=warmup_steps)
-    if name == "adamw":
-        return keras.optimizers.AdamW(rate, weight_decay=0.0)
-    return keras.optimizers.Adafactor(rate)
-
-
-@keras.saving.register_keras_serializable(package="keras_fusion")
-class InverseSqrt(keras.optimizers.schedules.LearningRateSchedule):
-    """T5's schedule: linear warm-up, then `rate * sqrt(warmup / step)`."""
-
-    def __init__(self, learning_rate, warmup_steps):
-        self.learning_rate = learning_rate
-        self.warmup_steps = warmup_steps
-
-    def __call__(self, step):
-        step = keras.ops.cast(step, "float32") + 1.0
-        warmup = float(self.warmup_steps)
-        return self.learning_rate * keras.ops.minimum(step / warmup, keras.ops.sqrt(warmup / step))
-
-    def get_config(self):
-        return {"learning_rate": self.learning_rate, "warmup_steps": self.warmup_steps}
-
-
-def compile_model(model, optimizer, jit_compile="auto", steps_per_execution=1):
-    """Compile for span-corruption training (loss on logits, token accuracy).
-
-    `jit_compile` and `steps_per_execution` are Keras' own (XLA; optimizer
-    steps per call of the compiled train function, which TPUs need): growth
-    keeps both (`GrowthCallback` retraces the grown step with them).
-    """
-    model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-                  jit_compile=jit_compile, steps_per_execution=steps_per_execution)
-    return model
-
-
-@dataclasses.dataclass
-class MetricsRow:
-    step: int
-    flops: float
-    train_loss: float
-    eval_loss: float
-    eval_accuracy: float
-    num_parameters: int
-    growth: str = ""
-
-
-class MetricsRecorder(keras.callbacks.Callback):
-    """Counts training FLOPs and evaluates held-out loss every `every` steps.
-
-    Rows (step, FLOPs so far, train loss, eval loss and accuracy, parameters,
-    growth event) go to `rows` and, rewritten after each one, to `path` as
-    JSON (any TF filesystem). A row is recorded whenever the optimizer step
-    reaches a multiple of `every` (with `steps_per_execution > 1`, at the
-    first execution boundary at or after it, where callbacks run) and at
-    `final_step`. FLOPs of the current architecture are counted per step,
-    so they follow each growth; `flops_offset` adds compute spent before this
-    fit (a partner's training).
-
-    A row's `train_loss` is the mean training loss of the steps since the
-    previous row (not Keras' running mean of the epoch), so that a run
-    resumed from a checkpoint (`state` / `restore`) records the same rows as
-    one that never stopped.
-
-    Args:
-        eval_data: a finite dataset of `(x, y, sample_weight)` batches.
-        batch_size, encoder_length, decoder_length: the training shapes.
-        every: evaluation period in optimizer steps.
-        path: optional JSON path.
-        flops_offset: FLOPs already spent.
-        growth_callback: the run's `GrowthCallback`, to mark its events.
-        stage: a label saved with the rows.
-        final_step: optional step at which a last row is always recorded.
-    """
-
-    def __init__(self, eval_data, batch_size, encoder_length, decoder_length, every,
-                 path=None, flops_offset=0.0, growth_callback=None, stage="", final_step=None):
-        super().__init__()
-        self.eval_data = eval_data
-        self.shape = (batch_size, encoder_length, decoder_length)
-        self.every = every
-        self.path = path
-        self.flops = float(flops_offset)
-        self.growth_callback = growth_callback
-        self.stage = stage
-        self.final_step = final_step
-        self.rows = []
-        self._marked = 0
-        self._window = [0.0, 0]  # training-loss sum and steps since the last row
-        self._last_step = None
-
-    def state(self):
-        """What a checkpoint must keep to resume recording exactly."""
-        return {"rows": [dataclasses.asdict(r) for r in self.rows], "flops": self.flops,
-                "marked": self._marked, "window": list(self._window)}
-
-    def restore(self, state):
-        self.rows = [MetricsRow(**row) for row in state["rows"]]
-        self.flops = state["flops"]
-        self._marked = state["marked"]
-        self._window = list(state["window"])
-
-    def on_train_begin(self, logs=None):
-        self._last_step = int(self.model.optimizer.iterations.numpy())
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch_start, self._epoch_sum = self._last_step, 0.0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._release_stale_eval()
-        step = int(self.model.optimizer.iterations.numpy())
-        done = step - self._last_step
-        self.flops += done * flops.training_flops(backbone_config(self.model.backbone), *self.shape)
-        # Keras logs the epoch's running mean: recover this call's steps' sum.
-        epoch_sum = float((logs or {}).get("loss", np.nan)) * (step - self._epoch_start)
-        self._window[0] += epoch_sum - self._epoch_sum
-        self._window[1] += done
-        self._epoch_sum = epoch_sum
-        last, self._last_step = self._last_step, step
-        if step // self.every > last // self.every or step == self.final_step:
-            self.record(step, self._window[0] / max(self._window[1], 1))
-            self._window = [0.0, 0]
-
-    def on_train_end(self, logs=None):
-        self._release_stale_eval()
-
-    def _release_stale_eval(self):
-        """Drop the evaluation function of a model a growth has replaced.
-
-        `_batch_sums` closes over the inner model it was traced for (and its
-        concrete function captures that model's variables): kept until the
-        next evaluation, or past the end of `fit` when no evaluation follows
-        the last growth, it would keep the replaced model alive.
-        """
-        if getattr(self, "_eval_lm", None) is not None and self._eval_lm is not self.model.lm:
-            self._eval_lm = self._batch_sums = None
-
-    def record(self, step, train_loss):
-        eval_loss, eval_accuracy = self.evaluate()
-        events = self.growth_callback.events[self._marked:] if self.growth_callback else []
-        self._marked += len(events)
-        row = MetricsRow(step=step, flops=self.flops, train_loss=train_loss,
-                         eval_loss=eval_loss, eval_accuracy=eval_accuracy,
-                         num_parameters=self.model.backbone.count_params(),
-                         growth=";".join(e["entry"] for e in events))
-        self.rows.append(row)
-        if self.path:
-            storage.write_json(self.path, {"stage": self.stage, "rows": [dataclasses.asdict(r) for r in self.rows]})
-
-    def evaluate(self):
-        """Token-weighted held-out loss and accuracy.
-
-        Not `model.evaluate`: inside `fit` it would reset the compiled
-        metrics that `fit` is accumulating, and the epoch logs would report
-        the evaluation instead of training.
-        """
-        import tensorflow as tf
-
-        lm = self.model.lm
-        if getattr(self, "_eval_lm", None) is not lm:  # retrace after a growth only
-            self._eval_lm = lm
-
-            @tf.function
-            def batch_sums(x, y, weight):
-                logits = lm(x, training=False)
-                losses = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
-                correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=y.dtype), y), tf.float32)
-                return tf.reduce_sum(losses * weight), tf.reduce_sum(correct * weight), tf.reduce_sum(weight)
-
-            self._batch_sums = batch_sums
-        totals = np.zeros(3)
-        for x, y, weight in self.eval_data:
-            totals += [float(v) for v in self._batch_sums(x, y, weight)]
-        return totals[0] / totals[2], totals[1] / totals[2]
-
-
-def write_json_atomic(path, value):
-    """`storage.write_json` (kept for the benchmarks that call it)."""
-    return storage.write_json(path, value)
-
-
-def plot_metrics(curves, path, title="Held-out loss against training compute"):
-    """PNG of eval loss against training FLOPs, growth events marked.
-
-    Args:
-        curves: `{label: [MetricsRow or dict, ...]}`.
-        path: the PNG to write (any TF filesystem; atomically on local disk).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7, 4.5))
-    for label, rows in curves.items():
-        rows = [dataclasses.asdict(r) if isinstance(r, MetricsRow) else r for r in rows]
-        line, = axis.plot([r["flops"] for r in rows], [r["eval_loss"] for r in rows], marker=".", label=label)
-        for r in rows:
-            if r["growth"]:
-                axis.axvline(r["flops"], color=line.get_color(), linestyle=":", alpha=0.7)
-    axis.set_xlabel("training FLOPs (all models of the run)")
-    axis.set_ylabel("held-out loss")
-    axis.set_title(title)
-    axis.legend()
-    figure.tight_layout()
-    image = io.BytesIO()
-    figure.savefig(image, format="png", dpi=100)
-    plt.close(figure)
-    return storage.write_bytes(path, image.getvalue())
+from keras_fusion.optimizers import make_optimizer
+from keras_fusion.recipes import (
+    PRESETS,
+    RECIPES,
+    build_model,
+    compile_model,
+    grown_config,
+    growth_schedule,
+    init_from,
+    start_config,
+    target_config,
+)
 
 
 def fit_verbosity():
@@ -453,97 +183,6 @@ RUN_FILES = ("run.json", "metrics.json", "metrics_partner.json", "metrics_main.j
 RUN_FOLDERS = ("checkpoints", "logs", "export")
 
 
-def make_strategy(name, tpu=None):
-    """The tf.distribute strategy for `--strategy`."""
-    import tensorflow as tf
-
-    if name == "default":
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "multi_worker":
-        return multi_worker_strategy()
-    if name == "tpu":
-        check_tpu_reachable(tpu)
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
-        return tf.distribute.TPUStrategy(resolver)
-    raise ValueError(f"strategy must be one of default, mirrored, multi_worker, tpu; got {name!r}.")
-
-
-def check_tpu_reachable(tpu, timeout=5.0):
-    """Raise a ValueError at once when `tpu` cannot be reached.
-
-    TensorFlow's resolver would otherwise wait on an address or a metadata
-    server that never answers. `tpu` is a `grpc://HOST:PORT` address, `local`
-    (a Cloud TPU VM's own chips) or a TPU name (resolved through the GCE
-    metadata server, which only Google Cloud VMs reach).
-    """
-    if not tpu:
-        raise ValueError("--strategy=tpu needs --tpu (a TPU name, 'local' on a TPU VM, or grpc://HOST:PORT).")
-    if tpu == "local":
-        if not (storage.glob("/dev/accel*") or storage.glob("/dev/vfio/[0-9]*")):
-            raise ValueError(
-                "--tpu=local: this machine has no TPU device (no /dev/accel* or /dev/vfio/*); run on a "
-                "Cloud TPU VM, or give a TPU name or grpc://HOST:PORT."
-            )
-        return
-    if tpu.startswith("grpc://"):
-        host, _, port = tpu[len("grpc://"):].rpartition(":")
-        where, what = (host, int(port)) if port.isdigit() else (tpu[len("grpc://"):], 8470), f"--tpu={tpu}"
-    else:
-        host = os.environ.get("GCE_METADATA_IP") or os.environ.get("GCE_METADATA_HOST") or "metadata.google.internal"
-        where = (host.split(":")[0], int(host.split(":")[1]) if ":" in host else 80)
-        what = f"--tpu={tpu} (a TPU name, resolved through the GCE metadata server {where[0]})"
-    try:
-        socket.create_connection(where, timeout=timeout).close()
-    except OSError as error:
-        raise ValueError(
-            f"no TPU reachable: {what} does not answer ({error}). Check the name or address, that this VM is "
-            "in the TPU's network, or run without --strategy=tpu."
-        ) from None
-
-
-def multi_worker_strategy(timeout_seconds=None):
-    """`MultiWorkerMirroredStrategy` from TF_CONFIG, patched for Keras 3.15.
-
-    Create it at program start, before any other TensorFlow op. With
-    `timeout_seconds`, a collective that waits longer (a worker died or
-    hangs) fails instead of blocking forever.
-
-    Two Keras 3.15 bugs break `fit` with dict inputs under this strategy,
-    with or without growth, and are worked around by wrapping
-    `strategy.reduce`:
-    1. `TensorFlowTrainer._maybe_symbolic_build` reduces the whole first
-       batch at once; the strategy reduces single tensors only ("Attempt to
-       convert a value ({'encoder_token_ids': PerReplica...}) ... to a
-       Tensor"). Reduce leaf by leaf.
-    2. `reduce_per_replica(..., reduction="mean")` reduces scalar losses
-       along axis 0 ("Invalid reduction dimension 0 for input with 0
-       dimensions"). Use `axis=None` for scalars.
-    """
-    import tensorflow as tf
-
-    options = tf.distribute.experimental.CommunicationOptions(
-        implementation=tf.distribute.experimental.CommunicationImplementation.RING,
-        timeout_seconds=timeout_seconds,
-    )
-    strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
-    reduce = strategy.reduce
-
-    def reduce_leaf(reduce_op, value, axis):
-        if axis is not None and strategy.experimental_local_results(value)[0].shape.rank == 0:
-            axis = None
-        return reduce(reduce_op, value, axis=axis)
-
-    def nested_reduce(reduce_op, value, axis=None):
-        return tf.nest.map_structure(lambda v: reduce_leaf(reduce_op, v, axis), value)
-
-    strategy.reduce = nested_reduce
-    return strategy
-
-
 class Preempted(Exception):
     """SIGTERM arrived (a pre-emption notice): the run saved a checkpoint and stopped."""
 
@@ -657,6 +296,7 @@ def _run(config, watch, extra_callbacks):
     from keras_fusion import data
     from keras_fusion.callbacks import GrowthCallback
     from keras_fusion.export import export_saved_model
+    from keras_fusion.models import variable_trees
 
     model_dir = config.model_dir
     checkpoints = storage.join(model_dir, "checkpoints")
@@ -707,7 +347,7 @@ def _run(config, watch, extra_callbacks):
             return build_model(start, seed)
         keras.utils.set_random_seed(seed)  # the data order and any noise
         return GrowingT5Seq2SeqLM(FusionT5Seq2SeqLM.from_parameters(
-            start, growth_maps.read(backbone_variables(initial.backbone)), preprocessor=initial.preprocessor))
+            start, variable_trees.read(backbone_variables(initial.backbone)), preprocessor=initial.preprocessor))
 
     with strategy.scope():
         model = compiled(built(config.seed))
@@ -749,7 +389,7 @@ def _run(config, watch, extra_callbacks):
                           initial_epoch=initial_epoch, epochs=initial_epoch + -(-(steps - start_step) // epoch_steps),
                           verbose=fit_verbosity(), callbacks=fit_callbacks)
             watch.stop_if_requested(f"in stage {stage}")
-        if checkpoint._last_saved != steps:  # a finished stage is recorded
+        if checkpoint.last_saved_step != steps:  # a finished stage is recorded
             checkpoint.set_model(model)
             checkpoint.save()
 
@@ -806,41 +446,3 @@ def _run(config, watch, extra_callbacks):
         f"Final eval loss {last.eval_loss:.4f} (accuracy {last.eval_accuracy:.3f}) after "
         f"{last.flops:.3e} training FLOPs ({config.recipe}, {model.backbone.count_params():,} parameters)"
     )
-
-
-def grown_config(recipe, start):
-    """The config a recipe grows `start` to (the inverse of `start_config`)."""
-    if recipe in ("deep_fusion", "self_fusion"):
-        return dict(start, hidden_dim=2 * start["hidden_dim"], num_heads=2 * start["num_heads"],
-                    intermediate_dim=2 * start["intermediate_dim"])
-    if recipe == "deepen":
-        return dict(start, num_layers=2 * start["num_layers"])
-    return dict(start)
-
-
-def init_from(path, tokenizer=None, model_dir=None):
-    """The starting LM of `--init_from` and the path of its SentencePiece model.
-
-    `path` is a Hugging Face T5 folder, a keras-hub preset directory or a
-    `.keras` file (`keras_fusion.utils.preset_loader.load_lm`). The tokenizer
-    is the checkpoint's own (written to `model_dir/tokenizer/`), or
-    `tokenizer` when the checkpoint has none.
-    """
-    from keras_fusion.utils.preset_loader import load_lm
-
-    lm, proto = load_lm(path)
-    if proto is None:
-        if not tokenizer:
-            raise ValueError(f"--init_from={path} holds no tokenizer: give its SentencePiece model as --tokenizer.")
-        return lm, tokenizer
-    return lm, storage.write_bytes(storage.join(model_dir, "tokenizer", "init_from.model"), proto)
-
-
-def load_model_file(path, flag="--model"):
-    """Load a `.keras` model for a script (any TF filesystem), or raise one clear ValueError."""
-    return storage.load_model(path, compile=False, argument=flag)
-
-
-def save_atomic(model, path):
-    """`storage.save_model`: never a half-written model under `path`'s name."""
-    return storage.save_model(model, path)

@@ -34,7 +34,8 @@ def mirrored(out):
     from keras_fusion import growth_maps
     from keras_fusion.callbacks import GrowthCallback
     from keras_fusion.growth import Deepen, SelfFuse
-    from keras_fusion.models import relative_error
+    from keras_fusion.diagnostics import relative_error
+    from keras_fusion.models import variable_trees
     from keras_fusion.models.fusion_t5_backbone import backbone_variables
     from t5_test_utils import AtStep, growing_lm, random_inputs, random_labels
 
@@ -48,7 +49,7 @@ def mirrored(out):
         return float(loss(y, model(x), sample_weight=x["decoder_padding_mask"]))
 
     def old_layers(model):
-        tree = growth_maps.read(backbone_variables(model.backbone))
+        tree = variable_trees.read(backbone_variables(model.backbone))
         tree["encoder_layers"] = tree["encoder_layers"][:2]
         tree["decoder_layers"] = tree["decoder_layers"][:2]
         return tree

@@ -60,8 +60,8 @@ def optimizer_digest(model):
 
 def main(args):
     # The library's strategy, with its Keras 3.15 workarounds (see
-    # keras_fusion.training.multi_worker_strategy), created before any op.
-    from keras_fusion.training import multi_worker_strategy
+    # keras_fusion.distribution.multi_worker_strategy), created before any op.
+    from keras_fusion.distribution import multi_worker_strategy
 
     strategy = multi_worker_strategy(timeout_seconds=args.timeout_seconds or None)
 

@@ -11,8 +11,10 @@ import tensorflow as tf
 from keras_fusion import growth, growth_maps, optimizer_state
 from keras_fusion.callbacks import GrowthCallback
 from keras_fusion.growth import Deepen, Fuse, SelfFuse, WidenFFN
-from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM, relative_error
+from keras_fusion.diagnostics import relative_error
+from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM
 from keras_fusion.models.fusion_t5_backbone import backbone_variables
+from keras_fusion.models import variable_trees
 from t5_test_utils import TOLERANCE, AtStep, growing_lm, random_backbone, random_inputs, random_labels
 
 X = random_inputs(batch_size=4, seed=11)
@@ -46,7 +48,7 @@ def test_loss_is_continuous_across_growth_inside_fit(entry):
 
 
 def old_layers(model_or_lm, num_layers=2):
-    tree = growth_maps.read(backbone_variables(model_or_lm.backbone))
+    tree = variable_trees.read(backbone_variables(model_or_lm.backbone))
     tree["encoder_layers"] = tree["encoder_layers"][:num_layers]
     tree["decoder_layers"] = tree["decoder_layers"][:num_layers]
     return tree
@@ -83,7 +85,7 @@ def test_update_after_fuse_follows_adam_from_the_carried_state():
     tree = backbone_variables(model.backbone)
     slots = optimizer_state.read_slots(model.optimizer, tree)
     m, v = slots["momentum"][1], slots["velocity"][1]
-    w = growth_maps.read(tree)
+    w = variable_trees.read(tree)
     callback = GrowthCallback([Fuse(at_step=3, partner=partner)], verbose=0)
     callback.set_model(model)
     callback.grow(callback.schedule[0], 2)
@@ -122,13 +124,13 @@ def test_update_after_fuse_follows_adam_from_the_carried_state():
 def test_new_entries_do_not_get_outsized_first_updates():
     model = growing_lm(keras.optimizers.Adam(1e-2))
     fit(model, 2)
-    before = growth_maps.read(backbone_variables(model.backbone))
+    before = variable_trees.read(backbone_variables(model.backbone))
     callback = GrowthCallback([Fuse(at_step=3, partner=FusionT5Seq2SeqLM(random_backbone(seed=7, cls=FusionT5Backbone)))], verbose=0)
     callback.set_model(model)
     callback.grow(callback.schedule[0], 2)
-    start = growth_maps.read(backbone_variables(model.backbone))
+    start = variable_trees.read(backbone_variables(model.backbone))
     model.train_on_batch(X, Y, sample_weight=WEIGHTS)
-    end = growth_maps.read(backbone_variables(model.backbone))
+    end = variable_trees.read(backbone_variables(model.backbone))
     kernel = lambda tr: tr["encoder_layers"][1]["ffn_input"]  # noqa: E731
     step = np.abs(kernel(end) - kernel(start))
     old_block, cross_block = step[:16, :32], step[:16, 32:]

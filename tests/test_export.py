@@ -8,7 +8,8 @@ import pytest
 
 from keras_fusion import data
 from keras_fusion.export import TEXT_DIR, export_saved_model
-from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM, relative_error
+from keras_fusion.diagnostics import relative_error
+from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM
 from t5_test_utils import TOLERANCE, random_backbone, random_inputs
 
 VOCABULARY = 200

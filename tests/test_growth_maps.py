@@ -57,9 +57,12 @@ def test_fuse_parameters_places_each_leaf():
 
 
 def test_fuse_parameters_rejects_different_structures():
-    with pytest.raises(ValueError, match="encoder_layers have different lengths"):
+    # One structure check for every tree pairing (`zip_leaves`): it names
+    # the place and what each tree has there.
+    with pytest.raises(ValueError, match=r"do not match at encoder_layers: tree 0 has a list of 2, tree 1 has a "
+                                         r"list of 3"):
         growth_maps.fuse_parameters([backbone(4, 1, 4, layers=2), backbone(4, 1, 4, layers=3)])
-    with pytest.raises(ValueError, match="Parameter trees differ"):
+    with pytest.raises(ValueError, match=r"do not match at the top level: tree 1 lacks \['reverse_embedding'\]"):
         growth_maps.fuse_parameters([backbone(4, 1, 4, tied=False), backbone(4, 1, 4)])
 
 
@@ -80,7 +83,7 @@ def test_output_scale_turns_fused_logits_into_the_weighted_sum(tied):
 
 def test_identity_block_zeroes_outputs_and_leaves_input_alone():
     b = block(8, 2, 12, decoder=True, bias=True)
-    before = growth_maps.read_only_copy(b)
+    before = growth_maps.deep_copy(b)
     new = growth_maps.identity_block(b)
     for name in ("self_attention", "cross_attention"):
         assert not new[name]["output"].any()

@@ -14,7 +14,8 @@ import pytest
 from keras_fusion import optimizer_state
 from keras_fusion.callbacks import GrowthCallback
 from keras_fusion.growth import Deepen
-from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM, GrowingT5Seq2SeqLM, relative_error
+from keras_fusion.diagnostics import relative_error
+from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM, GrowingT5Seq2SeqLM
 from keras_fusion.models.fusion_t5_backbone import backbone_variables
 from t5_test_utils import TOLERANCE, random_backbone, random_inputs, random_labels
 

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from keras_fusion.models import FusionT5Backbone, function_error
+from keras_fusion.diagnostics import function_error
+from keras_fusion.models import FusionT5Backbone
 from t5_test_utils import TOLERANCE, random_backbone, random_inputs
 
 SHARED = st.fixed_dictionaries({

@@ -26,11 +26,12 @@ def evaluate(model_path, tokenizer_path, data_spec="embedded", data_dir=None, ba
              batches=16, input_length=64, target_length=16):
     """Returns `{"loss": ..., "accuracy": ...}` on the validation split."""
     from keras_fusion import data, storage
-    from keras_fusion.training import compile_model, load_model_file, make_optimizer
+    from keras_fusion.optimizers import make_optimizer
+    from keras_fusion.recipes import compile_model
 
     if not tokenizer_path or not storage.exists(tokenizer_path):
         raise ValueError(f"--tokenizer not found: {tokenizer_path}")
-    model = load_model_file(model_path)
+    model = storage.load_model(model_path, compile=False, argument="--model")
     vocabulary_size = data.vocabulary_size(tokenizer_path)
     if vocabulary_size != model.backbone.vocabulary_size:
         raise ValueError(

@@ -32,9 +32,10 @@ def fuse_files(paths, output, weights=None, norm="grouped"):
     """Load, check, fuse, verify and save; returns the measured logit error."""
     import numpy as np
 
-    from keras_fusion.models import FusionT5Seq2SeqLM, function_error
+    from keras_fusion.diagnostics import function_error
+    from keras_fusion.models import FusionT5Seq2SeqLM
     from keras_fusion.models.fusion_t5_backbone import check_fusable
-    from keras_fusion.training import save_atomic
+    from keras_fusion import storage
     from keras_fusion.utils.preset_loader import load_lm
 
     if not paths or len(paths) < 2:
@@ -50,7 +51,7 @@ def fuse_files(paths, output, weights=None, norm="grouped"):
     batch = {"encoder_token_ids": ids, "encoder_padding_mask": np.ones_like(ids),
              "decoder_token_ids": ids, "decoder_padding_mask": np.ones_like(ids)}
     error = function_error(fused, lms, batch, weights=weights)["logits"]
-    save_atomic(fused, output)
+    storage.save_model(fused, output)
     return error
 
 

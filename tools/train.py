@@ -36,21 +36,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
-from keras_fusion import training  # noqa: E402
+from keras_fusion import optimizers, recipes, training  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("recipe", "deep_fusion", list(training.RECIPES), "How the final model is reached.")
+flags.DEFINE_enum("recipe", "deep_fusion", list(recipes.RECIPES), "How the final model is reached.")
 flags.DEFINE_string("growth_schedule", None, "Overrides the recipe's schedule, e.g. 'self_fuse@1000,deepen@3000:layers=2'.")
 flags.DEFINE_integer("growth_step", None, "Optimizer step of the recipe's growth (default: steps // 3).")
-flags.DEFINE_string("preset", "tiny", f"Size of the final model: {', '.join(training.PRESETS)}.")
+flags.DEFINE_string("preset", "tiny", f"Size of the final model: {', '.join(recipes.PRESETS)}.")
 flags.DEFINE_integer("num_layers", None, "Overrides the preset.")
 flags.DEFINE_integer("num_heads", None, "Overrides the preset.")
 flags.DEFINE_integer("hidden_dim", None, "Overrides the preset.")
 flags.DEFINE_integer("intermediate_dim", None, "Overrides the preset.")
 flags.DEFINE_integer("key_value_dim", None, "Overrides the preset.")
-flags.DEFINE_enum("optimizer", "adamw", list(training.OPTIMIZERS), "Optimizer (Adafactor is T5's).")
+flags.DEFINE_enum("optimizer", "adamw", list(optimizers.OPTIMIZERS), "Optimizer (Adafactor is T5's).")
 flags.DEFINE_float("learning_rate", 3e-3, "Peak learning rate.")
-flags.DEFINE_enum("lr_schedule", "constant", list(training.LR_SCHEDULES), "Learning-rate schedule.")
+flags.DEFINE_enum("lr_schedule", "constant", list(optimizers.LR_SCHEDULES), "Learning-rate schedule.")
 flags.DEFINE_integer("warmup_steps", 0, "Warm-up steps of the schedule.")
 flags.DEFINE_integer("steps", 1200, "Optimizer steps of the main model (a deep_fusion partner trains growth_step more).")
 flags.DEFINE_integer("batch_size", 16, "Global batch size.")

@@ -1,10 +1,13 @@
-"""FusionT5Block: a keras-hub T5 layer with grouped norms and growth methods."""
+"""FusionT5Block: a keras-hub T5 layer with grouped norms, and its parameter tree.
+
+The growth operators act on whole backbones (`FusionT5Backbone.fuse`, ...),
+through the pure maps of `growth_maps`; a block contributes its variables as
+a tree (`block_variables`) and its configuration (`block_config`).
+"""
 
 import keras
-from keras_hub.src.models.t5.t5_multi_head_attention import T5MultiHeadAttention
-from keras_hub.src.models.t5.t5_transformer_layer import T5TransformerLayer
 
-from keras_fusion import growth_maps
+from keras_fusion._keras_internals import T5MultiHeadAttention, T5TransformerLayer
 from keras_fusion.layers.grouped_rms_norm import GroupedRMSNorm
 
 
@@ -107,15 +110,10 @@ class FusionT5Block(T5TransformerLayer):
     Example:
 
     ```python
-    a = FusionT5Block(is_decoder=False, hidden_dim=8, intermediate_dim=16,
-                      key_value_dim=4, dropout=0.0, activation="relu",
-                      layer_norm_epsilon=1e-6, num_heads=2)
-    b = FusionT5Block(is_decoder=False, hidden_dim=4, intermediate_dim=8,
-                      key_value_dim=4, dropout=0.0, activation="relu",
-                      layer_norm_epsilon=1e-6, num_heads=1)
-    a(keras.random.normal((1, 3, 8))); b(keras.random.normal((1, 3, 4)))
-    fused = FusionT5Block.fuse(a, b)      # hidden_dim 12, 3 heads
-    deeper = FusionT5Block.deepen(fused)  # identity on its input
+    block = FusionT5Block(is_decoder=False, hidden_dim=12, intermediate_dim=24,
+                          key_value_dim=4, dropout=0.0, activation="relu",
+                          layer_norm_epsilon=1e-6, num_heads=3, norm_groups=[8, 4])
+    outputs, position_bias = block(keras.random.normal((1, 3, 12)))
     ```
     """
 
@@ -208,14 +206,6 @@ class FusionT5Block(T5TransformerLayer):
         self.layer_norm = norm("layer_norm")
         self.dropout_layer = dropout_layer()
 
-    def build_for_growth(self):
-        """Build every sub-layer by calling the block once on zeros."""
-        x = keras.ops.zeros((1, 2, self.hidden_dim))
-        if self.is_decoder:
-            self(x, encoder_hidden_states=x, use_causal_mask=True)
-        else:
-            self(x)
-
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -234,87 +224,3 @@ class FusionT5Block(T5TransformerLayer):
             }
         )
         return config
-
-    @classmethod
-    def _from_parameters(cls, config, parameters):
-        block = cls(**config)
-        block.build_for_growth()
-        growth_maps.assign(block_variables(block), parameters)
-        return block
-
-    @classmethod
-    def fuse(cls, *blocks):
-        """One wider block computing all `blocks` side by side.
-
-        On input `[x_1; ...; x_n]` (features concatenated in the order of
-        `blocks`) the fused block returns `[y_1; ...; y_n]`, where `y_i` is
-        block `i`'s output on `x_i`. Attention and feed-forward kernels are
-        placed block-diagonally, heads are concatenated, and each block keeps
-        its own norm group(s). The inputs are not modified.
-
-        Args:
-            *blocks: two or more built `T5TransformerLayer`s (or
-                `FusionT5Block`s) with the same `is_decoder`,
-                `key_value_dim`, activation, gating, epsilon and relative-bias
-                ownership.
-
-        Returns:
-            A built `FusionT5Block`.
-        """
-        if len(blocks) < 2:
-            raise ValueError(f"fuse needs at least two blocks, got {len(blocks)}.")
-        configs = [block_config(b) for b in blocks]
-        growth_maps.check_same(
-            configs,
-            (
-                "is_decoder",
-                "key_value_dim",
-                "activation",
-                "use_gated_activation",
-                "layer_norm_epsilon",
-                "use_relative_attention_bias",
-            ),
-        )
-        parameters = growth_maps.fuse_parameters(
-            [growth_maps.read(block_variables(b)) for b in blocks]
-        )
-        config = growth_maps.fused_config(configs)
-        config.pop("name", None)
-        return cls._from_parameters(_constructor_args(config), parameters)
-
-    @classmethod
-    def deepen(cls, block):
-        """A new block of `block`'s configuration that is an exact identity.
-
-        The new block copies `block`'s weights, then zeroes the output
-        projections of self-attention, cross-attention and the feed-forward
-        network, so each residual branch adds exactly zero. The copied
-        weights give the branches a useful start once training moves the
-        output projections. The new block does not own a relative position
-        bias (it is meant to follow layer 0 of a stack).
-        """
-        config = dict(block_config(block))
-        config.pop("name", None)
-        config["use_relative_attention_bias"] = False
-        parameters = growth_maps.identity_block(growth_maps.read(block_variables(block)))
-        return cls._from_parameters(_constructor_args(config), parameters)
-
-
-_BLOCK_ARGS = (
-    "is_decoder",
-    "hidden_dim",
-    "intermediate_dim",
-    "key_value_dim",
-    "dropout",
-    "activation",
-    "layer_norm_epsilon",
-    "num_heads",
-    "use_gated_activation",
-    "use_relative_attention_bias",
-    "norm_groups",
-    "dtype",
-)
-
-
-def _constructor_args(config):
-    return {k: v for k, v in config.items() if k in _BLOCK_ARGS}

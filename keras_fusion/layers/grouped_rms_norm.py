@@ -3,7 +3,8 @@
 import keras
 import numpy as np
 from keras import ops
-from keras_hub.src.models.t5.t5_layer_norm import T5LayerNorm
+
+from keras_fusion._keras_internals import T5LayerNorm
 
 
 @keras.saving.register_keras_serializable(package="keras_fusion")

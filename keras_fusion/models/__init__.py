@@ -1,6 +1,5 @@
 """Keras models of keras_fusion."""
 
-from keras_fusion.models.function_error import function_error, relative_error
 from keras_fusion.models.fusion_t5_backbone import FusionT5Backbone
 from keras_fusion.models.fusion_t5_seq2seq_lm import FusionT5Seq2SeqLM
 from keras_fusion.models.growing_t5_seq2seq_lm import GrowingT5Seq2SeqLM
@@ -9,6 +8,4 @@ __all__ = [
     "FusionT5Backbone",
     "FusionT5Seq2SeqLM",
     "GrowingT5Seq2SeqLM",
-    "function_error",
-    "relative_error",
 ]

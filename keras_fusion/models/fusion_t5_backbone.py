@@ -5,14 +5,13 @@ import math
 import keras
 import numpy as np
 from keras.layers import ReversibleEmbedding
-from keras.src.backend.common import global_state as keras_global_state
-from keras.src.backend.common.stateless_scope import in_stateless_scope
-from keras_hub.src.models.backbone import Backbone
-from keras_hub.models import T5Backbone
+from keras_hub.models import Backbone, T5Backbone
 
+from keras_fusion import _keras_internals as internals
 from keras_fusion import growth_maps
 from keras_fusion.layers.fusion_t5_block import FusionT5Block, block_variables
 from keras_fusion.layers.grouped_rms_norm import GroupedRMSNorm
+from keras_fusion.models import variable_trees
 
 NORM_MODES = ("grouped", "global")
 
@@ -397,7 +396,7 @@ class FusionT5Backbone(T5Backbone):
             norm: `"grouped"` (default): each input keeps its own norm
                 group(s), exact. `"global"`: one RMSNorm over the whole
                 width, a plain T5; NOT exact for different models (measure
-                it with `keras_fusion.models.function_error`).
+                it with `keras_fusion.diagnostics`).
 
         Returns:
             A `FusionT5Backbone`.
@@ -458,152 +457,42 @@ class FusionT5Backbone(T5Backbone):
         return cls.from_parameters(*widen_ffn_plan(backbone, factor, noise, seed))
 
 
-# Building a model directly with given values (FusionT5Backbone.from_parameters).
-#
-# This relies on Keras 3.15 internals (keras/src/backend/common/variables.py
-# and stateless_scope.py, keras/src/backend/tensorflow/core.py), pinned in
-# setup.py and checked by tests/models/test_fusion_t5_backbone.py:
-# - a Variable created inside `keras.StatelessScope` with a callable
-#   initializer gets `_value = None`, keeps the callable in `_initializer`
-#   and is appended to the thread-local list "uninitialized_variables" of
-#   `global_state`; `StatelessScope(initialize_variables=False)` leaves them
-#   there on exit;
-# - `Variable._deferred_initialize()` (what `initialize_all_variables()`
-#   calls for each) creates the backend variable from
-#   `_initializer(shape, dtype)` and then drops `_initializer`. With
-#   TensorFlow it creates the `tf.Variable` (under `tf.init_scope()`, a
-#   no-op in eager mode) in the caller's context, so inside a `tf.distribute`
-#   `strategy.scope()` the variables come out distributed (MirroredVariable)
-#   exactly as in a normal construction (tested, also with two replicas);
-#   the callable may then be called once per replica, so it must not
-#   consume its array.
-# Each of our variables is initialised on its own rather than through
-# `initialize_all_variables()`, so variables that someone else left
-# uninitialised are left to them.
-
-_UNINITIALIZED = "uninitialized_variables"  # keras' global_state key
+# Building a model directly with given values (FusionT5Backbone.from_parameters),
+# through Keras' deferred variable initialisation (`_keras_internals`, whose
+# canary tests pin it). Each of our variables is initialised on its own, so
+# variables that someone else left uninitialised are left to them.
 
 
 def _build_with_values(cls, config, parameters):
     """`cls(**config)` whose tree variables are created holding `parameters`."""
-    earlier = list(keras_global_state.get_global_attribute(_UNINITIALIZED) or [])
-    earlier_ids = {id(v) for v in earlier}
-    try:
-        with keras.StatelessScope(initialize_variables=False):
-            backbone = cls(**config)
-    finally:
-        # Take our variables out of Keras' list whatever happens: we
-        # initialise them below, or the half-built model is dropped.
-        registered = keras_global_state.get_global_attribute(_UNINITIALIZED) or []
-        ours = [v for v in registered if id(v) not in earlier_ids]
-        keras_global_state.set_global_attribute(_UNINITIALIZED, earlier)
-
+    backbone, ours = internals.build_uninitialized(lambda: cls(**config))
     if parameters is None:  # every tree variable zero
         parameters = keras.tree.map_structure(
             lambda v: np.zeros(v.shape, "float32"), backbone_variables(backbone))
     # Everything is checked before any variable gets a value.
-    pairs = checked_pairs(backbone_variables(backbone), parameters)
+    pairs = variable_trees.checked_pairs(backbone_variables(backbone), parameters)
 
     deferred = {id(v) for v in ours}
-    nested = in_stateless_scope()
+    nested = internals.in_stateless_scope()
     for _, variable, array in pairs:
-        if id(variable) in deferred and variable._value is None:
-            variable._initializer = _constant_initializer(array)
-            if not nested:
-                variable._deferred_initialize()  # drops the initializer
+        if id(variable) in deferred and internals.is_uninitialized(variable):
+            if nested:
+                internals.set_uninitialized_initializer(variable, variable_trees.constant_initializer(array))
+            else:
+                internals.initialize_with(variable, variable_trees.constant_initializer(array))
         else:
             # Not deferred (not expected with Keras 3.15): the usual way.
-            variable.assign(_as_tensor(array, variable._dtype))
+            variable.assign(variable_trees.as_tensor(array, variable.dtype))
     if nested:
         # Inside an enclosing stateless scope nothing can be initialised:
         # hand the variables back to Keras, which initialises them (now
         # from `parameters`) when that scope ends.
-        registered = keras_global_state.get_global_attribute(_UNINITIALIZED) or []
-        keras_global_state.set_global_attribute(_UNINITIALIZED, registered + ours)
+        internals.hand_back_uninitialized(ours)
         return backbone
     for variable in ours:
-        if variable._value is None:  # not in the tree: seed generator states
-            variable._deferred_initialize()
+        if internals.is_uninitialized(variable):  # not in the tree: seed generator states
+            internals.initialize_with(variable)
     return backbone
-
-
-def _as_tensor(array, dtype):
-    return keras.ops.cast(keras.ops.convert_to_tensor(np.asarray(array)), dtype)
-
-
-def _constant_initializer(array):
-    def initializer(shape, dtype=None):
-        return _as_tensor(array, dtype)
-
-    return initializer
-
-
-def checked_pairs(variables, arrays):
-    """`[(location, variable, array)]` for a variable tree and an array tree.
-
-    Raises ValueError naming the first place where the structures differ or
-    a leaf's shape does not match its variable, before anything is written.
-    """
-    pairs = _paired_leaves(variables, arrays)
-    for where, variable, array in pairs:
-        if tuple(variable.shape) != tuple(np.shape(array)):
-            raise ValueError(
-                f"Shape mismatch for {where} (variable {variable.path}): model "
-                f"{tuple(variable.shape)}, parameters {tuple(np.shape(array))}."
-            )
-    return pairs
-
-
-def _paired_leaves(variables, arrays, where=""):
-    """[(location, variable, array)] for two trees of the same structure.
-
-    Raises ValueError naming the first location where they differ.
-    """
-    here = where or "the top level"
-    if isinstance(variables, dict):
-        if not isinstance(arrays, dict):
-            raise ValueError(
-                f"Parameter trees do not match at {here}: the model has a dict "
-                f"{sorted(variables)}, the parameters have a {type(arrays).__name__}."
-            )
-        if set(arrays) != set(variables):
-            missing = sorted(set(variables) - set(arrays))
-            extra = sorted(set(arrays) - set(variables), key=str)
-            raise ValueError(
-                f"Parameter trees do not match at {here}: the parameters lack "
-                f"{missing} and have unexpected {extra} (the model has "
-                f"{sorted(variables)})."
-            )
-        return [
-            pair
-            for key in variables
-            for pair in _paired_leaves(
-                variables[key], arrays[key], f"{where}.{key}" if where else key
-            )
-        ]
-    if isinstance(variables, (list, tuple)):
-        if not isinstance(arrays, (list, tuple)) or len(arrays) != len(variables):
-            found = (
-                f"a list of {len(arrays)}"
-                if isinstance(arrays, (list, tuple))
-                else f"a {type(arrays).__name__}"
-            )
-            raise ValueError(
-                f"Parameter trees do not match at {here}: the model has a list "
-                f"of {len(variables)}, the parameters have {found}."
-            )
-        return [
-            pair
-            for i, (v, a) in enumerate(zip(variables, arrays))
-            for pair in _paired_leaves(v, a, f"{where}[{i}]")
-        ]
-    if isinstance(arrays, (dict, list, tuple)):
-        raise ValueError(
-            f"Parameter trees do not match at {here}: the model has one "
-            f"variable ({variables.path}), the parameters have a "
-            f"{type(arrays).__name__}."
-        )
-    return [(where, variables, arrays)]
 
 
 # Plans: validate the arguments and compute (config, parameters) of the grown
@@ -617,7 +506,7 @@ def _check_int(name, value, minimum):
 
 
 def _read(backbone, what="the model"):
-    tree = growth_maps.read(backbone_variables(backbone))
+    tree = variable_trees.read(backbone_variables(backbone))
     growth_maps.check_finite(tree, what)
     return tree
 

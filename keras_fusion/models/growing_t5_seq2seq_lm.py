@@ -2,8 +2,8 @@
 
 import keras
 import tensorflow as tf
-from keras.src.utils import tracking
 
+from keras_fusion import _keras_internals as internals
 from keras_fusion.models.fusion_t5_seq2seq_lm import FusionT5Seq2SeqLM
 
 
@@ -82,64 +82,50 @@ class GrowingT5Seq2SeqLM(keras.Model):
 
         return train_function
 
-    def replace_lm(self, lm, optimizer=None, train_function=None):
-        """Swap in a grown inner model (and its optimizer), untracking the old.
+    def replace_lm(self, lm, optimizer=None, prepared=None):
+        """Swap in a grown inner model (and its optimizer): the one place
+        where a growth writes into the model being fit.
 
-        The tracker is locked after build; without untracking, the old
-        variables would stay in `trainable_variables`. The train, test and
-        predict functions are reset so that the next step traces the new
-        model: without that `fit` silently trains the old variables.
-        `train_function`, when given, is a train function already traced on
-        `lm` and `optimizer` (`keras_fusion.growth_ahead`) and becomes the
-        model's.
+        The old model is untracked (the tracker is locked after build;
+        without untracking, the old variables would stay in
+        `trainable_variables`), and the train, test and predict functions
+        are reset so that the next step traces the new model: without that
+        `fit` silently trains the old variables.
 
         Nothing may keep the old model (its variables, and through them the
         old optimizer's slots) alive: after five growths the replaced models
         held ~300 MiB, more than the final model with its optimizer state
         (`benchmarks/growth_memory.py`). Besides the tracker, `compile`
-        records `_compiled_trainable_state`, a dict keyed by every layer, the
-        old model's included; it is refreshed here (see below).
+        records the layers it saw; that record is refreshed here.
+
+        Args:
+            lm: the grown `FusionT5Seq2SeqLM`.
+            optimizer: its optimizer (built on its variables), or None to
+                keep the current one.
+            prepared: a `GrowingT5Seq2SeqLM` around `lm`, compiled with
+                `optimizer` and traced ahead of time
+                (`keras_fusion.growth_ahead`). Its train function becomes
+                this model's, with the loss tracker, compiled loss and
+                metrics it updates; those take this model's current values
+                first, so the epoch's running metrics go on.
         """
-        old = self.lm
-        locked = self._tracker.locked
-        self._tracker.unlock()
-        try:
-            self._tracker.untrack(old)
+        if prepared is not None and (prepared.lm is not lm or prepared.optimizer is not optimizer):
+            raise ValueError("replace_lm: `prepared` must hold `lm` and `optimizer`.")
+        with internals.untracking(self, self.lm):
             self.lm = lm
-            if getattr(self, "_compiled_trainable_state", None) is not None:
-                # `compile` sets this dict (layer -> trainable) with Keras
-                # tracking off, so TensorFlow wraps it in a `_DictWrapper`
-                # and registers it as a checkpoint dependency named
-                # `_compiled_trainable_state` (in the model's
-                # `_self_unconditional_checkpoint_dependencies` and
-                # `_self_unconditional_dependency_names`), and the wrapper
-                # keeps a snapshot copy: its keys hold every old layer. The
-                # trap: a plain `self._compiled_trainable_state = {}` is
-                # wrapped by Keras' tracker into a `TrackedDict`, which is
-                # not a TF `Trackable`, so TF's dependency is not overwritten
-                # and the old dict (with the old model) stays referenced.
-                # Reassigning as `compile` does (tracking off, a plain dict)
-                # makes TF overwrite the dependency by name. It also records
-                # the new layers, so Keras does not later report the grown
-                # layers as "trainable state changed since compile".
-                with tracking.DotNotTrackScope():
-                    self._compiled_trainable_state = {
-                        layer: layer.trainable for layer in self._flatten_layers()
-                    }
+            internals.refresh_compiled_trainable_state(self)
             if optimizer is not None:
                 self.optimizer = optimizer
                 # Saved models recompile from the compile config: keep its
                 # optimizer the grown one (a re-warm-up schedule included).
-                compile_config = getattr(self, "_compile_config", None)
-                if compile_config is not None:
-                    compile_config.config["optimizer"] = optimizer
-        finally:
-            if locked:
-                self._tracker.lock()
-        if train_function is None:
+                internals.set_compiled_optimizer(self, optimizer)
+        if prepared is None:
             self.make_train_function(force=True)
         else:
-            self.train_function = self._recording(train_function)
+            for source, target in zip(self.metrics_variables, prepared.metrics_variables):
+                target.assign(source)
+            internals.adopt_compiled_trainer(self, prepared)
+            self.train_function = self._recording(prepared.train_function)
         self.test_function = None
         self.predict_function = None
 

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from benchmark_test_utils import BENCHMARKS, load_benchmark
-from keras_fusion import flops, training
+from keras_fusion import flops, recipes
 
 SCRIPT = os.path.join(BENCHMARKS, "growth_vs_scratch.py")
 bench = load_benchmark("growth_vs_scratch")
@@ -50,7 +50,7 @@ def test_summary_needs_every_seed_to_reach_for_a_mean():
 
 @pytest.mark.parametrize("arm", bench.ARMS)
 def test_every_arm_spends_the_common_budget(arm):
-    setup = bench.Setup(target=training.target_config("tiny", 1000, num_layers=4), steps=400, eval_every=20,
+    setup = bench.Setup(target=recipes.target_config("tiny", 1000, num_layers=4), steps=400, eval_every=20,
                         batch_size=16, input_length=64, target_length=16, growth_fraction=0.25,
                         rewarmup_steps=20, eval_batches=8)
     start, growth_step, total = bench.growth_plan(arm, setup)

@@ -15,11 +15,11 @@ import sys
 import pytest
 
 from benchmark_test_utils import BENCHMARKS, load_benchmark
-from keras_fusion import flops, training
+from keras_fusion import flops, recipes
 
 SCRIPT = os.path.join(BENCHMARKS, "growth_vs_scratch_v2.py")
 bench = load_benchmark("growth_vs_scratch_v2")
-TARGET = training.target_config("tiny", 1000, num_layers=4)  # d 64, 4 heads, ff 128
+TARGET = recipes.target_config("tiny", 1000, num_layers=4)  # d 64, 4 heads, ff 128
 
 
 def cost(config):

@@ -1,16 +1,46 @@
-"""FusionT5Block against keras-hub's T5TransformerLayer."""
+"""FusionT5Block against keras-hub's T5TransformerLayer, and the growth maps
+(`growth_maps`) on block parameter trees: a block built from a fused or
+identity tree computes what the maps promise."""
 
+import keras
 import numpy as np
 import pytest
 from keras_hub.src.models.t5.t5_transformer_layer import T5TransformerLayer
-
-from keras_fusion import growth_maps
-from keras_fusion.layers import FusionT5Block
-from keras_fusion.layers.fusion_t5_block import block_variables
-from keras_fusion.models import relative_error
 from t5_test_utils import TOLERANCE
 
+from keras_fusion import growth_maps
+from keras_fusion.diagnostics import relative_error
+from keras_fusion.layers import FusionT5Block
+from keras_fusion.layers.fusion_t5_block import block_config, block_variables
+from keras_fusion.models import variable_trees
+
 RNG = np.random.default_rng(0)
+BLOCK_FIELDS = ("is_decoder", "key_value_dim", "activation", "use_gated_activation", "layer_norm_epsilon",
+                "use_relative_attention_bias")
+
+
+def block_from(config, parameters):
+    """A built FusionT5Block of `config` holding the tree `parameters`."""
+    config = {k: v for k, v in config.items() if k != "name"}
+    block = FusionT5Block(**config)
+    x = keras.ops.zeros((1, 2, block.hidden_dim))
+    block(x, encoder_hidden_states=x, use_causal_mask=True) if block.is_decoder else block(x)
+    variable_trees.assign(block_variables(block), parameters)
+    return block
+
+
+def fuse(*blocks):
+    """The fusion of blocks through the pure maps."""
+    configs = [block_config(b) for b in blocks]
+    growth_maps.check_same(configs, BLOCK_FIELDS)
+    trees = [variable_trees.read(block_variables(b)) for b in blocks]
+    return block_from(growth_maps.fused_config(configs), growth_maps.fuse_parameters(trees))
+
+
+def identity_of(block):
+    """A new block of `block`'s configuration computing the identity."""
+    config = dict(block_config(block), use_relative_attention_bias=False)
+    return block_from(config, growth_maps.identity_block(variable_trees.read(block_variables(block))))
 
 
 def t5_layer(hidden_dim, num_heads, ff, is_decoder, gated=True, bias=True, activation="relu", cls=T5TransformerLayer):
@@ -47,7 +77,7 @@ def run(layer, width, x=None, encoder=None):
 def test_one_group_block_equals_t5_layer(is_decoder):
     plain = t5_layer(8, 2, 16, is_decoder)
     ours = t5_layer(8, 2, 16, is_decoder, cls=FusionT5Block)
-    growth_maps.assign(block_variables(ours), growth_maps.read(block_variables(plain)))
+    variable_trees.assign(block_variables(ours), variable_trees.read(block_variables(plain)))
     np.testing.assert_array_equal(run(ours, 8), run(plain, 8))
 
 
@@ -58,7 +88,7 @@ def test_one_group_block_equals_t5_layer(is_decoder):
 def test_fuse_is_the_concatenation_of_the_blocks(is_decoder, gated, activation):
     a = t5_layer(8, 2, 16, is_decoder, gated, activation=activation)
     b = t5_layer(12, 3, 20, is_decoder, gated, activation=activation)
-    fused = FusionT5Block.fuse(a, b)
+    fused = fuse(a, b)
     assert fused.norm_groups == [8, 12] and fused.num_heads == 5
     xa, xb, ea, eb = features(8, 3), features(12, 4), features(8, 5), features(12, 6)
     out = run(fused, 20, np.concatenate([xa, xb], -1), np.concatenate([ea, eb], -1))
@@ -68,8 +98,8 @@ def test_fuse_is_the_concatenation_of_the_blocks(is_decoder, gated, activation):
 
 def test_fuse_of_fused_blocks_accumulates_groups():
     a, b, c = (t5_layer(d, h, 2 * d, True) for d, h in [(8, 2), (4, 1), (12, 3)])
-    ab = FusionT5Block.fuse(a, b)
-    abc = FusionT5Block.fuse(ab, c)
+    ab = fuse(a, b)
+    abc = fuse(ab, c)
     assert abc.norm_groups == [8, 4, 12]
     xs = [features(d, 10 + d) for d in (8, 4, 12)]
     es = [features(d, 20 + d) for d in (8, 4, 12)]
@@ -81,7 +111,7 @@ def test_fuse_of_fused_blocks_accumulates_groups():
 @pytest.mark.parametrize("is_decoder", [False, True])
 def test_deepen_is_an_exact_identity(is_decoder):
     block = t5_layer(8, 2, 16, is_decoder)
-    new = FusionT5Block.deepen(block)
+    new = identity_of(block)
     x = features(8, 7)
     mask = np.ones((2, 1, 6), "int32")
     bias = np.random.default_rng(3).normal(size=(1, 2, 6, 6)).astype("float32")
@@ -96,13 +126,13 @@ def test_deepen_is_an_exact_identity(is_decoder):
 def test_inputs_are_not_modified():
     a, b = t5_layer(8, 2, 16, True), t5_layer(4, 1, 8, True)
     before = [np.array(v.numpy()) for v in a.weights + b.weights]
-    FusionT5Block.deepen(FusionT5Block.fuse(a, b))
+    identity_of(fuse(a, b))
     for v, w in zip(a.weights + b.weights, before):
         np.testing.assert_array_equal(v.numpy(), w)
 
 
 def test_config_round_trip():
-    fused = FusionT5Block.fuse(t5_layer(8, 2, 16, True), t5_layer(4, 1, 8, True))
+    fused = fuse(t5_layer(8, 2, 16, True), t5_layer(4, 1, 8, True))
     restored = FusionT5Block.from_config(fused.get_config())
     assert restored.get_config() == fused.get_config()
     assert restored.norm_groups == [8, 4]
@@ -122,15 +152,13 @@ def test_fuse_rejects_incompatible_blocks(other, field):
     a = t5_layer(8, 2, 16, **base)
     b = t5_layer(8, 2, 16, **{**base, **other})
     with pytest.raises(ValueError, match=f"{field} differs: .* vs "):
-        FusionT5Block.fuse(a, b)
+        fuse(a, b)
 
 
-def test_fuse_needs_two_built_blocks():
+def test_block_variables_need_a_built_block():
     a = t5_layer(8, 2, 16, False)
-    with pytest.raises(ValueError, match="at least two"):
-        FusionT5Block.fuse(a)
     unbuilt = T5TransformerLayer(is_decoder=False, hidden_dim=8, intermediate_dim=16, key_value_dim=4,
                                  dropout=0.0, activation="relu", layer_norm_epsilon=1e-6, num_heads=2,
                                  use_gated_activation=True, use_relative_attention_bias=True)
     with pytest.raises(ValueError, match="not built"):
-        FusionT5Block.fuse(a, unbuilt)
+        fuse(a, unbuilt)

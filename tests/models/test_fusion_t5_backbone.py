@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from keras_hub.src.tests.test_case import TestCase
 
-from keras_fusion import growth_maps
-from keras_fusion.models import FusionT5Backbone, function_error
+from keras_fusion.diagnostics import function_error
+from keras_fusion.models import FusionT5Backbone
 from keras_fusion.models.fusion_t5_backbone import backbone_config, backbone_variables
+from keras_fusion.models import variable_trees
 from t5_test_utils import TOLERANCE, assert_unchanged, random_backbone, random_inputs, snapshot
 
 INPUTS = random_inputs()
@@ -61,7 +62,7 @@ def test_one_group_equals_keras_hub_t5_backbone():
     plain = random_backbone(seed=3)
     ours = random_backbone(seed=4, cls=FusionT5Backbone)
     assert [i.name for i in ours.inputs] == [i.name for i in plain.inputs]
-    growth_maps.assign(backbone_variables(ours), growth_maps.read(backbone_variables(plain)))
+    variable_trees.assign(backbone_variables(ours), variable_trees.read(backbone_variables(plain)))
     a, b = plain.predict_on_batch(INPUTS), ours.predict_on_batch(INPUTS)
     assert set(a) == set(b) == {"encoder_sequence_output", "decoder_sequence_output"}
     for key in a:
@@ -395,6 +396,6 @@ def test_zeros_builds_the_config_with_every_parameter_zero():
     config = backbone_config(source)
     zeros = FusionT5Backbone.zeros(config)
     assert backbone_config(zeros) == config
-    leaves = keras.tree.flatten(growth_maps.read(backbone_variables(zeros)))
+    leaves = keras.tree.flatten(variable_trees.read(backbone_variables(zeros)))
     assert len(leaves) == len(keras.tree.flatten(backbone_variables(source)))
     assert all(not np.any(leaf) for leaf in leaves)

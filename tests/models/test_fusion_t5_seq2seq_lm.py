@@ -6,7 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM, function_error
+from keras_fusion.diagnostics import function_error
+from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM
 from t5_test_utils import TOLERANCE, assert_unchanged, random_backbone, random_inputs, snapshot
 
 INPUTS = random_inputs(seed=5)

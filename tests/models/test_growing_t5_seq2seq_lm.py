@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_fusion import training
+from keras_fusion import metrics
 from keras_fusion.callbacks import GrowthCallback
 from keras_fusion.growth import Deepen
 from t5_test_utils import growing_lm, random_inputs, random_labels
@@ -68,7 +68,7 @@ def test_metrics_recorder_releases_the_replaced_model():
     eval_data = tf.data.Dataset.from_tensors((X, Y, weights))
     old = WeakRefsAt(2)
     # The recorder comes first: at step 2 it evaluates the model about to be replaced.
-    recorder = training.MetricsRecorder(eval_data, 4, 9, 9, every=1)
+    recorder = metrics.MetricsRecorder(eval_data, 4, 9, 9, every=1)
     fit(model, 2, [recorder, old, GrowthCallback([Deepen(at_step=2, num_new_layers=1)], verbose=0)])
     assert model.backbone.num_layers == 3 and len(recorder.rows) == 2
     assert old.alive() == []

@@ -9,8 +9,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_fusion import data, training
-from keras_fusion.models import relative_error
+from keras_fusion import data, distribution, recipes, training
+from keras_fusion.diagnostics import relative_error
 from t5_test_utils import TOLERANCE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -247,9 +247,9 @@ def test_tpu_strategy_fails_fast_when_no_tpu_is_reachable(tpu):
 
 def test_tpu_reachability_errors_name_the_address():
     with pytest.raises(ValueError, match="no TPU reachable: --tpu=grpc://127.0.0.1:1 does not answer"):
-        training.check_tpu_reachable("grpc://127.0.0.1:1", timeout=1)
+        distribution.check_tpu_reachable("grpc://127.0.0.1:1", timeout=1)
     with pytest.raises(ValueError, match="--tpu=local: this machine has no TPU device"):
-        training.check_tpu_reachable("local")
+        distribution.check_tpu_reachable("local")
 def test_fuse_and_export_scripts_take_hugging_face_folders(tmp_path):
     import keras_hub
 
@@ -306,4 +306,4 @@ def test_init_from_starts_the_recipe_from_a_trained_checkpoint(tmp_path, tokeniz
     final = keras.saving.load_model(str(tmp_path / "run" / "final.keras"), compile=False)
     assert (final.backbone.hidden_dim, final.backbone.num_layers) == (32, 2)
     with pytest.raises(ValueError, match="holds no tokenizer: give its SentencePiece model as --tokenizer"):
-        training.init_from(path)
+        recipes.init_from(path)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from keras_fusion import data
-from keras_fusion.models import relative_error
+from keras_fusion.diagnostics import relative_error
 from t5_test_utils import TOLERANCE
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_worker.py")

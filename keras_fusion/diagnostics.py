@@ -1,4 +1,11 @@
-"""function_error: how far a grown model is from the models it came from."""
+"""Diagnostics: how far a grown model is from the models it came from.
+
+```python
+from keras_fusion.diagnostics import function_error
+
+error = function_error(fused, [lm_a, lm_b], inputs)  # 0 for an exact fusion
+```
+"""
 
 import numpy as np
 from keras_hub.models import T5Backbone, T5Seq2SeqLM
