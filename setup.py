@@ -34,7 +34,9 @@ setup(
         # torch + transformers: the PyTorch T5 that HF imports and exports are
         # checked against (torch 2.13.0 is the CPU build on the dev machines).
         # The library reads and writes safetensors itself (safetensors_io).
+        # ruff: `make test` lints and format-checks the tree first (ruff.toml).
         "test": [
+            "ruff==0.17.5",
             "pytest==9.2.0",
             "pytest-xdist==3.8.0",
             "hypothesis==6.170.15",

@@ -93,14 +93,9 @@ from benchmark_utils import in_fresh_process, machine_info, script_setup, versio
 
 ROOT = script_setup(__file__)
 
-TINY_CONFIG = dict(
-    vocabulary_size=1000,
-    num_layers=2,
-    hidden_dim=64,
-    num_heads=4,
-    intermediate_dim=128,
-    dropout=0.0,
-)
+import instruments  # noqa: E402
+from instruments import BATCH_SIZE, LEARNING_RATE, NUM_BATCHES, SEQUENCE_LENGTH, TINY_CONFIG  # noqa: E402
+
 # T5-small's shape (t5-small / t5-v1_1-small, vocabulary 32128): `--size small`
 # measures a growth where users train, where the fixed tracing costs that
 # dominate the tiny model's figure are small against one step.
@@ -109,10 +104,6 @@ CONFIGS = {
     "small": dict(vocabulary_size=32128, num_layers=6, hidden_dim=512, num_heads=8, intermediate_dim=2048,
                   key_value_dim=64, dropout=0.0),
 }
-BATCH_SIZE = 16
-SEQUENCE_LENGTH = 64
-NUM_BATCHES = 8  # distinct random batches, repeated
-LEARNING_RATE = 1e-3
 OPERATORS = ("self_fuse", "deepen", "fuse")
 EVENT_GOAL_STEPS = 20  # a growth event costs at most 20 training steps
 SPEED_GOAL = 0.97  # grown steps/s >= 0.97 x direct steps/s
@@ -137,239 +128,6 @@ def _entry(operator, at_step, partner=None):
     if operator == "fuse":
         return Fuse(at_step=at_step, partner=partner, weight=0.5)
     raise ValueError(f"unknown operator {operator!r}; choose from {OPERATORS}")
-
-
-def _dataset(seed=0, vocab=TINY_CONFIG["vocabulary_size"]):
-    import numpy as np
-    import tensorflow as tf
-
-    rng = np.random.default_rng(seed)
-    n = NUM_BATCHES * BATCH_SIZE
-    shape = (n, SEQUENCE_LENGTH)
-    x = {
-        "encoder_token_ids": rng.integers(1, vocab, shape).astype("int32"),
-        "encoder_padding_mask": np.ones(shape, "int32"),
-        "decoder_token_ids": rng.integers(1, vocab, shape).astype("int32"),
-        "decoder_padding_mask": np.ones(shape, "int32"),
-    }
-    y = rng.integers(0, vocab, shape).astype("int32")
-    return (
-        tf.data.Dataset.from_tensor_slices((x, y))
-        .batch(BATCH_SIZE, drop_remainder=True)
-        .cache()
-        .repeat()
-        .prefetch(tf.data.AUTOTUNE)
-    )
-
-
-def _wrap(backbone):
-    import keras
-
-    from keras_fusion.models import FusionT5Seq2SeqLM, GrowingT5Seq2SeqLM
-
-    model = GrowingT5Seq2SeqLM(FusionT5Seq2SeqLM(backbone))
-    model.compile(
-        optimizer=keras.optimizers.AdamW(learning_rate=LEARNING_RATE),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
-    return model
-
-
-def _tracing_count(model):
-    """(id, trace count, inner trace count) of the train function's tf.functions.
-
-    Keras' train function is a Python closure over two `tf.function`s:
-    `multi_step_on_iterator` (called every step) and `one_step_on_data`
-    (behind a `functools.wraps` wrapper); a count that grows after the first
-    step means a retrace.
-    """
-    function = getattr(model, "train_function", None)
-    # GrowingT5Seq2SeqLM wraps Keras' function (to record the data's spec).
-    while function is not None and "function" in getattr(function, "__code__", None).co_freevars:
-        function = function.__closure__[function.__code__.co_freevars.index("function")].cell_contents
-    if function is None or not getattr(function, "__closure__", None):
-        return None, None, None
-    found = {}
-    for name, cell in zip(function.__code__.co_freevars, function.__closure__):
-        try:
-            value = cell.cell_contents
-        except ValueError:
-            continue
-        if not hasattr(value, "experimental_get_tracing_count"):
-            value = getattr(value, "__wrapped__", None)
-        if hasattr(value, "experimental_get_tracing_count"):
-            found[name] = (id(value), int(value.experimental_get_tracing_count()))
-    outer = found.get("multi_step_on_iterator", (id(function), None))
-    inner = found.get("one_step_on_data", (None, None))
-    return outer[0], outer[1], inner[1]
-
-
-class _GCClock:
-    """Seconds spent in Python's garbage collector, summed (gc.callbacks), and
-    the number of collections (`full`: of generation 2)."""
-
-    total = 0.0
-    collections = 0
-    full = 0
-    _start = None
-
-    @classmethod
-    def install(cls):
-        import gc
-
-        if cls._callback not in gc.callbacks:
-            gc.callbacks.append(cls._callback)
-
-    @classmethod
-    def _callback(cls, phase, info):
-        if phase == "start":
-            cls._start = time.perf_counter()
-        elif cls._start is not None:
-            cls.total += time.perf_counter() - cls._start
-            cls.collections += 1
-            cls.full += info["generation"] == 2
-            cls._start = None
-
-
-class _TraceClock:
-    """Seconds spent tracing tf.functions in Python, summed (outermost calls,
-    less the Python GC time within them).
-
-    Wraps TensorFlow's `tracing_compilation.trace_function` (which every
-    `tf.function` call goes through: a cache lookup, or a trace on a miss).
-    """
-
-    total = 0.0
-    installed = False
-    _depth = 0
-
-    @classmethod
-    def install(cls):
-        if cls.installed:
-            return
-        try:
-            from tensorflow.python.eager.polymorphic_function import tracing_compilation
-        except ImportError:  # another TensorFlow layout: no trace timing
-            return
-        original = tracing_compilation.trace_function
-
-        def trace_function(*args, **kwargs):
-            cls._depth += 1
-            start, gc_start = time.perf_counter(), _GCClock.total
-            try:
-                return original(*args, **kwargs)
-            finally:
-                cls._depth -= 1
-                if cls._depth == 0:  # Python GC inside is counted as GC
-                    cls.total += time.perf_counter() - start - (_GCClock.total - gc_start)
-
-        tracing_compilation.trace_function = trace_function
-        cls.installed = True
-
-
-def _step_timer():
-    import keras
-
-    _GCClock.install()
-    _TraceClock.install()
-
-    class StepTimer(keras.callbacks.Callback):
-        """Times every training step (wall, process CPU, Python GC); keeps
-        the trace counts of the train function after each step."""
-
-        def __init__(self):
-            super().__init__()
-            self.steps = []
-            self._begin = None
-
-        def on_train_batch_begin(self, batch, logs=None):
-            self._trace = _TraceClock.total
-            self._gc = _GCClock.total
-            self._cpu = time.process_time()
-            self._begin = time.perf_counter()
-
-        def on_train_batch_end(self, batch, logs=None):
-            end = time.perf_counter()
-            cpu = time.process_time() - self._cpu
-            gc_seconds = _GCClock.total - self._gc
-            trace_seconds = _TraceClock.total - self._trace
-            function, traces, inner_traces = _tracing_count(self.model)
-            self.steps.append(dict(begin=self._begin, end=end, cpu=cpu, gc=gc_seconds,
-                                   trace=trace_seconds,
-                                   function=function, traces=traces,
-                                   inner_traces=inner_traces))
-
-    return StepTimer()
-
-
-class _Breakdown:
-    """Times the parts of `GrowthCallback.grow` by wrapping what it calls."""
-
-    def __init__(self, entry_class):
-        import gc
-
-        from keras_fusion import callbacks, growth_ahead, optimizer_state
-        from keras_fusion.models import FusionT5Seq2SeqLM, GrowingT5Seq2SeqLM
-
-        self.targets = [
-            (entry_class, "grown_parameters", "operator (grown parameter arrays)"),
-            (optimizer_state, "read_slots", "read optimizer state"),
-            (optimizer_state, "map_slots", "map optimizer state"),
-            (growth_ahead.Preparation, "wait", "wait for the preparation"),
-            (growth_ahead.Preparation, "adopt", "write into the prepared model"),
-            (FusionT5Seq2SeqLM, "from_parameters", "build the grown model (synchronous)"),
-            (optimizer_state, "rebuild", "rebuild optimizer with state (synchronous)"),
-            (GrowingT5Seq2SeqLM, "replace_lm", "replace_lm (swap, reset functions)"),
-            (gc, "collect", "gc.collect (free the replaced model)"),
-            (callbacks, "release_free_memory", "malloc_trim (free pages to the system)"),
-        ]
-        self.seconds = {}
-
-    def __enter__(self):
-        self.saved = []
-        for owner, name, label in self.targets:
-            self.saved.append((owner, name, owner.__dict__[name]))
-            original = getattr(owner, name)  # bound, for a classmethod
-
-            def timed(*args, _original=original, _label=label, **kwargs):
-                start = time.perf_counter()
-                try:
-                    return _original(*args, **kwargs)
-                finally:
-                    self.seconds[_label] = self.seconds.get(_label, 0.0) + (
-                        time.perf_counter() - start
-                    )
-
-            setattr(owner, name, timed)
-        return self
-
-    def __exit__(self, *exc):
-        for owner, name, original in self.saved:
-            setattr(owner, name, original)
-        return False
-
-
-class _Preparations:
-    """Collects the `growth_ahead.Preparation`s started (for their times)."""
-
-    def __enter__(self):
-        from keras_fusion import growth_ahead
-
-        self.started = []
-        self.original = growth_ahead.Preparation.start
-
-        def start(preparation, _original=self.original):
-            self.started.append(preparation)
-            return _original(preparation)
-
-        growth_ahead.Preparation.start = start
-        return self
-
-    def __exit__(self, *exc):
-        from keras_fusion import growth_ahead
-
-        growth_ahead.Preparation.start = self.original
-        return False
 
 
 def _summary(seconds):
@@ -433,10 +191,10 @@ def worker(operator, settings, prepare_ahead=True):
         tf.config.threading.set_intra_op_parallelism_threads(settings["tf_threads"])
         tf.config.threading.set_inter_op_parallelism_threads(settings["tf_threads"])
     config = CONFIGS[settings.get("size", "tiny")]
-    data = _dataset(vocab=config["vocabulary_size"])
+    data = instruments.dataset(vocab=config["vocabulary_size"])
 
     keras.utils.set_random_seed(0)
-    model = _wrap(FusionT5Backbone(**config))
+    model = instruments.wrap(FusionT5Backbone(**config))
     partner = None
     if operator == "fuse":
         keras.utils.set_random_seed(1)
@@ -453,12 +211,12 @@ def worker(operator, settings, prepare_ahead=True):
     keras.utils.set_random_seed(2)
     planned = entry.plan(backbone_config(model.backbone))
     build_start = time.perf_counter()
-    direct = _wrap(FusionT5Backbone(**planned))
+    direct = instruments.wrap(FusionT5Backbone(**planned))
     direct_build_seconds = time.perf_counter() - build_start
 
     # 1. Train the tiny model, grow it at step grow_at, go on post steps.
-    timer = _step_timer()
-    with _Breakdown(type(entry)) as breakdown, _Preparations() as preparations:
+    timer = instruments.step_timer()
+    with instruments.Breakdown(type(entry)) as breakdown, instruments.Preparations() as preparations:
         model.fit(data, epochs=1, steps_per_epoch=grow_at + post, verbose=0,
                   callbacks=[timer, growth])
     event = dict(growth.events[0])
@@ -470,13 +228,13 @@ def worker(operator, settings, prepare_ahead=True):
 
     # 2. Alternate fit calls of `chunk` steps: direct, grown, grown, direct, ...
     # The direct model's first call traces its train function: a warm-up call.
-    warmup = _step_timer()
+    warmup = instruments.step_timer()
     direct.fit(data, epochs=1, steps_per_epoch=skip + 2, verbose=0, callbacks=[warmup])
     chunks = {"grown": [], "direct": []}
     for r in range(rounds):
         order = ("grown", "direct") if r % 2 == 0 else ("direct", "grown")
         for name in order:
-            t = _step_timer()
+            t = instruments.step_timer()
             m = direct if name == "direct" else model
             m.fit(data, epochs=1, steps_per_epoch=chunk, verbose=0, callbacks=[t])
             chunks[name].append(t.steps)

@@ -80,11 +80,11 @@ def _thread_ticks():
 def _workloads(seconds, data):
     import keras
 
-    import growth_overhead as go
+    import instruments as go
     from keras_fusion.models import FusionT5Backbone
 
     keras.utils.set_random_seed(5)
-    other = go._wrap(FusionT5Backbone(**go.TINY_CONFIG))
+    other = go.wrap(FusionT5Backbone(**go.TINY_CONFIG))
     other.fit(data, epochs=1, steps_per_epoch=1, verbose=0)
     iterator = iter(data)
 
@@ -127,17 +127,17 @@ def run(seconds, repeats, reference_steps):
     tf.config.threading.set_inter_op_parallelism_threads(1)
     import keras
 
-    import growth_overhead as go
+    import instruments as go
     from keras_fusion.models import FusionT5Backbone
 
-    data = go._dataset()
+    data = go.dataset()
     keras.utils.set_random_seed(0)
-    model = go._wrap(FusionT5Backbone(**go.TINY_CONFIG))
+    model = go.wrap(FusionT5Backbone(**go.TINY_CONFIG))
     workloads = _workloads(seconds, data)
     model.fit(data, epochs=1, steps_per_epoch=20, verbose=0)  # trace, warm up
 
     main_tid = threading.get_native_id()
-    _GCClock = go._GCClock
+    _GCClock = go.GCClock
     _GCClock.install()
 
     class Window(keras.callbacks.Callback):
@@ -251,7 +251,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.repeats < 1 or args.reference_steps < 10:
         parser.error("--seconds must be > 0, --repeats >= 1 and --reference-steps >= 10")
-    import growth_overhead as go
+    import instruments as go
 
     machine, vers = machine_info(), versions()
     print("Machine:", f"{machine['cpu_model']}, {machine['cpu_count']} CPUs "
