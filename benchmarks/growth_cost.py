@@ -252,7 +252,7 @@ def worker_breakdown(config):
     """One `fuse`, step by step, as `FusionT5Backbone.fuse` does it."""
     a, b = _setup(config)
     from keras_fusion.models import FusionT5Backbone
-    from keras_fusion.models.fusion_t5_backbone import fuse_plan
+    from keras_fusion.models.fusion_t5_backbone import grown_by_fuse
 
     steps = []
     start_rss = _rss()
@@ -273,8 +273,8 @@ def worker_breakdown(config):
         return out
 
     config_, parameters = step(
-        "read inputs + fused parameters in NumPy (fuse_plan)",
-        lambda: fuse_plan([a, b]),
+        "read inputs + fused parameters in NumPy (grown_by_fuse)",
+        lambda: grown_by_fuse([a, b]),
     )
     step(
         "build from them (from_parameters, no random init)",

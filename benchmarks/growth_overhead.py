@@ -41,7 +41,7 @@ How it measures:
   growth itself) is recorded too.
 - Data: random token ids (NumPy, seeded), 8 distinct batches of fixed shape
   in a cached, repeated `tf.data.Dataset` (no partial batch, no retrace).
-- The directly built model is constructed (from the entry's `plan` of the
+- The directly built model is constructed (from the entry's `grown_config` of the
   grown config) before any training: every seed is set before the first
   step, because `keras.utils.set_random_seed` clears TensorFlow's kernel
   cache and every train function already run would then pay its graph
@@ -203,13 +203,13 @@ def worker(operator, settings, prepare_ahead=True):
     entry = _entry(operator, grow_at, partner)
     growth = GrowthCallback([entry], verbose=0, prepare_ahead=prepare_ahead)
 
-    # The same final architecture, built directly (from the entry's plan),
+    # The same final architecture, built directly (from the entry's grown_config),
     # wrapped the same way. Built, and every seed set, before any training:
     # `keras.utils.set_random_seed` clears TensorFlow's kernel cache, so
     # every train function already run would be instantiated (and
     # graph-optimised) again on its next call, a second or two each.
     keras.utils.set_random_seed(2)
-    planned = entry.plan(backbone_config(model.backbone))
+    planned = entry.grown_config(backbone_config(model.backbone))
     build_start = time.perf_counter()
     direct = instruments.wrap(FusionT5Backbone(**planned))
     direct_build_seconds = time.perf_counter() - build_start

@@ -112,7 +112,7 @@ def divide_width(config, parts):
                 intermediate_dim=config["intermediate_dim"] // parts)
 
 
-def plan(arm, setup):
+def arm_budget(arm, setup):
     """How an arm spends the budget.
 
     Returns a dict: `mode`, `fraction` (the requested growth fraction, or
@@ -186,8 +186,8 @@ def train_arm(arm, seed, learning_rate, setup, shared):
 
     started = time.perf_counter()
     keras.backend.clear_session()
-    arm_plan = plan(arm, setup)
-    mode, total, growth_steps = arm_plan["mode"], arm_plan["total"], arm_plan["growth_steps"]
+    budget_split = arm_budget(arm, setup)
+    mode, total, growth_steps = budget_split["mode"], budget_split["total"], budget_split["growth_steps"]
     warmup = max(1, round(WARMUP_FRACTION * total))
 
     def model(config, model_seed):
@@ -208,7 +208,7 @@ def train_arm(arm, seed, learning_rate, setup, shared):
         partner_seconds.append(fit(network, model_seed, steps, callbacks))
         return network
 
-    start = arm_plan["start"]
+    start = budget_split["start"]
     schedule = []
     if mode == "deep_fusion":
         schedule = [Fuse(at_step=growth_steps[0], partner=partner(start, seed + 1000, growth_steps[0]))]
@@ -233,13 +233,13 @@ def train_arm(arm, seed, learning_rate, setup, shared):
     rows = []
     for row in recorder.rows:
         row = dict(vars(row))
-        row["flops"] = flops_at(arm_plan["levels"], row["step"])  # lockstep: partners counted
+        row["flops"] = flops_at(budget_split["levels"], row["step"])  # lockstep: partners counted
         rows.append(row)
     return {
         "arm": arm, "mode": mode, "seed": seed, "learning_rate": learning_rate,
-        "growth_fraction": arm_plan["fraction"], "growth_steps": growth_steps, "steps": total,
-        "warmup_steps": warmup, "levels": arm_plan["levels"],
-        "growth_flops": [flops_at(arm_plan["levels"], s) for s in growth_steps],
+        "growth_fraction": budget_split["fraction"], "growth_steps": growth_steps, "steps": total,
+        "warmup_steps": warmup, "levels": budget_split["levels"],
+        "growth_flops": [flops_at(budget_split["levels"], s) for s in growth_steps],
         "growth_events": growth.events if growth else [],
         "start_parameters": rows[0]["num_parameters"], "final_parameters": rows[-1]["num_parameters"],
         "rows": rows, "loss_at_budget": interpolate(rows, setup.budget),

@@ -36,7 +36,6 @@ warnings.filterwarnings(
     category=UserWarning,
 )
 
-from keras_fusion import growth_maps, weight_maps  # noqa: E402
 from keras_fusion.diagnostics import function_error  # noqa: E402
 from keras_fusion.layers import FusionT5Block, GroupedRMSNorm  # noqa: E402
 from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM  # noqa: E402

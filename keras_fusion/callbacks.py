@@ -59,7 +59,7 @@ class GrowthCallback(keras.callbacks.Callback):
         rewarmup_steps: int >= 0. When positive, the learning rate ramps
             linearly from zero again over this many steps after each growth
             (`optimizer_state.Rewarmup`, saved with the optimizer).
-        optimizer_state: `"carry"` (the default: every slot mapped with its
+        optimizer_slots: `"carry"` (the default: every slot mapped with its
             variable) or `"reset"` (slots start from zero, as when a grown
             model gets a fresh optimizer; `iterations` still continues).
             `benchmarks/growth_vs_scratch.py --ablations` measures both.
@@ -100,10 +100,10 @@ class GrowthCallback(keras.callbacks.Callback):
     ```
     """
 
-    OPTIMIZER_STATES = ("carry", "reset")
+    OPTIMIZER_SLOTS = ("carry", "reset")
 
     def __init__(self, schedule=None, max_parameters=None, log_dir=None, verbose=1, rewarmup_steps=0,
-                 optimizer_state="carry", learning_rate_scale="auto", prepare_ahead=True):
+                 optimizer_slots="carry", learning_rate_scale="auto", prepare_ahead=True):
         super().__init__()
         if not isinstance(prepare_ahead, bool):
             raise ValueError(f"prepare_ahead must be True or False, got {prepare_ahead!r}.")
@@ -116,10 +116,10 @@ class GrowthCallback(keras.callbacks.Callback):
         self.learning_rate_scale = learning_rate_scale
         if not isinstance(rewarmup_steps, int) or rewarmup_steps < 0:
             raise ValueError(f"rewarmup_steps must be an int >= 0, got {rewarmup_steps!r}.")
-        if optimizer_state not in self.OPTIMIZER_STATES:
-            raise ValueError(f"optimizer_state must be one of {self.OPTIMIZER_STATES}, got {optimizer_state!r}.")
+        if optimizer_slots not in self.OPTIMIZER_SLOTS:
+            raise ValueError(f"optimizer_slots must be one of {self.OPTIMIZER_SLOTS}, got {optimizer_slots!r}.")
         self.rewarmup_steps = rewarmup_steps
-        self.optimizer_state = optimizer_state
+        self.optimizer_slots = optimizer_slots
         self.schedule = None if schedule is None else growth.validate_schedule(schedule)
         self.max_parameters = max_parameters
         self.log_dir = log_dir
@@ -150,7 +150,7 @@ class GrowthCallback(keras.callbacks.Callback):
                     f"{entry.describe()}: step {entry.at_step} has passed (the optimizer "
                     f"is at step {step}) and the entry was never applied."
                 )
-        growth.plan_schedule(self._pending, backbone_config(model.backbone), self.max_parameters)
+        growth.grown_configs(self._pending, backbone_config(model.backbone), self.max_parameters)
         if self._preparation is not None and not any(e is self._preparation.entry for e in self._pending):
             self._preparation.wait()
             self._preparation = None
@@ -186,7 +186,7 @@ class GrowthCallback(keras.callbacks.Callback):
             growth_ahead.log_refusal(entry, reason)
             return
         model = self.model
-        planned = entry.plan(backbone_config(model.backbone))
+        planned = entry.grown_config(backbone_config(model.backbone))
         scale = self._learning_rate_scale(entry, model.backbone.hidden_dim, planned["hidden_dim"])
         config = optimizer_state.grown_config(model.optimizer, entry.at_step, self.rewarmup_steps, scale)
         self._preparation = growth_ahead.Preparation(model, entry, config).start()
@@ -229,7 +229,7 @@ class GrowthCallback(keras.callbacks.Callback):
             old_lm, old_optimizer = model.lm, model.optimizer
             slots = optimizer_state.read_slots(old_optimizer, backbone_variables(old_lm.backbone))
             config, parameters, map_tree = entry.grown_parameters(old_lm)
-            mapped = optimizer_state.map_slots(slots, map_tree) if self.optimizer_state == "carry" else {}
+            mapped = optimizer_state.map_slots(slots, map_tree) if self.optimizer_slots == "carry" else {}
             scale = self._learning_rate_scale(entry, old_lm.backbone.hidden_dim, config["hidden_dim"])
             if preparation is not None:
                 waited = preparation.wait()

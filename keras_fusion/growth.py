@@ -21,7 +21,7 @@ String form, for command-line flags: entries separated by commas, each
 | `deepen` | `layers=N` (1), `mode=identity|stack` (identity) |
 | `widen_ffn` | `factor=N` (2), `noise=F` (1e-3), `seed=N` (0) |
 
-Each entry can `plan` its grown config without building anything (used to
+Each entry gives its `grown_config` without building anything (used to
 check a whole schedule before the first training step), compute the grown
 model's `grown_parameters` (arrays, nothing built) and `grow` a language
 model, returning the grown model and the map that carries optimizer state
@@ -41,10 +41,15 @@ from keras_fusion.models.fusion_t5_backbone import (
     FUSE_FIELDS,
     backbone_config,
     backbone_variables,
-    deepen_plan,
-    widen_ffn_plan,
+    grown_by_deepen,
+    grown_by_widen_ffn,
 )
-from keras_fusion.models.fusion_t5_seq2seq_lm import FusionT5Seq2SeqLM, fuse_lm_plan, self_fuse_lm_plan
+from keras_fusion.models.fusion_t5_seq2seq_lm import (
+    FusionT5Seq2SeqLM,
+    grown_lm_by_fuse,
+    grown_lm_by_self_fuse,
+    scaled_output_slots,
+)
 from keras_fusion.models import variable_trees
 
 
@@ -75,7 +80,7 @@ class GrowthEntry:
     def _options(self):
         return {}
 
-    def plan(self, config):
+    def grown_config(self, config):
         """The backbone config after this growth (nothing is built)."""
         raise NotImplementedError
 
@@ -109,12 +114,20 @@ class SelfFuse(GrowthEntry):
     def _options(self):
         return {"noise": self.noise, "seed": self.seed}
 
-    def plan(self, config):
+    def grown_config(self, config):
         return growth_maps.fused_config([config, config])
 
     def grown_parameters(self, lm):
-        config, parameters = self_fuse_lm_plan(lm, noise=self.noise, seed=self.seed)
-        return config, parameters, lambda tree, role, _: growth_maps.self_fuse_parameters(tree, role=role)
+        config, parameters = grown_lm_by_self_fuse(lm, noise=self.noise, seed=self.seed)
+        d, tied = lm.backbone.hidden_dim, config["tie_embedding_weights"]
+
+        def map_tree(tree, role, _):
+            # The backbone's map, then the output norm's rescaling (the fused
+            # logits equal the model's only with the norm scaled).
+            fused = growth_maps.self_fuse_parameters(tree, role=role)
+            return scaled_output_slots(fused, role, [d, d], [0.5, 0.5], tied)
+
+        return config, parameters, map_tree
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,11 +150,11 @@ class Deepen(GrowthEntry):
     def _options(self):
         return {"layers": self.num_new_layers, "mode": self.mode}
 
-    def plan(self, config):
+    def grown_config(self, config):
         return dict(config, num_layers=config["num_layers"] + self.num_new_layers)
 
     def grown_parameters(self, lm):
-        config, parameters = deepen_plan(lm.backbone, self.num_new_layers, mode=self.mode)
+        config, parameters = grown_by_deepen(lm.backbone, self.num_new_layers, mode=self.mode)
         return config, parameters, lambda tree, role, _: growth_maps.deepen_parameters(
             tree, self.num_new_layers, self.mode, role=role
         )
@@ -166,11 +179,11 @@ class WidenFFN(GrowthEntry):
     def _options(self):
         return {"factor": self.factor, "noise": self.noise, "seed": self.seed}
 
-    def plan(self, config):
+    def grown_config(self, config):
         return dict(config, intermediate_dim=config["intermediate_dim"] * self.factor)
 
     def grown_parameters(self, lm):
-        config, parameters = widen_ffn_plan(lm.backbone, self.factor, noise=self.noise, seed=self.seed)
+        config, parameters = grown_by_widen_ffn(lm.backbone, self.factor, noise=self.noise, seed=self.seed)
         return config, parameters, lambda tree, role, _: growth_maps.widen_ffn_parameters(
             tree, self.factor, role=role
         )
@@ -231,7 +244,7 @@ class Fuse(GrowthEntry):
             cache["model"] = partner
         return cache["model"]
 
-    def plan(self, config):
+    def grown_config(self, config):
         partner = backbone_config(self.partner_model().backbone)
         for field in FUSE_FIELDS:
             if config[field] != partner[field]:
@@ -244,7 +257,7 @@ class Fuse(GrowthEntry):
     def grown_parameters(self, lm):
         loaded = self.partner_model()
         partner = getattr(loaded, "lm", loaded)
-        config, parameters = fuse_lm_plan([lm, partner], weights=[self.weight, 1 - self.weight])
+        config, parameters = grown_lm_by_fuse([lm, partner], weights=[self.weight, 1 - self.weight])
         partner_tree = backbone_variables(partner.backbone)
         partner_arrays = variable_trees.read(partner_tree)
         partner_slots = {}
@@ -259,8 +272,11 @@ class Fuse(GrowthEntry):
                 other = optimizer_state.moments_for_new_model(
                     {slot_name: (role, tree)}, partner_arrays
                 )[slot_name][1]
-            return growth_maps.fuse_parameters([tree, other], role=role)
+            fused = growth_maps.fuse_parameters([tree, other], role=role)
+            return scaled_output_slots(fused, role, hidden_dims, [self.weight, 1 - self.weight], tied)
 
+        hidden_dims = [lm.backbone.hidden_dim, partner.backbone.hidden_dim]
+        tied = config["tie_embedding_weights"]
         return config, parameters, map_tree
 
 
@@ -388,7 +404,7 @@ def validate_schedule(schedule):
     return sorted(schedule, key=lambda e: e.at_step)
 
 
-def plan_schedule(schedule, config, max_parameters: Optional[int] = None):
+def grown_configs(schedule, config, max_parameters: Optional[int] = None):
     """Configs after each entry; checks partners and the parameter limit.
 
     Returns:
@@ -396,7 +412,7 @@ def plan_schedule(schedule, config, max_parameters: Optional[int] = None):
     """
     planned = []
     for entry in schedule:
-        config = entry.plan(config)
+        config = entry.grown_config(config)
         count = parameter_count(config)
         if max_parameters is not None and count > max_parameters:
             raise ValueError(
@@ -431,6 +447,6 @@ __all__ = [
     "default_entry",
     "parameter_count",
     "parse_schedule",
-    "plan_schedule",
+    "grown_configs",
     "validate_schedule",
 ]

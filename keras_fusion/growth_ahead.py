@@ -5,7 +5,7 @@ Keras model (~1.3-2.7 s for the tiny benchmark config) and tracing and
 instantiating its train function on the first step after the growth
 (~2.5-5 s), against ~20-60 ms for a training step
 (`benchmarks/growth_overhead.py`). None of it depends on the weights: the
-grown architecture is known from the schedule (`GrowthEntry.plan`) and the
+grown architecture is known from the schedule (`GrowthEntry.grown_config`) and the
 data's element spec from the steps already run. So `GrowthCallback` does it
 ahead, in a background thread, while the current model trains:
 
@@ -131,7 +131,7 @@ class Preparation:
 
     def __init__(self, model, entry, optimizer_config):
         self.entry = entry
-        self.planned = entry.plan(backbone_config(model.backbone))
+        self.grown_config = entry.grown_config(backbone_config(model.backbone))
         self.optimizer_class = model.optimizer.__class__
         self.optimizer_config = optimizer_config
         self.compile_config = _compile_config(model)
@@ -186,7 +186,7 @@ class Preparation:
             self.phase_seconds[name] = now - clock
             clock = now
 
-        lm = FusionT5Seq2SeqLM(backbone=FusionT5Backbone.zeros(self.planned), preprocessor=self.preprocessor)
+        lm = FusionT5Seq2SeqLM(backbone=FusionT5Backbone.zeros(self.grown_config), preprocessor=self.preprocessor)
         wrapper = GrowingT5Seq2SeqLM(lm)
         phase("build the grown model")
         compile_args = keras.saving.deserialize_keras_object(self.compile_config)
@@ -217,7 +217,7 @@ class Preparation:
         """
         if self.error is not None:
             return f"preparing failed: {type(self.error).__name__}: {self.error}"
-        if self.entry.plan(backbone_config(model.backbone)) != self.planned:
+        if self.entry.grown_config(backbone_config(model.backbone)) != self.grown_config:
             return "the model's config changed since preparing"
         if model.optimizer.__class__ is not self.optimizer_class or optimizer_config != self.optimizer_config:
             return f"the grown optimizer's config differs from the prepared one (growth at step {step})"

@@ -167,7 +167,7 @@ def _check_role(role):
         raise ValueError(f"role must be one of {ROLES}, got {role!r}.")
 
 
-def _gradient_scale(role, scale):
+def gradient_scale(role, scale):
     """How a moment scales when the gradient scales by `scale`."""
     return {WEIGHT: 1.0, FIRST_MOMENT: scale, SECOND_MOMENT: scale**2}[role]
 
@@ -223,7 +223,7 @@ def self_fuse_parameters(tree, noise=0.0, seed=None, role=WEIGHT):
     """
     _check_role(role)
     rng = np.random.default_rng(seed)
-    scale = _gradient_scale(role, 0.5)
+    scale = gradient_scale(role, 0.5)
 
     def self_fuse_leaf(name, leaves):
         (leaf,) = leaves
@@ -314,7 +314,7 @@ def widen_ffn_parameters(tree, factor, noise=0.0, seed=None, role=WEIGHT):
     def widen_leaf(name, leaves):
         (leaf,) = leaves
         if name in FFN_IN:
-            return weight_maps.tile_columns(leaf, factor) * _gradient_scale(role, 1 / factor)
+            return weight_maps.tile_columns(leaf, factor) * gradient_scale(role, 1 / factor)
         if name == "ffn_output":
             if role == WEIGHT:
                 return weight_maps.split_rows(leaf, factor, noise, rng)

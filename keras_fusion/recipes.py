@@ -54,8 +54,8 @@ def start_config(recipe, config):
         return dict(config, hidden_dim=config["hidden_dim"] // 2, num_heads=config["num_heads"] // 2,
                     intermediate_dim=config["intermediate_dim"] // 2)
     if recipe == "deepen":
-        if config["num_layers"] < 2:
-            raise ValueError(f"deepen halves num_layers, which must be >= 2; got {config['num_layers']}.")
+        if config["num_layers"] < 2 or config["num_layers"] % 2:
+            raise ValueError(f"deepen halves num_layers, which must be even and >= 2; got {config['num_layers']}.")
         return dict(config, num_layers=config["num_layers"] // 2)
     return dict(config)
 
@@ -69,8 +69,12 @@ def growth_schedule(recipe, config, growth_step, partner_path=None):
     if recipe == "self_fusion":
         return f"self_fuse@{growth_step}"
     return f"deepen@{growth_step}:layers={config['num_layers'] - config['num_layers'] // 2}"
+
+
 def grown_config(recipe, start):
     """The config a recipe grows `start` to (the inverse of `start_config`)."""
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}.")
     if recipe in ("deep_fusion", "self_fusion"):
         return dict(start, hidden_dim=2 * start["hidden_dim"], num_heads=2 * start["num_heads"],
                     intermediate_dim=2 * start["intermediate_dim"])
@@ -83,14 +87,21 @@ def build_model(config, seed):
     """A compiled-ready `GrowingT5Seq2SeqLM` of `config`, seeded."""
     keras.utils.set_random_seed(seed)
     return GrowingT5Seq2SeqLM(FusionT5Seq2SeqLM(FusionT5Backbone(**config)))
+
+
 def compile_model(model, optimizer, jit_compile="auto", steps_per_execution=1):
     """Compile for span-corruption training (loss on logits, token accuracy).
 
     `jit_compile` and `steps_per_execution` are Keras' own (XLA; optimizer
     steps per call of the compiled train function, which TPUs need): growth
     keeps both (`GrowthCallback` retraces the grown step with them).
+
+    The loss is the mean over target tokens (padding weighted out of the
+    numerator and the denominator), as the held-out loss of
+    `keras_fusion.metrics.MetricsRecorder` is.
     """
-    model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight")
+    model.compile(optimizer=optimizer, loss=loss,
                   weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
                   jit_compile=jit_compile, steps_per_execution=steps_per_execution)
     return model

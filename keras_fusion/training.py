@@ -165,7 +165,7 @@ class RunConfig:
                 f"growth_optimizer_state must be one of ('carry', 'reset'), got {self.growth_optimizer_state!r}."
             )
         return dict(learning_rate_scale=scale, rewarmup_steps=self.rewarmup_steps,
-                    optimizer_state=self.growth_optimizer_state)
+                    optimizer_slots=self.growth_optimizer_state)
 
     def run_flags(self):
         """The flags that define what a run computes (compared on resume)."""

@@ -296,7 +296,7 @@ def test_rewarmup_after_growth_does_not_nest_and_survives_saving(tmp_path):
 def test_optimizer_state_carry_or_reset(state):
     model = growing_lm(keras.optimizers.AdamW(1e-2))
     fit(model, 2)
-    callback = GrowthCallback("deepen@3", optimizer_state=state, verbose=0)
+    callback = GrowthCallback("deepen@3", optimizer_slots=state, verbose=0)
     callback.set_model(model)
     callback.grow(callback.schedule[0], 2)
     optimizer = model.optimizer
@@ -308,7 +308,7 @@ def test_optimizer_state_carry_or_reset(state):
 @pytest.mark.parametrize(
     "kwargs, message",
     [(dict(rewarmup_steps=-1), "rewarmup_steps"), (dict(rewarmup_steps=1.5), "rewarmup_steps"),
-     (dict(optimizer_state="fresh"), "optimizer_state must be one of"),
+     (dict(optimizer_slots="fresh"), "optimizer_slots must be one of"),
      (dict(learning_rate_scale=0), "learning_rate_scale"), (dict(learning_rate_scale="depth"), "learning_rate_scale")],
 )
 def test_bad_growth_options_are_refused(kwargs, message):

@@ -64,7 +64,7 @@ def test_plan_schedule_predicts_the_grown_configs():
 
     schedule = [Fuse(at_step=1, partner=FusionT5Seq2SeqLM(partner)), SelfFuse(at_step=2),
                 Deepen(at_step=3, num_new_layers=2), WidenFFN(at_step=4)]
-    planned = growth.plan_schedule(schedule, backbone_config(a))
+    planned = growth.grown_configs(schedule, backbone_config(a))
     grown = FusionT5Backbone.fuse(a, partner)
     grown = FusionT5Backbone.widen_ffn(FusionT5Backbone.deepen(FusionT5Backbone.self_fuse(grown), 2), 2)
     _, config, count = planned[-1]
@@ -72,7 +72,7 @@ def test_plan_schedule_predicts_the_grown_configs():
     for key in ("hidden_dim", "num_heads", "intermediate_dim", "num_layers", "norm_groups"):
         assert config[key] == getattr(grown, key), key
     with pytest.raises(ValueError, match=r"self_fuse@2.*would grow to [\d,]+ parameters, over max_parameters=40,000"):
-        growth.plan_schedule(schedule, backbone_config(a), max_parameters=40_000)
+        growth.grown_configs(schedule, backbone_config(a), max_parameters=40_000)
 
 
 def test_plan_rejects_partner_that_cannot_be_fused():
@@ -81,4 +81,4 @@ def test_plan_rejects_partner_that_cannot_be_fused():
     a = random_backbone(cls=FusionT5Backbone)
     partner = FusionT5Seq2SeqLM(random_backbone(cls=FusionT5Backbone, num_layers=3))
     with pytest.raises(ValueError, match=r"fuse@7.*partner cannot be fused with the model: num_layers differs: 2 vs 3"):
-        growth.plan_schedule([Fuse(at_step=7, partner=partner)], backbone_config(a))
+        growth.grown_configs([Fuse(at_step=7, partner=partner)], backbone_config(a))

@@ -401,7 +401,7 @@ class FusionT5Backbone(T5Backbone):
         Returns:
             A `FusionT5Backbone`.
         """
-        return cls.from_parameters(*fuse_plan(backbones, norm))
+        return cls.from_parameters(*grown_by_fuse(backbones, norm))
 
     @classmethod
     def self_fuse(cls, backbone, noise=1e-3, seed=None, norm="grouped"):
@@ -425,7 +425,7 @@ class FusionT5Backbone(T5Backbone):
                 also exact, since `[x; x]` has the RMS of `x`, but only for
                 a model with one group).
         """
-        return cls.from_parameters(*self_fuse_plan(backbone, noise, seed, norm))
+        return cls.from_parameters(*grown_by_self_fuse(backbone, noise, seed, norm))
 
     @classmethod
     def deepen(cls, backbone, num_new_layers, mode="identity"):
@@ -440,7 +440,7 @@ class FusionT5Backbone(T5Backbone):
                 `"stack"`: copies of layers 0, 1, ... appended (G_stack
                 style); NOT function-preserving.
         """
-        return cls.from_parameters(*deepen_plan(backbone, num_new_layers, mode))
+        return cls.from_parameters(*grown_by_deepen(backbone, num_new_layers, mode))
 
     @classmethod
     def widen_ffn(cls, backbone, factor, noise=1e-3, seed=None):
@@ -454,7 +454,7 @@ class FusionT5Backbone(T5Backbone):
                 of a hidden unit train apart.
             seed: int or None.
         """
-        return cls.from_parameters(*widen_ffn_plan(backbone, factor, noise, seed))
+        return cls.from_parameters(*grown_by_widen_ffn(backbone, factor, noise, seed))
 
 
 # Building a model directly with given values (FusionT5Backbone.from_parameters),
@@ -511,7 +511,7 @@ def _read(backbone, what="the model"):
     return tree
 
 
-def fuse_plan(backbones, norm="grouped"):
+def grown_by_fuse(backbones, norm="grouped"):
     """Config and parameters of `FusionT5Backbone.fuse(*backbones)`."""
     _check_norm(norm)
     if len(backbones) < 2:
@@ -521,7 +521,7 @@ def fuse_plan(backbones, norm="grouped"):
     return config, growth_maps.fuse_parameters(trees)
 
 
-def self_fuse_plan(backbone, noise=1e-3, seed=None, norm="grouped"):
+def grown_by_self_fuse(backbone, noise=1e-3, seed=None, norm="grouped"):
     """Config and parameters of `FusionT5Backbone.self_fuse(backbone)`."""
     _check_norm(norm)
     _check_finite("noise", noise, minimum=0)
@@ -536,7 +536,7 @@ def self_fuse_plan(backbone, noise=1e-3, seed=None, norm="grouped"):
     return config, growth_maps.self_fuse_parameters(_read(backbone), noise, seed)
 
 
-def deepen_plan(backbone, num_new_layers, mode="identity"):
+def grown_by_deepen(backbone, num_new_layers, mode="identity"):
     """Config and parameters of `FusionT5Backbone.deepen(backbone, ...)`."""
     if mode not in growth_maps.DEEPEN_MODES:
         raise ValueError(f"mode must be one of {growth_maps.DEEPEN_MODES}, got {mode!r}.")
@@ -546,7 +546,7 @@ def deepen_plan(backbone, num_new_layers, mode="identity"):
     return config, growth_maps.deepen_parameters(_read(backbone), num_new_layers, mode)
 
 
-def widen_ffn_plan(backbone, factor, noise=1e-3, seed=None):
+def grown_by_widen_ffn(backbone, factor, noise=1e-3, seed=None):
     """Config and parameters of `FusionT5Backbone.widen_ffn(backbone, ...)`."""
     _check_int("factor", factor, 2)
     _check_finite("noise", noise, minimum=0)

@@ -8,8 +8,8 @@ from keras_hub.models import T5Seq2SeqLM
 from keras_fusion import growth_maps
 from keras_fusion.models.fusion_t5_backbone import (
     FusionT5Backbone,
-    fuse_plan,
-    self_fuse_plan,
+    grown_by_fuse,
+    grown_by_self_fuse,
 )
 
 
@@ -154,12 +154,12 @@ class FusionT5Seq2SeqLM(T5Seq2SeqLM):
             `sum_i weights[i] * logits_i`, with the first model's
             preprocessor.
         """
-        return cls.from_parameters(*fuse_lm_plan(lms, weights, norm), preprocessor=lms[0].preprocessor)
+        return cls.from_parameters(*grown_lm_by_fuse(lms, weights, norm), preprocessor=lms[0].preprocessor)
 
     @classmethod
     def self_fuse(cls, lm, noise=1e-3, seed=None, norm="grouped"):
         """Self fusion (see `FusionT5Backbone.self_fuse`), logits unchanged."""
-        return cls.from_parameters(*self_fuse_lm_plan(lm, noise, seed, norm), preprocessor=lm.preprocessor)
+        return cls.from_parameters(*grown_lm_by_self_fuse(lm, noise, seed, norm), preprocessor=lm.preprocessor)
 
     @classmethod
     def deepen(cls, lm, num_new_layers, mode="identity"):
@@ -176,8 +176,8 @@ class FusionT5Seq2SeqLM(T5Seq2SeqLM):
         return cls(backbone=backbone, preprocessor=lm.preprocessor)
 
 
-# Plans: (config, parameters) of a grown LM, nothing built. The class methods
-# above build from them; `GrowthCallback` also writes them into a grown model
+# (config, parameters) of a grown LM, nothing built. The class methods above
+# build from them; `GrowthCallback` also writes them into a grown model
 # prepared ahead of time (`keras_fusion.growth_ahead`).
 
 
@@ -190,18 +190,35 @@ def _scaled_output(config, parameters, hidden_dims, weights):
     return config, parameters
 
 
-def fuse_lm_plan(lms, weights=None, norm="grouped"):
+def scaled_output_slots(tree, role, hidden_dims, weights, tied):
+    """Map the final decoder norm's optimizer slots as `_scaled_output` maps
+    its weights.
+
+    The fused norm holds `s * w` (`s = growth_maps.output_scale(...)`): a
+    weight scaled by `s` gets its gradient divided by `s`, so its first
+    moment is divided by `s` and its second by `s ** 2`.
+    `tree` is a slot tree already mapped by the backbone's operator.
+    """
+    if role == growth_maps.WEIGHT:
+        raise ValueError("scaled_output_slots maps optimizer slots, not weights.")
+    scale = growth_maps.output_scale(hidden_dims, weights, tied)
+    tree = dict(tree)
+    tree["decoder_norm"] = tree["decoder_norm"] * growth_maps.gradient_scale(role, 1.0 / scale)
+    return tree
+
+
+def grown_lm_by_fuse(lms, weights=None, norm="grouped"):
     """Config and parameters of `FusionT5Seq2SeqLM.fuse(*lms, weights=...)`."""
     _check_lms(lms)
     weights = _check_weights(weights, len(lms))
     backbones = [lm.backbone for lm in lms]
-    config, parameters = fuse_plan(backbones, norm)
+    config, parameters = grown_by_fuse(backbones, norm)
     return _scaled_output(config, parameters, [b.hidden_dim for b in backbones], weights)
 
 
-def self_fuse_lm_plan(lm, noise=1e-3, seed=None, norm="grouped"):
+def grown_lm_by_self_fuse(lm, noise=1e-3, seed=None, norm="grouped"):
     """Config and parameters of `FusionT5Seq2SeqLM.self_fuse(lm, ...)`."""
     _check_lms([lm])
-    config, parameters = self_fuse_plan(lm.backbone, noise, seed, norm)
+    config, parameters = grown_by_self_fuse(lm.backbone, noise, seed, norm)
     d = lm.backbone.hidden_dim
     return _scaled_output(config, parameters, [d, d], [0.5, 0.5])

@@ -39,7 +39,7 @@ def test_fusion_tree_trains_each_node_the_same_steps_and_spends_the_budget():
     s = setup()
     quarter = dict(TARGET, hidden_dim=16, num_heads=1, intermediate_dim=32)
     half = dict(TARGET, hidden_dim=32, num_heads=2, intermediate_dim=64)
-    tree = bench.plan("fusion_tree", s)
+    tree = bench.arm_budget("fusion_tree", s)
     (n1, r1), (n2, r2), (n3, r3) = tree["levels"]
     assert (r1, r2, r3) == (4 * cost(quarter), 2 * cost(half), cost(TARGET))
     assert tree["start"] == quarter and tree["growth_steps"] == [n1, n2]
@@ -54,7 +54,7 @@ def test_fusion_tree_trains_each_node_the_same_steps_and_spends_the_budget():
                                  "deep_fusion@0.1", "self_fusion@0.5"])
 def test_every_arm_spends_the_common_budget_and_grows_at_its_fraction(arm):
     s = setup()
-    p = bench.plan(arm, s)
+    p = bench.arm_budget(arm, s)
     half = dict(TARGET, hidden_dim=32, num_heads=2, intermediate_dim=64)
     start = {"scratch": TARGET, "small_alone": half, "deep_fusion": half, "self_fusion": half,
              "deepen": dict(TARGET, num_layers=2), "stack": dict(TARGET, num_layers=2)}[p["mode"]]

@@ -183,8 +183,8 @@ def test_evaluate_script_refuses_a_tokenizer_of_another_vocabulary(deep_fusion_r
 
 
 def test_growth_flags_become_callback_options():
-    config = training.RunConfig(learning_rate_scale="0.25", rewarmup_steps=50, growth_optimizer_state="reset")
-    assert config.growth_options() == dict(learning_rate_scale=0.25, rewarmup_steps=50, optimizer_state="reset")
+    config = training.RunConfig(learning_rate_scale="0.25", rewarmup_steps=50, growth_optimizer_slots="reset")
+    assert config.growth_options() == dict(learning_rate_scale=0.25, rewarmup_steps=50, optimizer_slots="reset")
     assert training.RunConfig().growth_options()["learning_rate_scale"] == "auto"
     for bad, message in [(dict(learning_rate_scale="-1"), "learning_rate_scale"),
                          (dict(rewarmup_steps=-5), "rewarmup_steps"),

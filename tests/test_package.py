@@ -1,0 +1,55 @@
+"""The package itself: submodules as attributes, and what importing it changes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import keras_fusion as kf
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("name", kf.SUBMODULES)
+def test_every_submodule_is_an_attribute(name):
+    module = getattr(kf, name)
+    assert module.__name__ == f"keras_fusion.{name}"
+    assert name in dir(kf)
+
+
+def test_every_module_of_the_package_is_listed():
+    package = os.path.join(ROOT, "keras_fusion")
+    modules = {e[:-3] for e in os.listdir(package) if e.endswith(".py") and not e.startswith("_")}
+    packages = {e for e in os.listdir(package) if os.path.isfile(os.path.join(package, e, "__init__.py"))}
+    assert modules | packages == set(kf.SUBMODULES)
+
+
+def test_an_unknown_attribute_is_an_attribute_error():
+    with pytest.raises(AttributeError, match="has no attribute 'nonexistent'"):
+        kf.nonexistent  # noqa: B018
+
+
+def test_importing_the_package_changes_only_what_its_docstring_says():
+    """In a fresh process: KERAS_BACKEND is set only when unset, nothing else
+    in the environment changes, and exactly one warnings filter is added."""
+    script = (
+        "import json, os, sys, warnings\n"
+        "before_env, before_filters = dict(os.environ), list(warnings.filters)\n"
+        "import keras_fusion\n"
+        "after = dict(os.environ)\n"
+        "changed = {k: after.get(k) for k in set(before_env) | set(after) if before_env.get(k) != after.get(k)}\n"
+        "added = [str(f[1].pattern) for f in warnings.filters if f not in before_filters]\n"
+        "print(json.dumps({'changed': changed, 'added': added}))\n"
+    )
+    for preset, expected in [(None, {"KERAS_BACKEND": "tensorflow"}), ("tensorflow", {})]:
+        env = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "TF_CPP_MIN_LOG_LEVEL")}
+        if preset:
+            env["KERAS_BACKEND"] = preset
+        process = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True,
+                                 text=True, timeout=300, stdin=subprocess.DEVNULL)
+        assert process.returncode == 0, process.stderr[-2000:]
+        result = json.loads(process.stdout.strip().splitlines()[-1])
+        assert result["changed"] == expected
+        assert len(result["added"]) == 1 and "T5MultiHeadAttention" in result["added"][0]
