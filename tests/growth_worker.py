@@ -81,7 +81,9 @@ def mirrored(out):
         old_variables_in_model=len({id(v) for v in grown.trainable_variables}
                                    & {id(v) for v in old_lm.trainable_variables}),
         trainable_equals_lm=[id(v) for v in grown.trainable_variables] == [id(v) for v in grown.lm.trainable_variables],
-        mirrored=all(isinstance(v.value, tf.distribute.DistributedValues) for v in grown.trainable_variables),
+        # A count, not all(...): all() of no variables would be True.
+        num_trainable=len(grown.trainable_variables),
+        num_mirrored=sum(isinstance(v.value, tf.distribute.DistributedValues) for v in grown.trainable_variables),
         new_output_projection_max=float(np.abs(grown.backbone.decoder_transformer_layers[-1].output_projector.kernel.numpy()).max()),
     )
     with strategy.scope():

@@ -139,7 +139,8 @@ def main(args):
         "loss": [float(v) for v in history.history["loss"]],
         "weights_sha256": digest,
         "num_trainable": len(weights),
-        "mirrored": all(isinstance(v.value, tf.distribute.DistributedValues) for v in model.trainable_variables),
+        # A count, not all(...): all() of no variables would be True.
+        "num_mirrored": sum(isinstance(v.value, tf.distribute.DistributedValues) for v in model.trainable_variables),
         "seconds": round(time.time() - start, 2),
     }
     with open(args.out, "w") as f:

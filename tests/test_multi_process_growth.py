@@ -32,7 +32,9 @@ def run_worker(tmp_path, *args, expect_killed=False):
 def test_growth_under_mirrored_strategy_on_two_devices(tmp_path):
     result = run_worker(tmp_path, "--scenario", "mirrored")
     assert result["replicas"] == 2
-    assert result["mirrored"]
+    # Every trainable variable of the deepened model (3 gated layers, tied:
+    # 3 * 9 + 1 encoder, 3 * 14 + 1 decoder, the embedding, 2 final norms).
+    assert result["num_mirrored"] == result["num_trainable"] == 74
     # Growth is not prepared ahead in a thread under a distribution strategy.
     assert "MirroredStrategy" in result["not_prepared_reason"]
     assert abs(result["loss_after"] - result["loss_before"]) <= TOLERANCE * result["loss_before"]

@@ -114,7 +114,9 @@ def test_growth_under_multi_worker_mirrored_strategy(tmp_path):
     for i, result in enumerate(results):
         assert result["task"] == i
         assert result["replicas"] == 2
-        assert result["mirrored"]
+        # Every trainable variable of the deepened model (3 gated layers, tied:
+        # 3 * 9 + 1 encoder, 3 * 14 + 1 decoder, the embedding, 2 final norms).
+        assert result["num_mirrored"] == result["num_trainable"] == 74
         assert result["initial"] == {"num_layers": 2, "hidden_dim": 16}
         assert result["num_layers"] == 3 and result["hidden_dim"] == 16
         assert result["iterations"] == 4
@@ -182,7 +184,9 @@ def test_surviving_worker_exits_when_its_peer_is_killed_and_both_resume(tmp_path
         assert result["task"] == i
         assert result["replicas"] == 2
         assert result["restored"], log
-        assert result["mirrored"]
+        # Every trainable variable of the deepened model (3 gated layers, tied:
+        # 3 * 9 + 1 encoder, 3 * 14 + 1 decoder, the embedding, 2 final norms).
+        assert result["num_mirrored"] == result["num_trainable"] == 74
         # The restored model is the grown one, at the last checkpoint.
         assert result["start"]["step"] == 4
         assert result["start"]["epoch"] == 2

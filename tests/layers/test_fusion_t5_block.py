@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 from keras_hub.src.models.t5.t5_transformer_layer import T5TransformerLayer
+from keras_hub.src.tests.test_case import TestCase
 from t5_test_utils import TOLERANCE
 
 from keras_fusion import growth_maps
@@ -162,3 +163,41 @@ def test_block_variables_need_a_built_block():
                                  use_gated_activation=True, use_relative_attention_bias=True)
     with pytest.raises(ValueError, match="not built"):
         fuse(a, unbuilt)
+
+
+BLOCK = dict(hidden_dim=8, intermediate_dim=16, key_value_dim=4, dropout=0.0, activation="relu",
+             layer_norm_epsilon=1e-6, num_heads=2, use_gated_activation=True,
+             use_relative_attention_bias=True, norm_groups=[4, 4])
+
+
+class FusionT5BlockHelperTest(TestCase):
+    """keras-hub's layer checks, as far as they apply to a T5 block.
+
+    `run_layer_test` cannot check this block, nor keras-hub's own
+    `T5TransformerLayer`: (1) neither has a `build()`, the sub-layers create
+    their weights on the first call, so after the helper's `layer.build(shape)`
+    only the relative bias exists (1 weight), after a call all 10, and the
+    helper asserts one count for both; (2) for the decoder the helper's dict
+    input becomes `build(hidden_states_shape=..., ...)`, a TypeError; (3)
+    `use_causal_mask`, a Python bool, cannot go through its input data, which
+    it turns into KerasTensors. Its parts that do apply are run directly.
+    """
+
+    @pytest.mark.xfail(strict=True, raises=AssertionError,
+                       reason="no build(): weights are created on the first call (see the class docstring)")
+    def test_run_layer_test(self):
+        self.run_layer_test(cls=FusionT5Block, init_kwargs=dict(BLOCK, is_decoder=False),
+                            input_data=features(8, 1), expected_output_shape=((2, 6, 8), (1, 2, 6, 6)),
+                            expected_num_trainable_weights=10)
+
+    def test_run_serialization_test(self):
+        fused = fuse(t5_layer(8, 2, 16, True), t5_layer(4, 1, 8, True))
+        self.run_serialization_test(fused)
+
+    def test_run_precision_test_encoder(self):
+        self.run_precision_test(FusionT5Block, dict(BLOCK, is_decoder=False), features(8, 1))
+
+    def test_run_precision_test_decoder(self):
+        inputs = {"hidden_states": features(8, 1), "encoder_hidden_states": features(8, 2, length=4),
+                  "use_causal_mask": True}
+        self.run_precision_test(FusionT5Block, dict(BLOCK, is_decoder=True), inputs)

@@ -56,6 +56,9 @@ def test_growth_inside_fit_frees_the_replaced_model_and_optimizer():
     assert old.alive() == []
     # The grown model still trains (all of it: the new layer included).
     before = [np.array(v.numpy()) for v in model.trainable_variables]
+    # All of them: 3 gated layers, tied (3 * 9 + 1 encoder, 3 * 14 + 1 decoder
+    # leaves, the embedding, 2 final norms); all() of none would be True.
+    assert len(before) == 74
     fit(model, 1)
     assert all(not np.array_equal(b, v.numpy()) for b, v in zip(before, model.trainable_variables))
 
