@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_fusion import data, distribution, recipes, training
+from keras_fusion import data, recipes, training
 from keras_fusion.diagnostics import relative_error
 from t5_test_utils import TOLERANCE
 
@@ -182,17 +182,6 @@ def test_evaluate_script_refuses_a_tokenizer_of_another_vocabulary(deep_fusion_r
     assert "error: the tokenizer has 400 pieces but the model's vocabulary_size is 500" in process.stderr
 
 
-def test_growth_flags_become_callback_options():
-    config = training.RunConfig(learning_rate_scale="0.25", rewarmup_steps=50, growth_optimizer_slots="reset")
-    assert config.growth_options() == dict(learning_rate_scale=0.25, rewarmup_steps=50, optimizer_slots="reset")
-    assert training.RunConfig().growth_options()["learning_rate_scale"] == "auto"
-    for bad, message in [(dict(learning_rate_scale="-1"), "learning_rate_scale"),
-                         (dict(rewarmup_steps=-5), "rewarmup_steps"),
-                         (dict(growth_optimizer_state="fresh"), "growth_optimizer_state")]:
-        with pytest.raises(ValueError, match=message):
-            training.RunConfig(**bad).check()
-
-
 @pytest.mark.slow
 def test_every_tool_runs_with_every_path_on_a_remote_filesystem(tmp_path):
     """tools.train (a text glob, model_dir and export_dir), tools.fuse,
@@ -224,16 +213,6 @@ def test_every_tool_runs_with_every_path_on_a_remote_filesystem(tmp_path):
     assert os.listdir(work) == []  # no "ram:" folder, no stray file
 
 
-def test_steps_need_no_relation_to_eval_every():
-    config = training.RunConfig(steps=40, eval_every=100).check()
-    # The default growth time: DEFAULT_GROWTH_FRACTION (0.25) of the steps.
-    assert (config.steps, config.growth_step) == (40, 10)
-    with pytest.raises(ValueError, match=r"steps \(40\) must be a multiple of steps_per_execution \(16\)"):
-        training.RunConfig(steps=40, steps_per_execution=16).check()
-    with pytest.raises(ValueError, match=r"growth_step \(the partner's steps\) \(6\) must be a multiple"):
-        training.RunConfig(steps=40, growth_step=6, steps_per_execution=4).check()
-
-
 @pytest.mark.parametrize("tpu", ["grpc://127.0.0.1:1", "no-such-tpu", "local"])
 def test_tpu_strategy_fails_fast_when_no_tpu_is_reachable(tpu):
     """An error naming the flag (exit 2), not the resolver's endless wait
@@ -245,11 +224,6 @@ def test_tpu_strategy_fails_fast_when_no_tpu_is_reachable(tpu):
     assert "Loading corpus" not in process.stdout  # checked first
 
 
-def test_tpu_reachability_errors_name_the_address():
-    with pytest.raises(ValueError, match="no TPU reachable: --tpu=grpc://127.0.0.1:1 does not answer"):
-        distribution.check_tpu_reachable("grpc://127.0.0.1:1", timeout=1)
-    with pytest.raises(ValueError, match="--tpu=local: this machine has no TPU device"):
-        distribution.check_tpu_reachable("local")
 def test_fuse_and_export_scripts_take_hugging_face_folders(tmp_path):
     import keras_hub
 

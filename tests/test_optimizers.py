@@ -1,0 +1,81 @@
+"""keras_fusion.optimizers: T5's inverse-sqrt schedule, cosine with warm-up, bad input."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from keras_fusion import optimizers
+
+
+def rate_at(optimizer, step):
+    """The optimizer's learning rate when its step counter reads `step`."""
+    optimizer.iterations.assign(step)
+    return float(optimizer.learning_rate.numpy())
+
+
+@pytest.mark.parametrize("warmup", [1, 10, 100])
+def test_inverse_sqrt_is_t5s_formula(warmup):
+    schedule = optimizers.InverseSqrt(0.01, warmup)
+    for step in [0, 1, warmup // 2, warmup - 1, warmup, 4 * warmup, 10_000]:
+        # T5 (Raffel et al. 2020, 3.1.2): 1/sqrt(max(n, k)), here scaled to
+        # reach `lr` at the end of the warm-up, with a linear warm-up before.
+        expected = 0.01 * min((step + 1) / warmup, math.sqrt(warmup / (step + 1)))
+        np.testing.assert_allclose(float(schedule(step)), expected, rtol=1e-6)
+
+
+def test_inverse_sqrt_round_trips_through_its_config():
+    schedule = optimizers.InverseSqrt(0.02, 7)
+    again = optimizers.InverseSqrt.from_config(schedule.get_config())
+    assert [float(again(s)) for s in (0, 6, 50)] == [float(schedule(s)) for s in (0, 6, 50)]
+
+
+def test_inverse_sqrt_through_make_optimizer():
+    optimizer = optimizers.make_optimizer("adafactor", 0.01, "inverse_sqrt", warmup_steps=16, total_steps=100)
+    np.testing.assert_allclose(rate_at(optimizer, 63), 0.01 * math.sqrt(16 / 64), rtol=1e-6)
+
+
+def test_cosine_ramps_linearly_to_the_peak_then_decays_to_zero():
+    peak, warmup, total = 0.004, 20, 120
+    optimizer = optimizers.make_optimizer("adamw", peak, "cosine", warmup_steps=warmup, total_steps=total)
+    np.testing.assert_allclose(rate_at(optimizer, 0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(rate_at(optimizer, warmup // 2), peak / 2, rtol=1e-5)
+    np.testing.assert_allclose(rate_at(optimizer, warmup), peak, rtol=1e-5)
+    # Half-way through the decay: peak * (1 + cos(pi / 2)) / 2.
+    np.testing.assert_allclose(rate_at(optimizer, (warmup + total) // 2), peak / 2, rtol=1e-5)
+    np.testing.assert_allclose(rate_at(optimizer, total), 0.0, atol=1e-9)
+
+
+def test_cosine_without_warmup_starts_at_the_peak():
+    optimizer = optimizers.make_optimizer("adamw", 0.004, "cosine", warmup_steps=0, total_steps=100)
+    np.testing.assert_allclose(rate_at(optimizer, 0), 0.004, rtol=1e-6)
+    np.testing.assert_allclose(rate_at(optimizer, 100), 0.0, atol=1e-9)
+
+
+def test_constant_is_constant():
+    optimizer = optimizers.make_optimizer("adamw", 0.003)
+    assert {round(rate_at(optimizer, s), 9) for s in (0, 10, 10_000)} == {0.003}
+
+
+@pytest.mark.parametrize("args,message", [
+    (("sgd", 1e-3), r"optimizer must be one of \('adafactor', 'adamw'\), got 'sgd'"),
+    (("adamw", 1e-3, "linear"), r"lr_schedule must be one of \('constant', 'inverse_sqrt', 'cosine'\), "
+                                r"got 'linear'"),
+    (("adamw", 0.0), r"learning_rate must be > 0, got 0\.0"),
+    (("adamw", -1e-3), r"learning_rate must be > 0, got -0\.001"),
+    (("adamw", float("nan")), r"learning_rate must be > 0, got nan"),
+])
+def test_bad_input_is_refused_naming_the_argument_the_value_and_what_is_allowed(args, message):
+    with pytest.raises(ValueError, match=message):
+        optimizers.make_optimizer(*args)
+
+
+def test_the_optimizers_by_name():
+    assert isinstance(optimizers.make_optimizer("adafactor", 1e-3), keras.optimizers.Adafactor)
+    adamw = optimizers.make_optimizer("adamw", 1e-3)
+    assert isinstance(adamw, keras.optimizers.AdamW)
+    # make_optimizer's choice (its docstring and docs/ do not say why): no
+    # decoupled weight decay, where Keras' AdamW would default to 0.004.
+    assert adamw.weight_decay == 0.0
+    assert keras.optimizers.AdamW(1e-3).weight_decay != 0.0  # so 0 is a choice, not Keras' default
