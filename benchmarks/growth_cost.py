@@ -42,7 +42,7 @@ How it measures:
 Run: `make bench` (which runs `python benchmarks/growth_cost.py`), or
 `python benchmarks/growth_cost.py --quick` for a small config that runs in
 well under a minute. Prints the machine, library versions, the config, the
-figures and a markdown table for the README; writes the figures as JSON to
+figures and a markdown table for benchmarks/README.md; writes the figures as JSON to
 `benchmarks/results/growth_cost.json` (`growth_cost_quick.json` with
 `--quick`; `--output PATH` to choose).
 """

@@ -77,7 +77,7 @@ CPU cores: six fresh processes), or `python benchmarks/growth_overhead.py
 importing TensorFlow and building and tracing the models).
 `--operators self_fuse,deepen` picks operators; `--tf-threads 1` leaves a
 core to the host thread. Prints the machine, library versions, the config, the figures and
-a markdown table for the README; writes everything as JSON to
+a markdown table for benchmarks/README.md; writes everything as JSON to
 `benchmarks/results/growth_overhead.json` (`growth_overhead_quick.json` with
 `--quick`; `--output PATH` to choose).
 """

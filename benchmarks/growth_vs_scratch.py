@@ -28,7 +28,7 @@ fusion (default halved) and after Deep Fusion (default kept), a learning-rate
 re-warm-up (default off), the symmetry-breaking noise of self fusion (default
 1e-3) and resetting the optimizer state instead of carrying it (default
 carry). These are the evidence for the defaults of
-`GrowthCallback` and `SelfFuse` (README, "Growth against scratch").
+`GrowthCallback` and `SelfFuse` (benchmarks/README.md, "Growth against scratch").
 
 Writes `<output>.json` (every curve), `<output>.png` (eval loss against
 FLOPs, growth events marked) and `<output>.md` (the table).

@@ -59,7 +59,7 @@ and `<output>.md`. `--merge_only` merges without training.
 Run: `python benchmarks/growth_vs_scratch_v2.py --quick` (300-step budget,
 seeds 0 and 1, one rate, no search, no fusion tree; the goal is under 10
 minutes on 2 CPU cores, measured 41.5 min on this machine while other test
-suites loaded it), or the full run in parts (README, "Growth against
+suites loaded it), or the full run in parts (benchmarks/README.md, "Growth against
 scratch"; `make bench-vs-scratch`).
 """
 

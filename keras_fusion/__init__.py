@@ -28,13 +28,14 @@ import importlib
 import os
 import warnings
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-warnings.filterwarnings(
-    "ignore",
-    message=r"Layer '(self|cross)_attention' \(of type T5MultiHeadAttention\) was "
-    "passed an input with a mask",
-    category=UserWarning,
+# keras-hub's T5 warns at every model build that its attention layers drop
+# a mask (they take the mask as an argument instead): harmless.
+KERAS_HUB_MASK_WARNING = (
+    r"Layer '(self|cross)_attention' \(of type T5MultiHeadAttention\) was passed an input with a mask"
 )
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+warnings.filterwarnings("ignore", message=KERAS_HUB_MASK_WARNING, category=UserWarning)
 
 from keras_fusion.diagnostics import function_error  # noqa: E402
 from keras_fusion.layers import FusionT5Block, GroupedRMSNorm  # noqa: E402

@@ -44,7 +44,7 @@ class GrowthCallback(keras.callbacks.Callback):
     entry is fixed at the first `fit` and kept for later calls. The model's
     learning-rate schedule runs on across the growth (the step counter is
     carried; see `learning_rate_scale`). The default mode and fraction come
-    from `benchmarks/growth_vs_scratch_v2.py`; the README ("Growth against
+    from `benchmarks/growth_vs_scratch_v2.py`; benchmarks/README.md ("Growth against
     scratch") gives the measurements and how far they go.
 
     Args:
@@ -72,7 +72,7 @@ class GrowthCallback(keras.callbacks.Callback):
             would move those entries twice as far relative to their size:
             the rate is halved. Fuse, Deepen and WidenFFN keep most entry
             sizes: scale 1. `"width"` uses `hidden_dim` before/after
-            (muP's 1/width rule for Adam). The README ("Growth against
+            (muP's 1/width rule for Adam). benchmarks/README.md ("Growth against
             scratch") gives the measurements behind the default.
         prepare_ahead: bool (default True). Build the grown model and trace
             its train step in a background thread while the current model
@@ -80,7 +80,7 @@ class GrowthCallback(keras.callbacks.Callback):
             step of `fit` once the previous growth is done, so that the
             growth itself only writes values: the event then costs a few
             steps instead of a model build and a retrace (numbers in the
-            README, "Growth inside fit"). Same result as growing
+            benchmarks/README.md, "Growth inside fit"). Same result as growing
             synchronously. Used only under the default strategy; a
             prepared model that does not match the growth (another
             optimizer config, a recompiled model, ...) is dropped and the

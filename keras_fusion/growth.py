@@ -283,7 +283,7 @@ class Fuse(GrowthEntry):
 # The growth `GrowthCallback()` applies when given no schedule, and the
 # growth time the recipes should use by default: the mode (a recipe name of
 # `keras_fusion.training`, one that needs no partner) and the fraction of the
-# run's steps after which it grows. The evidence (README, "Growth against
+# run's steps after which it grows. The evidence (benchmarks/README.md, "Growth against
 # scratch"): deepening is the one mode whose first reach of scratch's final
 # loss lay after its growth in both runs that measured it (v2 --quick: 0.48
 # of the budget; v1's full run: 0.58), and it needs no partner; 0.25 is the

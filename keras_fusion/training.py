@@ -117,7 +117,7 @@ class RunConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         # The default growth time: `growth.DEFAULT_GROWTH_FRACTION` of the
-        # run (benchmarks/growth_vs_scratch_v2.py; README "Growth against scratch").
+        # run (benchmarks/growth_vs_scratch_v2.py; benchmarks/README.md, "Growth against scratch").
         step = self.growth_step or max(round(DEFAULT_GROWTH_FRACTION * self.steps), 1)
         if self.recipe != "scratch" and not 1 <= step < self.steps:
             raise ValueError(f"growth_step must be in [1, steps={self.steps}), got {step}.")

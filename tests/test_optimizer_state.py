@@ -26,8 +26,8 @@ Why the maps hold, from the growth math (DESIGN.md section 4), for noise 0:
   Scaling a weight by `s` divides its gradient by `s` on top of the
   duplication's `1/2`, so its gradient is `G / sqrt(2)` (tied) or `G`
   (untied), not `G/2`. `test_self_fuse_decoder_norm_gradient` checks that
-  from the math; the library's map gives `G/2`
-  (`test_self_fuse_map_of_decoder_norm_moments`, a known bug).
+  from the math, `test_self_fuse_map_of_decoder_norm_moments` the library's
+  map (`scaled_output_slots`; it gave `G/2` before this test found it).
 
 Tolerance (float32): every entry within `ATOL_SHARE` of the largest gradient
 entry of the grown model, `G` (for squared gradients: of `G**2`). Measured on
@@ -151,9 +151,9 @@ def test_widen_ffn_gradients_are_the_mapped_gradients(measured):
 
 @pytest.mark.slow
 def test_self_fuse_gradients_are_the_mapped_gradients(measured):
-    """Every leaf but the final decoder norm (see the module docstring)."""
+    """Every leaf, the rescaled final decoder norm included."""
     _, grown, mapped = measured["self_fuse"]
-    assert_mapped_equal_measured(mapped, grown, skip=("decoder_norm",))
+    assert_mapped_equal_measured(mapped, grown)
 
 
 @pytest.mark.slow
@@ -166,14 +166,9 @@ def test_self_fuse_decoder_norm_gradient(measured):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: SelfFuse's map_tree maps decoder_norm moments by the duplication alone (m/2, v/4), "
-    "ignoring the output rescale of self_fuse_lm_plan (growth_maps.output_scale); the gradient is "
-    "G/sqrt(2) tied, G untied",
-)
 def test_self_fuse_map_of_decoder_norm_moments(measured):
+    """Found by this file: the map once ignored the output norm's rescaling
+    (m/2 where the gradient is G/sqrt(2) tied, G untied)."""
     _, grown, mapped = measured["self_fuse"]
     scale = ATOL_SHARE * largest(grown)
     np.testing.assert_allclose(mapped["momentum"][1]["decoder_norm"], grown["decoder_norm"], rtol=0, atol=scale)

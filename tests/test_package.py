@@ -33,15 +33,19 @@ def test_an_unknown_attribute_is_an_attribute_error():
 
 def test_importing_the_package_changes_only_what_its_docstring_says():
     """In a fresh process: KERAS_BACKEND is set only when unset, nothing else
-    in the environment changes, and exactly one warnings filter is added."""
+    in the environment changes, and of the warnings filters only the one for
+    keras-hub's mask warning is added (once TensorFlow, Keras and keras-hub,
+    which add their own, are imported)."""
     script = (
-        "import json, os, sys, warnings\n"
-        "before_env, before_filters = dict(os.environ), list(warnings.filters)\n"
+        "import json, os, warnings\n"
+        "before_env = dict(os.environ)\n"
+        "import tensorflow, keras, keras_hub\n"
+        "before_filters = list(warnings.filters)\n"
         "import keras_fusion\n"
         "after = dict(os.environ)\n"
         "changed = {k: after.get(k) for k in set(before_env) | set(after) if before_env.get(k) != after.get(k)}\n"
-        "added = [str(f[1].pattern) for f in warnings.filters if f not in before_filters]\n"
-        "print(json.dumps({'changed': changed, 'added': added}))\n"
+        "added = [getattr(f[1], 'pattern', None) for f in warnings.filters if f not in before_filters]\n"
+        "print(json.dumps({'changed': changed, 'added': added, 'backend': keras.backend.backend()}))\n"
     )
     for preset, expected in [(None, {"KERAS_BACKEND": "tensorflow"}), ("tensorflow", {})]:
         env = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "TF_CPP_MIN_LOG_LEVEL")}
@@ -51,5 +55,17 @@ def test_importing_the_package_changes_only_what_its_docstring_says():
                                  text=True, timeout=300, stdin=subprocess.DEVNULL)
         assert process.returncode == 0, process.stderr[-2000:]
         result = json.loads(process.stdout.strip().splitlines()[-1])
-        assert result["changed"] == expected
-        assert len(result["added"]) == 1 and "T5MultiHeadAttention" in result["added"][0]
+        assert result["changed"] == expected and result["backend"] == "tensorflow"
+        assert result["added"] == [kf.KERAS_HUB_MASK_WARNING]
+
+
+def test_importing_the_package_first_sets_the_backend_only_when_unset():
+    script = "import os; import keras_fusion; print(os.environ.get('KERAS_BACKEND'))"
+    for preset, expected in [(None, "tensorflow"), ("tensorflow", "tensorflow")]:
+        env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+        if preset:
+            env["KERAS_BACKEND"] = preset
+        process = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True,
+                                 text=True, timeout=300, stdin=subprocess.DEVNULL)
+        assert process.returncode == 0, process.stderr[-2000:]
+        assert process.stdout.strip().splitlines()[-1] == expected

@@ -67,6 +67,19 @@ class FusionT5Seq2SeqLM(T5Seq2SeqLM):
 
     backbone_cls = FusionT5Backbone
 
+    def get_compile_config(self):
+        """None: no compile config is saved with the model.
+
+        A keras-hub task compiles itself in its constructor, so a loaded LM
+        is compiled again with the task's defaults whatever was saved; Keras
+        would not restore a saved config through the task's custom
+        `compile()` anyway, and would warn about it at every load. To train
+        a loaded LM with your own settings, `compile()` it after loading (or
+        wrap it in a `GrowingT5Seq2SeqLM`, whose compile config is saved and
+        restored).
+        """
+        return None
+
     @classmethod
     def from_preset(cls, preset, load_weights=True, **kwargs):
         """An LM from a preset, a keras-hub T5 or a Hugging Face T5.

@@ -131,12 +131,10 @@ class GrowingT5Seq2SeqLM(keras.Model):
 
     def get_config(self):
         config = super().get_config()
-        lm = keras.saving.serialize_keras_object(self.lm)
-        # The inner task's compile config would be restored by its own
-        # custom compile(), which Keras refuses with a warning at every load;
-        # what trains is the wrapper, whose compile config Keras restores.
-        lm.pop("compile_config", None)
-        config.update({"lm": lm, "growth_history": self.growth_history})
+        # (The inner task saves no compile config, FusionT5Seq2SeqLM.
+        # get_compile_config: what trains is the wrapper, whose compile
+        # config Keras restores.)
+        config.update({"lm": keras.saving.serialize_keras_object(self.lm), "growth_history": self.growth_history})
         return config
 
     @classmethod
