@@ -103,9 +103,10 @@ def import_process(folder, warm_up_folder, export_dir):
     # (building the functional graph is most of an import).
     import keras_hub
 
+    from keras_fusion import storage
     from keras_fusion.utils.transformers import convert_t5
 
-    config, _ = convert_t5.convert_config(convert_t5.read_json(folder, convert_t5.CONFIG_FILE))
+    config, _ = convert_t5.convert_config(storage.read_json(storage.join(folder, convert_t5.CONFIG_FILE)))
     config.pop("norm_groups")
     _, scratch = _measure(lambda: keras_hub.models.T5Backbone(**config))
     return {"import": figures, "export": export, "keras_hub_t5_backbone_random": scratch}
