@@ -1,5 +1,6 @@
 """FusionT5Block against keras-hub's T5TransformerLayer."""
 
+import keras
 import numpy as np
 import pytest
 from keras_hub.src.models.t5.t5_transformer_layer import T5TransformerLayer
@@ -134,3 +135,21 @@ def test_fuse_needs_two_built_blocks():
                                  use_gated_activation=True, use_relative_attention_bias=True)
     with pytest.raises(ValueError, match="not built"):
         FusionT5Block.fuse(a, unbuilt)
+
+
+@pytest.mark.parametrize("is_decoder", [False, True])
+def test_build_creates_the_variables_keras_tracing_creates(is_decoder, monkeypatch):
+    """FusionT5Block.build builds the sub-layers from the widths; the
+    variables (paths, shapes, order) are those Keras creates when it builds
+    a layer without `build` by tracing its call."""
+    kwargs = dict(is_decoder=is_decoder, hidden_dim=8, intermediate_dim=12, key_value_dim=4, dropout=0.0,
+                  activation="relu", layer_norm_epsilon=1e-6, num_heads=2, use_gated_activation=True,
+                  use_relative_attention_bias=True, name="block")
+    ours = FusionT5Block(**kwargs)
+    ours.build((None, None, 8))
+    with monkeypatch.context() as patch:
+        patch.setattr(FusionT5Block, "build", keras.layers.Layer.build)  # Keras' default: build by tracing
+        traced = FusionT5Block(**kwargs)
+        run(traced, 8)
+    assert ours.built and all(layer.built for layer in ours._flatten_layers(include_self=False))
+    assert [(v.path, tuple(v.shape)) for v in ours.weights] == [(v.path, tuple(v.shape)) for v in traced.weights]
