@@ -1,5 +1,7 @@
 """FusionT5Block: a keras-hub T5 layer with grouped norms and growth methods."""
 
+import inspect
+
 import keras
 from keras_hub.src.models.t5.t5_multi_head_attention import T5MultiHeadAttention
 from keras_hub.src.models.t5.t5_transformer_layer import T5TransformerLayer
@@ -234,6 +236,32 @@ class FusionT5Block(T5TransformerLayer):
         if self.use_gated_activation:
             self.gate_projector.build(width)
         self.output_projector.build((None, None, self.intermediate_dim))
+
+    def compute_output_spec(self, *args, **kwargs):
+        # A functional model asks each layer for its output spec. Keras
+        # would trace `call` for it, the larger part of constructing a T5
+        # model; without caches the spec follows from the inputs' shapes:
+        # the hidden states keep theirs, and `position_bias` is the given one
+        # or this layer's (1 or batch, heads, length, length), per example
+        # once a mask is folded in. With caches, Keras traces as usual.
+        arguments = inspect.signature(self.call).bind(*args, **kwargs).arguments
+        if arguments.get("self_attention_cache") is not None or arguments.get("cross_attention_cache") is not None:
+            return super().compute_output_spec(*args, **kwargs)
+        hidden_shape = tuple(arguments["hidden_states"].shape)
+        position_bias = arguments.get("position_bias")
+        if position_bias is not None:
+            bias_shape = tuple(position_bias.shape)
+        else:
+            mask = arguments.get("attention_mask")
+            if arguments.get("use_causal_mask"):
+                batch = hidden_shape[0]
+            else:
+                batch = 1 if mask is None else mask.shape[0]
+            bias_shape = (batch, self.num_heads, hidden_shape[1], hidden_shape[1])
+        return (
+            keras.KerasTensor(hidden_shape, dtype=self.compute_dtype),
+            keras.KerasTensor(bias_shape, dtype=self.compute_dtype),
+        )
 
     def build_for_growth(self):
         """Build every sub-layer by calling the block once on zeros."""
