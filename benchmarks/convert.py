@@ -100,7 +100,8 @@ def import_process(folder, warm_up_folder, export_dir):
     _, export = _measure(lambda: lm.export_to_transformers(export_dir))
     del lm
     # Reference: keras-hub's own T5Backbone of the same shape, random weights
-    # (building the functional graph is most of an import).
+    # (it traces its layers' calls to build the functional graph, and fills
+    # its variables with random values).
     import keras_hub
 
     from keras_fusion import storage
