@@ -6,8 +6,9 @@ refuses a preset saved from `T5Backbone` on a subclass. The keras_fusion
 classes' `from_preset` come here first:
 
 - a Hugging Face T5 folder (`config.json` with `model_type` "t5"), local,
-  `gs://` or `hf://` (downloaded through `huggingface_hub` when a hub is
-  reachable), is converted by `keras_fusion.utils.transformers.convert_t5`;
+  `gs://` or `hf://` (through `huggingface_hub`: downloaded when a hub is
+  reachable, else read from its local cache with `HF_HUB_OFFLINE=1`), is
+  converted by `keras_fusion.utils.transformers.convert_t5`;
 - a keras-hub preset saved from a plain `T5Backbone` / `T5Seq2SeqLM` is
   loaded with keras-hub and its weights moved into the keras_fusion class;
 - anything else (a preset saved from a keras_fusion model, a Kaggle handle)
@@ -45,9 +46,9 @@ def _local_hf(preset):
 
 def _config(preset):
     """The preset's config.json as a dict, or None when there is none to read
-    (keras-hub then reports the problem). Local and `tf.io.gfile` folders are
-    read through `keras_fusion.storage`; `hf://`, `kaggle://` handles and keras-hub's built-in
-    preset names go through keras-hub's downloader."""
+    (keras-hub then reports the problem). Local and `tf.io.gfile` folders
+    are read through `keras_fusion.storage`; `hf://`, `kaggle://` handles
+    and keras-hub's built-in preset names go through keras-hub's downloader."""
     if not isinstance(preset, str):
         return None
     if storage.isdir(preset):
