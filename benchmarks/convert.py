@@ -100,12 +100,14 @@ def import_process(folder, warm_up_folder, export_dir):
     _, export = _measure(lambda: lm.export_to_transformers(export_dir))
     del lm
     # Reference: keras-hub's own T5Backbone of the same shape, random weights
-    # (building the functional graph is most of an import).
+    # (it traces its layers' calls to build the functional graph, and fills
+    # its variables with random values).
     import keras_hub
 
+    from keras_fusion import storage
     from keras_fusion.utils.transformers import convert_t5
 
-    config, _ = convert_t5.convert_config(convert_t5.read_json(folder, convert_t5.CONFIG_FILE))
+    config, _ = convert_t5.convert_config(storage.read_json(storage.join(folder, convert_t5.CONFIG_FILE)))
     config.pop("norm_groups")
     _, scratch = _measure(lambda: keras_hub.models.T5Backbone(**config))
     return {"import": figures, "export": export, "keras_hub_t5_backbone_random": scratch}

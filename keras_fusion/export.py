@@ -47,17 +47,16 @@ TEXT_DIR = "text"  # the text SavedModel, inside the token-id one
 
 def read_tokenizer(tokenizer):
     """The serialized SentencePiece model: `tokenizer` itself when it is bytes,
-    else the file it names (read with `tf.io.gfile`).
+    else the file it names (read through `keras_fusion.storage`).
 
     Raises:
         ValueError: when the file does not exist.
     """
     if isinstance(tokenizer, bytes):
         return tokenizer
-    if not tf.io.gfile.exists(tokenizer):
+    if not storage.exists(tokenizer):
         raise ValueError(f"tokenizer_path not found: {tokenizer}")
-    with tf.io.gfile.GFile(tokenizer, "rb") as f:
-        return f.read()
+    return storage.read_bytes(tokenizer)
 
 
 def _text_tokenizer(tokenizer_path):

@@ -116,6 +116,14 @@ def read_bytes(path):
         return f.read()
 
 
+def read_range(path, offset, size):
+    """`size` bytes of a file from byte `offset`: a seek and one read, the
+    rest of the file is not read (on `gs://` a ranged download)."""
+    with tf.io.gfile.GFile(path, "rb") as f:
+        f.seek(offset)
+        return f.read(size)
+
+
 def read_text(path):
     return read_bytes(path).decode("utf-8", errors="replace")
 
@@ -130,18 +138,27 @@ def write_bytes(path, data):
     Local: a temporary file in the same folder, fsync, atomic rename.
     Remote: written to its final name directly (see the module docstring).
     """
+    return write_chunks(path, [data])
+
+
+def write_chunks(path, chunks):
+    """`write_bytes` of the concatenated byte strings of the iterable
+    `chunks`, each written as it comes, so the whole file is never in memory
+    (a large checkpoint written tensor by tensor)."""
     folder = dirname(path)
     if folder:
         makedirs(folder)
     if is_remote(path):
         _clear_for_rewrite(path)
         with tf.io.gfile.GFile(path, "wb") as f:
-            f.write(data)
+            for chunk in chunks:
+                f.write(chunk)
         return path
     handle, temporary = tempfile.mkstemp(dir=folder or ".", prefix=".partial-", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as f:
-            f.write(data)
+            for chunk in chunks:
+                f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, path)

@@ -28,6 +28,42 @@ def test_files_round_trip_and_rewrites_replace(root, tmp_path):
     assert not storage.exists(path) and storage.listdir(storage.join(root, "a")) == []
 
 
+@pytest.mark.parametrize("root", ["local", "ram://storage_test_chunks"])
+def test_chunked_writes_and_ranged_reads(root, tmp_path):
+    root = str(tmp_path) if root == "local" else root
+    path = storage.join(root, "weights.bin")
+    written = []
+
+    def chunks(data):  # a generator: the file is never whole in memory
+        for chunk in data:
+            written.append(chunk)
+            yield chunk
+
+    storage.write_chunks(path, chunks([b"header", b"0123456789"]))
+    storage.write_chunks(path, chunks([b"HEAD", b"abcdefgh"]))  # a rewrite replaces, never appends
+    assert written == [b"header", b"0123456789", b"HEAD", b"abcdefgh"]
+    assert storage.read_bytes(path) == b"HEADabcdefgh"
+    assert storage.read_range(path, 4, 3) == b"abc"
+    assert storage.read_range(path, 0, 4) == b"HEAD"
+    assert storage.read_range(path, 10, 100) == b"gh"  # a read past the end stops there
+    if root == str(tmp_path):
+        assert os.listdir(tmp_path) == ["weights.bin"]  # no temporary left
+
+
+def test_a_failing_chunk_leaves_the_old_local_file(tmp_path):
+    path = str(tmp_path / "w.bin")
+    storage.write_bytes(path, b"old")
+
+    def chunks():
+        yield b"new"
+        raise OSError("tensor unreadable")
+
+    with pytest.raises(OSError, match="tensor unreadable"):
+        storage.write_chunks(path, chunks())
+    assert storage.read_bytes(path) == b"old"
+    assert os.listdir(tmp_path) == ["w.bin"]
+
+
 def test_a_local_write_leaves_no_temporary_and_never_half_a_file(tmp_path, monkeypatch):
     path = str(tmp_path / "x.json")
     storage.write_json(path, {"old": True})

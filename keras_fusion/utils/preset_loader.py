@@ -6,8 +6,9 @@ refuses a preset saved from `T5Backbone` on a subclass. The keras_fusion
 classes' `from_preset` come here first:
 
 - a Hugging Face T5 folder (`config.json` with `model_type` "t5"), local,
-  `gs://` or `hf://` (downloaded through `huggingface_hub` when a hub is
-  reachable), is converted by `keras_fusion.utils.transformers.convert_t5`;
+  `gs://` or `hf://` (through `huggingface_hub`: downloaded when a hub is
+  reachable, else read from its local cache with `HF_HUB_OFFLINE=1`), is
+  converted by `keras_fusion.utils.transformers.convert_t5`;
 - a keras-hub preset saved from a plain `T5Backbone` / `T5Seq2SeqLM` is
   loaded with keras-hub and its weights moved into the keras_fusion class;
 - anything else (a preset saved from a keras_fusion model, a Kaggle handle)
@@ -23,12 +24,10 @@ lm, spm_proto = load_lm("/path/to/flan-t5-small")   # or a preset dir, or a .ker
 ```
 """
 
-import keras
 import keras_hub
-import tensorflow as tf
 from keras_hub.src.utils import preset_utils
 
-from keras_fusion import growth_maps
+from keras_fusion import growth_maps, storage
 from keras_fusion.utils.transformers import convert_t5
 
 HF_SCHEME = "hf://"
@@ -47,15 +46,14 @@ def _local_hf(preset):
 
 def _config(preset):
     """The preset's config.json as a dict, or None when there is none to read
-    (keras-hub then reports the problem). Local and `tf.io.gfile` folders are
-    read directly; `hf://`, `kaggle://` handles and keras-hub's built-in
-    preset names go through keras-hub's downloader."""
+    (keras-hub then reports the problem). Local and `tf.io.gfile` folders
+    are read through `keras_fusion.storage`; `hf://`, `kaggle://` handles
+    and keras-hub's built-in preset names go through keras-hub's downloader."""
     if not isinstance(preset, str):
         return None
-    if tf.io.gfile.isdir(preset):
-        if not tf.io.gfile.exists(convert_t5._join(preset, convert_t5.CONFIG_FILE)):
-            return None
-        return convert_t5.read_json(preset, convert_t5.CONFIG_FILE)
+    if storage.isdir(preset):
+        path = storage.join(preset, convert_t5.CONFIG_FILE)
+        return storage.read_json(path) if storage.exists(path) else None
     if "://" in preset or preset in preset_utils.BUILTIN_PRESETS:
         return preset_utils.load_json(preset, convert_t5.CONFIG_FILE)
     return None
@@ -134,7 +132,7 @@ def lm_from_preset(cls, preset, load_weights=True, **kwargs):
     if _is_plain_t5_preset(FusionT5Backbone, config):
         backbone = FusionT5Backbone.from_preset(preset, load_weights=load_weights, dtype=dtype)
         if "preprocessor" not in kwargs:
-            has_tokenizer = tf.io.gfile.exists(convert_t5._join(preset, preset_utils.TOKENIZER_CONFIG_FILE))
+            has_tokenizer = storage.exists(storage.join(preset, preset_utils.TOKENIZER_CONFIG_FILE))
             kwargs["preprocessor"] = (
                 keras_hub.models.T5Seq2SeqLMPreprocessor.from_preset(preset) if has_tokenizer else None
             )
@@ -171,18 +169,13 @@ def load_lm(path):
     from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM
 
     if isinstance(path, str) and path.endswith(".keras"):
-        if not tf.io.gfile.exists(path):
-            raise ValueError(f"not found: {path}")
-        try:
-            model = keras.saving.load_model(path, compile=False)
-        except Exception as error:  # truncated, corrupt or foreign files
-            raise ValueError(f"cannot load {path}: {error}") from error
+        model = storage.load_model(path, compile=False)
         lm = getattr(model, "lm", model)
         if not isinstance(lm, keras_hub.models.T5Seq2SeqLM):
             raise ValueError(f"{path} holds a {type(lm).__name__}, not a T5 language model.")
         if not isinstance(lm, FusionT5Seq2SeqLM):
             lm = FusionT5Seq2SeqLM(as_fusion_backbone(FusionT5Backbone, lm.backbone), preprocessor=lm.preprocessor)
-    elif isinstance(path, str) and (path.startswith(HF_SCHEME) or tf.io.gfile.isdir(path)):
+    elif isinstance(path, str) and (path.startswith(HF_SCHEME) or storage.isdir(path)):
         lm = FusionT5Seq2SeqLM.from_preset(path)
     else:
         raise ValueError(

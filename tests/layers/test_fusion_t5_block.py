@@ -2,6 +2,8 @@
 (`growth_maps`) on block parameter trees: a block built from a fused or
 identity tree computes what the maps promise."""
 
+import functools
+
 import keras
 import numpy as np
 import pytest
@@ -201,3 +203,70 @@ class FusionT5BlockHelperTest(TestCase):
         inputs = {"hidden_states": features(8, 1), "encoder_hidden_states": features(8, 2, length=4),
                   "use_causal_mask": True}
         self.run_precision_test(FusionT5Block, dict(BLOCK, is_decoder=True), inputs)
+
+
+@pytest.mark.parametrize("is_decoder", [False, True])
+def test_build_creates_the_variables_keras_tracing_creates(is_decoder, monkeypatch):
+    """FusionT5Block.build builds the sub-layers from the widths; the
+    variables (paths, shapes, order) are those Keras creates when it builds
+    a layer without `build` by tracing its call."""
+    kwargs = dict(is_decoder=is_decoder, hidden_dim=8, intermediate_dim=12, key_value_dim=4, dropout=0.0,
+                  activation="relu", layer_norm_epsilon=1e-6, num_heads=2, use_gated_activation=True,
+                  use_relative_attention_bias=True, name="block")
+    ours = FusionT5Block(**kwargs)
+    ours.build((None, None, 8))
+    with monkeypatch.context() as patch:
+        patch.setattr(FusionT5Block, "build", keras.layers.Layer.build)  # Keras' default: build by tracing
+        traced = FusionT5Block(**kwargs)
+        run(traced, 8)
+    assert ours.built and all(layer.built for layer in ours._flatten_layers(include_self=False))
+    assert [(v.path, tuple(v.shape)) for v in ours.weights] == [(v.path, tuple(v.shape)) for v in traced.weights]
+
+
+def _symbolic_calls(block, batch, length, dtype):
+    """(description, args, kwargs) of the symbolic calls a functional T5 makes, and more."""
+    x = keras.KerasTensor((batch, length, block.hidden_dim), dtype=dtype)
+    mask = keras.KerasTensor((batch, 1, length), dtype="int32")
+    bias = keras.KerasTensor((batch, block.num_heads, length, length), dtype=dtype)
+    calls = [("no mask", {}), ("mask", {"attention_mask": mask}), ("given bias", {"attention_mask": mask, "position_bias": bias})]
+    if block.is_decoder:
+        calls = [(name, dict(kw, encoder_hidden_states=x, encoder_attention_mask=mask, use_causal_mask=causal))
+                 for name, kw in calls for causal in (False, True)]
+    return x, calls
+
+
+@pytest.mark.parametrize("dtype_policy", ["float32", "mixed_bfloat16"])
+@pytest.mark.parametrize("is_decoder", [False, True])
+@pytest.mark.parametrize("batch,length", [(None, None), (3, 5)])
+def test_output_spec_without_tracing_equals_the_traced_spec(is_decoder, batch, length, dtype_policy):
+    block = FusionT5Block(is_decoder=is_decoder, hidden_dim=8, intermediate_dim=12, key_value_dim=4, dropout=0.0,
+                          activation="relu", layer_norm_epsilon=1e-6, num_heads=2, use_relative_attention_bias=True,
+                          dtype=dtype_policy)
+    x, calls = _symbolic_calls(block, batch, length, block.compute_dtype)
+    block(x, **calls[0][1])  # builds it
+    for name, kwargs in calls:
+        fast = block.compute_output_spec(x, **kwargs)
+        traced = T5TransformerLayer.compute_output_spec(block, x, **kwargs)  # Keras' trace of call
+        assert [(tuple(t.shape), t.dtype) for t in fast] == [(tuple(t.shape), t.dtype) for t in traced], name
+
+
+def test_a_functional_backbone_is_built_without_tracing_its_blocks(monkeypatch):
+    from keras_fusion.models import FusionT5Backbone
+
+    traced = []
+    call = T5TransformerLayer.call
+
+    @functools.wraps(call)  # Keras reads call's signature
+    def counting_call(self, *args, **kwargs):
+        traced.append(self.name)
+        return call(self, *args, **kwargs)
+
+    monkeypatch.setattr(T5TransformerLayer, "call", counting_call)
+    backbone = FusionT5Backbone(vocabulary_size=20, num_layers=2, num_heads=2, hidden_dim=8, intermediate_dim=12,
+                                key_value_dim=4, dropout=0.0)
+    assert traced == []  # no block call was traced to construct the model
+    assert backbone.built and all(layer.built for layer in backbone.encoder_transformer_layers)
+    ids = np.array([[1, 2, 3]], "int32")
+    backbone({"encoder_token_ids": ids, "encoder_padding_mask": np.ones_like(ids),
+              "decoder_token_ids": ids, "decoder_padding_mask": np.ones_like(ids)})
+    assert len(traced) == 4  # the real call runs every block once

@@ -28,18 +28,15 @@ lm.generate(["translate English to German: How old are you?"])
 ```
 """
 
-import json
-
 import numpy as np
-import tensorflow as tf
 from keras_hub.src.utils.keras_utils import gelu_approximate
 
+from keras_fusion import storage
 from keras_fusion.utils.transformers.safetensors_io import (
     WEIGHTS_FILE,
     WEIGHTS_INDEX_FILE,
     LazyArray,
     SafetensorsCheckpoint,
-    join as _join,
 )
 
 CONFIG_FILE = "config.json"
@@ -60,12 +57,6 @@ ACTIVATIONS = {
     "silu": "silu",
     "swish": "silu",
 }
-
-
-def read_json(folder, name):
-    """A JSON file of a (local or `gs://`) folder, read with `tf.io.gfile`."""
-    with tf.io.gfile.GFile(_join(folder, name), "r") as f:
-        return json.load(f)
 
 
 def _refuse(field, value, allowed):
@@ -340,7 +331,7 @@ def load_backbone(cls, folder, load_weights=True, dtype=None):
     backbone = load_backbone(FusionT5Backbone, "/path/to/t5-small")
     ```
     """
-    config, output_scale = convert_config(read_json(folder, CONFIG_FILE))
+    config, output_scale = convert_config(storage.read_json(storage.join(folder, CONFIG_FILE)))
     if dtype is not None:
         config["dtype"] = dtype
     if not load_weights:
@@ -361,10 +352,9 @@ def load_tokenizer(folder):
     tokenizer = load_tokenizer("/path/to/t5-small")
     ```
     """
-    path = _join(folder, SPIECE_FILE)
-    if not tf.io.gfile.exists(path):
+    path = storage.join(folder, SPIECE_FILE)
+    if not storage.exists(path):
         return None
     import keras_hub
 
-    with tf.io.gfile.GFile(path, "rb") as f:
-        return keras_hub.models.T5Tokenizer(proto=f.read())
+    return keras_hub.models.T5Tokenizer(proto=storage.read_bytes(path))

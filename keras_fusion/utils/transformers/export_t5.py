@@ -4,7 +4,7 @@
 parameter tree in, a `config.json` dict and named NumPy arrays out);
 `export_to_transformers` checks, then writes `config.json`,
 `generation_config.json`, `model.safetensors` and, when the model has a
-SentencePiece tokenizer, `spiece.model`, all through `tf.io.gfile`.
+SentencePiece tokenizer, `spiece.model`, all through `keras_fusion.storage`.
 
 The config is written the transformers 4.x way (`tie_word_embeddings` true
 and scaled logits for a tied model; false and a separate `lm_head.weight`
@@ -30,9 +30,9 @@ transformers.T5ForConditionalGeneration.from_pretrained("deeper")
 import json
 
 import keras
-import tensorflow as tf
 from keras_hub.src.utils.keras_utils import gelu_approximate
 
+from keras_fusion import storage
 from keras_fusion.utils.transformers import convert_t5
 from keras_fusion.utils.transformers.safetensors_io import LazyArray, write_safetensors
 
@@ -187,11 +187,11 @@ def export_to_transformers(model, path):
     tensors = state_dict(config, tree)
     tokenizer = getattr(getattr(model, "preprocessor", None), "tokenizer", None)
     proto = getattr(tokenizer, "proto", None)
-    tf.io.gfile.makedirs(path)
+    storage.makedirs(path)
     _write(path, convert_t5.CONFIG_FILE, json.dumps(config_json, indent=2, sort_keys=True))
     generation = {"decoder_start_token_id": PAD_ID, "eos_token_id": EOS_ID, "pad_token_id": PAD_ID}
     _write(path, "generation_config.json", json.dumps(generation, indent=2))
-    write_safetensors(convert_t5._join(path, convert_t5.WEIGHTS_FILE), tensors, metadata={"format": "pt"})
+    write_safetensors(storage.join(path, convert_t5.WEIGHTS_FILE), tensors, metadata={"format": "pt"})
     if proto:
         _write(path, convert_t5.SPIECE_FILE, proto)
         if _piece_count(proto) == config_json["vocab_size"]:
@@ -208,6 +208,8 @@ def _piece_count(proto):
 
 
 def _write(folder, name, content):
-    mode = "wb" if isinstance(content, bytes) else "w"
-    with tf.io.gfile.GFile(convert_t5._join(folder, name), mode) as f:
-        f.write(content)
+    path = storage.join(folder, name)
+    if isinstance(content, bytes):
+        storage.write_bytes(path, content)
+    else:
+        storage.write_text(path, content)

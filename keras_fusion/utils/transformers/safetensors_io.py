@@ -1,4 +1,4 @@
-"""Reading and writing safetensors files one tensor at a time, through `tf.io.gfile`.
+"""Reading and writing safetensors files one tensor at a time, through `keras_fusion.storage`.
 
 The format (https://github.com/huggingface/safetensors): an 8-byte
 little-endian header size, a JSON header `{name: {"dtype", "shape",
@@ -6,7 +6,8 @@ little-endian header size, a JSON header `{name: {"dtype", "shape",
 little-endian tensor bytes. Reading a tensor is a seek and a read, so an
 import holds one tensor besides the model (no memory map, no whole-file
 read) and works on any `tf.io.gfile` file system (`gs://`); writing streams
-each tensor after the header. bfloat16 tensors are widened to float32
+each tensor after the header (`storage.write_chunks`: atomic locally, a
+rewrite on `ram://` replaces the file). bfloat16 tensors are widened to float32
 exactly.
 
 Example:
@@ -18,11 +19,12 @@ write_safetensors("out/model.safetensors", {"shared.weight": embedding})
 ```
 """
 
+import itertools
 import json
-import posixpath
 
 import numpy as np
-import tensorflow as tf
+
+from keras_fusion import storage
 
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
@@ -30,16 +32,10 @@ _DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8"
 _ALIGNMENT = 8  # the data starts on an 8-byte boundary (the header is space-padded)
 
 
-def join(folder, name):
-    """`folder/name` for local and `scheme://` folders alike."""
-    return posixpath.join(folder, name) if "://" in folder else tf.io.gfile.join(folder, name)
-
-
 def read_header(path):
     """`(header dict without __metadata__, offset of the data)` of a safetensors file."""
-    with tf.io.gfile.GFile(path, "rb") as f:
-        size = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(size))
+    size = int.from_bytes(storage.read_range(path, 0, 8), "little")
+    header = json.loads(storage.read_range(path, 8, size))
     header.pop("__metadata__", None)
     return header, 8 + size
 
@@ -67,10 +63,10 @@ class SafetensorsCheckpoint:
 
     def __init__(self, folder):
         self.folder = folder
-        if tf.io.gfile.exists(join(folder, WEIGHTS_INDEX_FILE)):
-            with tf.io.gfile.GFile(join(folder, WEIGHTS_INDEX_FILE), "r") as f:
-                files = sorted(set(json.load(f)["weight_map"].values()))
-        elif tf.io.gfile.exists(join(folder, WEIGHTS_FILE)):
+        if storage.exists(storage.join(folder, WEIGHTS_INDEX_FILE)):
+            index = storage.read_json(storage.join(folder, WEIGHTS_INDEX_FILE))
+            files = sorted(set(index["weight_map"].values()))
+        elif storage.exists(storage.join(folder, WEIGHTS_FILE)):
             files = [WEIGHTS_FILE]
         else:
             raise ValueError(
@@ -80,7 +76,7 @@ class SafetensorsCheckpoint:
             )
         self._entries = {}  # name -> (path, data offset, header entry)
         for file in files:
-            path = join(folder, file)
+            path = storage.join(folder, file)
             header, offset = read_header(path)
             for name, entry in header.items():
                 self._entries[name] = (path, offset, entry)
@@ -104,9 +100,7 @@ class SafetensorsCheckpoint:
         if dtype not in _DTYPES:
             raise ValueError(f"Tensor {name} has dtype {dtype}; readable: {sorted(_DTYPES)}.")
         begin, end = entry["data_offsets"]
-        with tf.io.gfile.GFile(path, "rb") as f:
-            f.seek(offset + begin)
-            data = f.read(end - begin)
+        data = storage.read_range(path, offset + begin, end - begin)
         array = np.frombuffer(data, dtype=_DTYPES[dtype]).reshape(entry["shape"])
         if dtype == "BF16":  # the top half of a float32
             array = (array.astype("<u4") << 16).view("<f4")
@@ -178,8 +172,6 @@ def write_safetensors(path, tensors, metadata=None):
         header["__metadata__"] = dict(metadata)
     encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
     encoded += b" " * (-(8 + len(encoded)) % _ALIGNMENT)
-    with tf.io.gfile.GFile(path, "wb") as f:
-        f.write(len(encoded).to_bytes(8, "little"))
-        f.write(encoded)
-        for name, array in tensors.items():
-            f.write(np.ascontiguousarray(np.asarray(array), dtype="<f4").tobytes())
+    # A generator: each tensor is converted only when it is written.
+    data = (np.ascontiguousarray(np.asarray(array), dtype="<f4").tobytes() for array in tensors.values())
+    storage.write_chunks(path, itertools.chain([len(encoded).to_bytes(8, "little"), encoded], data))
