@@ -96,9 +96,13 @@ def import_process(folder, warm_up_folder, export_dir):
     warm = FusionT5Seq2SeqLM.from_preset(warm_up_folder)
     warm.export_to_transformers(export_dir + "-warm-up")
     del warm
-    lm, figures = _measure(lambda: FusionT5Seq2SeqLM.from_preset(folder))
-    _, export = _measure(lambda: lm.export_to_transformers(export_dir))
-    del lm
+
+    def import_then_export():  # the model is freed on return
+        lm, figures = _measure(lambda: FusionT5Seq2SeqLM.from_preset(folder))
+        _, export = _measure(lambda: lm.export_to_transformers(export_dir))
+        return figures, export
+
+    figures, export = import_then_export()
     # Reference: keras-hub's own T5Backbone of the same shape, random weights
     # (it traces its layers' calls to build the functional graph, and fills
     # its variables with random values).

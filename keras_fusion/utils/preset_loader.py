@@ -25,9 +25,9 @@ lm, spm_proto = load_lm("/path/to/flan-t5-small")   # or a preset dir, or a .ker
 """
 
 import keras_hub
-from keras_hub.src.utils import preset_utils
+from keras_fusion._keras_internals import preset_utils
 
-from keras_fusion import growth_maps, storage
+from keras_fusion import storage
 from keras_fusion.utils.transformers import convert_t5
 
 HF_SCHEME = "hf://"
@@ -73,9 +73,10 @@ def _is_plain_t5_preset(cls, config):
 
 def as_fusion_backbone(cls, backbone):
     """A `cls` holding a plain `T5Backbone`'s weights (one norm group)."""
+    from keras_fusion.models import variable_trees
     from keras_fusion.models.fusion_t5_backbone import backbone_config, backbone_variables
 
-    return cls.from_parameters(backbone_config(backbone), growth_maps.read(backbone_variables(backbone)))
+    return cls.from_parameters(backbone_config(backbone), variable_trees.read(backbone_variables(backbone)))
 
 
 def backbone_from_preset(cls, preset, load_weights=True, **kwargs):

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from hf_test_utils import T5_11, hf_logits, save_hf_t5
-from keras_fusion.models import relative_error
+from keras_fusion.diagnostics import relative_error
 from t5_test_utils import TOLERANCE, random_inputs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

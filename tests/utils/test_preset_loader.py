@@ -5,7 +5,8 @@ import keras_hub
 import numpy as np
 import pytest
 
-from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM, relative_error
+from keras_fusion.diagnostics import relative_error
+from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM
 from keras_fusion.utils.preset_loader import load_lm
 from t5_test_utils import TOLERANCE, random_backbone, random_inputs
 
@@ -64,10 +65,10 @@ def test_grown_model_round_trips_through_keras_hub_generic_loader(plain_lm, tmp_
 
 
 def _config_and_tree(backbone):
-    from keras_fusion import growth_maps
+    from keras_fusion.models import variable_trees
     from keras_fusion.models.fusion_t5_backbone import backbone_config, backbone_variables
 
-    return backbone_config(backbone), growth_maps.read(backbone_variables(backbone))
+    return backbone_config(backbone), variable_trees.read(backbone_variables(backbone))
 
 
 def test_load_lm_reads_keras_files_presets_and_returns_the_sentencepiece_model(plain_lm, spm_path, tmp_path):

@@ -13,7 +13,8 @@ import pytest
 
 from hf_test_utils import T5_10, T5_11, hf_logits, save_hf_t5
 from keras_fusion import storage
-from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM, relative_error
+from keras_fusion.diagnostics import relative_error
+from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM
 from t5_test_utils import TOLERANCE, random_backbone, random_inputs
 
 SAME = 1e-6  # float32: the same weights through the same computation

@@ -29,15 +29,10 @@ lm.generate(["translate English to German: How old are you?"])
 """
 
 import numpy as np
-from keras_hub.src.utils.keras_utils import gelu_approximate
+from keras_fusion._keras_internals import gelu_approximate
 
 from keras_fusion import storage
-from keras_fusion.utils.transformers.safetensors_io import (
-    WEIGHTS_FILE,
-    WEIGHTS_INDEX_FILE,
-    LazyArray,
-    SafetensorsCheckpoint,
-)
+from keras_fusion.utils.transformers.safetensors_io import LazyArray, SafetensorsCheckpoint
 
 CONFIG_FILE = "config.json"
 SPIECE_FILE = "spiece.model"

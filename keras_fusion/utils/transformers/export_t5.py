@@ -16,7 +16,7 @@ Only models with one norm group can be exported: HF's T5 normalises the
 whole width with one RMSNorm (it has no grouped RMSNorm). Fused models made
 with `norm="grouped"` (the exact default) are refused; fuse with
 `norm="global"` to get a plain T5, and measure what that costs with
-`keras_fusion.models.function_error`.
+`keras_fusion.diagnostics.function_error`.
 
 Example:
 
@@ -30,11 +30,11 @@ transformers.T5ForConditionalGeneration.from_pretrained("deeper")
 import json
 
 import keras
-from keras_hub.src.utils.keras_utils import gelu_approximate
+from keras_fusion._keras_internals import gelu_approximate
 
 from keras_fusion import storage
 from keras_fusion.utils.transformers import convert_t5
-from keras_fusion.utils.transformers.safetensors_io import LazyArray, write_safetensors
+from keras_fusion.utils.transformers.safetensors_io import WEIGHTS_FILE, LazyArray, write_safetensors
 
 PAD_ID, EOS_ID = 0, 1
 
@@ -77,7 +77,7 @@ def check_exportable(config):
             "T5 has no grouped RMSNorm (its norms use one statistic over the whole width). "
             "Grow it with norm='global' (e.g. FusionT5Seq2SeqLM.fuse(..., norm='global') or "
             "self_fuse(..., norm='global')) to get a plain T5, and measure the cost with "
-            "keras_fusion.models.function_error."
+            "keras_fusion.diagnostics.function_error."
         )
     _feed_forward_proj(config["activation"], config["use_gated_activation"])
 
@@ -129,7 +129,7 @@ def state_dict(config, tree):
 
     Args:
         config: backbone arguments.
-        tree: a parameter tree of NumPy arrays (`growth_maps.read` of
+        tree: a parameter tree of NumPy arrays (`variable_trees.read` of
             `backbone_variables`).
 
     Returns:
@@ -191,7 +191,7 @@ def export_to_transformers(model, path):
     _write(path, convert_t5.CONFIG_FILE, json.dumps(config_json, indent=2, sort_keys=True))
     generation = {"decoder_start_token_id": PAD_ID, "eos_token_id": EOS_ID, "pad_token_id": PAD_ID}
     _write(path, "generation_config.json", json.dumps(generation, indent=2))
-    write_safetensors(storage.join(path, convert_t5.WEIGHTS_FILE), tensors, metadata={"format": "pt"})
+    write_safetensors(storage.join(path, WEIGHTS_FILE), tensors, metadata={"format": "pt"})
     if proto:
         _write(path, convert_t5.SPIECE_FILE, proto)
         if _piece_count(proto) == config_json["vocab_size"]:

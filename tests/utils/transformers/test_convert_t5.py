@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from hf_test_utils import T5_10, T5_11, hf_logits, save_hf_t5
-from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM, relative_error
-from keras_fusion.utils.transformers import convert_t5
+from keras_fusion.diagnostics import relative_error
+from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM
+from keras_fusion.utils.transformers import convert_t5, safetensors_io
 from t5_test_utils import TOLERANCE, random_inputs
 
 
@@ -32,7 +33,7 @@ def test_sharded_safetensors_with_index(tmp_path):
     model = save_hf_t5(tmp_path / "one", **T5_11)[0]
     model.save_pretrained(str(tmp_path / "sharded"), max_shard_size="20KB")
     shards = [n for n in os.listdir(tmp_path / "sharded") if n.endswith(".safetensors")]
-    assert len(shards) > 2 and (tmp_path / "sharded" / convert_t5.WEIGHTS_INDEX_FILE).exists()
+    assert len(shards) > 2 and (tmp_path / "sharded" / safetensors_io.WEIGHTS_INDEX_FILE).exists()
     lm = FusionT5Seq2SeqLM.from_preset(str(tmp_path / "sharded"))
     inputs = random_inputs(seed=1)
     assert relative_error(keras_logits(lm, inputs), hf_logits(model, inputs)) <= TOLERANCE

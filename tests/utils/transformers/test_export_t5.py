@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from hf_test_utils import T5_10, T5_11, hf_logits, load_hf, save_hf_t5
-from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM, relative_error
+from keras_fusion.diagnostics import relative_error
+from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM
 from t5_test_utils import TOLERANCE, random_backbone, random_inputs
 
 
