@@ -9,7 +9,7 @@ export KERAS_BACKEND := tensorflow
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test test-fast bench bench-vs-scratch clean
+.PHONY: install demo lint format test test-fast bench bench-vs-scratch clean
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,16 @@ demo: install
 # two cores take about 10 minutes against about 18 in one process.
 TEST_WORKERS ?= 2
 
-test: install
+# Lint and format check first (ruff.toml: keras-hub's rules at 100 columns).
+lint: install
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m ruff format --check .
+
+format: install
+	$(BIN)/python -m ruff format .
+	$(BIN)/python -m ruff check --fix .
+
+test: lint
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal tests
 
 test-fast: install

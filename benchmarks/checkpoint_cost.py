@@ -37,10 +37,22 @@ from benchmark_utils import in_fresh_process, machine_info, script_setup, versio
 ROOT = script_setup(__file__)
 
 SIZES = {
-    "tiny": dict(vocabulary_size=1000, num_layers=2, hidden_dim=64, num_heads=4, intermediate_dim=128,
-                 key_value_dim=16),
-    "small": dict(vocabulary_size=32128, num_layers=6, hidden_dim=512, num_heads=8, intermediate_dim=2048,
-                  key_value_dim=64),
+    "tiny": dict(
+        vocabulary_size=1000,
+        num_layers=2,
+        hidden_dim=64,
+        num_heads=4,
+        intermediate_dim=128,
+        key_value_dim=16,
+    ),
+    "small": dict(
+        vocabulary_size=32128,
+        num_layers=6,
+        hidden_dim=512,
+        num_heads=8,
+        intermediate_dim=2048,
+        key_value_dim=64,
+    ),
 }
 BATCH, ENCODER, DECODER = 16, 64, 16
 EVERY = 100
@@ -56,15 +68,22 @@ def measure_size(size, repeats, warmup):
     from keras_fusion import recipes, storage
     from keras_fusion.checkpointing import GrowthCheckpoint
 
-    config = dict(SIZES[size], dropout=0.0, activation="gelu", use_gated_activation=True,
-                  tie_embedding_weights=True)
+    config = dict(
+        SIZES[size],
+        dropout=0.0,
+        activation="gelu",
+        use_gated_activation=True,
+        tie_embedding_weights=True,
+    )
     model = recipes.compile_model(recipes.build_model(config, 0), keras.optimizers.AdamW(1e-3))
     rng = np.random.default_rng(0)
     vocab = config["vocabulary_size"]
-    x = {"encoder_token_ids": rng.integers(3, vocab, (BATCH, ENCODER)).astype("int32"),
-         "encoder_padding_mask": np.ones((BATCH, ENCODER), "int32"),
-         "decoder_token_ids": rng.integers(3, vocab, (BATCH, DECODER)).astype("int32"),
-         "decoder_padding_mask": np.ones((BATCH, DECODER), "int32")}
+    x = {
+        "encoder_token_ids": rng.integers(3, vocab, (BATCH, ENCODER)).astype("int32"),
+        "encoder_padding_mask": np.ones((BATCH, ENCODER), "int32"),
+        "decoder_token_ids": rng.integers(3, vocab, (BATCH, DECODER)).astype("int32"),
+        "decoder_padding_mask": np.ones((BATCH, DECODER), "int32"),
+    }
     y = rng.integers(3, vocab, (BATCH, DECODER)).astype("int32")
     data = tf.data.Dataset.from_tensors((x, y, np.ones((BATCH, DECODER), "float32"))).repeat()
 
@@ -79,10 +98,18 @@ def measure_size(size, repeats, warmup):
     timer.times = []
     model.fit(data, steps_per_epoch=warmup + repeats * 2, epochs=1, verbose=0, callbacks=[timer])
     step = statistics.median(timer.times[warmup:])
-    results = {"size": size, "config": config, "parameters": model.backbone.count_params(),
-               "step_seconds": step, "steps_timed": len(timer.times) - warmup}
+    results = {
+        "size": size,
+        "config": config,
+        "parameters": model.backbone.count_params(),
+        "step_seconds": step,
+        "steps_timed": len(timer.times) - warmup,
+    }
     with tempfile.TemporaryDirectory() as local:
-        for where, directory in (("local", os.path.join(local, "ckpt")), ("ram", f"ram://bench_{size}/ckpt")):
+        for where, directory in (
+            ("local", os.path.join(local, "ckpt")),
+            ("ram", f"ram://bench_{size}/ckpt"),
+        ):
             checkpoint = GrowthCheckpoint(directory, keep=2)
             checkpoint.set_model(model)
             times = []
@@ -91,9 +118,12 @@ def measure_size(size, repeats, warmup):
                 path = checkpoint.save()
                 times.append(time.perf_counter() - start)
             save = statistics.median(times[1:])
-            results[where] = {"save_seconds": save, "save_over_step": save / step,
-                              f"overhead_every_{EVERY}": save / (EVERY * step),
-                              "file_bytes": len(storage.read_bytes(path))}
+            results[where] = {
+                "save_seconds": save,
+                "save_over_step": save / step,
+                f"overhead_every_{EVERY}": save / (EVERY * step),
+                "file_bytes": len(storage.read_bytes(path)),
+            }
     return results
 
 
@@ -124,18 +154,29 @@ def resume_times(tokenizer, repeats):
     with tempfile.TemporaryDirectory() as tmp:
         resumed_dir = os.path.join(tmp, "resumed")
         # A run killed in its main stage, after the fusion and its step-16 checkpoint.
-        subprocess.run([sys.executable, worker, resumed_dir, tokenizer, "--kill", "main:17"],
-                       capture_output=True, text=True, check=False)
+        subprocess.run(
+            [sys.executable, worker, resumed_dir, tokenizer, "--kill", "main:17"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         for i in range(repeats):
             for kind in ("fresh", "resumed"):  # interleaved, under the same load
                 model_dir = os.path.join(tmp, f"fresh{i}") if kind == "fresh" else resumed_dir
                 stage = "partner" if kind == "fresh" else "main"
-                process = subprocess.run([sys.executable, "-c", script, model_dir, tokenizer, stage],
-                                         capture_output=True, text=True, check=True)
-                line = [l for l in process.stdout.splitlines() if l.startswith("FIRST_STEP_AFTER")][0]
+                process = subprocess.run(
+                    [sys.executable, "-c", script, model_dir, tokenizer, stage],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                line = [l for l in process.stdout.splitlines() if l.startswith("FIRST_STEP_AFTER")][
+                    0
+                ]
                 out[kind].append(float(line.split()[1]))
-    return {kind: {"median_seconds": statistics.median(v), "seconds": v} for kind, v in out.items()} | {
-        "resumed_over_fresh": statistics.median(out["resumed"]) / statistics.median(out["fresh"])}
+    return {
+        kind: {"median_seconds": statistics.median(v), "seconds": v} for kind, v in out.items()
+    } | {"resumed_over_fresh": statistics.median(out["resumed"]) / statistics.median(out["fresh"])}
 
 
 def main(argv=None):
@@ -144,27 +185,46 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--resume-repeats", type=int, default=3)
-    parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "results", "checkpoint_cost.json"))
+    parser.add_argument(
+        "--output", default=os.path.join(ROOT, "benchmarks", "results", "checkpoint_cost.json")
+    )
     args = parser.parse_args(argv)
     machine, vers = machine_info(), versions()
     print("Machine:", machine, "\nVersions:", vers, flush=True)
-    result = {"machine": machine, "versions": vers, "batch": [BATCH, ENCODER, DECODER], "every": EVERY,
-              "goal": GOAL, "sizes": {}}
+    result = {
+        "machine": machine,
+        "versions": vers,
+        "batch": [BATCH, ENCODER, DECODER],
+        "every": EVERY,
+        "goal": GOAL,
+        "sizes": {},
+    }
     for size in args.sizes.split(","):
         r = in_fresh_process(measure_size, size, args.repeats, args.warmup)
         result["sizes"][size] = r
-        print(f"{size}: {r['parameters']:,} parameters, step {r['step_seconds'] * 1e3:.1f} ms; checkpoint "
-              + "; ".join(f"{w} {r[w]['save_seconds']:.3f} s = {r[w]['save_over_step']:.1f} steps "
-                          f"({r[w][f'overhead_every_{EVERY}']:.1%} every {EVERY} steps, "
-                          f"{r[w]['file_bytes'] / 2**20:.1f} MiB)" for w in ("local", "ram")), flush=True)
+        print(
+            f"{size}: {r['parameters']:,} parameters, "
+            f"step {r['step_seconds'] * 1e3:.1f} ms; checkpoint "
+            + "; ".join(
+                f"{w} {r[w]['save_seconds']:.3f} s = {r[w]['save_over_step']:.1f} steps "
+                f"({r[w][f'overhead_every_{EVERY}']:.1%} every {EVERY} steps, "
+                f"{r[w]['file_bytes'] / 2**20:.1f} MiB)"
+                for w in ("local", "ram")
+            ),
+            flush=True,
+        )
     from keras_fusion import data
 
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = data.train_tokenizer(data.load_corpus("embedded", "train")[:300], 500, tmp)
         resume = resume_times(tokenizer, args.resume_repeats)
     result["resume"] = resume
-    print(f"First training step after process start: fresh {resume['fresh']['median_seconds']:.1f} s, "
-          f"resumed {resume['resumed']['median_seconds']:.1f} s (ratio {resume['resumed_over_fresh']:.2f})")
+    print(
+        "First training step after process start: "
+        f"fresh {resume['fresh']['median_seconds']:.1f} s, "
+        f"resumed {resume['resumed']['median_seconds']:.1f} s "
+        f"(ratio {resume['resumed_over_fresh']:.2f})"
+    )
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     with open(args.output, "w") as f:
         json.dump(result, f, indent=1)

@@ -30,13 +30,29 @@ import statistics
 import tempfile
 import time
 
-from benchmark_utils import in_fresh_process, machine_info, meminfo_kib, script_setup, versions, write_result
+from benchmark_utils import (
+    in_fresh_process,
+    machine_info,
+    meminfo_kib,
+    script_setup,
+    versions,
+    write_result,
+)
 
 ROOT = script_setup(__file__)
 
-T5_SMALL = dict(vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8,
-                feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0,
-                decoder_start_token_id=0)
+T5_SMALL = dict(
+    vocab_size=32128,
+    d_model=512,
+    d_kv=64,
+    d_ff=2048,
+    num_layers=6,
+    num_heads=8,
+    feed_forward_proj="gated-gelu",
+    tie_word_embeddings=False,
+    dropout_rate=0.0,
+    decoder_start_token_id=0,
+)
 TINY = dict(T5_SMALL, vocab_size=500, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
 
 
@@ -65,7 +81,11 @@ def _measure(operation):
     result = operation()
     seconds = time.perf_counter() - start
     peak = _status_kib("VmHWM")
-    return result, {"seconds": seconds, "peak_extra_bytes": (peak - before) * 1024, "peak_reset": reset}
+    return result, {
+        "seconds": seconds,
+        "peak_extra_bytes": (peak - before) * 1024,
+        "peak_reset": reset,
+    }
 
 
 def write_checkpoint(folder, config):
@@ -74,7 +94,11 @@ def write_checkpoint(folder, config):
 
     torch.manual_seed(0)
     transformers.T5ForConditionalGeneration(transformers.T5Config(**config)).save_pretrained(folder)
-    return sum(os.path.getsize(os.path.join(folder, n)) for n in os.listdir(folder) if n.endswith(".safetensors"))
+    return sum(
+        os.path.getsize(os.path.join(folder, n))
+        for n in os.listdir(folder)
+        if n.endswith(".safetensors")
+    )
 
 
 def transformers_process(folder, warm_up_folder):
@@ -86,7 +110,8 @@ def transformers_process(folder, warm_up_folder):
     # from_pretrained leaves the tensors on the file's memory map, unread
     # until used; the same load with every parameter read once:
     _, figures["with_weights_read"] = _measure(
-        lambda: sum(float(p.detach().sum()) for p in load(folder).parameters()))
+        lambda: sum(float(p.detach().sum()) for p in load(folder).parameters())
+    )
     return figures
 
 
@@ -111,7 +136,9 @@ def import_process(folder, warm_up_folder, export_dir):
     from keras_fusion import storage
     from keras_fusion.utils.transformers import convert_t5
 
-    config, _ = convert_t5.convert_config(storage.read_json(storage.join(folder, convert_t5.CONFIG_FILE)))
+    config, _ = convert_t5.convert_config(
+        storage.read_json(storage.join(folder, convert_t5.CONFIG_FILE))
+    )
     config.pop("norm_groups")
     _, scratch = _measure(lambda: keras_hub.models.T5Backbone(**config))
     return {"import": figures, "export": export, "keras_hub_t5_backbone_random": scratch}
@@ -125,8 +152,12 @@ def summary(runs, key):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--small", action="store_true", help="a tiny config instead of T5-small (a smoke run)")
-    parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "results", "convert.json"))
+    parser.add_argument(
+        "--small", action="store_true", help="a tiny config instead of T5-small (a smoke run)"
+    )
+    parser.add_argument(
+        "--output", default=os.path.join(ROOT, "benchmarks", "results", "convert.json")
+    )
     args = parser.parse_args()
     config = TINY if args.small else T5_SMALL
     with tempfile.TemporaryDirectory() as work:
@@ -136,40 +167,77 @@ def main():
         hf_runs, import_runs, export_runs, scratch_runs = [], [], [], []
         for i in range(args.rounds):
             hf_runs.append(in_fresh_process(transformers_process, folder, warm_up))
-            measured = in_fresh_process(import_process, folder, warm_up, os.path.join(work, f"export{i}"))
+            measured = in_fresh_process(
+                import_process, folder, warm_up, os.path.join(work, f"export{i}")
+            )
             import_runs.append(measured["import"])
             export_runs.append(measured["export"])
             scratch_runs.append(measured["keras_hub_t5_backbone_random"])
     hf = {k: summary(hf_runs, k) for k in ("seconds", "peak_extra_bytes")}
     ours = {k: summary(import_runs, k) for k in ("seconds", "peak_extra_bytes")}
     export = {k: summary(export_runs, k) for k in ("seconds", "peak_extra_bytes")}
-    hf_read = {k: summary([r["with_weights_read"] for r in hf_runs], k) for k in ("seconds", "peak_extra_bytes")}
+    hf_read = {
+        k: summary([r["with_weights_read"] for r in hf_runs], k)
+        for k in ("seconds", "peak_extra_bytes")
+    }
     scratch = {k: summary(scratch_runs, k) for k in ("seconds", "peak_extra_bytes")}
     time_ratio = ours["seconds"]["median"] / hf["seconds"]["median"]
     memory_ratio = ours["peak_extra_bytes"]["median"] / checkpoint_bytes
     result = {
         "benchmark": "convert",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_info(), "versions": versions(), "config": config, "rounds": args.rounds,
-        "checkpoint_bytes": checkpoint_bytes, "transformers_from_pretrained": hf,
-        "transformers_from_pretrained_weights_read": hf_read, "keras_hub_t5_backbone_random": scratch,
+        "machine": machine_info(),
+        "versions": versions(),
+        "config": config,
+        "rounds": args.rounds,
+        "checkpoint_bytes": checkpoint_bytes,
+        "transformers_from_pretrained": hf,
+        "transformers_from_pretrained_weights_read": hf_read,
+        "keras_hub_t5_backbone_random": scratch,
         "import_time_vs_weights_read": ours["seconds"]["median"] / hf_read["seconds"]["median"],
-        "import_time_vs_keras_hub_build": ours["seconds"]["median"] / scratch["seconds"]["median"], "import": ours,
-        "export": export, "import_time_ratio": time_ratio, "import_memory_ratio": memory_ratio,
+        "import_time_vs_keras_hub_build": ours["seconds"]["median"] / scratch["seconds"]["median"],
+        "import": ours,
+        "export": export,
+        "import_time_ratio": time_ratio,
+        "import_memory_ratio": memory_ratio,
         "export_memory_ratio": export["peak_extra_bytes"]["median"] / checkpoint_bytes,
         "goals": {"import_time_ratio": 2.0, "import_memory_ratio": 2.0},
         "peak_reset": all(r["peak_reset"] for r in hf_runs + import_runs + export_runs),
     }
     write_result(result, args.output)
     mib = 1024 * 1024
-    print(f"Config {config}; checkpoint {checkpoint_bytes / mib:.1f} MiB; {args.rounds} interleaved rounds (medians)")
-    print(f"transformers from_pretrained: {hf['seconds']['median']:6.2f} s, peak +{hf['peak_extra_bytes']['median'] / mib:7.1f} MiB")
-    print(f"  ... and every weight read:  {hf_read['seconds']['median']:6.2f} s, peak +{hf_read['peak_extra_bytes']['median'] / mib:7.1f} MiB")
-    print(f"keras_fusion import:          {ours['seconds']['median']:6.2f} s, peak +{ours['peak_extra_bytes']['median'] / mib:7.1f} MiB")
-    print(f"keras-hub T5Backbone(random): {scratch['seconds']['median']:6.2f} s, peak +{scratch['peak_extra_bytes']['median'] / mib:7.1f} MiB")
-    print(f"keras_fusion export:          {export['seconds']['median']:6.2f} s, peak +{export['peak_extra_bytes']['median'] / mib:7.1f} MiB")
-    print(f"Import time / transformers: {time_ratio:.2f} (goal <= 2: {'met' if time_ratio <= 2 else 'NOT met'})")
-    print(f"Import peak / checkpoint:   {memory_ratio:.2f} (goal <= 2: {'met' if memory_ratio <= 2 else 'NOT met'})")
+    print(
+        f"Config {config}; checkpoint {checkpoint_bytes / mib:.1f} MiB; "
+        f"{args.rounds} interleaved rounds (medians)"
+    )
+    print(
+        f"transformers from_pretrained: {hf['seconds']['median']:6.2f} s, "
+        f"peak +{hf['peak_extra_bytes']['median'] / mib:7.1f} MiB"
+    )
+    print(
+        f"  ... and every weight read:  {hf_read['seconds']['median']:6.2f} s, "
+        f"peak +{hf_read['peak_extra_bytes']['median'] / mib:7.1f} MiB"
+    )
+    print(
+        f"keras_fusion import:          {ours['seconds']['median']:6.2f} s, "
+        f"peak +{ours['peak_extra_bytes']['median'] / mib:7.1f} MiB"
+    )
+    print(
+        f"keras-hub T5Backbone(random): {scratch['seconds']['median']:6.2f} s, "
+        f"peak +{scratch['peak_extra_bytes']['median'] / mib:7.1f} MiB"
+    )
+    print(
+        f"keras_fusion export:          {export['seconds']['median']:6.2f} s, "
+        f"peak +{export['peak_extra_bytes']['median'] / mib:7.1f} MiB"
+    )
+    print(
+        f"Import time / transformers: {time_ratio:.2f} "
+        f"(goal <= 2: {'met' if time_ratio <= 2 else 'NOT met'})"
+    )
+    print(
+        f"Import peak / checkpoint:   {memory_ratio:.2f} "
+        f"(goal <= 2: {'met' if memory_ratio <= 2 else 'NOT met'})"
+    )
     print(f"Wrote {args.output}")
     return result
 

@@ -146,9 +146,7 @@ def _cpu_seconds():
 def _parameter_bytes(model):
     import numpy as np
 
-    return int(
-        sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in model.weights)
-    )
+    return int(sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in model.weights))
 
 
 def _setup(config):
@@ -162,8 +160,14 @@ def _setup(config):
     from keras_fusion.models import FusionT5Backbone
 
     keras.utils.set_random_seed(0)
-    tiny = dict(vocabulary_size=64, hidden_dim=8, num_layers=1, num_heads=2,
-                intermediate_dim=16, dropout=0.0)
+    tiny = dict(
+        vocabulary_size=64,
+        hidden_dim=8,
+        num_layers=1,
+        num_heads=2,
+        intermediate_dim=16,
+        dropout=0.0,
+    )
     small = [keras_hub.models.T5Backbone(**tiny) for _ in range(2)]
     FusionT5Backbone.fuse(*small)
     FusionT5Backbone(**tiny)
@@ -286,14 +290,6 @@ def worker_breakdown(config):
 # --- Driver -----------------------------------------------------------------
 
 
-
-
-
-
-
-
-
-
 def _mib(n):
     return n / MIB
 
@@ -304,20 +300,25 @@ def markdown_table(r):
         ("`fuse(a, b)` wall time (median)", f"{f['median_seconds']:.2f} s"),
         ("From-scratch `FusionT5Backbone(**config)` (median)", f"{s['median_seconds']:.2f} s"),
         (f"Time ratio fuse / scratch (goal <= {TIME_GOAL})", f"{r['time_ratio']:.2f}"),
-        ("Time ratio, first runs in fresh processes",
-         f"{r['first_run_time_ratio']:.2f} ({f['runs'][0]['seconds']:.2f} s / "
-         f"{s['runs'][0]['seconds']:.2f} s)"),
+        (
+            "Time ratio, first runs in fresh processes",
+            f"{r['first_run_time_ratio']:.2f} ({f['runs'][0]['seconds']:.2f} s / "
+            f"{s['runs'][0]['seconds']:.2f} s)",
+        ),
         ("`fuse` peak memory (RSS increase)", f"{_mib(f['peak_increase_bytes']):.0f} MiB"),
         ("From-scratch peak memory (RSS increase)", f"{_mib(s['peak_increase_bytes']):.0f} MiB"),
-        ("Fused / input parameter bytes",
-         f"{_mib(f['fused_parameter_bytes']):.0f} / {_mib(f['input_parameter_bytes']):.0f} MiB"),
+        (
+            "Fused / input parameter bytes",
+            f"{_mib(f['fused_parameter_bytes']):.0f} / {_mib(f['input_parameter_bytes']):.0f} MiB",
+        ),
         ("Memory bound: 2 x fused + inputs", f"{_mib(r['memory_bound_bytes']):.0f} MiB"),
         ("`fuse` peak / bound (goal <= 1)", f"{r['memory_ratio']:.2f}"),
     ]
     m = r["machine"]
     lines = [
-        f"Fusing two T5 backbones ({r['config_name']}: " + ", ".join(
-            f"{k}={v}" for k, v in r["config"].items()) + f") on {m['cpu_model']}, "
+        f"Fusing two T5 backbones ({r['config_name']}: "
+        + ", ".join(f"{k}={v}" for k, v in r["config"].items())
+        + f") on {m['cpu_model']}, "
         f"{m['usable_cpus']} CPUs, {_mib(m['ram_bytes'] or 0) / 1024:.0f} GiB RAM, "
         f"TensorFlow {r['versions']['tensorflow']}, Keras {r['versions']['keras']}, "
         f"keras-hub {r['versions']['keras-hub']}; median of {r['repeats']} runs:",
@@ -331,34 +332,45 @@ def markdown_table(r):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="small config (hidden 128, vocabulary 4096, 2 layers)")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="timed repeats of each operation (default 3)")
-    parser.add_argument("--no-breakdown", action="store_true",
-                        help="skip the step-by-step breakdown of fuse")
-    parser.add_argument("--output", default=None,
-                        help="JSON path (default benchmarks/results/growth_cost.json, "
-                             "growth_cost_quick.json with --quick)")
+    parser.add_argument(
+        "--quick", action="store_true", help="small config (hidden 128, vocabulary 4096, 2 layers)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed repeats of each operation (default 3)"
+    )
+    parser.add_argument(
+        "--no-breakdown", action="store_true", help="skip the step-by-step breakdown of fuse"
+    )
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="JSON path (default benchmarks/results/growth_cost.json, "
+        "growth_cost_quick.json with --quick)",
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
     config = QUICK_CONFIG if args.quick else FULL_CONFIG
     output = args.output or os.path.join(
-        ROOT, "benchmarks", "results",
+        ROOT,
+        "benchmarks",
+        "results",
         "growth_cost_quick.json" if args.quick else "growth_cost.json",
     )
 
     machine = machine_info()
     vers = versions()
-    print("Machine:", f"{machine['cpu_model']}, {machine['cpu_count']} CPUs "
-          f"({machine['usable_cpus']} usable), "
-          f"{_mib(machine['ram_bytes'] or 0) / 1024:.1f} GiB RAM, {machine['platform']}")
-    print("Versions:", ", ".join(f"{k} {v}" for k, v in vers.items()),
-          f"python {machine['python']}")
+    print(
+        "Machine:",
+        f"{machine['cpu_model']}, {machine['cpu_count']} CPUs "
+        f"({machine['usable_cpus']} usable), "
+        f"{_mib(machine['ram_bytes'] or 0) / 1024:.1f} GiB RAM, {machine['platform']}",
+    )
+    print(
+        "Versions:", ", ".join(f"{k} {v}" for k, v in vers.items()), f"python {machine['python']}"
+    )
     print("Input config (each of the two backbones):", config)
-    print(f"Repeats: {args.repeats}; each operation in a fresh spawned process.\n",
-          flush=True)
+    print(f"Repeats: {args.repeats}; each operation in a fresh spawned process.\n", flush=True)
 
     start = time.perf_counter()
     print("Measuring fuse ...", flush=True)
@@ -395,33 +407,43 @@ def main(argv=None):
     result["benchmark_wall_seconds"] = time.perf_counter() - start
 
     print("\nFused config:", fuse["fused_config"])
-    print(f"Parameters: inputs {fuse['input_parameters']}, fused "
-          f"{fuse['fused_parameters']}\n")
+    print(f"Parameters: inputs {fuse['input_parameters']}, fused {fuse['fused_parameters']}\n")
     print(f"{'':34s}{'median':>9s}   runs (s)")
     for name, r in (("fuse(a, b)", fuse), ("FusionT5Backbone(**config)", scratch)):
         runs = ", ".join(f"{x['seconds']:.2f}" for x in r["runs"])
         print(f"{name:34s}{r['median_seconds']:8.2f}s   {runs}")
-    print(f"time ratio fuse / scratch: {result['time_ratio']:.2f} "
-          f"(goal <= {TIME_GOAL}: {'met' if result['time_goal_met'] else 'MISSED'})")
-    print(f"first runs only (fresh process, memory not yet reused): "
-          f"{result['first_run_time_ratio']:.2f}\n")
-    print("Peak memory, first run in a fresh process (RSS increase over the "
-          "RSS with the inputs built):")
+    print(
+        f"time ratio fuse / scratch: {result['time_ratio']:.2f} "
+        f"(goal <= {TIME_GOAL}: {'met' if result['time_goal_met'] else 'MISSED'})"
+    )
+    print(
+        f"first runs only (fresh process, memory not yet reused): "
+        f"{result['first_run_time_ratio']:.2f}\n"
+    )
+    print(
+        "Peak memory, first run in a fresh process (RSS increase over the "
+        "RSS with the inputs built):"
+    )
     print(f"  fuse(a, b):                 {_mib(fuse['peak_increase_bytes']):8.0f} MiB")
     print(f"  FusionT5Backbone(**config): {_mib(scratch['peak_increase_bytes']):8.0f} MiB")
     print(f"  fused parameters:           {_mib(fuse['fused_parameter_bytes']):8.0f} MiB")
     print(f"  input parameters (both):    {_mib(fuse['input_parameter_bytes']):8.0f} MiB")
     print(f"  bound {MEMORY_GOAL}: {_mib(bound):.0f} MiB")
-    print(f"  fuse peak / bound: {result['memory_ratio']:.2f} "
-          f"({'met' if result['memory_goal_met'] else 'MISSED'})")
+    print(
+        f"  fuse peak / bound: {result['memory_ratio']:.2f} "
+        f"({'met' if result['memory_goal_met'] else 'MISSED'})"
+    )
     print(f"  ({fuse['memory_method']})\n")
     if breakdown:
-        print("Steps of one fuse (fresh process; memory relative to the RSS "
-              "before the first step):")
+        print(
+            "Steps of one fuse (fresh process; memory relative to the RSS before the first step):"
+        )
         for s in breakdown:
-            print(f"  {s['step']:55s}{s['seconds']:7.2f}s  peak +"
-                  f"{_mib(s['peak_increase_bytes']):6.0f} MiB  after +"
-                  f"{_mib(s['rss_after_bytes']):6.0f} MiB")
+            print(
+                f"  {s['step']:55s}{s['seconds']:7.2f}s  peak +"
+                f"{_mib(s['peak_increase_bytes']):6.0f} MiB  after +"
+                f"{_mib(s['rss_after_bytes']):6.0f} MiB"
+            )
         print()
     print(markdown_table(result))
 
@@ -434,8 +456,7 @@ def main(argv=None):
     shown = os.path.relpath(output)
     if shown.startswith(".."):
         shown = os.path.abspath(output)
-    print(f"\nWrote {shown} "
-          f"(benchmark took {result['benchmark_wall_seconds']:.0f} s).")
+    print(f"\nWrote {shown} (benchmark took {result['benchmark_wall_seconds']:.0f} s).")
 
 
 if __name__ == "__main__":

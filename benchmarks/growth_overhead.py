@@ -50,7 +50,8 @@ How it measures:
   to finish, as in real runs that grow after hundreds or thousands of
   steps) inside one `fit` call, which then goes on for `--post-steps` steps.
   `--tf-threads 1` limits TensorFlow to one thread, which leaves a core of a
-  2-core machine to the Python host thread, as an accelerator's host has. The direct model is then warmed up (its first
+  2-core machine to the Python host thread, as an accelerator's host has.
+  The direct model is then warmed up (its first
   step traces its train function), and the two are trained alternately in
   short `fit` calls of `--chunk` steps, `--rounds` times each (order
   alternating), so both are measured side by side under the same load: on a
@@ -101,8 +102,15 @@ from instruments import BATCH_SIZE, LEARNING_RATE, NUM_BATCHES, SEQUENCE_LENGTH,
 # dominate the tiny model's figure are small against one step.
 CONFIGS = {
     "tiny": TINY_CONFIG,
-    "small": dict(vocabulary_size=32128, num_layers=6, hidden_dim=512, num_heads=8, intermediate_dim=2048,
-                  key_value_dim=64, dropout=0.0),
+    "small": dict(
+        vocabulary_size=32128,
+        num_layers=6,
+        hidden_dim=512,
+        num_heads=8,
+        intermediate_dim=2048,
+        key_value_dim=64,
+        dropout=0.0,
+    ),
 }
 OPERATORS = ("self_fuse", "deepen", "fuse")
 EVENT_GOAL_STEPS = 20  # a growth event costs at most 20 training steps
@@ -216,9 +224,13 @@ def worker(operator, settings, prepare_ahead=True):
 
     # 1. Train the tiny model, grow it at step grow_at, go on post steps.
     timer = instruments.step_timer()
-    with instruments.Breakdown(type(entry)) as breakdown, instruments.Preparations() as preparations:
-        model.fit(data, epochs=1, steps_per_epoch=grow_at + post, verbose=0,
-                  callbacks=[timer, growth])
+    with (
+        instruments.Breakdown(type(entry)) as breakdown,
+        instruments.Preparations() as preparations,
+    ):
+        model.fit(
+            data, epochs=1, steps_per_epoch=grow_at + post, verbose=0, callbacks=[timer, growth]
+        )
     event = dict(growth.events[0])
     growth_fit = timer.steps
     assert len(growth_fit) == grow_at + post
@@ -247,7 +259,7 @@ def worker(operator, settings, prepare_ahead=True):
 
     fit_durations = durations(growth_fit)
     if not rounds:  # synchronous growth: the growth fit's own steps
-        chunks["grown"] = [growth_fit[grow_at + 10:]]
+        chunks["grown"] = [growth_fit[grow_at + 10 :]]
         chunks["direct"] = [warmup.steps]
     grown_steady = _summary(steady("grown"))
     direct_steady = _summary(steady("direct"))
@@ -268,7 +280,9 @@ def worker(operator, settings, prepare_ahead=True):
     if preparations.started and preparations.started[0].finished_at is not None:
         p = preparations.started[0]
         window = (p.started_at, p.finished_at)
-    clean = [i for i in range(skip, grow_at) if window is None or growth_fit[i]["begin"] > window[1]]
+    clean = [
+        i for i in range(skip, grow_at) if window is None or growth_fit[i]["begin"] > window[1]
+    ]
     if len(clean) < 10:
         clean = list(range(skip, grow_at))
     base_steady = _summary([fit_durations[i] for i in clean])
@@ -276,7 +290,7 @@ def worker(operator, settings, prepare_ahead=True):
     after = growth_fit[grow_at]  # step grow_at + 1: the retrace
     first_after = fit_durations[grow_at]
     growth_gap = gaps[grow_at - 1]  # between step grow_at's end and the next begin
-    ordinary_gap = statistics.median(gaps[skip:grow_at - 1] + gaps[grow_at + 1:])
+    ordinary_gap = statistics.median(gaps[skip : grow_at - 1] + gaps[grow_at + 1 :])
     retrace_extra = first_after - median_step
     callback_seconds = event["seconds"]
     cost = callback_seconds + retrace_extra
@@ -287,8 +301,11 @@ def worker(operator, settings, prepare_ahead=True):
     # steps (and of the gaps between them) that overlap the thread's run.
     preparation = None
     if window is not None:
-        overlap = [i for i in range(skip, grow_at) if growth_fit[i]["end"] > window[0]
-                   and growth_fit[i]["begin"] < window[1]]
+        overlap = [
+            i
+            for i in range(skip, grow_at)
+            if growth_fit[i]["end"] > window[0] and growth_fit[i]["begin"] < window[1]
+        ]
         excess = sum(fit_durations[i] - base_steady["median_seconds"] for i in overlap)
         excess += sum(gaps[i] - ordinary_gap for i in overlap if i < grow_at - 1)
         preparation = dict(
@@ -308,9 +325,14 @@ def worker(operator, settings, prepare_ahead=True):
         functions = []
         for s in steps:
             if not functions or functions[-1]["function"] != s["function"]:
-                functions.append(dict(function=s["function"], steps=0,
-                                      traces_after_first_step=s["traces"],
-                                      inner_traces_after_first_step=s["inner_traces"]))
+                functions.append(
+                    dict(
+                        function=s["function"],
+                        steps=0,
+                        traces_after_first_step=s["traces"],
+                        inner_traces_after_first_step=s["inner_traces"],
+                    )
+                )
             functions[-1]["traces_after_last_step"] = s["traces"]
             functions[-1]["inner_traces_after_last_step"] = s["inner_traces"]
             functions[-1]["steps"] += 1
@@ -321,8 +343,14 @@ def worker(operator, settings, prepare_ahead=True):
     grown_all = growth_fit + [s for c in chunks["grown"] for s in c]
     direct_all = warmup.steps + [s for c in chunks["direct"] for s in c]
     first_of_chunk = {
-        name: [dict(seconds=c[0]["end"] - c[0]["begin"], gc_seconds=c[0]["gc"],
-                    python_trace_seconds=c[0]["trace"]) for c in chunks[name]]
+        name: [
+            dict(
+                seconds=c[0]["end"] - c[0]["begin"],
+                gc_seconds=c[0]["gc"],
+                python_trace_seconds=c[0]["trace"],
+            )
+            for c in chunks[name]
+        ]
         for name in chunks
     }
     return dict(
@@ -352,8 +380,9 @@ def worker(operator, settings, prepare_ahead=True):
             growth_gap_seconds=growth_gap,
             ordinary_gap_seconds=ordinary_gap,
             steps_2_to_10_after_growth_excess_seconds=sum(
-                d - median_step for d in fit_durations[grow_at + 1:grow_at + 10]),
-            first_steps_after_growth_seconds=fit_durations[grow_at:grow_at + 5],
+                d - median_step for d in fit_durations[grow_at + 1 : grow_at + 10]
+            ),
+            first_steps_after_growth_seconds=fit_durations[grow_at : grow_at + 5],
             prepared_ahead=event["prepared_ahead"],
             waited_for_preparation_seconds=event["waited_seconds"],
             preparation=preparation,
@@ -371,14 +400,19 @@ def worker(operator, settings, prepare_ahead=True):
         tiny_steady=base_steady,
         grown_steady=grown_steady,
         direct_steady=direct_steady,
-        grown_after_growth_in_growth_fit=_summary(fit_durations[grow_at + 10:])
-        if post > 12 else None,
+        grown_after_growth_in_growth_fit=_summary(fit_durations[grow_at + 10 :])
+        if post > 12
+        else None,
         speed_ratio=paired_ratio,
         speed_ratio_pooled_median=(direct_steady["median_seconds"] / grown_steady["median_seconds"])
-        if rounds else None,
+        if rounds
+        else None,
         speed_ratio_pooled_mean=(direct_steady["mean_seconds"] / grown_steady["mean_seconds"])
-        if rounds else None,
-        speed_ratio_p10=(direct_steady["p10_seconds"] / grown_steady["p10_seconds"]) if rounds else None,
+        if rounds
+        else None,
+        speed_ratio_p10=(direct_steady["p10_seconds"] / grown_steady["p10_seconds"])
+        if rounds
+        else None,
         cpu_seconds_per_step_median=cpu,
         cpu_speed_ratio=(cpu["direct"] / cpu["grown"]) if rounds else None,
         gc_seconds_in_steady_steps=gc_seconds,
@@ -396,20 +430,16 @@ def worker(operator, settings, prepare_ahead=True):
 # --- Driver ------------------------------------------------------------------
 
 
-
-
-
-
-
-
-
-
 def _short_config(config, base):
     changed = {k: v for k, v in config.items() if base.get(k) != v}
-    names = dict(hidden_dim="hidden", num_layers="layers", num_heads="heads",
-                 intermediate_dim="ff", norm_groups="norm groups")
-    return ", ".join(f"{names.get(k, k)} {v}" for k, v in changed.items()
-                     if k in names)
+    names = dict(
+        hidden_dim="hidden",
+        num_layers="layers",
+        num_heads="heads",
+        intermediate_dim="ff",
+        norm_groups="norm groups",
+    )
+    return ", ".join(f"{names.get(k, k)} {v}" for k, v in changed.items() if k in names)
 
 
 def markdown_table(result):
@@ -427,7 +457,8 @@ def markdown_table(result):
         f"synchronous (`prepare_ahead=False`), each operator and mode in a fresh process. "
         f"Event = growth callback + first step after growth less a steady step (operator, "
         f"optimizer mapping, retrace); with preparation = event + what the background "
-        f"preparation slowed the tiny model's steps by; speed = steps/s of the grown model / steps/s of the same "
+        "preparation slowed the tiny model's steps by; "
+        "speed = steps/s of the grown model / steps/s of the same "
         f"architecture built directly (median over {result['settings']['rounds']} alternating "
         f"rounds of {result['settings']['chunk']} steps each):",
         "",
@@ -455,99 +486,166 @@ def markdown_table(result):
 def _print_operator(r):
     e, c = r["growth_event"], r["comparison_seconds"]
     g, d, t = r["grown_steady"], r["direct_steady"], r["tiny_steady"]
-    print(f"\n== {r['entry']}, {'prepared ahead' if r['prepare_ahead'] else 'synchronous'}: "
-          f"{r['grown_summary']} "
-          f"(parameters {e['parameters_before']:,} -> {e['parameters_after']:,})")
+    print(
+        f"\n== {r['entry']}, {'prepared ahead' if r['prepare_ahead'] else 'synchronous'}: "
+        f"{r['grown_summary']} "
+        f"(parameters {e['parameters_before']:,} -> {e['parameters_after']:,})"
+    )
     print(f"  tiny model step (median of {t['count']}):   {1e3 * t['median_seconds']:8.1f} ms")
     print(f"  growth callback (operator + optimizer): {e['callback_seconds']:8.3f} s")
     for label, s in e["callback_breakdown_seconds"].items():
         print(f"      {label:35s}{s:8.3f} s")
-    print(f"  first step after growth (retrace):      {e['first_step_after_growth_seconds']:8.3f} s "
-          f"(over a steady step: {e['retrace_extra_seconds']:.3f} s)")
-    print(f"      Python tracing {e['first_step_after_growth_python_trace_seconds']:.3f} s, "
-          f"Python GC {e['first_step_after_growth_gc_seconds']:.3f} s, the rest (graph "
-          f"instantiation and optimisation, execution) "
-          f"{e['first_step_after_growth_seconds'] - e['first_step_after_growth_python_trace_seconds'] - e['first_step_after_growth_gc_seconds']:.3f} s")
-    print("  next steps after growth (s): "
-          + ", ".join(f"{x:.3f}" for x in e["first_steps_after_growth_seconds"][1:]))
-    print(f"  for comparison: first (traced) step of the tiny model {c['tiny_model_first_step']:.3f} s "
-          f"(tracing {c['tiny_model_first_step_python_trace']:.3f} s), of the direct model "
-          f"{c['direct_model_first_step']:.3f} s (tracing {c['direct_model_first_step_python_trace']:.3f} s); "
-          f"constructing the direct model {c['direct_model_construction']:.3f} s")
-    slow = [f"{x['seconds']:.3f}" for x in r["first_step_of_each_fit_call"]["grown"]
-            if x["seconds"] > 5 * g["median_seconds"]]
+    print(
+        f"  first step after growth (retrace):      {e['first_step_after_growth_seconds']:8.3f} s "
+        f"(over a steady step: {e['retrace_extra_seconds']:.3f} s)"
+    )
+    print(
+        f"      Python tracing {e['first_step_after_growth_python_trace_seconds']:.3f} s, "
+        f"Python GC {e['first_step_after_growth_gc_seconds']:.3f} s, the rest (graph "
+        f"instantiation and optimisation, execution) "
+        f"{e['first_step_after_growth_seconds'] - e['first_step_after_growth_python_trace_seconds'] - e['first_step_after_growth_gc_seconds']:.3f} s"  # noqa: E501 (one replacement field)
+    )
+    print(
+        "  next steps after growth (s): "
+        + ", ".join(f"{x:.3f}" for x in e["first_steps_after_growth_seconds"][1:])
+    )
+    print(
+        "  for comparison: first (traced) step of the tiny model "
+        f"{c['tiny_model_first_step']:.3f} s "
+        f"(tracing {c['tiny_model_first_step_python_trace']:.3f} s), of the direct model "
+        f"{c['direct_model_first_step']:.3f} s "
+        f"(tracing {c['direct_model_first_step_python_trace']:.3f} s); "
+        f"constructing the direct model {c['direct_model_construction']:.3f} s"
+    )
+    slow = [
+        f"{x['seconds']:.3f}"
+        for x in r["first_step_of_each_fit_call"]["grown"]
+        if x["seconds"] > 5 * g["median_seconds"]
+    ]
     if slow:
         print(f"  note: slow first steps of later grown fit calls (s): {', '.join(slow)}")
     if e["preparation"]:
         p = e["preparation"]
-        print(f"  preparation (background thread): {p['seconds_in_thread']:.2f} s, over tiny steps "
-              f"{p['first_overlapped_step']}-{p['first_overlapped_step'] + p['steps_overlapped'] - 1}, "
-              f"which it slowed by {p['tiny_steps_slowed_by_seconds']:.3f} s in all "
-              f"(= {p['tiny_steps_slowed_by_grown_steps']:.1f} grown steps); waited for at the "
-              f"growth: {e['waited_for_preparation_seconds']:.3f} s")
-        print("      in the thread: " + ", ".join(f"{k} {v:.2f} s" for k, v in p["phase_seconds"].items()))
-        print(f"      Python GC (either thread) during those steps: "
-              f"{p['python_gc_seconds_in_overlapped_steps']:.3f} s")
-    print(f"  TOTAL (event + preparation's slowdown): {e['total_cost_seconds']:.3f} s = "
-          f"{e['total_cost_in_grown_steps']:.1f} grown steps")
-    print(f"  GROWTH EVENT COST: {e['cost_seconds']:.3f} s = {e['cost_in_grown_steps']:.1f} "
-          f"grown-model steps = {e['cost_in_tiny_steps']:.1f} tiny-model steps "
-          f"(wall clock: {e['wall_clock_cost_seconds']:.3f} s); goal <= {EVENT_GOAL_STEPS} "
-          f"steps: {'met' if r['event_goal_met'] else 'MISSED'}")
+        print(
+            f"  preparation (background thread): {p['seconds_in_thread']:.2f} s, over tiny steps "
+            f"{p['first_overlapped_step']}-"
+            f"{p['first_overlapped_step'] + p['steps_overlapped'] - 1}, "
+            f"which it slowed by {p['tiny_steps_slowed_by_seconds']:.3f} s in all "
+            f"(= {p['tiny_steps_slowed_by_grown_steps']:.1f} grown steps); waited for at the "
+            f"growth: {e['waited_for_preparation_seconds']:.3f} s"
+        )
+        print(
+            "      in the thread: "
+            + ", ".join(f"{k} {v:.2f} s" for k, v in p["phase_seconds"].items())
+        )
+        print(
+            f"      Python GC (either thread) during those steps: "
+            f"{p['python_gc_seconds_in_overlapped_steps']:.3f} s"
+        )
+    print(
+        f"  TOTAL (event + preparation's slowdown): {e['total_cost_seconds']:.3f} s = "
+        f"{e['total_cost_in_grown_steps']:.1f} grown steps"
+    )
+    print(
+        f"  GROWTH EVENT COST: {e['cost_seconds']:.3f} s = {e['cost_in_grown_steps']:.1f} "
+        f"grown-model steps = {e['cost_in_tiny_steps']:.1f} tiny-model steps "
+        f"(wall clock: {e['wall_clock_cost_seconds']:.3f} s); goal <= {EVENT_GOAL_STEPS} "
+        f"steps: {'met' if r['event_goal_met'] else 'MISSED'}"
+    )
     if r["speed_ratio"] is None:
         return
-    print(f"  steady state ({g['count']} grown / {d['count']} direct steps, "
-          f"{len(r['speed_ratio_per_round'])} alternating rounds):")
+    print(
+        f"  steady state ({g['count']} grown / {d['count']} direct steps, "
+        f"{len(r['speed_ratio_per_round'])} alternating rounds):"
+    )
     for name, s in (("grown", g), ("direct", d)):
-        print(f"      {name:7s} median {1e3 * s['median_seconds']:6.1f} ms  mean "
-              f"{1e3 * s['mean_seconds']:6.1f} ms  p10-p90 {1e3 * s['p10_seconds']:5.1f}-"
-              f"{1e3 * s['p90_seconds']:5.1f} ms  {s['steps_per_second_median']:5.1f} steps/s  "
-              f"CPU {1e3 * r['cpu_seconds_per_step_median'][name]:6.1f} ms/step  "
-              f"GC {r['gc_seconds_in_steady_steps'][name]:.3f} s in all")
+        print(
+            f"      {name:7s} median {1e3 * s['median_seconds']:6.1f} ms  mean "
+            f"{1e3 * s['mean_seconds']:6.1f} ms  p10-p90 {1e3 * s['p10_seconds']:5.1f}-"
+            f"{1e3 * s['p90_seconds']:5.1f} ms  {s['steps_per_second_median']:5.1f} steps/s  "
+            f"CPU {1e3 * r['cpu_seconds_per_step_median'][name]:6.1f} ms/step  "
+            f"GC {r['gc_seconds_in_steady_steps'][name]:.3f} s in all"
+        )
     rounds = ", ".join(f"{x['speed_ratio']:.2f}" for x in r["speed_ratio_per_round"])
-    print(f"  SPEED grown / direct: {r['speed_ratio']:.3f} (median of per-round ratios; goal >= "
-          f"{SPEED_GOAL}: {'met' if r['speed_goal_met'] else 'MISSED'})")
-    print(f"      pooled median {r['speed_ratio_pooled_median']:.3f}, pooled mean "
-          f"{r['speed_ratio_pooled_mean']:.3f}, p10 {r['speed_ratio_p10']:.3f}, CPU time "
-          f"{r['cpu_speed_ratio']:.3f}")
+    print(
+        f"  SPEED grown / direct: {r['speed_ratio']:.3f} (median of per-round ratios; goal >= "
+        f"{SPEED_GOAL}: {'met' if r['speed_goal_met'] else 'MISSED'})"
+    )
+    print(
+        f"      pooled median {r['speed_ratio_pooled_median']:.3f}, pooled mean "
+        f"{r['speed_ratio_pooled_mean']:.3f}, p10 {r['speed_ratio_p10']:.3f}, CPU time "
+        f"{r['cpu_speed_ratio']:.3f}"
+    )
     print(f"      per round: {rounds}")
     before, after = r["load_average_before_after"]
-    print(f"      system load average (1 min) before / after: {before[0]:.2f} / {after[0]:.2f} "
-          f"on {os.cpu_count()} CPUs")
+    print(
+        f"      system load average (1 min) before / after: {before[0]:.2f} / {after[0]:.2f} "
+        f"on {os.cpu_count()} CPUs"
+    )
     tr = r["traces"]
 
     def traces(x):
-        return f"{x['traces_after_last_step']}/{x['inner_traces_after_last_step']} over {x['steps']} steps"
+        return (
+            f"{x['traces_after_last_step']}/{x['inner_traces_after_last_step']} "
+            f"over {x['steps']} steps"
+        )
 
-    print("  trace counts (outer/inner tf.function) per train function: grown "
-          + "; ".join(traces(x) for x in tr["grown"]) + " | direct "
-          + "; ".join(traces(x) for x in tr["direct"]))
+    print(
+        "  trace counts (outer/inner tf.function) per train function: grown "
+        + "; ".join(traces(x) for x in tr["grown"])
+        + " | direct "
+        + "; ".join(traces(x) for x in tr["direct"])
+    )
     gm, dm = r["grown"], r["direct"]
-    print(f"  variables grown/direct: model {gm['variables']}/{dm['variables']}, trainable "
-          f"{gm['trainable_variables']}/{dm['trainable_variables']}, optimizer "
-          f"{gm['optimizer_variables']}/{dm['optimizer_variables']}, parameters "
-          f"{gm['parameters']:,}/{dm['parameters']:,}; same architecture: "
-          f"{r['same_architecture']}", flush=True)
+    print(
+        f"  variables grown/direct: model {gm['variables']}/{dm['variables']}, trainable "
+        f"{gm['trainable_variables']}/{dm['trainable_variables']}, optimizer "
+        f"{gm['optimizer_variables']}/{dm['optimizer_variables']}, parameters "
+        f"{gm['parameters']:,}/{dm['parameters']:,}; same architecture: "
+        f"{r['same_architecture']}",
+        flush=True,
+    )
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps, for a fast check")
-    parser.add_argument("--operators", default=",".join(OPERATORS),
-                        help=f"comma-separated, from {', '.join(OPERATORS)} (default all)")
+    parser.add_argument(
+        "--operators",
+        default=",".join(OPERATORS),
+        help=f"comma-separated, from {', '.join(OPERATORS)} (default all)",
+    )
     for name in DEFAULTS:
-        parser.add_argument("--" + name.replace("_", "-"), type=int, default=None,
-                            help=f"default {DEFAULTS[name]} ({QUICK[name]} with --quick)"
-                            + ("; TensorFlow's intra- and inter-op threads, 0 for its default "
-                               "(all cores). 1 leaves a core of this 2-core machine to the host "
-                               "thread, as an accelerator's host has" if name == "tf_threads" else ""))
-    parser.add_argument("--size", choices=sorted(CONFIGS), default="tiny",
-                        help="model size: tiny (the default) or small (T5-small's shape)")
-    parser.add_argument("--prepared-only", action="store_true",
-                        help="measure only the prepared-ahead growth (the default path), not the synchronous one")
-    parser.add_argument("--output", default=None,
-                        help="JSON path (default benchmarks/results/growth_overhead.json, "
-                             "growth_overhead_quick.json with --quick)")
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            type=int,
+            default=None,
+            help=f"default {DEFAULTS[name]} ({QUICK[name]} with --quick)"
+            + (
+                "; TensorFlow's intra- and inter-op threads, 0 for its default "
+                "(all cores). 1 leaves a core of this 2-core machine to the host "
+                "thread, as an accelerator's host has"
+                if name == "tf_threads"
+                else ""
+            ),
+        )
+    parser.add_argument(
+        "--size",
+        choices=sorted(CONFIGS),
+        default="tiny",
+        help="model size: tiny (the default) or small (T5-small's shape)",
+    )
+    parser.add_argument(
+        "--prepared-only",
+        action="store_true",
+        help="measure only the prepared-ahead growth (the default path), not the synchronous one",
+    )
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="JSON path (default benchmarks/results/growth_overhead.json, "
+        "growth_overhead_quick.json with --quick)",
+    )
     args = parser.parse_args(argv)
     settings = dict(QUICK if args.quick else DEFAULTS)
     for name in settings:
@@ -564,32 +662,51 @@ def main(argv=None):
         if o not in OPERATORS:
             parser.error(f"unknown operator {o!r}; choose from {', '.join(OPERATORS)}")
     output = args.output or os.path.join(
-        ROOT, "benchmarks", "results",
+        ROOT,
+        "benchmarks",
+        "results",
         "growth_overhead_quick.json" if args.quick else "growth_overhead.json",
     )
 
     machine, vers = machine_info(), versions()
-    print("Machine:", f"{machine['cpu_model']}, {machine['cpu_count']} CPUs "
-          f"({machine['usable_cpus']} usable), "
-          f"{(machine['ram_bytes'] or 0) / 2**30:.1f} GiB RAM, {machine['platform']}")
-    print("Versions:", ", ".join(f"{k} {v}" for k, v in vers.items()),
-          f"python {machine['python']}")
-    print("Config:", CONFIGS[args.size], f"batch {BATCH_SIZE}, sequence length "
-          f"{SEQUENCE_LENGTH}, AdamW(learning_rate={LEARNING_RATE})")
-    print("Settings:", settings, "operators:", operators,
-          "(each operator in a fresh spawned process)", flush=True)
+    print(
+        "Machine:",
+        f"{machine['cpu_model']}, {machine['cpu_count']} CPUs "
+        f"({machine['usable_cpus']} usable), "
+        f"{(machine['ram_bytes'] or 0) / 2**30:.1f} GiB RAM, {machine['platform']}",
+    )
+    print(
+        "Versions:", ", ".join(f"{k} {v}" for k, v in vers.items()), f"python {machine['python']}"
+    )
+    print(
+        "Config:",
+        CONFIGS[args.size],
+        f"batch {BATCH_SIZE}, sequence length "
+        f"{SEQUENCE_LENGTH}, AdamW(learning_rate={LEARNING_RATE})",
+    )
+    print(
+        "Settings:",
+        settings,
+        "operators:",
+        operators,
+        "(each operator in a fresh spawned process)",
+        flush=True,
+    )
 
     start = time.perf_counter()
     results = []
     for operator in operators:
         print(f"\nMeasuring {operator} ...", flush=True)
         pair = []
-        for prepare_ahead in (True,) if args.prepared_only else (True, False):  # default, then synchronous
+        for prepare_ahead in (
+            (True,) if args.prepared_only else (True, False)
+        ):  # default, then synchronous
             load_before = os.getloadavg()
             r = in_fresh_process(worker, operator, settings, prepare_ahead)
             r["load_average_before_after"] = [load_before, os.getloadavg()]
-            r["grown_summary"] = _short_config(r["grown"]["backbone_config"],
-                                               r["base"]["backbone_config"])
+            r["grown_summary"] = _short_config(
+                r["grown"]["backbone_config"], r["base"]["backbone_config"]
+            )
             e = r["growth_event"]
             r["event_goal_met"] = e["cost_in_grown_steps"] <= EVENT_GOAL_STEPS
             r["event_goal_met_tiny_steps"] = e["cost_in_tiny_steps"] <= EVENT_GOAL_STEPS
@@ -598,10 +715,25 @@ def main(argv=None):
             _print_operator(r)
             pair.append(r)
         r = pair[0]
-        r["synchronous"] = {k: pair[1][k] for k in ("growth_event", "tiny_steady", "grown_steady",
-                                                     "event_goal_met", "total_goal_met")} if len(pair) > 1 else {
-            "growth_event": dict.fromkeys(("cost_seconds", "cost_in_grown_steps", "retrace_extra_seconds"),
-                                          float("nan")), "not_measured": "--prepared-only"}
+        r["synchronous"] = (
+            {
+                k: pair[1][k]
+                for k in (
+                    "growth_event",
+                    "tiny_steady",
+                    "grown_steady",
+                    "event_goal_met",
+                    "total_goal_met",
+                )
+            }
+            if len(pair) > 1
+            else {
+                "growth_event": dict.fromkeys(
+                    ("cost_seconds", "cost_in_grown_steps", "retrace_extra_seconds"), float("nan")
+                ),
+                "not_measured": "--prepared-only",
+            }
+        )
         results.append(r)
 
     tiny_ms = 1e3 * statistics.median(r["tiny_steady"]["median_seconds"] for r in results)
@@ -609,9 +741,14 @@ def main(argv=None):
         benchmark="growth_overhead",
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         quick=args.quick,
-        config=dict(CONFIGS[args.size], batch_size=BATCH_SIZE, sequence_length=SEQUENCE_LENGTH,
-                    optimizer="AdamW", learning_rate=LEARNING_RATE,
-                    distinct_batches=NUM_BATCHES),
+        config=dict(
+            CONFIGS[args.size],
+            batch_size=BATCH_SIZE,
+            sequence_length=SEQUENCE_LENGTH,
+            optimizer="AdamW",
+            learning_rate=LEARNING_RATE,
+            distinct_batches=NUM_BATCHES,
+        ),
         settings=settings,
         machine=machine,
         versions=vers,
@@ -623,19 +760,26 @@ def main(argv=None):
         tiny_ms_per_step=tiny_ms,
         operators=results,
         all_goals_met=all(r["event_goal_met"] and r["speed_goal_met"] for r in results),
-        all_goals_met_counting_preparation=all(r["total_goal_met"] and r["speed_goal_met"] for r in results),
+        all_goals_met_counting_preparation=all(
+            r["total_goal_met"] and r["speed_goal_met"] for r in results
+        ),
         benchmark_wall_seconds=time.perf_counter() - start,
     )
     print("\nSummary:")
     for r in results:
         e = r["growth_event"]
         se = r["synchronous"]["growth_event"]
-        print(f"  {r['operator']:10s} prepared ahead: event {e['cost_seconds']:5.2f} s = "
-              f"{e['cost_in_grown_steps']:5.1f} grown steps [{'met' if r['event_goal_met'] else 'MISSED'}], "
-              f"with the preparation's slowdown {e['total_cost_seconds']:5.2f} s = "
-              f"{e['total_cost_in_grown_steps']:5.1f} [{'met' if r['total_goal_met'] else 'MISSED'}]; "
-              f"synchronous: {se['cost_seconds']:5.2f} s = {se['cost_in_grown_steps']:5.1f}; "
-              f"speed grown/direct {r['speed_ratio']:.3f} [{'met' if r['speed_goal_met'] else 'MISSED'}]")
+        print(
+            f"  {r['operator']:10s} prepared ahead: event {e['cost_seconds']:5.2f} s = "
+            f"{e['cost_in_grown_steps']:5.1f} grown steps "
+            f"[{'met' if r['event_goal_met'] else 'MISSED'}], "
+            f"with the preparation's slowdown {e['total_cost_seconds']:5.2f} s = "
+            f"{e['total_cost_in_grown_steps']:5.1f} "
+            f"[{'met' if r['total_goal_met'] else 'MISSED'}]; "
+            f"synchronous: {se['cost_seconds']:5.2f} s = {se['cost_in_grown_steps']:5.1f}; "
+            f"speed grown/direct {r['speed_ratio']:.3f} "
+            f"[{'met' if r['speed_goal_met'] else 'MISSED'}]"
+        )
     print()
     print(markdown_table(result))
 

@@ -50,8 +50,13 @@ from benchmark_utils import machine_info, script_setup, versions
 ROOT = script_setup(__file__)
 
 ARMS = ("scratch", "deep_fusion", "self_fusion", "deepen", "stack")
-RECIPE = {"scratch": "scratch", "deep_fusion": "deep_fusion", "self_fusion": "self_fusion",
-          "deepen": "deepen", "stack": "deepen"}
+RECIPE = {
+    "scratch": "scratch",
+    "deep_fusion": "deep_fusion",
+    "self_fusion": "self_fusion",
+    "deepen": "deepen",
+    "stack": "deepen",
+}
 # Ablations: (label, arm, GrowthCallback options, entry options).
 ABLATIONS = (
     ("self_fusion, LR kept (scale 1)", "self_fusion", {"learning_rate_scale": 1.0}, {}),
@@ -103,8 +108,9 @@ class Data:
         load = corpus if callable(corpus) else lambda split: data.load_corpus(corpus, split)
         self.train_texts = load("train")
         self.valid_texts = load("validation")
-        self.tokenizer_path = data.train_tokenizer(self.train_texts, vocabulary_size,
-                                                   os.path.join(workdir, "tokenizer"))
+        self.tokenizer_path = data.train_tokenizer(
+            self.train_texts, vocabulary_size, os.path.join(workdir, "tokenizer")
+        )
         self.vocabulary_size = data.vocabulary_size(self.tokenizer_path)
         self.setup = setup
 
@@ -113,11 +119,17 @@ class Data:
         # deletes an eager tensorflow-text tokenizer's resource.
         from keras_fusion import data
 
-        ds = data.make_dataset(self.train_texts if training else self.valid_texts,
-                               data.load_tokenizer(self.tokenizer_path), self.vocabulary_size,
-                               self.setup.batch_size, input_length=self.setup.input_length,
-                               target_length=self.setup.target_length, seed=seed,
-                               shuffle=training, repeat=training)
+        ds = data.make_dataset(
+            self.train_texts if training else self.valid_texts,
+            data.load_tokenizer(self.tokenizer_path),
+            self.vocabulary_size,
+            self.setup.batch_size,
+            input_length=self.setup.input_length,
+            target_length=self.setup.target_length,
+            seed=seed,
+            shuffle=training,
+            repeat=training,
+        )
         return ds if training else ds.take(self.setup.eval_batches).cache()
 
     def train_tokens(self):
@@ -164,7 +176,13 @@ def train_arm(arm, seed, learning_rate, setup, shared, callback_options=None, en
 
     def fit(model, steps, seed, callbacks):
         epochs = math.ceil(steps / every)
-        model.fit(shared.dataset(seed), epochs=epochs, steps_per_epoch=every, verbose=0, callbacks=callbacks)
+        model.fit(
+            shared.dataset(seed),
+            epochs=epochs,
+            steps_per_epoch=every,
+            verbose=0,
+            callbacks=callbacks,
+        )
 
     eval_data = None
     schedule = []
@@ -174,16 +192,26 @@ def train_arm(arm, seed, learning_rate, setup, shared, callback_options=None, en
         partner = recipes.compile_model(recipes.build_model(start, seed + 1000), optimizer())
         eval_data = shared.dataset(0, training=False)
         recorder = metrics.MetricsRecorder(eval_data, *setup.shape, every=growth_step)
-        partner.fit(shared.dataset(seed + 1000), epochs=1, steps_per_epoch=growth_step, verbose=0,
-                    callbacks=[recorder])
+        partner.fit(
+            shared.dataset(seed + 1000),
+            epochs=1,
+            steps_per_epoch=growth_step,
+            verbose=0,
+            callbacks=[recorder],
+        )
         flops_offset, partner_rows = recorder.flops, [dataclasses.asdict(r) for r in recorder.rows]
         schedule = [Fuse(at_step=growth_step, partner=partner)]
     elif arm == "self_fusion":
         schedule = [SelfFuse(at_step=growth_step, **entry_options)]
     elif arm in ("deepen", "stack"):
         new_layers = setup.target["num_layers"] - start["num_layers"]
-        schedule = [Deepen(at_step=growth_step, num_new_layers=new_layers,
-                           mode="stack" if arm == "stack" else "identity")]
+        schedule = [
+            Deepen(
+                at_step=growth_step,
+                num_new_layers=new_layers,
+                mode="stack" if arm == "stack" else "identity",
+            )
+        ]
     model = recipes.compile_model(recipes.build_model(start, seed), optimizer())
     if eval_data is None:
         eval_data = shared.dataset(0, training=False)
@@ -191,18 +219,25 @@ def train_arm(arm, seed, learning_rate, setup, shared, callback_options=None, en
     if schedule:
         rewarmup = setup.rewarmup_steps if callback_options.pop("rewarmup", False) else 0
         growth = GrowthCallback(schedule, verbose=0, rewarmup_steps=rewarmup, **callback_options)
-    recorder = metrics.MetricsRecorder(eval_data, *setup.shape, every=every, flops_offset=flops_offset,
-                                        growth_callback=growth)
+    recorder = metrics.MetricsRecorder(
+        eval_data, *setup.shape, every=every, flops_offset=flops_offset, growth_callback=growth
+    )
     recorder.set_model(model)
     recorder.record(0, math.nan)  # the starting point
     fit(model, total, seed, ([growth] if growth else []) + [recorder])
     rows = [dataclasses.asdict(r) for r in recorder.rows]
     return {
-        "arm": arm, "seed": seed, "learning_rate": learning_rate,
+        "arm": arm,
+        "seed": seed,
+        "learning_rate": learning_rate,
         "callback_options": {k: v for k, v in (callback_options or {}).items()},
-        "entry_options": entry_options, "growth_step": growth_step, "steps": total,
-        "start_parameters": rows[0]["num_parameters"], "final_parameters": rows[-1]["num_parameters"],
-        "rows": rows, "partner_rows": partner_rows,
+        "entry_options": entry_options,
+        "growth_step": growth_step,
+        "steps": total,
+        "start_parameters": rows[0]["num_parameters"],
+        "final_parameters": rows[-1]["num_parameters"],
+        "rows": rows,
+        "partner_rows": partner_rows,
         "loss_at_budget": interpolate(rows, setup.budget),
         "seconds": round(time.perf_counter() - started, 1),
     }
@@ -235,10 +270,16 @@ def summarise(records, label, budget, target_loss):
     reach = [flops_to_reach(r["rows"], target_loss, budget) for r in records]
     reached = [f / budget for f in reach if f is not None]
     return {
-        "label": label, "learning_rate": records[0]["learning_rate"], "seeds": [r["seed"] for r in records],
-        "loss_mean": sum(losses) / len(losses), "loss_min": min(losses), "loss_max": max(losses),
+        "label": label,
+        "learning_rate": records[0]["learning_rate"],
+        "seeds": [r["seed"] for r in records],
+        "loss_mean": sum(losses) / len(losses),
+        "loss_min": min(losses),
+        "loss_max": max(losses),
         "fraction_to_reach": [None if f is None else f / budget for f in reach],
-        "fraction_to_reach_mean": sum(reached) / len(reached) if len(reached) == len(records) else None,
+        "fraction_to_reach_mean": sum(reached) / len(reached)
+        if len(reached) == len(records)
+        else None,
         "reached": f"{len(reached)}/{len(records)}",
         "parameters": f"{records[0]['start_parameters']:,} -> {records[0]['final_parameters']:,}",
     }
@@ -246,16 +287,23 @@ def summarise(records, label, budget, target_loss):
 
 def table(summaries, target_loss):
     lines = [
-        f"| arm | LR | eval loss at budget, mean (min-max) | FLOPs to reach scratch's {target_loss:.4f}, "
+        "| arm | LR | eval loss at budget, mean (min-max) "
+        f"| FLOPs to reach scratch's {target_loss:.4f}, "
         "fraction of budget (mean; per seed) | parameters |",
         "|---|---|---|---|---|",
     ]
     for s in summaries:
-        per_seed = ", ".join("not reached" if f is None else f"{f:.2f}" for f in s["fraction_to_reach"])
-        mean = "-" if s["fraction_to_reach_mean"] is None else f"**{s['fraction_to_reach_mean']:.2f}**"
-        lines.append(f"| {s['label']} | {s['learning_rate']:g} | {s['loss_mean']:.4f} "
-                     f"({s['loss_min']:.4f}-{s['loss_max']:.4f}) | {mean} ({per_seed}; {s['reached']}) "
-                     f"| {s['parameters']} |")
+        per_seed = ", ".join(
+            "not reached" if f is None else f"{f:.2f}" for f in s["fraction_to_reach"]
+        )
+        mean = (
+            "-" if s["fraction_to_reach_mean"] is None else f"**{s['fraction_to_reach_mean']:.2f}**"
+        )
+        lines.append(
+            f"| {s['label']} | {s['learning_rate']:g} | {s['loss_mean']:.4f} "
+            f"({s['loss_min']:.4f}-{s['loss_max']:.4f}) | {mean} ({per_seed}; {s['reached']}) "
+            f"| {s['parameters']} |"
+        )
     return "\n".join(lines)
 
 
@@ -270,12 +318,20 @@ def plot(groups, budget, target_loss, path, title, marks=((0.6, "0.6 x budget"),
         color = f"C{index}"
         for k, record in enumerate(records):
             rows = [r for r in record["rows"] if r["flops"] <= budget * 1.05]
-            axis.plot([r["flops"] for r in rows], [r["eval_loss"] for r in rows], color=color,
-                      alpha=0.8, linewidth=1.2, label=label if k == 0 else None)
+            axis.plot(
+                [r["flops"] for r in rows],
+                [r["eval_loss"] for r in rows],
+                color=color,
+                alpha=0.8,
+                linewidth=1.2,
+                label=label if k == 0 else None,
+            )
             for r in rows:
                 if r["growth"]:
                     axis.axvline(r["flops"], color=color, linestyle=":", alpha=0.5)
-    axis.axhline(target_loss, color="black", linewidth=0.8, linestyle="--", label="scratch loss at budget")
+    axis.axhline(
+        target_loss, color="black", linewidth=0.8, linestyle="--", label="scratch loss at budget"
+    )
     for fraction, label in marks:
         axis.axvline(fraction * budget, color="grey", linewidth=0.8, linestyle="-.", label=label)
     axis.set_xlabel("training FLOPs (every model of the arm)")
@@ -292,22 +348,46 @@ def plot(groups, budget, target_loss, path, title, marks=((0.6, "0.6 x budget"),
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one rate, no search, no ablations, shorter")
-    parser.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=None,
-                        help="train the ablations (default: on in the full run, off with --quick)")
+    parser.add_argument(
+        "--quick", action="store_true", help="one rate, no search, no ablations, shorter"
+    )
+    parser.add_argument(
+        "--ablations",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="train the ablations (default: on in the full run, off with --quick)",
+    )
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=None, help="scratch steps: the budget (default 1200, quick 400)")
-    parser.add_argument("--learning_rates", default=None, help="comma-separated (default 1e-3,3e-3,1e-2; quick 3e-3)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="scratch steps: the budget (default 1200, quick 400)",
+    )
+    parser.add_argument(
+        "--learning_rates",
+        default=None,
+        help="comma-separated (default 1e-3,3e-3,1e-2; quick 3e-3)",
+    )
     parser.add_argument("--growth_fraction", type=float, default=0.25)
-    parser.add_argument("--rewarmup_steps", type=int, default=None, help="ramp length of the re-warm-up ablation")
+    parser.add_argument(
+        "--rewarmup_steps", type=int, default=None, help="ramp length of the re-warm-up ablation"
+    )
     parser.add_argument("--arms", default=",".join(ARMS))
-    parser.add_argument("--ablation_filter", default="", help="only ablations whose label contains this")
-    parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "results", "growth_vs_scratch"))
+    parser.add_argument(
+        "--ablation_filter", default="", help="only ablations whose label contains this"
+    )
+    parser.add_argument(
+        "--output", default=os.path.join(ROOT, "benchmarks", "results", "growth_vs_scratch")
+    )
     parser.add_argument("--workdir", default=os.path.join(ROOT, "runs", "growth_vs_scratch"))
     args = parser.parse_args()
 
     steps = args.steps or (400 if args.quick else 1200)
-    rates = [float(r) for r in (args.learning_rates or ("3e-3" if args.quick else "1e-3,3e-3,1e-2")).split(",")]
+    rates = [
+        float(r)
+        for r in (args.learning_rates or ("3e-3" if args.quick else "1e-3,3e-3,1e-2")).split(",")
+    ]
     ablations = (not args.quick) if args.ablations is None else args.ablations
     arms = args.arms.split(",")
     for arm in arms:
@@ -320,18 +400,33 @@ def main():
 
     from keras_fusion import recipes, storage
 
-    setup = Setup(target={}, steps=steps, eval_every=max(steps // 20, 1), batch_size=16, input_length=64,
-                  target_length=16, growth_fraction=args.growth_fraction,
-                  rewarmup_steps=args.rewarmup_steps or max(steps // 20, 1), eval_batches=8)
+    setup = Setup(
+        target={},
+        steps=steps,
+        eval_every=max(steps // 20, 1),
+        batch_size=16,
+        input_length=64,
+        target_length=16,
+        growth_fraction=args.growth_fraction,
+        rewarmup_steps=args.rewarmup_steps or max(steps // 20, 1),
+        eval_batches=8,
+    )
     os.makedirs(args.workdir, exist_ok=True)
     shared = Data(1000, args.workdir, setup)
     setup.target = recipes.target_config("tiny", shared.vocabulary_size, num_layers=4)
     budget = setup.budget
     machine = machine_info()
     print(f"Machine: {machine['cpu_model']}, {machine['cpu_count']} CPUs; {versions()}")
-    print(f"Target {setup.target}; batch {setup.batch_size} x ({setup.input_length}, {setup.target_length})")
-    print(f"Budget {budget:.3e} FLOPs = {steps} scratch steps; growth after {args.growth_fraction:.0%} of it; "
-          f"rates {rates}; seeds {args.seeds}; ablations {'on' if ablations else 'off'}", flush=True)
+    print(
+        f"Target {setup.target}; "
+        f"batch {setup.batch_size} x ({setup.input_length}, {setup.target_length})"
+    )
+    print(
+        f"Budget {budget:.3e} FLOPs = {steps} scratch steps; "
+        f"growth after {args.growth_fraction:.0%} of it; "
+        f"rates {rates}; seeds {args.seeds}; ablations {'on' if ablations else 'off'}",
+        flush=True,
+    )
     started = time.perf_counter()
     runs = []
 
@@ -339,9 +434,14 @@ def main():
         record = train_arm(arm, seed, rate, setup, shared, callback_options, entry_options)
         record["label"] = label or arm
         runs.append(record)
-        print(f"  {record['label']:<38} seed {seed} lr {rate:g}: loss at budget {record['loss_at_budget']:.4f} "
-              f"({record['steps']} steps, growth at {record['growth_step']}, {record['seconds']:.0f} s; "
-              f"{(time.perf_counter() - started) / 60:.1f} min so far)", flush=True)
+        print(
+            f"  {record['label']:<38} seed {seed} lr {rate:g}: "
+            f"loss at budget {record['loss_at_budget']:.4f} "
+            f"({record['steps']} steps, "
+            f"growth at {record['growth_step']}, {record['seconds']:.0f} s; "
+            f"{(time.perf_counter() - started) / 60:.1f} min so far)",
+            flush=True,
+        )
         return record
 
     chosen = {}
@@ -363,37 +463,71 @@ def main():
             if arm in chosen and args.ablation_filter in label:
                 for seed in range(args.seeds):
                     run(arm, seed, chosen[arm], callback_options, entry_options, label)
-                ablation_summaries.append(summarise(final(label, chosen[arm]), label, budget, target_loss))
+                ablation_summaries.append(
+                    summarise(final(label, chosen[arm]), label, budget, target_loss)
+                )
     elapsed = time.perf_counter() - started
 
-    growing = [s for s in summaries if s["label"] != "scratch" and s["fraction_to_reach_mean"] is not None]
+    growing = [
+        s for s in summaries if s["label"] != "scratch" and s["fraction_to_reach_mean"] is not None
+    ]
     best = min(growing, key=lambda s: s["fraction_to_reach_mean"]) if growing else None
     command = "python benchmarks/growth_vs_scratch.py" + (" --quick" if args.quick else "")
-    markdown = "\n\n".join(filter(None, [
-        f"Command: `{command}`; {machine['cpu_model']}, {machine['cpu_count']} CPUs; "
-        f"{elapsed / 60:.1f} min. Budget {budget:.3e} training FLOPs ({steps} steps of the target at batch "
-        f"{setup.batch_size}); growth after {args.growth_fraction:.0%} of it; AdamW at a constant rate "
-        f"searched over {rates} on seed 0 for every arm; {args.seeds} seeds.",
-        table(summaries, target_loss),
-        table(ablation_summaries, target_loss) if ablation_summaries else "",
-        (f"Best growth mode: {best['label']}, scratch's loss reached at {best['fraction_to_reach_mean']:.2f} "
-         f"of the budget (goal <= 0.6: {'met' if best['fraction_to_reach_mean'] <= 0.6 else 'NOT met'})."
-         if best else "No growth mode reached scratch's loss on every seed within the budget (goal NOT met)."),
-    ]))
+    markdown = "\n\n".join(
+        filter(
+            None,
+            [
+                f"Command: `{command}`; {machine['cpu_model']}, {machine['cpu_count']} CPUs; "
+                f"{elapsed / 60:.1f} min. "
+                f"Budget {budget:.3e} training FLOPs ({steps} steps of the target at batch "
+                f"{setup.batch_size}); growth after {args.growth_fraction:.0%} of it; "
+                "AdamW at a constant rate "
+                f"searched over {rates} on seed 0 for every arm; {args.seeds} seeds.",
+                table(summaries, target_loss),
+                table(ablation_summaries, target_loss) if ablation_summaries else "",
+                (
+                    f"Best growth mode: {best['label']}, "
+                    f"scratch's loss reached at {best['fraction_to_reach_mean']:.2f} "
+                    "of the budget (goal <= 0.6: "
+                    f"{'met' if best['fraction_to_reach_mean'] <= 0.6 else 'NOT met'})."
+                    if best
+                    else (
+                        "No growth mode reached scratch's loss on every seed within the budget "
+                        "(goal NOT met)."
+                    )
+                ),
+            ],
+        )
+    )
     result = {
-        "benchmark": "growth_vs_scratch", "command": command,
+        "benchmark": "growth_vs_scratch",
+        "command": command,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine, "versions": versions(), "setup": dataclasses.asdict(setup), "budget": budget,
-        "learning_rates": rates, "chosen_learning_rates": chosen, "seeds": args.seeds,
-        "scratch_loss_at_budget": target_loss, "summaries": summaries, "ablations": ablation_summaries,
-        "minutes": elapsed / 60, "runs": runs,
+        "machine": machine,
+        "versions": versions(),
+        "setup": dataclasses.asdict(setup),
+        "budget": budget,
+        "learning_rates": rates,
+        "chosen_learning_rates": chosen,
+        "seeds": args.seeds,
+        "scratch_loss_at_budget": target_loss,
+        "summaries": summaries,
+        "ablations": ablation_summaries,
+        "minutes": elapsed / 60,
+        "runs": runs,
     }
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     storage.write_json(args.output + ".json", result)
     groups = {arm: final(arm, chosen[arm]) for arm in arms}
-    plot(groups, budget, target_loss, args.output + ".png",
-         f"{setup.target['num_layers']}-layer T5, d={setup.target['hidden_dim']}: eval loss against FLOPs "
-         f"({args.seeds} seeds per arm)")
+    plot(
+        groups,
+        budget,
+        target_loss,
+        args.output + ".png",
+        f"{setup.target['num_layers']}-layer T5, "
+        f"d={setup.target['hidden_dim']}: eval loss against FLOPs "
+        f"({args.seeds} seeds per arm)",
+    )
     with open(args.output + ".md", "w") as f:
         f.write(markdown + "\n")
     print(markdown)

@@ -91,7 +91,9 @@ def parse_arm(arm, default_fraction):
     """`"deep_fusion@0.1"` -> `("deep_fusion", 0.1)`; plain names get the default."""
     mode, at, fraction = arm.partition("@")
     if mode not in MODES:
-        raise ValueError(f"unknown arm {arm!r}; modes: {', '.join(MODES)} (optionally MODE@FRACTION)")
+        raise ValueError(
+            f"unknown arm {arm!r}; modes: {', '.join(MODES)} (optionally MODE@FRACTION)"
+        )
     if at and mode not in GROWING:
         raise ValueError(f"arm {arm!r}: only {', '.join(GROWING)} take a growth fraction")
     try:
@@ -108,8 +110,12 @@ def divide_width(config, parts):
     for key in ("hidden_dim", "num_heads", "intermediate_dim"):
         if config[key] % parts:
             raise ValueError(f"{key}={config[key]} does not split into {parts} models")
-    return dict(config, hidden_dim=config["hidden_dim"] // parts, num_heads=config["num_heads"] // parts,
-                intermediate_dim=config["intermediate_dim"] // parts)
+    return dict(
+        config,
+        hidden_dim=config["hidden_dim"] // parts,
+        num_heads=config["num_heads"] // parts,
+        intermediate_dim=config["intermediate_dim"] // parts,
+    )
 
 
 def arm_budget(arm, setup):
@@ -148,8 +154,14 @@ def arm_budget(arm, setup):
         growth = steps(fraction * budget, rate, round)
         rest = steps(budget - growth * rate, cost(target))
         levels = [(growth, rate), (growth + rest, cost(target))]
-    return {"mode": mode, "fraction": fraction if mode in GROWING else None, "start": start,
-            "levels": levels, "growth_steps": [end for end, _ in levels[:-1]], "total": levels[-1][0]}
+    return {
+        "mode": mode,
+        "fraction": fraction if mode in GROWING else None,
+        "start": start,
+        "levels": levels,
+        "growth_steps": [end for end, _ in levels[:-1]],
+        "total": levels[-1][0],
+    }
 
 
 def flops_at(levels, step):
@@ -165,11 +177,28 @@ class Setup(growth_vs_scratch.Setup):
     """The settings every arm shares (and every part file must agree on):
     v1's, without its re-warm-up ablation."""
 
-    def __init__(self, target, steps, eval_every, eval_batches, growth_fraction,
-                 batch_size=16, input_length=64, target_length=16):
-        super().__init__(target=target, steps=steps, eval_every=eval_every, batch_size=batch_size,
-                         input_length=input_length, target_length=target_length,
-                         growth_fraction=growth_fraction, rewarmup_steps=0, eval_batches=eval_batches)
+    def __init__(
+        self,
+        target,
+        steps,
+        eval_every,
+        eval_batches,
+        growth_fraction,
+        batch_size=16,
+        input_length=64,
+        target_length=16,
+    ):
+        super().__init__(
+            target=target,
+            steps=steps,
+            eval_every=eval_every,
+            batch_size=batch_size,
+            input_length=input_length,
+            target_length=target_length,
+            growth_fraction=growth_fraction,
+            rewarmup_steps=0,
+            eval_batches=eval_batches,
+        )
 
     def as_dict(self):
         fields = {k: v for k, v in dataclasses.asdict(self).items() if k != "rewarmup_steps"}
@@ -187,7 +216,11 @@ def train_arm(arm, seed, learning_rate, setup, shared):
     started = time.perf_counter()
     keras.backend.clear_session()
     budget_split = arm_budget(arm, setup)
-    mode, total, growth_steps = budget_split["mode"], budget_split["total"], budget_split["growth_steps"]
+    mode, total, growth_steps = (
+        budget_split["mode"],
+        budget_split["total"],
+        budget_split["growth_steps"],
+    )
     warmup = max(1, round(WARMUP_FRACTION * total))
 
     def model(config, model_seed):
@@ -198,8 +231,13 @@ def train_arm(arm, seed, learning_rate, setup, shared):
 
     def fit(network, data_seed, steps, callbacks=()):
         begin = time.perf_counter()
-        network.fit(shared.dataset(data_seed), epochs=1, steps_per_epoch=steps, verbose=0,
-                    callbacks=list(callbacks))
+        network.fit(
+            shared.dataset(data_seed),
+            epochs=1,
+            steps_per_epoch=steps,
+            verbose=0,
+            callbacks=list(callbacks),
+        )
         return time.perf_counter() - begin
 
     def partner(config, model_seed, steps, schedule=()):
@@ -211,7 +249,9 @@ def train_arm(arm, seed, learning_rate, setup, shared):
     start = budget_split["start"]
     schedule = []
     if mode == "deep_fusion":
-        schedule = [Fuse(at_step=growth_steps[0], partner=partner(start, seed + 1000, growth_steps[0]))]
+        schedule = [
+            Fuse(at_step=growth_steps[0], partner=partner(start, seed + 1000, growth_steps[0]))
+        ]
     elif mode == "fusion_tree":
         node = growth_steps[0]
         leaf3 = partner(start, seed + 3000, node)
@@ -221,12 +261,18 @@ def train_arm(arm, seed, learning_rate, setup, shared):
     elif mode == "self_fusion":
         schedule = [SelfFuse(at_step=growth_steps[0])]
     elif mode in ("deepen", "stack"):
-        schedule = [Deepen(at_step=growth_steps[0], num_new_layers=setup.target["num_layers"] - start["num_layers"],
-                           mode="stack" if mode == "stack" else "identity")]
+        schedule = [
+            Deepen(
+                at_step=growth_steps[0],
+                num_new_layers=setup.target["num_layers"] - start["num_layers"],
+                mode="stack" if mode == "stack" else "identity",
+            )
+        ]
     main = model(start, seed)
     growth = GrowthCallback(schedule, verbose=0) if schedule else None
-    recorder = metrics.MetricsRecorder(shared.eval_data, *setup.shape, every=setup.eval_every,
-                                        growth_callback=growth)
+    recorder = metrics.MetricsRecorder(
+        shared.eval_data, *setup.shape, every=setup.eval_every, growth_callback=growth
+    )
     recorder.set_model(main)
     recorder.record(0, math.nan)
     main_seconds = fit(main, seed, total, ([growth] if growth else []) + [recorder])
@@ -236,13 +282,21 @@ def train_arm(arm, seed, learning_rate, setup, shared):
         row["flops"] = flops_at(budget_split["levels"], row["step"])  # lockstep: partners counted
         rows.append(row)
     return {
-        "arm": arm, "mode": mode, "seed": seed, "learning_rate": learning_rate,
-        "growth_fraction": budget_split["fraction"], "growth_steps": growth_steps, "steps": total,
-        "warmup_steps": warmup, "levels": budget_split["levels"],
+        "arm": arm,
+        "mode": mode,
+        "seed": seed,
+        "learning_rate": learning_rate,
+        "growth_fraction": budget_split["fraction"],
+        "growth_steps": growth_steps,
+        "steps": total,
+        "warmup_steps": warmup,
+        "levels": budget_split["levels"],
         "growth_flops": [flops_at(budget_split["levels"], s) for s in growth_steps],
         "growth_events": growth.events if growth else [],
-        "start_parameters": rows[0]["num_parameters"], "final_parameters": rows[-1]["num_parameters"],
-        "rows": rows, "loss_at_budget": interpolate(rows, setup.budget),
+        "start_parameters": rows[0]["num_parameters"],
+        "final_parameters": rows[-1]["num_parameters"],
+        "rows": rows,
+        "loss_at_budget": interpolate(rows, setup.budget),
         "parallel_seconds": round(main_seconds, 1),
         "sequential_seconds": round(main_seconds + sum(partner_seconds), 1),
         "seconds": round(time.perf_counter() - started, 1),
@@ -271,8 +325,10 @@ def check_compatible(parts):
     for path, part in parts[1:]:
         for field in SHARED_FIELDS:
             if part[field] != parts[0][1][field]:
-                raise ValueError(f"{path}: {field} differs from {parts[0][0]}'s; parts of one "
-                                 f"result must share the setup, corpus and tokenizer")
+                raise ValueError(
+                    f"{path}: {field} differs from {parts[0][0]}'s; parts of one "
+                    f"result must share the setup, corpus and tokenizer"
+                )
 
 
 def chosen_rates(records):
@@ -303,22 +359,35 @@ def summarise(records, budget, rates, quick, eval_batches):
     arms = {}
     for arm in dict.fromkeys(r["arm"] for r in records):
         if arm in rates:
-            arms[arm] = sorted((r for r in records if r["arm"] == arm and r["learning_rate"] == rates[arm]),
-                               key=lambda r: r["seed"])
+            arms[arm] = sorted(
+                (r for r in records if r["arm"] == arm and r["learning_rate"] == rates[arm]),
+                key=lambda r: r["seed"],
+            )
     scratch = arms.get("scratch")
     scratch_loss = mean_std([r["loss_at_budget"] for r in scratch])[0] if scratch else None
-    summary = {"quick": quick, "eval_batches": eval_batches, "budget_flops": budget,
-               "learning_rates": rates, "arms": {}}
+    summary = {
+        "quick": quick,
+        "eval_batches": eval_batches,
+        "budget_flops": budget,
+        "learning_rates": rates,
+        "arms": {},
+    }
     for arm, runs in arms.items():
         mean, std = mean_std([r["loss_at_budget"] for r in runs])
-        entry = {"seeds": [r["seed"] for r in runs], "learning_rate": rates[arm],
-                 "final_loss_mean": mean, "final_loss_std": std,
-                 "fraction_to_scratch_loss": None, "reached_after_growth": None,
-                 "fraction_after_growth": None, "per_seed": [],
-                 "growth_fraction": [f / budget for f in runs[0]["growth_flops"]],
-                 "parallel_minutes": statistics.fmean(r["parallel_seconds"] for r in runs) / 60,
-                 "sequential_minutes": statistics.fmean(r["sequential_seconds"] for r in runs) / 60,
-                 "parameters": [runs[0]["start_parameters"], runs[0]["final_parameters"]]}
+        entry = {
+            "seeds": [r["seed"] for r in runs],
+            "learning_rate": rates[arm],
+            "final_loss_mean": mean,
+            "final_loss_std": std,
+            "fraction_to_scratch_loss": None,
+            "reached_after_growth": None,
+            "fraction_after_growth": None,
+            "per_seed": [],
+            "growth_fraction": [f / budget for f in runs[0]["growth_flops"]],
+            "parallel_minutes": statistics.fmean(r["parallel_seconds"] for r in runs) / 60,
+            "sequential_minutes": statistics.fmean(r["sequential_seconds"] for r in runs) / 60,
+            "parameters": [runs[0]["start_parameters"], runs[0]["final_parameters"]],
+        }
         if scratch_loss is not None:
             entry.update(crossings(runs, scratch_loss, budget))
         summary["arms"][arm] = entry
@@ -327,14 +396,22 @@ def summarise(records, budget, rates, quick, eval_batches):
         margin = 2 * max(summary["arms"]["scratch"]["final_loss_std"], small["final_loss_std"])
         enough_seeds = min(len(scratch), len(small["seeds"])) >= 2
         summary["regime_check"] = {
-            "scratch_loss": scratch_loss, "small_loss": small["final_loss_mean"], "margin": margin,
+            "scratch_loss": scratch_loss,
+            "small_loss": small["final_loss_mean"],
+            "margin": margin,
             "passed": enough_seeds and scratch_loss < small["final_loss_mean"] - margin,
-            "rule": "scratch's mean final loss below small_alone's by more than twice the larger seed std "
-                    "(sample std), with at least 2 seeds of each",
+            "rule": (
+                "scratch's mean final loss below small_alone's by more than twice the larger "
+                "seed std (sample std), with at least 2 seeds of each"
+            ),
         }
     else:
-        summary["regime_check"] = {"scratch_loss": scratch_loss, "small_loss": None, "passed": False,
-                                   "rule": "needs the scratch and small_alone arms"}
+        summary["regime_check"] = {
+            "scratch_loss": scratch_loss,
+            "small_loss": None,
+            "passed": False,
+            "rule": "needs the scratch and small_alone arms",
+        }
     return summary
 
 
@@ -345,23 +422,37 @@ def crossings(runs, scratch_loss, budget):
         grown_at = r["growth_flops"][-1] if r["growth_flops"] else None
         first = flops_to_reach(r["rows"], scratch_loss, budget)
         if grown_at is not None:
-            later = flops_to_reach([row for row in r["rows"] if row["flops"] >= grown_at], scratch_loss, budget)
+            later = flops_to_reach(
+                [row for row in r["rows"] if row["flops"] >= grown_at], scratch_loss, budget
+            )
         else:
             later = first
-        per_seed.append({"seed": r["seed"], "loss_at_budget": r["loss_at_budget"],
-                         "fraction": None if first is None else first / budget,
-                         "after_growth": None if grown_at is None or first is None else first > grown_at,
-                         "fraction_after_growth": None if later is None else later / budget})
+        per_seed.append(
+            {
+                "seed": r["seed"],
+                "loss_at_budget": r["loss_at_budget"],
+                "fraction": None if first is None else first / budget,
+                "after_growth": None if grown_at is None or first is None else first > grown_at,
+                "fraction_after_growth": None if later is None else later / budget,
+            }
+        )
         fractions.append(first)
         after.append(later)
         after_growth.append(None if grown_at is None or first is None else first > grown_at)
     complete = all(f is not None for f in fractions)
     return {
         "per_seed": per_seed,
-        "fraction_to_scratch_loss": statistics.fmean(f / budget for f in fractions) if complete else None,
-        "reached_after_growth": (all(after_growth) if complete and runs[0]["growth_flops"] else None),
-        "fraction_after_growth": (statistics.fmean(f / budget for f in after)
-                                  if runs[0]["growth_flops"] and all(f is not None for f in after) else None),
+        "fraction_to_scratch_loss": statistics.fmean(f / budget for f in fractions)
+        if complete
+        else None,
+        "reached_after_growth": (
+            all(after_growth) if complete and runs[0]["growth_flops"] else None
+        ),
+        "fraction_after_growth": (
+            statistics.fmean(f / budget for f in after)
+            if runs[0]["growth_flops"] and all(f is not None for f in after)
+            else None
+        ),
     }
 
 
@@ -370,8 +461,10 @@ def table(summary):
     scratch = summary["regime_check"]["scratch_loss"]
     target = "-" if scratch is None else f"{scratch:.4f}"
     lines = [
-        f"| arm | LR | seeds | eval loss at budget, mean ± std | FLOPs to scratch's {target}, fraction of budget "
-        "(mean; per seed) | reached after growth | growth at (fraction) | minutes, partners in parallel "
+        "| arm | LR | seeds | eval loss at budget, mean ± std "
+        f"| FLOPs to scratch's {target}, fraction of budget "
+        "(mean; per seed) | reached after growth "
+        "| growth at (fraction) | minutes, partners in parallel "
         "(sequential) | parameters |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -381,39 +474,54 @@ def table(summary):
 
     for arm, s in summary["arms"].items():
         per_seed = ", ".join(fraction(p["fraction"]) for p in s["per_seed"])
-        mean = "-" if s["fraction_to_scratch_loss"] is None else f"**{s['fraction_to_scratch_loss']:.2f}**"
+        mean = (
+            "-"
+            if s["fraction_to_scratch_loss"] is None
+            else f"**{s['fraction_to_scratch_loss']:.2f}**"
+        )
         after = {None: "-", True: "yes", False: "**no**"}[s["reached_after_growth"]]
         if s["reached_after_growth"] is False and s["fraction_after_growth"] is not None:
             after += f" (after growth: {s['fraction_after_growth']:.2f})"
         grown = ", ".join(f"{g:.2f}" for g in s["growth_fraction"]) or "-"
-        lines.append(f"| {arm} | {s['learning_rate']:g} | {len(s['seeds'])} | {s['final_loss_mean']:.4f} ± "
-                     f"{s['final_loss_std']:.4f} | {mean} ({per_seed}) | {after} | {grown} | "
-                     f"{s['parallel_minutes']:.1f} ({s['sequential_minutes']:.1f}) | "
-                     f"{s['parameters'][0]:,} -> {s['parameters'][1]:,} |")
+        lines.append(
+            f"| {arm} | {s['learning_rate']:g} | {len(s['seeds'])} | {s['final_loss_mean']:.4f} ± "
+            f"{s['final_loss_std']:.4f} | {mean} ({per_seed}) | {after} | {grown} | "
+            f"{s['parallel_minutes']:.1f} ({s['sequential_minutes']:.1f}) | "
+            f"{s['parameters'][0]:,} -> {s['parameters'][1]:,} |"
+        )
     return "\n".join(lines)
 
 
 def verdict(summary):
     """The goal of issue 15, judged on the summary: a list of sentences."""
     regime = summary["regime_check"]
-    lines = [f"Regime check ({regime['rule']}): scratch {fmt(regime['scratch_loss'])}, small alone "
-             f"{fmt(regime['small_loss'])}: {'PASSED' if regime['passed'] else 'NOT passed'}."]
+    lines = [
+        f"Regime check ({regime['rule']}): scratch {fmt(regime['scratch_loss'])}, small alone "
+        f"{fmt(regime['small_loss'])}: {'PASSED' if regime['passed'] else 'NOT passed'}."
+    ]
     growing = {a: s for a, s in summary["arms"].items() if s["growth_fraction"]}
     counted = {a: s for a, s in growing.items() if s["reached_after_growth"]}
     if counted:
         arm, best = min(counted.items(), key=lambda kv: kv[1]["fraction_to_scratch_loss"])
-        lines.append(f"Best growth arm reaching scratch's loss after its growth: {arm} at "
-                     f"{best['fraction_to_scratch_loss']:.2f} of the budget (goal <= 0.5"
-                     f"{'' if regime['passed'] else ', but the regime check did not pass'}: "
-                     f"{'met' if best['fraction_to_scratch_loss'] <= 0.5 and regime['passed'] else 'NOT met'}).")
+        lines.append(
+            f"Best growth arm reaching scratch's loss after its growth: {arm} at "
+            f"{best['fraction_to_scratch_loss']:.2f} of the budget (goal <= 0.5"
+            f"{'' if regime['passed'] else ', but the regime check did not pass'}: "
+            f"{'met' if best['fraction_to_scratch_loss'] <= 0.5 and regime['passed'] else 'NOT met'})."  # noqa: E501 (one replacement field)
+        )
     else:
-        lines.append("No growth arm reached scratch's loss after its growth on every seed (goal NOT met).")
+        lines.append(
+            "No growth arm reached scratch's loss after its growth on every seed (goal NOT met)."
+        )
     for arm in ("deep_fusion", "fusion_tree"):
         s = growing.get(arm)
         if s:
             value = s["fraction_to_scratch_loss"] if s["reached_after_growth"] else None
-            lines.append(f"{arm}: {fmt(value, 'no saving attributable to growth')} (goal <= 0.7: "
-                         f"{'met' if value is not None and value <= 0.7 and regime['passed'] else 'NOT met'}).")
+            lines.append(
+                f"{arm}: {fmt(value, 'no saving attributable to growth')} (goal <= 0.7: "
+                f"{'met' if value is not None and value <= 0.7 and regime['passed'] else 'NOT met'}"
+                ")."
+            )
     return lines
 
 
@@ -436,37 +544,59 @@ def merge(prefix, quick):
     summary = summarise(records, budget, rates, quick, first["setup"]["eval_batches"])
     summary["regime_check"]["passed"] = bool(summary["regime_check"]["passed"])
     longest = max(r["steps"] for r in records)
-    passes = longest * first["setup"]["batch_size"] * first["chunk_length"] / first["corpus"]["train_tokens"]
+    passes = (
+        longest
+        * first["setup"]["batch_size"]
+        * first["chunk_length"]
+        / first["corpus"]["train_tokens"]
+    )
     summary["token_passes_longest_arm"] = passes
     setup = first["setup"]
     notes = [
         f"Parts: {', '.join(os.path.basename(p) for p, _ in parts)}; commands: "
-        + "; ".join(f"`{part['command']}` ({part['minutes']:.1f} min, {part['machine']['cpu_model']}, "
-                    f"{part['machine']['cpu_count']} CPUs)" for _, part in parts),
+        + "; ".join(
+            f"`{part['command']}` ({part['minutes']:.1f} min, {part['machine']['cpu_model']}, "
+            f"{part['machine']['cpu_count']} CPUs)"
+            for _, part in parts
+        ),
         f"Budget {budget:.3e} training FLOPs = {setup['steps']} steps of the target "
         f"({first['target_parameters']:,} parameters) at batch {setup['batch_size']} x "
-        f"({setup['input_length']}+{setup['target_length']}) tokens; corpus `{first['corpus']['spec']}`, "
+        f"({setup['input_length']}+{setup['target_length']}) tokens; "
+        f"corpus `{first['corpus']['spec']}`, "
         f"{first['corpus']['characters']:,} characters, sha256 {first['corpus']['sha256'][:16]}, "
-        f"{first['corpus']['train_tokens']:,} training tokens; the longest arm ({longest} steps) sees each "
+        f"{first['corpus']['train_tokens']:,} training tokens; "
+        f"the longest arm ({longest} steps) sees each "
         f"token {passes:.2f} times; held-out set {setup['eval_batches']} batches; AdamW, warm-up "
-        f"({WARMUP_FRACTION:.0%}) then cosine to 0 over each arm's run; learning rate chosen on seed 0 "
+        f"({WARMUP_FRACTION:.0%}) then cosine to 0 over each arm's run; "
+        "learning rate chosen on seed 0 "
         f"among {sorted({r['learning_rate'] for r in records})}: {rates}.",
     ]
     markdown = "\n\n".join(notes + [table(summary), " ".join(verdict(summary))])
-    result = {"benchmark": "growth_vs_scratch_v2", "summary": summary, "setup": setup,
-              "corpus": first["corpus"], "parts": [{k: v for k, v in part.items() if k != "runs"}
-                                                   for _, part in parts],
-              "merged": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "runs": records}
+    result = {
+        "benchmark": "growth_vs_scratch_v2",
+        "summary": summary,
+        "setup": setup,
+        "corpus": first["corpus"],
+        "parts": [{k: v for k, v in part.items() if k != "runs"} for _, part in parts],
+        "merged": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "runs": records,
+    }
     storage.write_json(prefix + ".json", result)
     groups = {}
     for record in records:
         if rates.get(record["arm"]) == record["learning_rate"]:
             groups.setdefault(record["arm"], []).append(record)
     if summary["regime_check"]["scratch_loss"] is not None:
-        plot(groups, budget, summary["regime_check"]["scratch_loss"], prefix + ".png",
-             f"{setup['target']['num_layers']}-layer T5, d={setup['target']['hidden_dim']}: eval loss "
-             f"against FLOPs (dotted: growth)", marks=((0.5, "0.5 x budget"), (0.7, "0.7 x budget")))
+        plot(
+            groups,
+            budget,
+            summary["regime_check"]["scratch_loss"],
+            prefix + ".png",
+            f"{setup['target']['num_layers']}-layer T5, "
+            f"d={setup['target']['hidden_dim']}: eval loss "
+            f"against FLOPs (dotted: growth)",
+            marks=((0.5, "0.5 x budget"), (0.7, "0.7 x budget")),
+        )
     with open(prefix + ".md", "w") as f:
         f.write(markdown + "\n")
     return result, markdown
@@ -479,30 +609,60 @@ def part_name(arms, seeds, rates):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="300-step budget, seeds 0,1, rate 3e-3, no fusion tree, output <output>_quick")
-    parser.add_argument("--arms", default=None,
-                        help="comma-separated arms (MODE or MODE@FRACTION); default every mode (quick: all but "
-                             "fusion_tree, whose seven models cost ~2 min of building and tracing a seed)")
-    parser.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2; quick 0,1)")
-    parser.add_argument("--learning_rates", default=None,
-                        help="comma-separated rates, or 'best' (each arm's seed-0 choice in the part files); "
-                             "default 3e-3,1e-3,1e-2 for seed 0 (the likeliest first, for a part cut short) "
-                             "and best otherwise; quick 3e-3")
-    parser.add_argument("--steps", type=int, default=None, help="scratch steps: the budget (default 7000, quick 300)")
-    parser.add_argument("--eval_every", type=int, default=None, help="default steps // 40 (quick steps // 20)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="300-step budget, seeds 0,1, rate 3e-3, no fusion tree, output <output>_quick",
+    )
+    parser.add_argument(
+        "--arms",
+        default=None,
+        help="comma-separated arms (MODE or MODE@FRACTION); default every mode (quick: all but "
+        "fusion_tree, whose seven models cost ~2 min of building and tracing a seed)",
+    )
+    parser.add_argument(
+        "--seeds", default=None, help="comma-separated seeds (default 0,1,2; quick 0,1)"
+    )
+    parser.add_argument(
+        "--learning_rates",
+        default=None,
+        help="comma-separated rates, or 'best' (each arm's seed-0 choice in the part files); "
+        "default 3e-3,1e-3,1e-2 for seed 0 (the likeliest first, for a part cut short) "
+        "and best otherwise; quick 3e-3",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="scratch steps: the budget (default 7000, quick 300)",
+    )
+    parser.add_argument(
+        "--eval_every", type=int, default=None, help="default steps // 40 (quick steps // 20)"
+    )
     parser.add_argument("--eval_batches", type=int, default=64)
-    parser.add_argument("--batch_size", type=int, default=16,
-                        help="sequences per step; a larger batch raises the budget at little wall-clock cost, "
-                             "since a step of these tiny models is bound by per-step overhead")
+    parser.add_argument(
+        "--batch_size",
+        type=int,
+        default=16,
+        help="sequences per step; a larger batch raises the budget at little wall-clock cost, "
+        "since a step of these tiny models is bound by per-step overhead",
+    )
     parser.add_argument("--growth_fraction", type=float, default=0.25)
-    parser.add_argument("--corpus", default="installed", help="'installed' (the benchmark's) or 'embedded' (tests)")
+    parser.add_argument(
+        "--corpus", default="installed", help="'installed' (the benchmark's) or 'embedded' (tests)"
+    )
     parser.add_argument("--vocabulary_size", type=int, default=1000)
-    parser.add_argument("--hidden_dim", type=int, default=64, help="the target's width (tests shrink it)")
+    parser.add_argument(
+        "--hidden_dim", type=int, default=64, help="the target's width (tests shrink it)"
+    )
     parser.add_argument("--num_layers", type=int, default=4, help="the target's depth")
-    parser.add_argument("--output", default=None, help=f"result prefix (default {DEFAULT_OUTPUT}[_quick])")
+    parser.add_argument(
+        "--output", default=None, help=f"result prefix (default {DEFAULT_OUTPUT}[_quick])"
+    )
     parser.add_argument("--workdir", default=os.path.join(ROOT, "runs", "growth_vs_scratch_v2"))
-    parser.add_argument("--merge_only", action="store_true", help="merge the part files, train nothing")
+    parser.add_argument(
+        "--merge_only", action="store_true", help="merge the part files, train nothing"
+    )
     args = parser.parse_args(argv)
 
     prefix = args.output or DEFAULT_OUTPUT + ("_quick" if args.quick else "")
@@ -511,8 +671,13 @@ def main(argv=None):
         print(markdown)
         print(f"Wrote {prefix}.json, .png, .md")
         return
-    arms = [a for a in (args.arms or ",".join(m for m in MODES if not (args.quick and m == "fusion_tree"))).split(",")
-            if a]
+    arms = [
+        a
+        for a in (
+            args.arms or ",".join(m for m in MODES if not (args.quick and m == "fusion_tree"))
+        ).split(",")
+        if a
+    ]
     seeds = [int(s) for s in (args.seeds or ("0,1" if args.quick else "0,1,2")).split(",")]
     for arm in arms:
         try:
@@ -530,37 +695,67 @@ def main(argv=None):
     from keras_fusion import data, recipes, storage
     from keras_fusion.data.span_corruption import random_spans_helper
 
-    setup = Setup(target={}, steps=steps, eval_every=every, eval_batches=args.eval_batches,
-                  growth_fraction=args.growth_fraction, batch_size=args.batch_size)
+    setup = Setup(
+        target={},
+        steps=steps,
+        eval_every=every,
+        eval_batches=args.eval_batches,
+        growth_fraction=args.growth_fraction,
+        batch_size=args.batch_size,
+    )
     os.makedirs(args.workdir, exist_ok=True)
     corpus_started = time.perf_counter()
     earlier_parts = read_parts(prefix)
     # Keep the corpus of the parts already run, should a package have been
     # installed since (the installed corpus follows the environment).
-    key = next((part["corpus"].get("environment_key") for _, part in earlier_parts
-                if part["corpus"]["spec"] == args.corpus), None)
+    key = next(
+        (
+            part["corpus"].get("environment_key")
+            for _, part in earlier_parts
+            if part["corpus"]["spec"] == args.corpus
+        ),
+        None,
+    )
     spec = args.corpus
     if args.corpus == "installed":
         spec = lambda split: data.installed_corpus(split, environment_key=key)  # noqa: E731
     shared = Data(args.vocabulary_size, args.workdir, setup, corpus=spec)
-    corpus = {"spec": args.corpus, "documents": len(shared.train_texts) + len(shared.valid_texts),
-              "characters": sum(map(len, shared.train_texts)) + sum(map(len, shared.valid_texts)),
-              "sha256": data.corpus_fingerprint(shared.train_texts + shared.valid_texts),  # train, then validation
-              "train_tokens": shared.train_tokens(), "seconds": round(time.perf_counter() - corpus_started, 1)}
+    corpus = {
+        "spec": args.corpus,
+        "documents": len(shared.train_texts) + len(shared.valid_texts),
+        "characters": sum(map(len, shared.train_texts)) + sum(map(len, shared.valid_texts)),
+        "sha256": data.corpus_fingerprint(
+            shared.train_texts + shared.valid_texts
+        ),  # train, then validation
+        "train_tokens": shared.train_tokens(),
+        "seconds": round(time.perf_counter() - corpus_started, 1),
+    }
     if args.corpus == "installed":
         info = data.installed_corpus_info(environment_key=key)
-        corpus.update(environment_key=info["environment_key"], build_seconds=info["build_seconds"],
-                      installed_sha256=info["sha256"])
-    setup.target = recipes.target_config("tiny", shared.vocabulary_size, num_layers=args.num_layers,
-                                          hidden_dim=args.hidden_dim, intermediate_dim=2 * args.hidden_dim)
+        corpus.update(
+            environment_key=info["environment_key"],
+            build_seconds=info["build_seconds"],
+            installed_sha256=info["sha256"],
+        )
+    setup.target = recipes.target_config(
+        "tiny",
+        shared.vocabulary_size,
+        num_layers=args.num_layers,
+        hidden_dim=args.hidden_dim,
+        intermediate_dim=2 * args.hidden_dim,
+    )
     shared.eval_data = shared.dataset(0, training=False)
     machine = machine_info()
     from keras_fusion.growth import parameter_count
 
     print(f"Machine: {machine['cpu_model']}, {machine['cpu_count']} CPUs; {versions()}")
-    print(f"Target {setup.target} ({parameter_count(setup.target):,} parameters); batch {setup.batch_size} x "
-          f"({setup.input_length}, {setup.target_length}); budget {setup.budget:.3e} FLOPs = {steps} steps; "
-          f"eval every {every} steps on {args.eval_batches} batches")
+    print(
+        f"Target {setup.target} ({parameter_count(setup.target):,} parameters); "
+        f"batch {setup.batch_size} x "
+        f"({setup.input_length}, {setup.target_length}); "
+        f"budget {setup.budget:.3e} FLOPs = {steps} steps; "
+        f"eval every {every} steps on {args.eval_batches} batches"
+    )
     print(f"Corpus {corpus}", flush=True)
 
     existing = {run_key(r): r for _, part in earlier_parts for r in part["runs"]}
@@ -581,13 +776,22 @@ def main(argv=None):
     name = part_name(arms, seeds, sorted({rate for _, _, rate in jobs}))
     path = os.path.join(prefix + ".parts", name + ".json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    command = "python benchmarks/growth_vs_scratch_v2.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    part = {"command": command.strip(), "setup": setup.as_dict(), "corpus": corpus,
-            "tokenizer_vocabulary": shared.vocabulary_size, "chunk_length": random_spans_helper(
-                setup.input_length, 0.15, 3.0, setup.target_length)[0],
-            "target_parameters": parameter_count(setup.target), "machine": machine, "versions": versions(),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "minutes": 0.0, "runs": []}
+    command = "python benchmarks/growth_vs_scratch_v2.py " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    part = {
+        "command": command.strip(),
+        "setup": setup.as_dict(),
+        "corpus": corpus,
+        "tokenizer_vocabulary": shared.vocabulary_size,
+        "chunk_length": random_spans_helper(setup.input_length, 0.15, 3.0, setup.target_length)[0],
+        "target_parameters": parameter_count(setup.target),
+        "machine": machine,
+        "versions": versions(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "minutes": 0.0,
+        "runs": [],
+    }
     earlier = 0.0
     if os.path.exists(path):
         with open(path) as f:
@@ -602,9 +806,13 @@ def main(argv=None):
         part["runs"].append(record)
         part["minutes"] = earlier + (time.perf_counter() - started) / 60
         storage.write_json(path, part)
-        print(f"  {arm:<18} seed {seed} lr {rate:g}: loss at budget {record['loss_at_budget']:.4f} "
-              f"({record['steps']} steps, growth at {record['growth_steps']}, {record['seconds']:.0f} s; "
-              f"{part['minutes']:.1f} min so far)", flush=True)
+        print(
+            f"  {arm:<18} seed {seed} lr {rate:g}: loss at budget {record['loss_at_budget']:.4f} "
+            f"({record['steps']} steps, "
+            f"growth at {record['growth_steps']}, {record['seconds']:.0f} s; "
+            f"{part['minutes']:.1f} min so far)",
+            flush=True,
+        )
     _, markdown = merge(prefix, args.quick)
     print(markdown)
     print(f"Wrote {path}; merged into {prefix}.json, .png, .md")

@@ -67,7 +67,9 @@ def tracing_count(model):
     function = getattr(model, "train_function", None)
     # GrowingT5Seq2SeqLM wraps Keras' function (to record the data's spec).
     while function is not None and "function" in getattr(function, "__code__", None).co_freevars:
-        function = function.__closure__[function.__code__.co_freevars.index("function")].cell_contents
+        function = function.__closure__[
+            function.__code__.co_freevars.index("function")
+        ].cell_contents
     if function is None or not getattr(function, "__closure__", None):
         return None, None, None
     found = {}
@@ -175,10 +177,18 @@ def step_timer():
             gc_seconds = GCClock.total - self._gc
             trace_seconds = TraceClock.total - self._trace
             function, traces, inner_traces = tracing_count(self.model)
-            self.steps.append(dict(begin=self._begin, end=end, cpu=cpu, gc=gc_seconds,
-                                   trace=trace_seconds,
-                                   function=function, traces=traces,
-                                   inner_traces=inner_traces))
+            self.steps.append(
+                dict(
+                    begin=self._begin,
+                    end=end,
+                    cpu=cpu,
+                    gc=gc_seconds,
+                    trace=trace_seconds,
+                    function=function,
+                    traces=traces,
+                    inner_traces=inner_traces,
+                )
+            )
 
     return StepTimer()
 

@@ -78,9 +78,9 @@ def _thread_ticks():
 
 
 def _workloads(seconds, data):
+    import instruments as go
     import keras
 
-    import instruments as go
     from keras_fusion.models import FusionT5Backbone
 
     keras.utils.set_random_seed(5)
@@ -96,6 +96,7 @@ def _workloads(seconds, data):
                 body()
                 count += 1
             return count
+
         return run
 
     def python():
@@ -125,9 +126,9 @@ def run(seconds, repeats, reference_steps):
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
+    import instruments as go
     import keras
 
-    import instruments as go
     from keras_fusion.models import FusionT5Backbone
 
     data = go.dataset()
@@ -172,8 +173,11 @@ def run(seconds, repeats, reference_steps):
                     self.thread.start()
                 return
             self.steps.append(now - self.begin)
-            done = (len(self.steps) >= reference_steps if self.thread is None
-                    else not self.thread.is_alive())
+            done = (
+                len(self.steps) >= reference_steps
+                if self.thread is None
+                else not self.thread.is_alive()
+            )
             if done:
                 self.end, self.ticks_end = now, _thread_ticks()
                 self.gc = (_GCClock.total - self.gc[0], _GCClock.full - self.gc[1])
@@ -181,7 +185,7 @@ def run(seconds, repeats, reference_steps):
 
     rows = []
     for repeat in range(repeats):
-        order = WORKLOADS[repeat % len(WORKLOADS):] + WORKLOADS[:repeat % len(WORKLOADS)]
+        order = WORKLOADS[repeat % len(WORKLOADS) :] + WORKLOADS[: repeat % len(WORKLOADS)]
         order = ("none",) + tuple(w for w in order if w != "none")
         for name in order:
             window = Window(None if name == "none" else workloads[name])
@@ -189,24 +193,38 @@ def run(seconds, repeats, reference_steps):
             if window.thread is not None:
                 window.thread.join()
             wall = window.end - window.start
-            tf_ticks = sum(t - window.ticks.get(tid, 0) for tid, t in window.ticks_end.items()
-                           if tid not in (main_tid, window.thread_tid))
+            tf_ticks = sum(
+                t - window.ticks.get(tid, 0)
+                for tid, t in window.ticks_end.items()
+                if tid not in (main_tid, window.thread_tid)
+            )
             tf_seconds = tf_ticks / os.sysconf("SC_CLK_TCK")
-            rows.append(dict(
-                repeat=repeat, workload=name, steps=len(window.steps), wall_seconds=wall,
-                median_step_seconds=statistics.median(window.steps),
-                step_seconds=window.steps,
-                longest_step_seconds=max(window.steps),
-                python_gc_seconds=window.gc[0],
-                full_collections=window.gc[1],
-                workload_iterations=window.count,
-                tensorflow_threads_cpu_seconds_per_step=tf_seconds / len(window.steps),
-                tensorflow_threads_busy_cores=tf_seconds / wall,
-            ))
+            rows.append(
+                dict(
+                    repeat=repeat,
+                    workload=name,
+                    steps=len(window.steps),
+                    wall_seconds=wall,
+                    median_step_seconds=statistics.median(window.steps),
+                    step_seconds=window.steps,
+                    longest_step_seconds=max(window.steps),
+                    python_gc_seconds=window.gc[0],
+                    full_collections=window.gc[1],
+                    workload_iterations=window.count,
+                    tensorflow_threads_cpu_seconds_per_step=tf_seconds / len(window.steps),
+                    tensorflow_threads_busy_cores=tf_seconds / wall,
+                )
+            )
     for row in rows:
-        reference = next(r for r in rows if r["repeat"] == row["repeat"] and r["workload"] == "none")
-        row["slowdown_ms_per_step"] = 1e3 * (row["median_step_seconds"] - reference["median_step_seconds"])
-        row["excess_seconds"] = sum(d - reference["median_step_seconds"] for d in row["step_seconds"])
+        reference = next(
+            r for r in rows if r["repeat"] == row["repeat"] and r["workload"] == "none"
+        )
+        row["slowdown_ms_per_step"] = 1e3 * (
+            row["median_step_seconds"] - reference["median_step_seconds"]
+        )
+        row["excess_seconds"] = sum(
+            d - reference["median_step_seconds"] for d in row["step_seconds"]
+        )
         row["excess_ms_per_step"] = 1e3 * row["excess_seconds"] / row["steps"]
     return rows
 
@@ -217,68 +235,117 @@ def summarize(rows):
         mine = [r for r in rows if r["workload"] == name]
         out[name] = {
             key: statistics.median(r[key] for r in mine)
-            for key in ("median_step_seconds", "slowdown_ms_per_step", "excess_ms_per_step",
-                        "longest_step_seconds", "python_gc_seconds", "full_collections",
-                        "tensorflow_threads_cpu_seconds_per_step", "tensorflow_threads_busy_cores")
+            for key in (
+                "median_step_seconds",
+                "slowdown_ms_per_step",
+                "excess_ms_per_step",
+                "longest_step_seconds",
+                "python_gc_seconds",
+                "full_collections",
+                "tensorflow_threads_cpu_seconds_per_step",
+                "tensorflow_threads_busy_cores",
+            )
         }
-        out[name]["slowdown_ms_per_step_each_repeat"] = [round(r["slowdown_ms_per_step"], 2) for r in mine]
-        out[name]["longest_step_ms_each_repeat"] = [round(1e3 * r["longest_step_seconds"]) for r in mine]
+        out[name]["slowdown_ms_per_step_each_repeat"] = [
+            round(r["slowdown_ms_per_step"], 2) for r in mine
+        ]
+        out[name]["longest_step_ms_each_repeat"] = [
+            round(1e3 * r["longest_step_seconds"]) for r in mine
+        ]
     return out
 
 
 def markdown_table(summary):
     lines = [
-        "| Background thread | Median step (ms) | Median slowdown (ms/step) | Mean excess (ms/step) | Longest step (ms) | Full GCs | TF threads' CPU per step (ms) | TF threads busy (cores) |",
+        "| Background thread | Median step (ms) | Median slowdown (ms/step) "
+        "| Mean excess (ms/step) | Longest step (ms) "
+        "| Full GCs | TF threads' CPU per step (ms) | TF threads busy (cores) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, s in summary.items():
-        lines.append(f"| `{name}` | {1e3 * s['median_step_seconds']:.1f} | {s['slowdown_ms_per_step']:+.1f} | "
-                     f"{s['excess_ms_per_step']:+.1f} | {1e3 * s['longest_step_seconds']:.0f} | "
-                     f"{s['full_collections']:g} | "
-                     f"{1e3 * s['tensorflow_threads_cpu_seconds_per_step']:.1f} | "
-                     f"{s['tensorflow_threads_busy_cores']:.2f} |")
+        lines.append(
+            f"| `{name}` | {1e3 * s['median_step_seconds']:.1f} "
+            f"| {s['slowdown_ms_per_step']:+.1f} | "
+            f"{s['excess_ms_per_step']:+.1f} | {1e3 * s['longest_step_seconds']:.0f} | "
+            f"{s['full_collections']:g} | "
+            f"{1e3 * s['tensorflow_threads_cpu_seconds_per_step']:.1f} | "
+            f"{s['tensorflow_threads_busy_cores']:.2f} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=3.0, help="how long each workload runs (default 3)")
-    parser.add_argument("--repeats", type=int, default=3, help="measurements per workload (default 3)")
-    parser.add_argument("--reference-steps", type=int, default=100,
-                        help="steps of the reference window without a thread (default 100)")
-    parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "results",
-                                                         "preparation_interference.json"))
+    parser.add_argument(
+        "--seconds", type=float, default=3.0, help="how long each workload runs (default 3)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="measurements per workload (default 3)"
+    )
+    parser.add_argument(
+        "--reference-steps",
+        type=int,
+        default=100,
+        help="steps of the reference window without a thread (default 100)",
+    )
+    parser.add_argument(
+        "--output",
+        default=os.path.join(ROOT, "benchmarks", "results", "preparation_interference.json"),
+    )
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.repeats < 1 or args.reference_steps < 10:
         parser.error("--seconds must be > 0, --repeats >= 1 and --reference-steps >= 10")
     import instruments as go
 
     machine, vers = machine_info(), versions()
-    print("Machine:", f"{machine['cpu_model']}, {machine['cpu_count']} CPUs "
-          f"({machine['usable_cpus']} usable), {machine['platform']}")
-    print("Versions:", ", ".join(f"{k} {v}" for k, v in vers.items()), f"python {machine['python']}")
-    print("Tiny config:", go.TINY_CONFIG, f"batch {go.BATCH_SIZE}, sequence length {go.SEQUENCE_LENGTH}, "
-          "AdamW; TensorFlow threads: 1 intra-op, 1 inter-op", flush=True)
+    print(
+        "Machine:",
+        f"{machine['cpu_model']}, {machine['cpu_count']} CPUs "
+        f"({machine['usable_cpus']} usable), {machine['platform']}",
+    )
+    print(
+        "Versions:", ", ".join(f"{k} {v}" for k, v in vers.items()), f"python {machine['python']}"
+    )
+    print(
+        "Tiny config:",
+        go.TINY_CONFIG,
+        f"batch {go.BATCH_SIZE}, sequence length {go.SEQUENCE_LENGTH}, "
+        "AdamW; TensorFlow threads: 1 intra-op, 1 inter-op",
+        flush=True,
+    )
     start = time.perf_counter()
     rows = run(args.seconds, args.repeats, args.reference_steps)
     summary = summarize(rows)
     result = dict(
         benchmark="preparation_interference",
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        config=dict(go.TINY_CONFIG, batch_size=go.BATCH_SIZE, sequence_length=go.SEQUENCE_LENGTH,
-                    optimizer="AdamW", tf_threads=1),
-        settings=dict(seconds=args.seconds, repeats=args.repeats, reference_steps=args.reference_steps),
-        machine=machine, versions=vers, summary=summary, rows=rows,
+        config=dict(
+            go.TINY_CONFIG,
+            batch_size=go.BATCH_SIZE,
+            sequence_length=go.SEQUENCE_LENGTH,
+            optimizer="AdamW",
+            tf_threads=1,
+        ),
+        settings=dict(
+            seconds=args.seconds, repeats=args.repeats, reference_steps=args.reference_steps
+        ),
+        machine=machine,
+        versions=vers,
+        summary=summary,
+        rows=rows,
         benchmark_wall_seconds=time.perf_counter() - start,
     )
     print()
     for name, s in summary.items():
-        print(f"  {name:11s} step {1e3 * s['median_step_seconds']:5.1f} ms, slowdown "
-              f"{s['slowdown_ms_per_step']:+5.1f} ms/step (each repeat {s['slowdown_ms_per_step_each_repeat']}), "
-              f"mean excess {s['excess_ms_per_step']:+5.1f} ms/step, longest step "
-              f"{1e3 * s['longest_step_seconds']:.0f} ms, full GCs {s['full_collections']:g}, "
-              f"TF threads {1e3 * s['tensorflow_threads_cpu_seconds_per_step']:5.1f} ms CPU/step, "
-              f"{s['tensorflow_threads_busy_cores']:.2f} cores busy")
+        print(
+            f"  {name:11s} step {1e3 * s['median_step_seconds']:5.1f} ms, slowdown "
+            f"{s['slowdown_ms_per_step']:+5.1f} ms/step "
+            f"(each repeat {s['slowdown_ms_per_step_each_repeat']}), "
+            f"mean excess {s['excess_ms_per_step']:+5.1f} ms/step, longest step "
+            f"{1e3 * s['longest_step_seconds']:.0f} ms, full GCs {s['full_collections']:g}, "
+            f"TF threads {1e3 * s['tensorflow_threads_cpu_seconds_per_step']:5.1f} ms CPU/step, "
+            f"{s['tensorflow_threads_busy_cores']:.2f} cores busy"
+        )
     print()
     print(markdown_table(summary))
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
@@ -286,7 +353,9 @@ def main(argv=None):
         json.dump(result, f, indent=2)
         f.write("\n")
     os.replace(args.output + ".tmp", args.output)
-    print(f"\nWrote {os.path.relpath(args.output)} (took {result['benchmark_wall_seconds']:.0f} s).")
+    print(
+        f"\nWrote {os.path.relpath(args.output)} (took {result['benchmark_wall_seconds']:.0f} s)."
+    )
 
 
 if __name__ == "__main__":

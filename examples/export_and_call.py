@@ -32,13 +32,23 @@ served = tf.saved_model.load(export_dir)
 print("Endpoints:", sorted(served.signatures))
 
 ids = np.random.default_rng(0).integers(3, model.backbone.vocabulary_size, (2, 12)).astype("int32")
-batch = {"encoder_token_ids": ids, "encoder_padding_mask": np.ones_like(ids),
-         "decoder_token_ids": ids, "decoder_padding_mask": np.ones_like(ids)}
-logits = served.signatures["serve"](**{k: tf.constant(v) for k, v in batch.items()})["logits"].numpy()
-print("Largest difference from the Keras model:", np.abs(logits - model.predict_on_batch(batch)).max())
+batch = {
+    "encoder_token_ids": ids,
+    "encoder_padding_mask": np.ones_like(ids),
+    "decoder_token_ids": ids,
+    "decoder_padding_mask": np.ones_like(ids),
+}
+logits = served.signatures["serve"](**{k: tf.constant(v) for k, v in batch.items()})[
+    "logits"
+].numpy()
+print(
+    "Largest difference from the Keras model:", np.abs(logits - model.predict_on_batch(batch)).max()
+)
 
 # The text endpoint is a second SavedModel: its graph holds TF Text's ops.
 text_model = tf.saved_model.load(os.path.join(export_dir, "text"))
 requests = tf.constant(["The import statement", "def main():"])
-for request, reply in zip(requests.numpy(), text_model.signatures["generate_text"](text=requests)["text"].numpy()):
+for request, reply in zip(
+    requests.numpy(), text_model.signatures["generate_text"](text=requests)["text"].numpy()
+):
     print(f"{request.decode()!r} -> {reply.decode()!r}")

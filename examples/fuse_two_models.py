@@ -16,9 +16,10 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import pydoc_data.topics  # noqa: E402
+
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import pydoc_data.topics  # noqa: E402
 
 from keras_fusion.models import (  # noqa: E402
     FusionT5Backbone,
@@ -72,8 +73,14 @@ def train(lm, x, y, steps, batch_size, seed, learning_rate):
     epochs = -(-steps * batch_size // len(y))
     order = np.concatenate([rng.permutation(len(y)) for _ in range(epochs)])
     order = order[: steps * batch_size]
-    lm.fit({k: v[order] for k, v in x.items()}, y[order], batch_size=batch_size,
-           epochs=1, shuffle=False, verbose=2)
+    lm.fit(
+        {k: v[order] for k, v in x.items()},
+        y[order],
+        batch_size=batch_size,
+        epochs=1,
+        shuffle=False,
+        verbose=2,
+    )
 
 
 def main():
@@ -89,23 +96,31 @@ def main():
     x_train, y_train = as_inputs(encoder_ids[:split], targets[:split]), targets[:split]
     x_valid = as_inputs(encoder_ids[split:][:512], targets[split:][:512])
     y_valid = targets[split:][:512]
-    print(f"Corpus: pydoc_data.topics, {len(targets)} pairs of {LENGTH}-byte chunks "
-          f"({split} train, {len(y_valid)} validation).")
+    print(
+        f"Corpus: pydoc_data.topics, {len(targets)} pairs of {LENGTH}-byte chunks "
+        f"({split} train, {len(y_valid)} validation)."
+    )
 
     lms = []
     for seed in (0, 1):
-        print(f"\nTraining small model {seed} (hidden_dim={args.hidden_dim}, seed {seed}), "
-              f"{args.steps} steps:")
+        print(
+            f"\nTraining small model {seed} (hidden_dim={args.hidden_dim}, seed {seed}), "
+            f"{args.steps} steps:"
+        )
         lm = small_lm(seed, args.hidden_dim)
         train(lm, x_train, y_train, args.steps, args.batch_size, seed, args.learning_rate)
         lms.append(lm)
 
     fused = FusionT5Seq2SeqLM.fuse(*lms)
     error = function_error(fused, lms, {k: v[:64] for k, v in x_valid.items()})["logits"]
-    print(f"\nFused: hidden_dim {fused.backbone.hidden_dim}, {fused.backbone.num_heads} heads, "
-          f"norm groups {fused.backbone.norm_groups}, {fused.count_params():,} parameters.")
-    print(f"Check: ||fused logits - mean of the two models' logits|| / ||mean|| = {error:.2e} "
-          f"({'OK' if error <= 1e-5 else 'FAILED'}, tolerance 1e-5)")
+    print(
+        f"\nFused: hidden_dim {fused.backbone.hidden_dim}, {fused.backbone.num_heads} heads, "
+        f"norm groups {fused.backbone.norm_groups}, {fused.count_params():,} parameters."
+    )
+    print(
+        f"Check: ||fused logits - mean of the two models' logits|| / ||mean|| = {error:.2e} "
+        f"({'OK' if error <= 1e-5 else 'FAILED'}, tolerance 1e-5)"
+    )
 
     def valid_loss(lm):
         lm.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))

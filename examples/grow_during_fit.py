@@ -13,9 +13,10 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import pydoc_data.topics  # noqa: E402
+
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import pydoc_data.topics  # noqa: E402
 
 from keras_fusion.callbacks import GrowthCallback  # noqa: E402
 from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM, GrowingT5Seq2SeqLM  # noqa: E402
@@ -36,11 +37,14 @@ x = {
 }
 
 keras.utils.set_random_seed(0)
-backbone = FusionT5Backbone(vocabulary_size=259, num_layers=2, num_heads=2, hidden_dim=32,
-                            intermediate_dim=64, dropout=0.0)
+backbone = FusionT5Backbone(
+    vocabulary_size=259, num_layers=2, num_heads=2, hidden_dim=32, intermediate_dim=64, dropout=0.0
+)
 model = GrowingT5Seq2SeqLM(FusionT5Seq2SeqLM(backbone))
-model.compile(optimizer=keras.optimizers.AdamW(3e-3),
-              loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+model.compile(
+    optimizer=keras.optimizers.AdamW(3e-3),
+    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+)
 
 
 held_out = {k: v[:64] for k, v in x.items()}, targets[:64]
@@ -54,11 +58,20 @@ class LossAroundGrowth(keras.callbacks.Callback):
         step = int(self.model.optimizer.iterations.numpy())
         if step % 100 == 0 or step in (199, 201, 399, 401):
             loss = float(loss_fn(held_out[1], self.model(held_out[0])))
-            print(f"step {step:4d}  fixed-batch loss {loss:.4f}  hidden_dim "
-                  f"{self.model.backbone.hidden_dim}  layers {self.model.backbone.num_layers}")
+            print(
+                f"step {step:4d}  fixed-batch loss {loss:.4f}  hidden_dim "
+                f"{self.model.backbone.hidden_dim}  layers {self.model.backbone.num_layers}"
+            )
 
 
 growth = GrowthCallback("self_fuse@200,deepen@400:layers=2")
-model.fit(x, targets, batch_size=BATCH, epochs=1, shuffle=False, verbose=0,
-          callbacks=[growth, LossAroundGrowth()])
+model.fit(
+    x,
+    targets,
+    batch_size=BATCH,
+    epochs=1,
+    shuffle=False,
+    verbose=0,
+    callbacks=[growth, LossAroundGrowth()],
+)
 print("Growth events:", growth.events)

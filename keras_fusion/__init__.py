@@ -31,7 +31,8 @@ import warnings
 # keras-hub's T5 warns at every model build that its attention layers drop
 # a mask (they take the mask as an argument instead): harmless.
 KERAS_HUB_MASK_WARNING = (
-    r"Layer '(self|cross)_attention' \(of type T5MultiHeadAttention\) was passed an input with a mask"
+    r"Layer '(self|cross)_attention' \(of type T5MultiHeadAttention\) "
+    r"was passed an input with a mask"
 )
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")

@@ -168,7 +168,9 @@ def refresh_compiled_trainable_state(model):
     """
     if getattr(model, "_compiled_trainable_state", None) is not None:
         with untracked():
-            model._compiled_trainable_state = {layer: layer.trainable for layer in model._flatten_layers()}
+            model._compiled_trainable_state = {
+                layer: layer.trainable for layer in model._flatten_layers()
+            }
 
 
 def set_compiled_optimizer(model, optimizer):

@@ -7,15 +7,24 @@ import keras
 import tensorflow as tf
 
 from keras_fusion import growth, growth_ahead, optimizer_state
-from keras_fusion.memory import release_free_memory
 from keras_fusion.checkpointing import GrowthCheckpoint, checkpoint_epoch, restore_latest
 from keras_fusion.dynamics import DynamicsMonitor
-from keras_fusion.models.fusion_t5_backbone import backbone_config, backbone_variables, count_parameters
+from keras_fusion.memory import release_free_memory
+from keras_fusion.models.fusion_t5_backbone import (
+    backbone_config,
+    backbone_variables,
+    count_parameters,
+)
 from keras_fusion.models.fusion_t5_seq2seq_lm import FusionT5Seq2SeqLM
 from keras_fusion.models.growing_t5_seq2seq_lm import GrowingT5Seq2SeqLM
 
-
-__all__ = ["DynamicsMonitor", "GrowthCallback", "GrowthCheckpoint", "checkpoint_epoch", "restore_latest"]
+__all__ = [
+    "DynamicsMonitor",
+    "GrowthCallback",
+    "GrowthCheckpoint",
+    "checkpoint_epoch",
+    "restore_latest",
+]
 
 
 class GrowthCallback(keras.callbacks.Callback):
@@ -102,22 +111,36 @@ class GrowthCallback(keras.callbacks.Callback):
 
     OPTIMIZER_SLOTS = ("carry", "reset")
 
-    def __init__(self, schedule=None, max_parameters=None, log_dir=None, verbose=1, rewarmup_steps=0,
-                 optimizer_slots="carry", learning_rate_scale="auto", prepare_ahead=True):
+    def __init__(
+        self,
+        schedule=None,
+        max_parameters=None,
+        log_dir=None,
+        verbose=1,
+        rewarmup_steps=0,
+        optimizer_slots="carry",
+        learning_rate_scale="auto",
+        prepare_ahead=True,
+    ):
         super().__init__()
         if not isinstance(prepare_ahead, bool):
             raise ValueError(f"prepare_ahead must be True or False, got {prepare_ahead!r}.")
         self.prepare_ahead = prepare_ahead
-        if not (learning_rate_scale in ("auto", "width") or (
-                isinstance(learning_rate_scale, (int, float)) and learning_rate_scale > 0)):
+        if not (
+            learning_rate_scale in ("auto", "width")
+            or (isinstance(learning_rate_scale, (int, float)) and learning_rate_scale > 0)
+        ):
             raise ValueError(
-                f'learning_rate_scale must be "auto", "width" or a number > 0, got {learning_rate_scale!r}.'
+                'learning_rate_scale must be "auto", "width" or a number > 0, '
+                f"got {learning_rate_scale!r}."
             )
         self.learning_rate_scale = learning_rate_scale
         if not isinstance(rewarmup_steps, int) or rewarmup_steps < 0:
             raise ValueError(f"rewarmup_steps must be an int >= 0, got {rewarmup_steps!r}.")
         if optimizer_slots not in self.OPTIMIZER_SLOTS:
-            raise ValueError(f"optimizer_slots must be one of {self.OPTIMIZER_SLOTS}, got {optimizer_slots!r}.")
+            raise ValueError(
+                f"optimizer_slots must be one of {self.OPTIMIZER_SLOTS}, got {optimizer_slots!r}."
+            )
         self.rewarmup_steps = rewarmup_steps
         self.optimizer_slots = optimizer_slots
         self.schedule = None if schedule is None else growth.validate_schedule(schedule)
@@ -151,7 +174,9 @@ class GrowthCallback(keras.callbacks.Callback):
                     f"is at step {step}) and the entry was never applied."
                 )
         growth.grown_configs(self._pending, backbone_config(model.backbone), self.max_parameters)
-        if self._preparation is not None and not any(e is self._preparation.entry for e in self._pending):
+        if self._preparation is not None and not any(
+            e is self._preparation.entry for e in self._pending
+        ):
             self._preparation.wait()
             self._preparation = None
         if self.log_dir and self._writer is None:
@@ -188,7 +213,9 @@ class GrowthCallback(keras.callbacks.Callback):
         model = self.model
         planned = entry.grown_config(backbone_config(model.backbone))
         scale = self._learning_rate_scale(entry, model.backbone.hidden_dim, planned["hidden_dim"])
-        config = optimizer_state.grown_config(model.optimizer, entry.at_step, self.rewarmup_steps, scale)
+        config = optimizer_state.grown_config(
+            model.optimizer, entry.at_step, self.rewarmup_steps, scale
+        )
         self._preparation = growth_ahead.Preparation(model, entry, config).start()
 
     def on_train_end(self, logs=None):
@@ -229,12 +256,20 @@ class GrowthCallback(keras.callbacks.Callback):
             old_lm, old_optimizer = model.lm, model.optimizer
             slots = optimizer_state.read_slots(old_optimizer, backbone_variables(old_lm.backbone))
             config, parameters, map_tree = entry.grown_parameters(old_lm)
-            mapped = optimizer_state.map_slots(slots, map_tree) if self.optimizer_slots == "carry" else {}
-            scale = self._learning_rate_scale(entry, old_lm.backbone.hidden_dim, config["hidden_dim"])
+            mapped = (
+                optimizer_state.map_slots(slots, map_tree)
+                if self.optimizer_slots == "carry"
+                else {}
+            )
+            scale = self._learning_rate_scale(
+                entry, old_lm.backbone.hidden_dim, config["hidden_dim"]
+            )
             if preparation is not None:
                 waited = preparation.wait()
                 reason = preparation.mismatch(
-                    model, step, optimizer_state.grown_config(old_optimizer, step, self.rewarmup_steps, scale)
+                    model,
+                    step,
+                    optimizer_state.grown_config(old_optimizer, step, self.rewarmup_steps, scale),
                 )
                 if reason is not None:
                     growth_ahead.log_refusal(entry, reason)
@@ -244,10 +279,16 @@ class GrowthCallback(keras.callbacks.Callback):
                 model.replace_lm(grown, optimizer, prepared=prepared)
                 del prepared
             else:
-                grown = FusionT5Seq2SeqLM.from_parameters(config, parameters, preprocessor=old_lm.preprocessor)
+                grown = FusionT5Seq2SeqLM.from_parameters(
+                    config, parameters, preprocessor=old_lm.preprocessor
+                )
                 optimizer = optimizer_state.rebuild(
-                    old_optimizer, grown.trainable_variables, backbone_variables(grown.backbone), mapped,
-                    rewarmup_steps=self.rewarmup_steps, learning_rate_scale=scale,
+                    old_optimizer,
+                    grown.trainable_variables,
+                    backbone_variables(grown.backbone),
+                    mapped,
+                    rewarmup_steps=self.rewarmup_steps,
+                    learning_rate_scale=scale,
                 )
                 model.replace_lm(grown, optimizer)
         prepare_seconds = None if preparation is None else preparation.seconds
@@ -260,7 +301,17 @@ class GrowthCallback(keras.callbacks.Callback):
         # five growths was ~13% above the final model built directly,
         # `benchmarks/growth_memory.py`). This frame's locals would keep them
         # alive through the collection: drop them first.
-        del old_lm, old_optimizer, slots, mapped, map_tree, grown, optimizer, parameters, preparation
+        del (
+            old_lm,
+            old_optimizer,
+            slots,
+            mapped,
+            map_tree,
+            grown,
+            optimizer,
+            parameters,
+            preparation,
+        )
         gc.collect()
         release_free_memory()
         model.growth_history.append(entry.describe())

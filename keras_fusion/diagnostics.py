@@ -16,9 +16,7 @@ def relative_error(output, reference):
     output = np.asarray(output, dtype=np.float64)
     reference = np.asarray(reference, dtype=np.float64)
     if output.shape != reference.shape:
-        raise ValueError(
-            f"Shapes differ: output {output.shape} vs reference {reference.shape}."
-        )
+        raise ValueError(f"Shapes differ: output {output.shape} vs reference {reference.shape}.")
     return float(np.linalg.norm(output - reference) / np.linalg.norm(reference))
 
 
@@ -58,11 +56,7 @@ def function_error(grown, sources, inputs, weights=None):
         outputs = grown.predict_on_batch(inputs)
         references = [s.predict_on_batch(inputs) for s in sources]
         return {
-            key: relative_error(
-                outputs[key], np.concatenate([r[key] for r in references], axis=-1)
-            )
+            key: relative_error(outputs[key], np.concatenate([r[key] for r in references], axis=-1))
             for key in ("encoder_sequence_output", "decoder_sequence_output")
         }
-    raise ValueError(
-        f"grown must be a T5Backbone or T5Seq2SeqLM, got {type(grown).__name__}."
-    )
+    raise ValueError(f"grown must be a T5Backbone or T5Seq2SeqLM, got {type(grown).__name__}.")

@@ -51,26 +51,37 @@ def check_tpu_reachable(tpu, timeout=5.0):
     metadata server, which only Google Cloud VMs reach).
     """
     if not tpu:
-        raise ValueError("--strategy=tpu needs --tpu (a TPU name, 'local' on a TPU VM, or grpc://HOST:PORT).")
+        raise ValueError(
+            "--strategy=tpu needs --tpu (a TPU name, 'local' on a TPU VM, or grpc://HOST:PORT)."
+        )
     if tpu == "local":
         if not (storage.glob("/dev/accel*") or storage.glob("/dev/vfio/[0-9]*")):
             raise ValueError(
-                "--tpu=local: this machine has no TPU device (no /dev/accel* or /dev/vfio/*); run on a "
+                "--tpu=local: this machine has no TPU device "
+                "(no /dev/accel* or /dev/vfio/*); run on a "
                 "Cloud TPU VM, or give a TPU name or grpc://HOST:PORT."
             )
         return
     if tpu.startswith("grpc://"):
-        host, _, port = tpu[len("grpc://"):].rpartition(":")
-        where, what = (host, int(port)) if port.isdigit() else (tpu[len("grpc://"):], 8470), f"--tpu={tpu}"
+        host, _, port = tpu[len("grpc://") :].rpartition(":")
+        where, what = (
+            (host, int(port)) if port.isdigit() else (tpu[len("grpc://") :], 8470),
+            f"--tpu={tpu}",
+        )
     else:
-        host = os.environ.get("GCE_METADATA_IP") or os.environ.get("GCE_METADATA_HOST") or "metadata.google.internal"
+        host = (
+            os.environ.get("GCE_METADATA_IP")
+            or os.environ.get("GCE_METADATA_HOST")
+            or "metadata.google.internal"
+        )
         where = (host.split(":")[0], int(host.split(":")[1]) if ":" in host else 80)
         what = f"--tpu={tpu} (a TPU name, resolved through the GCE metadata server {where[0]})"
     try:
         socket.create_connection(where, timeout=timeout).close()
     except OSError as error:
         raise ValueError(
-            f"no TPU reachable: {what} does not answer ({error}). Check the name or address, that this VM is "
+            f"no TPU reachable: {what} does not answer ({error}). "
+            "Check the name or address, that this VM is "
             "in the TPU's network, or run without --strategy=tpu."
         ) from None
 

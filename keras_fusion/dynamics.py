@@ -87,8 +87,7 @@ def source_layout(backbone, sources=None):
         total = sum(s[field] for s in sources)
         if total != getattr(backbone, field):
             raise ValueError(
-                f"sources add up to {field}={total} but the model has "
-                f"{getattr(backbone, field)}."
+                f"sources add up to {field}={total} but the model has {getattr(backbone, field)}."
             )
     group_ends = set(np.cumsum(groups).tolist())
     source_ends = np.cumsum([s["hidden_dim"] for s in sources]).tolist()
@@ -144,7 +143,9 @@ def _named_kernels(tree):
     """[(kernel name, variable)] of a backbone parameter tree."""
     found = []
     growth_maps.map_leaves(
-        lambda name, leaves: found.append((name, leaves[0])) if name in growth_maps.KERNELS else None,
+        lambda name, leaves: (
+            found.append((name, leaves[0])) if name in growth_maps.KERNELS else None
+        ),
         [tree],
     )
     return found
@@ -297,11 +298,15 @@ class DynamicsMonitor(keras.callbacks.Callback):
             gradients = tape.gradient(loss, variables)
             # Densify the embedding's IndexedSlices (repeated tokens summed).
             by_variable = {
-                id(v): tf.convert_to_tensor(g) for v, g in zip(variables, gradients) if g is not None
+                id(v): tf.convert_to_tensor(g)
+                for v, g in zip(variables, gradients)
+                if g is not None
             }
             out = {
                 "loss": loss,
-                "grad_square": tf.add_n([tf.reduce_sum(tf.square(g)) for g in by_variable.values()]),
+                "grad_square": tf.add_n(
+                    [tf.reduce_sum(tf.square(g)) for g in by_variable.values()]
+                ),
             }
             if partitions is None:
                 return out
@@ -336,7 +341,8 @@ class DynamicsMonitor(keras.callbacks.Callback):
         sources = self.sources
         if sources is not None:
             matches = all(
-                sum(s[field] for s in sources) == getattr(backbone, field) for field in SOURCE_FIELDS
+                sum(s[field] for s in sources) == getattr(backbone, field)
+                for field in SOURCE_FIELDS
             )
             if not matches:  # e.g. before the growth that the list describes
                 sources = None

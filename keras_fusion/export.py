@@ -41,7 +41,12 @@ import tensorflow as tf
 from keras_fusion import storage
 
 PAD_ID, EOS_ID = 0, 1
-INPUT_NAMES = ("encoder_token_ids", "encoder_padding_mask", "decoder_token_ids", "decoder_padding_mask")
+INPUT_NAMES = (
+    "encoder_token_ids",
+    "encoder_padding_mask",
+    "decoder_token_ids",
+    "decoder_padding_mask",
+)
 TEXT_DIR = "text"  # the text SavedModel, inside the token-id one
 
 
@@ -62,7 +67,9 @@ def read_tokenizer(tokenizer):
 def _text_tokenizer(tokenizer_path):
     import tensorflow_text
 
-    return tensorflow_text.SentencepieceTokenizer(model=read_tokenizer(tokenizer_path), out_type=tf.int32)
+    return tensorflow_text.SentencepieceTokenizer(
+        model=read_tokenizer(tokenizer_path), out_type=tf.int32
+    )
 
 
 def export_saved_model(lm, path, tokenizer_path=None, max_input_length=128, max_new_tokens=32):
@@ -121,7 +128,9 @@ def export_saved_model(lm, path, tokenizer_path=None, max_input_length=128, max_
         text_archive.track(lm.backbone)
         text_archive.track(tokenizer)
         text_archive.add_endpoint(
-            "generate_text", generate_text, input_signature=[tf.TensorSpec([None], tf.string, name="text")]
+            "generate_text",
+            generate_text,
+            input_signature=[tf.TensorSpec([None], tf.string, name="text")],
         )
     if storage.is_remote(path):
         # No atomic folder rename on object stores: the export is written in
@@ -176,9 +185,13 @@ def _greedy_generate(lm, tokenizer, text, max_input_length, max_new_tokens):
         column = tf.one_hot(i + 1, max_new_tokens + 1, dtype=tf.int32)[None, :]
         return i + 1, ids * (1 - column) + next_ids[:, None] * column
 
-    _, decoder_ids = tf.while_loop(lambda i, _: i < max_new_tokens, step, [tf.constant(0), decoder_ids])
+    _, decoder_ids = tf.while_loop(
+        lambda i, _: i < max_new_tokens, step, [tf.constant(0), decoder_ids]
+    )
     generated = decoder_ids[:, 1:]
     # Keep the tokens before the first eos.
     before_eos = tf.cumsum(tf.cast(tf.equal(generated, EOS_ID), tf.int32), axis=1) == 0
-    kept = tf.RaggedTensor.from_tensor(generated, lengths=tf.reduce_sum(tf.cast(before_eos, tf.int32), 1))
+    kept = tf.RaggedTensor.from_tensor(
+        generated, lengths=tf.reduce_sum(tf.cast(before_eos, tf.int32), 1)
+    )
     return tokenizer.detokenize(kept)

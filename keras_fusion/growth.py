@@ -37,6 +37,7 @@ import keras
 import numpy as np
 
 from keras_fusion import growth_maps, optimizer_state, storage
+from keras_fusion.models import variable_trees
 from keras_fusion.models.fusion_t5_backbone import (
     FUSE_FIELDS,
     backbone_config,
@@ -50,7 +51,6 @@ from keras_fusion.models.fusion_t5_seq2seq_lm import (
     grown_lm_by_self_fuse,
     scaled_output_slots,
 )
-from keras_fusion.models import variable_trees
 
 
 def _check_step(entry, at_step):
@@ -94,7 +94,9 @@ class GrowthEntry:
     def grow(self, lm):
         """Returns `(grown_lm, map_tree)` (see `grown_parameters`)."""
         config, parameters, map_tree = self.grown_parameters(lm)
-        return FusionT5Seq2SeqLM.from_parameters(config, parameters, preprocessor=lm.preprocessor), map_tree
+        return FusionT5Seq2SeqLM.from_parameters(
+            config, parameters, preprocessor=lm.preprocessor
+        ), map_tree
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,8 +110,14 @@ class SelfFuse(GrowthEntry):
 
     def __post_init__(self):
         super().__post_init__()
-        if not isinstance(self.noise, (int, float)) or not math.isfinite(self.noise) or self.noise < 0:
-            raise ValueError(f"{self.describe()}: noise must be a finite number >= 0, got {self.noise!r}.")
+        if (
+            not isinstance(self.noise, (int, float))
+            or not math.isfinite(self.noise)
+            or self.noise < 0
+        ):
+            raise ValueError(
+                f"{self.describe()}: noise must be a finite number >= 0, got {self.noise!r}."
+            )
 
     def _options(self):
         return {"noise": self.noise, "seed": self.seed}
@@ -140,11 +148,18 @@ class Deepen(GrowthEntry):
 
     def __post_init__(self):
         super().__post_init__()
-        if isinstance(self.num_new_layers, bool) or not isinstance(self.num_new_layers, int) or self.num_new_layers < 1:
-            raise ValueError(f"{self.describe()}: layers must be an int >= 1, got {self.num_new_layers!r}.")
+        if (
+            isinstance(self.num_new_layers, bool)
+            or not isinstance(self.num_new_layers, int)
+            or self.num_new_layers < 1
+        ):
+            raise ValueError(
+                f"{self.describe()}: layers must be an int >= 1, got {self.num_new_layers!r}."
+            )
         if self.mode not in growth_maps.DEEPEN_MODES:
             raise ValueError(
-                f"{self.describe()}: mode must be one of {growth_maps.DEEPEN_MODES}, got {self.mode!r}."
+                f"{self.describe()}: mode must be one of {growth_maps.DEEPEN_MODES}, "
+                f"got {self.mode!r}."
             )
 
     def _options(self):
@@ -155,8 +170,12 @@ class Deepen(GrowthEntry):
 
     def grown_parameters(self, lm):
         config, parameters = grown_by_deepen(lm.backbone, self.num_new_layers, mode=self.mode)
-        return config, parameters, lambda tree, role, _: growth_maps.deepen_parameters(
-            tree, self.num_new_layers, self.mode, role=role
+        return (
+            config,
+            parameters,
+            lambda tree, role, _: growth_maps.deepen_parameters(
+                tree, self.num_new_layers, self.mode, role=role
+            ),
         )
 
 
@@ -173,8 +192,14 @@ class WidenFFN(GrowthEntry):
         super().__post_init__()
         if isinstance(self.factor, bool) or not isinstance(self.factor, int) or self.factor < 2:
             raise ValueError(f"{self.describe()}: factor must be an int >= 2, got {self.factor!r}.")
-        if not isinstance(self.noise, (int, float)) or not math.isfinite(self.noise) or self.noise < 0:
-            raise ValueError(f"{self.describe()}: noise must be a finite number >= 0, got {self.noise!r}.")
+        if (
+            not isinstance(self.noise, (int, float))
+            or not math.isfinite(self.noise)
+            or self.noise < 0
+        ):
+            raise ValueError(
+                f"{self.describe()}: noise must be a finite number >= 0, got {self.noise!r}."
+            )
 
     def _options(self):
         return {"factor": self.factor, "noise": self.noise, "seed": self.seed}
@@ -183,9 +208,13 @@ class WidenFFN(GrowthEntry):
         return dict(config, intermediate_dim=config["intermediate_dim"] * self.factor)
 
     def grown_parameters(self, lm):
-        config, parameters = grown_by_widen_ffn(lm.backbone, self.factor, noise=self.noise, seed=self.seed)
-        return config, parameters, lambda tree, role, _: growth_maps.widen_ffn_parameters(
-            tree, self.factor, role=role
+        config, parameters = grown_by_widen_ffn(
+            lm.backbone, self.factor, noise=self.noise, seed=self.seed
+        )
+        return (
+            config,
+            parameters,
+            lambda tree, role, _: growth_maps.widen_ffn_parameters(tree, self.factor, role=role),
         )
 
 
@@ -216,7 +245,9 @@ class Fuse(GrowthEntry):
         if isinstance(self.partner, str) and not storage.exists(self.partner):
             raise ValueError(f"{self.describe()}: partner file not found: {self.partner}")
         if not isinstance(self.weight, (int, float)) or not math.isfinite(self.weight):
-            raise ValueError(f"{self.describe()}: weight must be a finite number, got {self.weight!r}.")
+            raise ValueError(
+                f"{self.describe()}: weight must be a finite number, got {self.weight!r}."
+            )
 
     def _options(self):
         partner = self.partner if isinstance(self.partner, str) else type(self.partner).__name__
@@ -273,7 +304,9 @@ class Fuse(GrowthEntry):
                     {slot_name: (role, tree)}, partner_arrays
                 )[slot_name][1]
             fused = growth_maps.fuse_parameters([tree, other], role=role)
-            return scaled_output_slots(fused, role, hidden_dims, [self.weight, 1 - self.weight], tied)
+            return scaled_output_slots(
+                fused, role, hidden_dims, [self.weight, 1 - self.weight], tied
+            )
 
         hidden_dims = [lm.backbone.hidden_dim, partner.backbone.hidden_dim]
         tied = config["tie_embedding_weights"]
@@ -318,20 +351,30 @@ def default_entry(config, total_steps, mode=DEFAULT_GROWTH_MODE, fraction=DEFAUL
         raise ValueError(f"mode must be one of {DEFAULT_MODES}, got {mode!r}.")
     if not 0 < fraction < 1:
         raise ValueError(f"fraction must be in (0, 1), got {fraction!r}.")
-    if isinstance(total_steps, bool) or not isinstance(total_steps, (int, np.integer)) or total_steps < 2:
+    if (
+        isinstance(total_steps, bool)
+        or not isinstance(total_steps, (int, np.integer))
+        or total_steps < 2
+    ):
         raise ValueError(f"total_steps must be an int >= 2, got {total_steps!r}.")
     at_step = max(1, round(fraction * int(total_steps)))
     if mode == "self_fusion":
         return SelfFuse(at_step=at_step)
-    return Deepen(at_step=at_step, num_new_layers=config["num_layers"],
-                  mode="stack" if mode == "stack" else "identity")
+    return Deepen(
+        at_step=at_step,
+        num_new_layers=config["num_layers"],
+        mode="stack" if mode == "stack" else "identity",
+    )
 
 
 OPERATORS = {
     "fuse": (Fuse, {"partner": ("partner", str), "weight": ("weight", float)}),
     "self_fuse": (SelfFuse, {"noise": ("noise", float), "seed": ("seed", int)}),
     "deepen": (Deepen, {"layers": ("num_new_layers", int), "mode": ("mode", str)}),
-    "widen_ffn": (WidenFFN, {"factor": ("factor", int), "noise": ("noise", float), "seed": ("seed", int)}),
+    "widen_ffn": (
+        WidenFFN,
+        {"factor": ("factor", int), "noise": ("noise", float), "seed": ("seed", int)},
+    ),
 }
 
 

@@ -58,7 +58,11 @@ from keras_fusion import _keras_internals as internals
 from keras_fusion import optimizer_state
 from keras_fusion.distribution import is_distributed
 from keras_fusion.models import variable_trees
-from keras_fusion.models.fusion_t5_backbone import FusionT5Backbone, backbone_config, backbone_variables
+from keras_fusion.models.fusion_t5_backbone import (
+    FusionT5Backbone,
+    backbone_config,
+    backbone_variables,
+)
 from keras_fusion.models.fusion_t5_seq2seq_lm import FusionT5Seq2SeqLM
 from keras_fusion.models.growing_t5_seq2seq_lm import GrowingT5Seq2SeqLM
 
@@ -75,7 +79,9 @@ def unsupported_reason(model):
     spec = model.train_element_spec
     if spec is None:
         return "no training data seen yet"
-    if not all(isinstance(s, tf.TensorSpec) and s.dtype != tf.string for s in tf.nest.flatten(spec)):
+    if not all(
+        isinstance(s, tf.TensorSpec) and s.dtype != tf.string for s in tf.nest.flatten(spec)
+    ):
         return f"the training data is not all numeric dense tensors ({spec})"
     return None
 
@@ -98,7 +104,9 @@ def _dummy_dataset(spec):
         def relax(*element):
             element = element if len(element) > 1 else element[0]
             return tf.nest.map_structure(
-                lambda t, s: tf.raw_ops.PlaceholderWithDefault(input=t, shape=s.shape), element, spec
+                lambda t, s: tf.raw_ops.PlaceholderWithDefault(input=t, shape=s.shape),
+                element,
+                spec,
             )
 
         dataset = dataset.map(relax)
@@ -146,7 +154,9 @@ class Preparation:
         self.error = None
         self._wrapper = None
         self._initial = None
-        self._thread = threading.Thread(target=self._run, name=f"keras_fusion-prepare-{entry.operator}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"keras_fusion-prepare-{entry.operator}", daemon=True
+        )
 
     def start(self):
         self._thread.start()
@@ -186,13 +196,17 @@ class Preparation:
             self.phase_seconds[name] = now - clock
             clock = now
 
-        lm = FusionT5Seq2SeqLM(backbone=FusionT5Backbone.zeros(self.grown_config), preprocessor=self.preprocessor)
+        lm = FusionT5Seq2SeqLM(
+            backbone=FusionT5Backbone.zeros(self.grown_config), preprocessor=self.preprocessor
+        )
         wrapper = GrowingT5Seq2SeqLM(lm)
         phase("build the grown model")
         compile_args = keras.saving.deserialize_keras_object(self.compile_config)
         compile_args.pop("optimizer", None)
         # (from_config deserializes the learning-rate schedule in place)
-        compile_args["optimizer"] = self.optimizer_class.from_config(copy.deepcopy(self.optimizer_config))
+        compile_args["optimizer"] = self.optimizer_class.from_config(
+            copy.deepcopy(self.optimizer_config)
+        )
         wrapper.compile(**compile_args)
         optimizer = wrapper.optimizer
         optimizer.build(wrapper.trainable_variables)
@@ -219,8 +233,14 @@ class Preparation:
             return f"preparing failed: {type(self.error).__name__}: {self.error}"
         if self.entry.grown_config(backbone_config(model.backbone)) != self.grown_config:
             return "the model's config changed since preparing"
-        if model.optimizer.__class__ is not self.optimizer_class or optimizer_config != self.optimizer_config:
-            return f"the grown optimizer's config differs from the prepared one (growth at step {step})"
+        if (
+            model.optimizer.__class__ is not self.optimizer_class
+            or optimizer_config != self.optimizer_config
+        ):
+            return (
+                "the grown optimizer's config differs from the prepared one "
+                f"(growth at step {step})"
+            )
         if _compile_config(model) != self.compile_config:
             return "the model was compiled again since preparing"
         ours, theirs = model.metrics_variables, self._wrapper.metrics_variables
@@ -251,11 +271,15 @@ class Preparation:
         tree = backbone_variables(wrapper.lm.backbone)
         variable_trees.assign(tree, parameters)
         for variable, value in self._initial["model"] + self._initial["optimizer"]:
-            variable.assign(keras.ops.zeros(variable.shape, variable.dtype) if value is None else value)
+            variable.assign(
+                keras.ops.zeros(variable.shape, variable.dtype) if value is None else value
+            )
         optimizer_state.write_state(wrapper.optimizer, tree, slots, iterations)
         self._wrapper = self._initial = None
         return wrapper
 
 
 def log_refusal(entry, reason):
-    logging.info("Growth %s not prepared ahead: %s; growing synchronously.", entry.describe(), reason)
+    logging.info(
+        "Growth %s not prepared ahead: %s; growing synchronously.", entry.describe(), reason
+    )

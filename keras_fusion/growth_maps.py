@@ -33,9 +33,7 @@ import numpy as np
 
 from keras_fusion import weight_maps
 
-KERNELS = frozenset(
-    ("query", "key", "value", "output", "ffn_input", "ffn_gate", "ffn_output")
-)
+KERNELS = frozenset(("query", "key", "value", "output", "ffn_input", "ffn_gate", "ffn_output"))
 OUTPUT_PROJECTIONS = frozenset(("output", "ffn_output"))
 ROW_LEAVES = frozenset(("reverse_embedding",))
 FFN_IN = frozenset(("ffn_input", "ffn_gate"))
@@ -62,8 +60,10 @@ def zip_leaves(trees, names=None, where=""):
 
     def mismatch(name, verb, detail):
         verb = verb if name.endswith("s") else {"have": "has", "lack": "lacks"}[verb]
-        return ValueError(f"Parameter trees do not match at {here}: {names[0]} has {describe(first)}, "
-                          f"{name} {verb} {detail}.")
+        return ValueError(
+            f"Parameter trees do not match at {here}: {names[0]} has {describe(first)}, "
+            f"{name} {verb} {detail}."
+        )
 
     def describe(node):
         if isinstance(node, dict):
@@ -80,21 +80,36 @@ def zip_leaves(trees, names=None, where=""):
                 missing = sorted(set(first) - set(tree))
                 extra = sorted(set(tree) - set(first), key=str)
                 verb = "have" if name.endswith("s") else "has"
-                raise ValueError(f"Parameter trees do not match at {here}: {name} "
-                                 f"{'lack' if name.endswith('s') else 'lacks'} {missing} and {verb} unexpected "
-                                 f"{extra} ({names[0]} has {sorted(first)}).")
+                raise ValueError(
+                    f"Parameter trees do not match at {here}: {name} "
+                    f"{'lack' if name.endswith('s') else 'lacks'} {missing} and {verb} unexpected "
+                    f"{extra} ({names[0]} has {sorted(first)})."
+                )
         elif isinstance(first, (list, tuple)):
             if not isinstance(tree, (list, tuple)) or len(tree) != len(first):
-                raise mismatch(name, "have", describe(tree) if isinstance(tree, (list, tuple))
-                               else f"a {type(tree).__name__}")
+                raise mismatch(
+                    name,
+                    "have",
+                    describe(tree)
+                    if isinstance(tree, (list, tuple))
+                    else f"a {type(tree).__name__}",
+                )
         elif isinstance(tree, (dict, list, tuple)):
             raise mismatch(name, "have", f"a {type(tree).__name__}")
     if isinstance(first, dict):
-        return [pair for key in first
-                for pair in zip_leaves([t[key] for t in trees], names, f"{where}.{key}" if where else key)]
+        return [
+            pair
+            for key in first
+            for pair in zip_leaves(
+                [t[key] for t in trees], names, f"{where}.{key}" if where else key
+            )
+        ]
     if isinstance(first, (list, tuple)):
-        return [pair for i, items in enumerate(zip(*trees))
-                for pair in zip_leaves(list(items), names, f"{where}[{i}]")]
+        return [
+            pair
+            for i, items in enumerate(zip(*trees))
+            for pair in zip_leaves(list(items), names, f"{where}[{i}]")
+        ]
     return [(where, trees)]
 
 
@@ -145,9 +160,7 @@ def check_same(configs, fields):
         values = [c.get(field) for c in configs]
         for i, v in enumerate(values[1:], start=1):
             if v != values[0]:
-                raise ValueError(
-                    f"{field} differs: {values[0]} vs {v} (model 0 vs model {i})."
-                )
+                raise ValueError(f"{field} differs: {values[0]} vs {v} (model 0 vs model {i}).")
 
 
 # What a tree holds. Weights are mapped so that the function is preserved.

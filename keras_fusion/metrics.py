@@ -53,8 +53,19 @@ class MetricsRecorder(keras.callbacks.Callback):
         final_step: optional step at which a last row is always recorded.
     """
 
-    def __init__(self, eval_data, batch_size, encoder_length, decoder_length, every,
-                 path=None, flops_offset=0.0, growth_callback=None, stage="", final_step=None):
+    def __init__(
+        self,
+        eval_data,
+        batch_size,
+        encoder_length,
+        decoder_length,
+        every,
+        path=None,
+        flops_offset=0.0,
+        growth_callback=None,
+        stage="",
+        final_step=None,
+    ):
         super().__init__()
         self.eval_data = eval_data
         self.shape = (batch_size, encoder_length, decoder_length)
@@ -71,8 +82,12 @@ class MetricsRecorder(keras.callbacks.Callback):
 
     def state(self):
         """What a checkpoint must keep to resume recording exactly."""
-        return {"rows": [dataclasses.asdict(r) for r in self.rows], "flops": self.flops,
-                "marked": self._marked, "window": list(self._window)}
+        return {
+            "rows": [dataclasses.asdict(r) for r in self.rows],
+            "flops": self.flops,
+            "marked": self._marked,
+            "window": list(self._window),
+        }
 
     def restore(self, state):
         self.rows = [MetricsRow(**row) for row in state["rows"]]
@@ -117,15 +132,22 @@ class MetricsRecorder(keras.callbacks.Callback):
 
     def record(self, step, train_loss):
         eval_loss, eval_accuracy = self.evaluate()
-        events = self.growth_callback.events[self._marked:] if self.growth_callback else []
+        events = self.growth_callback.events[self._marked :] if self.growth_callback else []
         self._marked += len(events)
-        row = MetricsRow(step=step, flops=self.flops, train_loss=train_loss,
-                         eval_loss=eval_loss, eval_accuracy=eval_accuracy,
-                         num_parameters=self.model.backbone.count_params(),
-                         growth=";".join(e["entry"] for e in events))
+        row = MetricsRow(
+            step=step,
+            flops=self.flops,
+            train_loss=train_loss,
+            eval_loss=eval_loss,
+            eval_accuracy=eval_accuracy,
+            num_parameters=self.model.backbone.count_params(),
+            growth=";".join(e["entry"] for e in events),
+        )
         self.rows.append(row)
         if self.path:
-            storage.write_json(self.path, {"stage": self.stage, "rows": [dataclasses.asdict(r) for r in self.rows]})
+            storage.write_json(
+                self.path, {"stage": self.stage, "rows": [dataclasses.asdict(r) for r in self.rows]}
+            )
 
     def evaluate(self):
         """Token-weighted held-out loss and accuracy.
@@ -144,8 +166,14 @@ class MetricsRecorder(keras.callbacks.Callback):
             def batch_sums(x, y, weight):
                 logits = lm(x, training=False)
                 losses = keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
-                correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=y.dtype), y), tf.float32)
-                return tf.reduce_sum(losses * weight), tf.reduce_sum(correct * weight), tf.reduce_sum(weight)
+                correct = tf.cast(
+                    tf.equal(tf.argmax(logits, -1, output_type=y.dtype), y), tf.float32
+                )
+                return (
+                    tf.reduce_sum(losses * weight),
+                    tf.reduce_sum(correct * weight),
+                    tf.reduce_sum(weight),
+                )
 
             self._batch_sums = batch_sums
         totals = np.zeros(3)
@@ -169,7 +197,9 @@ def plot_metrics(curves, path, title="Held-out loss against training compute"):
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for label, rows in curves.items():
         rows = [dataclasses.asdict(r) if isinstance(r, MetricsRow) else r for r in rows]
-        line, = axis.plot([r["flops"] for r in rows], [r["eval_loss"] for r in rows], marker=".", label=label)
+        (line,) = axis.plot(
+            [r["flops"] for r in rows], [r["eval_loss"] for r in rows], marker=".", label=label
+        )
         for r in rows:
             if r["growth"]:
                 axis.axvline(r["flops"], color=line.get_color(), linestyle=":", alpha=0.7)

@@ -44,7 +44,9 @@ ADAM_ROLES = {"momentum": FIRST_MOMENT, "velocity": SECOND_MOMENT, "velocity_hat
 
 
 def _adam_slots(optimizer):
-    return {name: (ADAM_ROLES[name], slots) for name, slots in internals.adam_slots(optimizer).items()}
+    return {
+        name: (ADAM_ROLES[name], slots) for name, slots in internals.adam_slots(optimizer).items()
+    }
 
 
 def read_slots(optimizer, variables):
@@ -62,11 +64,19 @@ def read_slots(optimizer, variables):
     if not optimizer.built:
         return {}
     if isinstance(optimizer, keras.optimizers.Adafactor):
-        return {"second_moment": (SECOND_MOMENT, keras.tree.map_structure(
-            lambda v: _adafactor_full(optimizer, v), variables))}
+        return {
+            "second_moment": (
+                SECOND_MOMENT,
+                keras.tree.map_structure(lambda v: _adafactor_full(optimizer, v), variables),
+            )
+        }
     return {
-        name: (role, keras.tree.map_structure(
-            lambda v, s=slots: np.array(s[_index(optimizer, v)].numpy()), variables))
+        name: (
+            role,
+            keras.tree.map_structure(
+                lambda v, s=slots: np.array(s[_index(optimizer, v)].numpy()), variables
+            ),
+        )
         for name, (role, slots) in _adam_slots(optimizer).items()
     }
 
@@ -84,7 +94,9 @@ def _adafactor_full(optimizer, variable):
     return (r / mean)[..., :, None] * c[..., None, :]
 
 
-def rebuild(optimizer, trainable_variables, variables, slots, rewarmup_steps=0, learning_rate_scale=1.0):
+def rebuild(
+    optimizer, trainable_variables, variables, slots, rewarmup_steps=0, learning_rate_scale=1.0
+):
     """A new optimizer like `optimizer`, built on the grown model, with state.
 
     Call inside the distribution strategy's scope.
@@ -105,7 +117,9 @@ def rebuild(optimizer, trainable_variables, variables, slots, rewarmup_steps=0, 
         The built optimizer, `iterations` carried over.
     """
     check_variables(trainable_variables, variables)
-    config = grown_config(optimizer, int(optimizer.iterations.numpy()), rewarmup_steps, learning_rate_scale)
+    config = grown_config(
+        optimizer, int(optimizer.iterations.numpy()), rewarmup_steps, learning_rate_scale
+    )
     new = optimizer.__class__.from_config(config)
     new.build(trainable_variables)
     write_state(new, variables, slots, optimizer.iterations)
@@ -186,6 +200,7 @@ def moments_for_new_model(slots, partner):
     """
     result = {}
     for name, (role, own) in slots.items():
+
         def fill(own_leaf, target, role=role):
             value = 0.0 if role == FIRST_MOMENT else float(np.mean(own_leaf))
             return np.full(np.shape(target), value, np.float32)
@@ -250,5 +265,9 @@ class Rewarmup(keras.optimizers.schedules.LearningRateSchedule):
         rate = self.learning_rate
         if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
             rate = keras.saving.serialize_keras_object(rate)
-        return {"learning_rate": rate, "start_step": self.start_step, "warmup_steps": self.warmup_steps,
-                "scale": self.scale}
+        return {
+            "learning_rate": rate,
+            "start_step": self.start_step,
+            "warmup_steps": self.warmup_steps,
+            "scale": self.scale,
+        }

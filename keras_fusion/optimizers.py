@@ -26,8 +26,11 @@ def make_optimizer(name, learning_rate, schedule="constant", warmup_steps=0, tot
         rate = InverseSqrt(learning_rate, max(warmup_steps, 1))
     elif schedule == "cosine":
         rate = keras.optimizers.schedules.CosineDecay(
-            0.0 if warmup_steps else learning_rate, max(total_steps - warmup_steps, 1),
-            warmup_target=learning_rate if warmup_steps else None, warmup_steps=warmup_steps)
+            0.0 if warmup_steps else learning_rate,
+            max(total_steps - warmup_steps, 1),
+            warmup_target=learning_rate if warmup_steps else None,
+            warmup_steps=warmup_steps,
+        )
     if name == "adamw":
         return keras.optimizers.AdamW(rate, weight_decay=0.0)
     return keras.optimizers.Adafactor(rate)

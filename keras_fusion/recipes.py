@@ -27,8 +27,12 @@ from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM, GrowingT5Se
 PRESETS = {
     # T5 shapes; vocabulary_size comes from the tokenizer.
     "tiny": dict(num_layers=2, num_heads=4, hidden_dim=64, intermediate_dim=128, key_value_dim=16),
-    "small": dict(num_layers=6, num_heads=8, hidden_dim=512, intermediate_dim=2048, key_value_dim=64),
-    "base": dict(num_layers=12, num_heads=12, hidden_dim=768, intermediate_dim=3072, key_value_dim=64),
+    "small": dict(
+        num_layers=6, num_heads=8, hidden_dim=512, intermediate_dim=2048, key_value_dim=64
+    ),
+    "base": dict(
+        num_layers=12, num_heads=12, hidden_dim=768, intermediate_dim=3072, key_value_dim=64
+    ),
 }
 RECIPES = ("deep_fusion", "self_fusion", "deepen", "scratch")
 
@@ -37,8 +41,14 @@ def target_config(preset, vocabulary_size, **overrides):
     """The config of the model a recipe ends with."""
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}.")
-    config = dict(PRESETS[preset], vocabulary_size=vocabulary_size, dropout=0.0,
-                  activation="gelu", use_gated_activation=True, tie_embedding_weights=True)
+    config = dict(
+        PRESETS[preset],
+        vocabulary_size=vocabulary_size,
+        dropout=0.0,
+        activation="gelu",
+        use_gated_activation=True,
+        tie_embedding_weights=True,
+    )
     config.update({k: v for k, v in overrides.items() if v is not None})
     return config
 
@@ -51,11 +61,18 @@ def start_config(recipe, config):
         for key in ("hidden_dim", "num_heads", "intermediate_dim"):
             if config[key] % 2:
                 raise ValueError(f"{recipe} halves {key}, which must be even; got {config[key]}.")
-        return dict(config, hidden_dim=config["hidden_dim"] // 2, num_heads=config["num_heads"] // 2,
-                    intermediate_dim=config["intermediate_dim"] // 2)
+        return dict(
+            config,
+            hidden_dim=config["hidden_dim"] // 2,
+            num_heads=config["num_heads"] // 2,
+            intermediate_dim=config["intermediate_dim"] // 2,
+        )
     if recipe == "deepen":
         if config["num_layers"] < 2 or config["num_layers"] % 2:
-            raise ValueError(f"deepen halves num_layers, which must be even and >= 2; got {config['num_layers']}.")
+            raise ValueError(
+                "deepen halves num_layers, which must be even and >= 2; "
+                f"got {config['num_layers']}."
+            )
         return dict(config, num_layers=config["num_layers"] // 2)
     return dict(config)
 
@@ -76,8 +93,12 @@ def grown_config(recipe, start):
     if recipe not in RECIPES:
         raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}.")
     if recipe in ("deep_fusion", "self_fusion"):
-        return dict(start, hidden_dim=2 * start["hidden_dim"], num_heads=2 * start["num_heads"],
-                    intermediate_dim=2 * start["intermediate_dim"])
+        return dict(
+            start,
+            hidden_dim=2 * start["hidden_dim"],
+            num_heads=2 * start["num_heads"],
+            intermediate_dim=2 * start["intermediate_dim"],
+        )
     if recipe == "deepen":
         return dict(start, num_layers=2 * start["num_layers"])
     return dict(start)
@@ -100,10 +121,16 @@ def compile_model(model, optimizer, jit_compile="auto", steps_per_execution=1):
     numerator and the denominator), as the held-out loss of
     `keras_fusion.metrics.MetricsRecorder` is.
     """
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight")
-    model.compile(optimizer=optimizer, loss=loss,
-                  weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-                  jit_compile=jit_compile, steps_per_execution=steps_per_execution)
+    loss = keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True, reduction="mean_with_sample_weight"
+    )
+    model.compile(
+        optimizer=optimizer,
+        loss=loss,
+        weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        jit_compile=jit_compile,
+        steps_per_execution=steps_per_execution,
+    )
     return model
 
 
@@ -120,6 +147,9 @@ def init_from(path, tokenizer=None, model_dir=None):
     lm, proto = load_lm(path)
     if proto is None:
         if not tokenizer:
-            raise ValueError(f"--init_from={path} holds no tokenizer: give its SentencePiece model as --tokenizer.")
+            raise ValueError(
+                f"--init_from={path} holds no tokenizer: "
+                "give its SentencePiece model as --tokenizer."
+            )
         return lm, tokenizer
     return lm, storage.write_bytes(storage.join(model_dir, "tokenizer", "init_from.model"), proto)

@@ -112,8 +112,16 @@ class RunConfig:
             raise ValueError(f"recipe must be one of {RECIPES}, got {self.recipe!r}.")
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {self.preset!r}.")
-        for name in ("steps", "batch_size", "eval_every", "eval_batches", "input_length", "target_length",
-                     "checkpoint_every", "steps_per_execution"):
+        for name in (
+            "steps",
+            "batch_size",
+            "eval_every",
+            "eval_batches",
+            "input_length",
+            "target_length",
+            "checkpoint_every",
+            "steps_per_execution",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         # The default growth time: `growth.DEFAULT_GROWTH_FRACTION` of the
@@ -122,9 +130,13 @@ class RunConfig:
         if self.recipe != "scratch" and not 1 <= step < self.steps:
             raise ValueError(f"growth_step must be in [1, steps={self.steps}), got {step}.")
         if self.jit_compile not in JIT_COMPILE:
-            raise ValueError(f"jit_compile must be one of {tuple(JIT_COMPILE)}, got {self.jit_compile!r}.")
+            raise ValueError(
+                f"jit_compile must be one of {tuple(JIT_COMPILE)}, got {self.jit_compile!r}."
+            )
         if self.mixed_precision not in PRECISIONS:
-            raise ValueError(f"mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}.")
+            raise ValueError(
+                f"mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}."
+            )
         # Keras runs whole executions: a stage must end on an execution boundary.
         stage_lengths = {"steps": self.steps}
         if self.recipe == "deep_fusion":
@@ -143,7 +155,9 @@ class RunConfig:
             )
         self.growth_options()  # raises on a bad value
         if self.strategy == "tpu" and not self.tpu:
-            raise ValueError("--strategy=tpu needs --tpu (a TPU name, 'local' on a TPU VM, or grpc://HOST:PORT).")
+            raise ValueError(
+                "--strategy=tpu needs --tpu (a TPU name, 'local' on a TPU VM, or grpc://HOST:PORT)."
+            )
         return dataclasses.replace(self, growth_step=step)
 
     def growth_options(self):
@@ -156,16 +170,21 @@ class RunConfig:
                 scale = None
             if scale is None or not scale > 0:
                 raise ValueError(
-                    f"learning_rate_scale must be 'auto', 'width' or a number > 0, got {self.learning_rate_scale!r}."
+                    "learning_rate_scale must be 'auto', 'width' or a number > 0, "
+                    f"got {self.learning_rate_scale!r}."
                 )
         if self.rewarmup_steps < 0:
             raise ValueError(f"rewarmup_steps must be >= 0, got {self.rewarmup_steps}.")
         if self.growth_optimizer_state not in ("carry", "reset"):
             raise ValueError(
-                f"growth_optimizer_state must be one of ('carry', 'reset'), got {self.growth_optimizer_state!r}."
+                "growth_optimizer_state must be one of ('carry', 'reset'), "
+                f"got {self.growth_optimizer_state!r}."
             )
-        return dict(learning_rate_scale=scale, rewarmup_steps=self.rewarmup_steps,
-                    optimizer_slots=self.growth_optimizer_state)
+        return dict(
+            learning_rate_scale=scale,
+            rewarmup_steps=self.rewarmup_steps,
+            optimizer_slots=self.growth_optimizer_state,
+        )
 
     def run_flags(self):
         """The flags that define what a run computes (compared on resume)."""
@@ -178,8 +197,15 @@ PRECISIONS = ("float32", "mixed_bfloat16")
 # computes (a pre-empted TPU VM may come back under another TPU name).
 RESUMABLE_FLAGS = ("fresh", "tpu", "export_dir", "checkpoint_every")
 # What `run` writes in model_dir, deleted by `fresh=True`.
-RUN_FILES = ("run.json", "metrics.json", "metrics_partner.json", "metrics_main.json", "partner.keras",
-             "final.keras", "loss_vs_flops.png")
+RUN_FILES = (
+    "run.json",
+    "metrics.json",
+    "metrics_partner.json",
+    "metrics_main.json",
+    "partner.keras",
+    "final.keras",
+    "loss_vs_flops.png",
+)
 RUN_FOLDERS = ("checkpoints", "logs", "export")
 
 
@@ -215,7 +241,10 @@ class PreemptionWatch(keras.callbacks.Callback):
             signal.signal(signal.SIGTERM, self._previous)
 
     def _on_sigterm(self, signum, frame):
-        print("SIGTERM received: saving a checkpoint at the next step boundary, then stopping.", flush=True)
+        print(
+            "SIGTERM received: saving a checkpoint at the next step boundary, then stopping.",
+            flush=True,
+        )
         self.requested = True
 
     def on_train_batch_end(self, batch, logs=None):
@@ -226,9 +255,14 @@ class PreemptionWatch(keras.callbacks.Callback):
 
     def stop_if_requested(self, where):
         if self.requested:
-            saved = (f"a checkpoint at step {self.saved_step} was saved" if self.saved_step is not None
-                     else "the last checkpoint stands")
-            raise Preempted(f"pre-empted (SIGTERM) {where}: {saved}; run the same command to resume.")
+            saved = (
+                f"a checkpoint at step {self.saved_step} was saved"
+                if self.saved_step is not None
+                else "the last checkpoint stands"
+            )
+            raise Preempted(
+                f"pre-empted (SIGTERM) {where}: {saved}; run the same command to resume."
+            )
 
 
 class StopAtStep(keras.callbacks.Callback):
@@ -262,9 +296,12 @@ def prepare_model_dir(config):
         saved = storage.read_json(run_path)["flags"]
         differ = [k for k in sorted(set(saved) | set(flags)) if saved.get(k) != flags.get(k)]
         if differ:
-            listed = "; ".join(f"--{k}: {saved.get(k)!r} there, {flags.get(k)!r} now" for k in differ)
+            listed = "; ".join(
+                f"--{k}: {saved.get(k)!r} there, {flags.get(k)!r} now" for k in differ
+            )
             raise ValueError(
-                f"--model_dir={model_dir} holds a run with other flags ({listed}). Give the same flags to "
+                f"--model_dir={model_dir} holds a run with other flags ({listed}). "
+                "Give the same flags to "
                 "resume it, --fresh to start over there, or another --model_dir."
             )
     storage.write_json(run_path, {"flags": flags})
@@ -289,7 +326,9 @@ def run(config, callbacks=()):
     """
     config = config.check()
     with PreemptionWatch() as watch:
-        return _run(config, watch, callbacks if callable(callbacks) else lambda stage: list(callbacks))
+        return _run(
+            config, watch, callbacks if callable(callbacks) else lambda stage: list(callbacks)
+        )
 
 
 def _run(config, watch, extra_callbacks):
@@ -318,24 +357,40 @@ def _run(config, watch, extra_callbacks):
             tokenizer_path = config.tokenizer
         else:
             with timed("Tokenizer (SentencePiece, cached by content)"):
-                tokenizer_path = data.train_tokenizer(train_texts, config.vocabulary_size,
-                                                      storage.join(model_dir, "tokenizer"))
-        target = target_config(config.preset, data.vocabulary_size(tokenizer_path), num_layers=config.num_layers,
-                               num_heads=config.num_heads, hidden_dim=config.hidden_dim,
-                               intermediate_dim=config.intermediate_dim, key_value_dim=config.key_value_dim)
+                tokenizer_path = data.train_tokenizer(
+                    train_texts, config.vocabulary_size, storage.join(model_dir, "tokenizer")
+                )
+        target = target_config(
+            config.preset,
+            data.vocabulary_size(tokenizer_path),
+            num_layers=config.num_layers,
+            num_heads=config.num_heads,
+            hidden_dim=config.hidden_dim,
+            intermediate_dim=config.intermediate_dim,
+            key_value_dim=config.key_value_dim,
+        )
         start = start_config(config.recipe, target)
     vocabulary_size = data.vocabulary_size(tokenizer_path)
     if vocabulary_size != start["vocabulary_size"]:
-        raise ValueError(f"the tokenizer {tokenizer_path} has {vocabulary_size} pieces but the model's "
-                         f"vocabulary_size is {start['vocabulary_size']}.")
+        raise ValueError(
+            f"the tokenizer {tokenizer_path} has {vocabulary_size} pieces but the model's "
+            f"vocabulary_size is {start['vocabulary_size']}."
+        )
     strategy = make_strategy(config.strategy, config.tpu)
     shape = (config.batch_size, config.input_length, config.target_length)
     watch.stop_if_requested("before training")
 
     def compiled(model):
-        optimizer = make_optimizer(config.optimizer, config.learning_rate, config.lr_schedule,
-                                   config.warmup_steps, config.steps)
-        return compile_model(model, optimizer, JIT_COMPILE[config.jit_compile], config.steps_per_execution)
+        optimizer = make_optimizer(
+            config.optimizer,
+            config.learning_rate,
+            config.lr_schedule,
+            config.warmup_steps,
+            config.steps,
+        )
+        return compile_model(
+            model, optimizer, JIT_COMPILE[config.jit_compile], config.steps_per_execution
+        )
 
     # Models first: keras.utils.set_random_seed (in build_model) resets
     # TensorFlow's random state and clears its kernel cache, which also
@@ -346,8 +401,13 @@ def _run(config, watch, extra_callbacks):
         if initial is None:
             return build_model(start, seed)
         keras.utils.set_random_seed(seed)  # the data order and any noise
-        return GrowingT5Seq2SeqLM(FusionT5Seq2SeqLM.from_parameters(
-            start, variable_trees.read(backbone_variables(initial.backbone)), preprocessor=initial.preprocessor))
+        return GrowingT5Seq2SeqLM(
+            FusionT5Seq2SeqLM.from_parameters(
+                start,
+                variable_trees.read(backbone_variables(initial.backbone)),
+                preprocessor=initial.preprocessor,
+            )
+        )
 
     with strategy.scope():
         model = compiled(built(config.seed))
@@ -357,46 +417,86 @@ def _run(config, watch, extra_callbacks):
     state = entry["state"] if entry else {"stage": "partner" if partner else "main"}
     step = entry["step"] if entry else 0
     if entry:
-        print(f"Resumed from checkpoint {entry['file'] or '(partner done)'} in {checkpoints}: "
-              f"stage {state['stage']}, step {step}", flush=True)
+        print(
+            f"Resumed from checkpoint {entry['file'] or '(partner done)'} in {checkpoints}: "
+            f"stage {state['stage']}, step {step}",
+            flush=True,
+        )
 
     def dataset(texts, seed, training_data=True):
-        ds = data.make_dataset(texts, tokenizer, vocabulary_size, config.batch_size,
-                               input_length=config.input_length, target_length=config.target_length,
-                               seed=seed, shuffle=training_data, repeat=training_data)
+        ds = data.make_dataset(
+            texts,
+            tokenizer,
+            vocabulary_size,
+            config.batch_size,
+            input_length=config.input_length,
+            target_length=config.target_length,
+            seed=seed,
+            shuffle=training_data,
+            repeat=training_data,
+        )
         return ds if training_data else ds.take(config.eval_batches).cache()
 
     eval_data = dataset(valid_texts, 0, training_data=False)
 
     def train(model, stage, seed, start_step, steps, recorder, growth=None, run_state=None):
         checkpoint = checkpointing.GrowthCheckpoint(
-            checkpoints, every_steps=config.checkpoint_every,
-            state=lambda: dict(run_state or {}, stage=stage, recorder=recorder.state(),
-                               growth_events=list(growth.events) if growth else []))
+            checkpoints,
+            every_steps=config.checkpoint_every,
+            state=lambda: dict(
+                run_state or {},
+                stage=stage,
+                recorder=recorder.state(),
+                growth_events=list(growth.events) if growth else [],
+            ),
+        )
         watch.checkpoint, watch.saved_step = checkpoint, None
         if start_step < steps:
             # Growth first (the step's rows and checkpoint see the grown
             # model), then the rows, then the checkpoint that keeps them.
-            fit_callbacks = ([growth] if growth else []) + [
-                recorder, checkpoint, StopAtStep(steps), watch,
-                keras.callbacks.TensorBoard(storage.join(model_dir, "logs", stage)),
-            ] + list(extra_callbacks(stage))
-            epoch_steps = -(-config.eval_every // config.steps_per_execution) * config.steps_per_execution
+            fit_callbacks = (
+                ([growth] if growth else [])
+                + [
+                    recorder,
+                    checkpoint,
+                    StopAtStep(steps),
+                    watch,
+                    keras.callbacks.TensorBoard(storage.join(model_dir, "logs", stage)),
+                ]
+                + list(extra_callbacks(stage))
+            )
+            epoch_steps = (
+                -(-config.eval_every // config.steps_per_execution) * config.steps_per_execution
+            )
             initial_epoch = start_step // epoch_steps
-            with timed(f"Training {stage}: steps {start_step}-{steps}, {model.backbone.count_params():,} "
-                       "parameters"):
-                model.fit(dataset(train_texts, seed).skip(start_step), steps_per_epoch=epoch_steps,
-                          initial_epoch=initial_epoch, epochs=initial_epoch + -(-(steps - start_step) // epoch_steps),
-                          verbose=fit_verbosity(), callbacks=fit_callbacks)
+            with timed(
+                f"Training {stage}: steps {start_step}-{steps}, {model.backbone.count_params():,} "
+                "parameters"
+            ):
+                model.fit(
+                    dataset(train_texts, seed).skip(start_step),
+                    steps_per_epoch=epoch_steps,
+                    initial_epoch=initial_epoch,
+                    epochs=initial_epoch + -(-(steps - start_step) // epoch_steps),
+                    verbose=fit_verbosity(),
+                    callbacks=fit_callbacks,
+                )
             watch.stop_if_requested(f"in stage {stage}")
         if checkpoint.last_saved_step != steps:  # a finished stage is recorded
             checkpoint.set_model(model)
             checkpoint.save()
 
     def recorder_for(stage, steps, flops_offset=0.0, growth=None):
-        recorder = MetricsRecorder(eval_data, *shape, every=config.eval_every, stage=stage, final_step=steps,
-                                   flops_offset=flops_offset, growth_callback=growth,
-                                   path=storage.join(model_dir, f"metrics_{stage}.json"))
+        recorder = MetricsRecorder(
+            eval_data,
+            *shape,
+            every=config.eval_every,
+            stage=stage,
+            final_step=steps,
+            flops_offset=flops_offset,
+            growth_callback=growth,
+            path=storage.join(model_dir, f"metrics_{stage}.json"),
+        )
         if state["stage"] == stage and "recorder" in state:
             recorder.restore(state["recorder"])
         return recorder
@@ -412,37 +512,53 @@ def _run(config, watch, extra_callbacks):
             # The partner stage is done: a state-only entry says so (the
             # main model is still the one built above).
             run_state = {"partner_rows": recorder.state()["rows"], "partner_flops": recorder.flops}
-            checkpointing.write_entry(checkpoints, {"file": None, "step": 0, "epoch": 0,
-                                                    "state": dict(run_state, stage="main")})
+            checkpointing.write_entry(
+                checkpoints,
+                {"file": None, "step": 0, "epoch": 0, "state": dict(run_state, stage="main")},
+            )
             state, step, restored = {"stage": "main"}, 0, None
         else:
             run_state = {k: state[k] for k in ("partner_rows", "partner_flops")}
-        curves["partner (fused in at growth)"] = [MetricsRow(**r) for r in run_state["partner_rows"]]
+        curves["partner (fused in at growth)"] = [
+            MetricsRow(**r) for r in run_state["partner_rows"]
+        ]
     model = restored or model
-    schedule = config.growth_schedule or growth_schedule(config.recipe, target, config.growth_step, partner_path)
-    growth = GrowthCallback(schedule, log_dir=storage.join(model_dir, "logs", "growth"), **config.growth_options())
+    schedule = config.growth_schedule or growth_schedule(
+        config.recipe, target, config.growth_step, partner_path
+    )
+    growth = GrowthCallback(
+        schedule, log_dir=storage.join(model_dir, "logs", "growth"), **config.growth_options()
+    )
     growth.events = list(state.get("growth_events", []))
     recorder = recorder_for("main", config.steps, run_state.get("partner_flops", 0.0), growth)
     train(model, "main", config.seed, step, config.steps, recorder, growth, run_state)
     curves[config.recipe] = recorder.rows
 
     metrics_path = storage.join(model_dir, "metrics.json")
-    storage.write_json(metrics_path, {
-        "config": dataclasses.asdict(config),
-        "tokenizer": tokenizer_path,
-        "growth_events": growth.events,
-        "curves": {label: [dataclasses.asdict(r) for r in rows] for label, rows in curves.items()},
-    })
+    storage.write_json(
+        metrics_path,
+        {
+            "config": dataclasses.asdict(config),
+            "tokenizer": tokenizer_path,
+            "growth_events": growth.events,
+            "curves": {
+                label: [dataclasses.asdict(r) for r in rows] for label, rows in curves.items()
+            },
+        },
+    )
     plot_path = plot_metrics(curves, storage.join(model_dir, "loss_vs_flops.png"))
     final_path = storage.save_model(model, storage.join(model_dir, "final.keras"))
     export_dir = config.export_dir or storage.join(model_dir, "export")
     with timed(f"Exporting SavedModel to {export_dir}"):
-        export_saved_model(model, export_dir, tokenizer_path=tokenizer_path,
-                           max_input_length=config.input_length)
+        export_saved_model(
+            model, export_dir, tokenizer_path=tokenizer_path, max_input_length=config.input_length
+        )
     last = recorder.rows[-1]
     return (
-        f"Artefacts: metrics {metrics_path}, plot {plot_path}, model {final_path}, SavedModel {export_dir}, "
+        f"Artefacts: metrics {metrics_path}, plot {plot_path}, "
+        f"model {final_path}, SavedModel {export_dir}, "
         f"TensorBoard {storage.join(model_dir, 'logs')}\n"
         f"Final eval loss {last.eval_loss:.4f} (accuracy {last.eval_accuracy:.3f}) after "
-        f"{last.flops:.3e} training FLOPs ({config.recipe}, {model.backbone.count_params():,} parameters)"
+        f"{last.flops:.3e} training FLOPs ({config.recipe}, "
+        f"{model.backbone.count_params():,} parameters)"
     )

@@ -142,6 +142,4 @@ def split_rows(kernel, factor, noise=0.0, rng=None):
     kernel = np.asarray(kernel)
     scale = _noise_scale(kernel, noise)
     parts = cancelling_noise(kernel.shape, factor, scale, rng)
-    return np.concatenate([kernel / factor + n for n in parts], axis=0).astype(
-        kernel.dtype
-    )
+    return np.concatenate([kernel / factor + n for n in parts], axis=0).astype(kernel.dtype)

@@ -27,7 +27,14 @@ import ssl
 import sys
 import threading
 
-HOP_BY_HOP = {"transfer-encoding", "connection", "expect", "keep-alive", "proxy-connection", "content-length"}
+HOP_BY_HOP = {
+    "transfer-encoding",
+    "connection",
+    "expect",
+    "keep-alive",
+    "proxy-connection",
+    "content-length",
+}
 
 
 def main(upstream_port, cert, key, log_path):
@@ -74,7 +81,7 @@ def main(upstream_port, cert, key, log_path):
             self.send_response_only(response.status, response.reason)
             for k, v in response.getheaders():
                 if k.lower() == "location" and v.startswith("http://"):
-                    v = "https://" + v[len("http://"):]
+                    v = "https://" + v[len("http://") :]
                 if k.lower() not in HOP_BY_HOP:
                     self.send_header(k, v)
             self.send_header("Content-Length", str(len(data)))

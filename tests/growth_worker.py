@@ -33,8 +33,8 @@ def mirrored(out):
 
     from keras_fusion import growth_maps
     from keras_fusion.callbacks import GrowthCallback
-    from keras_fusion.growth import Deepen, SelfFuse
     from keras_fusion.diagnostics import relative_error
+    from keras_fusion.growth import Deepen, SelfFuse
     from keras_fusion.models import variable_trees
     from keras_fusion.models.fusion_t5_backbone import backbone_variables
     from t5_test_utils import AtStep, growing_lm, random_inputs, random_labels
@@ -55,13 +55,23 @@ def mirrored(out):
         return tree
 
     def fit(model, steps, callbacks):
-        model.fit({k: np.concatenate([v] * steps) for k, v in x.items()}, np.concatenate([y] * steps),
-                  sample_weight=np.concatenate([x["decoder_padding_mask"]] * steps).astype("float32"),
-                  batch_size=4, epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
+        model.fit(
+            {k: np.concatenate([v] * steps) for k, v in x.items()},
+            np.concatenate([y] * steps),
+            sample_weight=np.concatenate([x["decoder_padding_mask"]] * steps).astype("float32"),
+            batch_size=4,
+            epochs=1,
+            shuffle=False,
+            verbose=0,
+            callbacks=callbacks,
+        )
 
     result = {"replicas": strategy.num_replicas_in_sync}
     with strategy.scope():
-        small, grown = growing_lm(keras.optimizers.Adam(1e-2)), growing_lm(keras.optimizers.Adam(1e-2))
+        small, grown = (
+            growing_lm(keras.optimizers.Adam(1e-2)),
+            growing_lm(keras.optimizers.Adam(1e-2)),
+        )
     at_growth, before, after = AtStep(2, old_layers), AtStep(2, batch_loss), AtStep(2, batch_loss)
     fit(small, 3, [at_growth])
     old_lm = grown.lm
@@ -78,20 +88,31 @@ def mirrored(out):
         update_error=max(keras.tree.flatten(errors)),
         num_layers=grown.backbone.num_layers,
         iterations=int(grown.optimizer.iterations.numpy()),
-        old_variables_in_model=len({id(v) for v in grown.trainable_variables}
-                                   & {id(v) for v in old_lm.trainable_variables}),
-        trainable_equals_lm=[id(v) for v in grown.trainable_variables] == [id(v) for v in grown.lm.trainable_variables],
+        old_variables_in_model=len(
+            {id(v) for v in grown.trainable_variables} & {id(v) for v in old_lm.trainable_variables}
+        ),
+        trainable_equals_lm=[id(v) for v in grown.trainable_variables]
+        == [id(v) for v in grown.lm.trainable_variables],
         # A count, not all(...): all() of no variables would be True.
         num_trainable=len(grown.trainable_variables),
-        num_mirrored=sum(isinstance(v.value, tf.distribute.DistributedValues) for v in grown.trainable_variables),
-        new_output_projection_max=float(np.abs(grown.backbone.decoder_transformer_layers[-1].output_projector.kernel.numpy()).max()),
+        num_mirrored=sum(
+            isinstance(v.value, tf.distribute.DistributedValues) for v in grown.trainable_variables
+        ),
+        new_output_projection_max=float(
+            np.abs(
+                grown.backbone.decoder_transformer_layers[-1].output_projector.kernel.numpy()
+            ).max()
+        ),
     )
     with strategy.scope():
         fused = growing_lm(keras.optimizers.AdamW(1e-2))
     before, after = AtStep(1, batch_loss), AtStep(1, batch_loss)
     fit(fused, 2, [before, GrowthCallback([SelfFuse(at_step=1, noise=0.01)], verbose=0), after])
-    result.update(self_fuse_loss_before=before.value, self_fuse_loss_after=after.value,
-                  self_fuse_hidden_dim=fused.backbone.hidden_dim)
+    result.update(
+        self_fuse_loss_before=before.value,
+        self_fuse_loss_after=after.value,
+        self_fuse_hidden_dim=fused.backbone.hidden_dim,
+    )
     with open(out, "w") as f:
         json.dump(result, f)
 
@@ -100,7 +121,12 @@ def resume(out, directory, kill_at):
     import keras
     import numpy as np
 
-    from keras_fusion.callbacks import GrowthCallback, GrowthCheckpoint, checkpoint_epoch, restore_latest
+    from keras_fusion.callbacks import (
+        GrowthCallback,
+        GrowthCheckpoint,
+        checkpoint_epoch,
+        restore_latest,
+    )
     from keras_fusion.models import GrowingT5Seq2SeqLM
     from t5_test_utils import growing_lm, random_inputs, random_labels
 
@@ -135,8 +161,11 @@ def resume(out, directory, kill_at):
     x, y = random_inputs(batch_size=8, seed=3), random_labels(batch_size=8, seed=4)
     restored = restore_latest(directory)
     model = restored or growing_lm(keras.optimizers.AdamW(1e-2))
-    start = {"step": int(model.optimizer.iterations.numpy()), "epoch": checkpoint_epoch(directory),
-             "history": list(model.growth_history)}
+    start = {
+        "step": int(model.optimizer.iterations.numpy()),
+        "epoch": checkpoint_epoch(directory),
+        "history": list(model.growth_history),
+    }
     with open(out + ".start.json", "w") as f:  # what a killed run resumed from
         json.dump(start, f)
 
@@ -146,19 +175,30 @@ def resume(out, directory, kill_at):
                 os.kill(os.getpid(), signal.SIGKILL)
 
     growth = GrowthCallback("deepen@3,widen_ffn@5", verbose=0)
-    model.fit(x, y, batch_size=4, epochs=4, initial_epoch=checkpoint_epoch(directory), shuffle=False,
-              verbose=0, callbacks=[growth, KillAt(), GrowthCheckpoint(directory)])
+    model.fit(
+        x,
+        y,
+        batch_size=4,
+        epochs=4,
+        initial_epoch=checkpoint_epoch(directory),
+        shuffle=False,
+        verbose=0,
+        callbacks=[growth, KillAt(), GrowthCheckpoint(directory)],
+    )
     with open(out, "w") as f:
-        json.dump({
-            "restored": restored is not None,
-            "start": start,
-            "applied_in_this_run": [e["entry"] for e in growth.events],
-            "history": model.growth_history,
-            "iterations": int(model.optimizer.iterations.numpy()),
-            "num_layers": model.backbone.num_layers,
-            "intermediate_dim": model.backbone.intermediate_dim,
-            "finite_loss": bool(np.isfinite(model.evaluate(x, y, verbose=0))),
-        }, f)
+        json.dump(
+            {
+                "restored": restored is not None,
+                "start": start,
+                "applied_in_this_run": [e["entry"] for e in growth.events],
+                "history": model.growth_history,
+                "iterations": int(model.optimizer.iterations.numpy()),
+                "num_layers": model.backbone.num_layers,
+                "intermediate_dim": model.backbone.intermediate_dim,
+                "finite_loss": bool(np.isfinite(model.evaluate(x, y, verbose=0))),
+            },
+            f,
+        )
 
 
 if __name__ == "__main__":

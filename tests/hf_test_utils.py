@@ -16,7 +16,9 @@ import pytest  # noqa: E402
 
 # CI installs the test extra (torch, transformers) and runs these tests; a
 # development venv that cannot hold transformers' pins skips them, visibly.
-torch = pytest.importorskip("torch", reason="the HF oracle needs the test extra: pip install -e .[test]")
+torch = pytest.importorskip(
+    "torch", reason="the HF oracle needs the test extra: pip install -e .[test]"
+)
 transformers = pytest.importorskip("transformers", reason="the HF oracle needs the test extra")
 
 from t5_test_utils import VOCABULARY_SIZE  # noqa: E402
@@ -31,8 +33,16 @@ def hf_t5(seed=0, **overrides):
     d_kv (8) differs from d_model / num_heads (16 / 3) on purpose.
     """
     config = dict(
-        vocab_size=VOCABULARY_SIZE, d_model=16, d_kv=8, d_ff=24, num_layers=2, num_heads=3,
-        dropout_rate=0.0, layer_norm_epsilon=1e-5, decoder_start_token_id=0, pad_token_id=0,
+        vocab_size=VOCABULARY_SIZE,
+        d_model=16,
+        d_kv=8,
+        d_ff=24,
+        num_layers=2,
+        num_heads=3,
+        dropout_rate=0.0,
+        layer_norm_epsilon=1e-5,
+        decoder_start_token_id=0,
+        pad_token_id=0,
         eos_token_id=1,
     )
     config.update(overrides)

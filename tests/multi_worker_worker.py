@@ -40,7 +40,9 @@ def weights_digest(model):
     """Every trainable weight by index and path, and a sha256 over all of them."""
     import numpy as np
 
-    weights = {f"{i:03d}:{v.path}": np.array(v.numpy()) for i, v in enumerate(model.trainable_variables)}
+    weights = {
+        f"{i:03d}:{v.path}": np.array(v.numpy()) for i, v in enumerate(model.trainable_variables)
+    }
     digest = hashlib.sha256()
     for name in sorted(weights):
         digest.update(name.encode())
@@ -66,26 +68,40 @@ def main(args):
     strategy = multi_worker_strategy(timeout_seconds=args.timeout_seconds or None)
 
     import keras
+
     if os.environ.get("MW_DEBUG"):
         keras.config.disable_traceback_filtering()
     import numpy as np
 
-    from keras_fusion.callbacks import GrowthCallback, GrowthCheckpoint, checkpoint_epoch, restore_latest
+    from keras_fusion.callbacks import (
+        GrowthCallback,
+        GrowthCheckpoint,
+        checkpoint_epoch,
+        restore_latest,
+    )
     from t5_test_utils import growing_lm, random_inputs, random_labels
 
     task = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
     global_batch = 4
     x = random_inputs(batch_size=global_batch * 2, seed=11)
     y = random_labels(batch_size=global_batch * 2, seed=12)
-    dataset = tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(global_batch, drop_remainder=True)
+    dataset = (
+        tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(global_batch, drop_remainder=True)
+    )
     dataset_options = tf.data.Options()
-    dataset_options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    dataset_options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA
+    )
     dataset = dataset.with_options(dataset_options)
 
     steps_per_epoch = args.steps_per_epoch or args.steps
     if args.steps % steps_per_epoch:
-        raise ValueError(f"--steps {args.steps} is not a multiple of --steps_per_epoch {steps_per_epoch}.")
-    checkpoint_dir = os.path.join(args.checkpoint_dir, f"worker{task}") if args.checkpoint_dir else None
+        raise ValueError(
+            f"--steps {args.steps} is not a multiple of --steps_per_epoch {steps_per_epoch}."
+        )
+    checkpoint_dir = (
+        os.path.join(args.checkpoint_dir, f"worker{task}") if args.checkpoint_dir else None
+    )
     restored = None
     with strategy.scope():
         if checkpoint_dir:
@@ -112,16 +128,26 @@ def main(args):
             # The state a checkpoint at this epoch end holds, for the test to
             # compare with what a restarted worker restores.
             step = int(self.model.optimizer.iterations.numpy())
-            print(f"worker {task} epoch {epoch + 1} step {step} weights {weights_digest(self.model)[1]} "
-                  f"optimizer {optimizer_digest(self.model)}", flush=True)
+            print(
+                f"worker {task} epoch {epoch + 1} step {step} "
+                f"weights {weights_digest(self.model)[1]} "
+                f"optimizer {optimizer_digest(self.model)}",
+                flush=True,
+            )
 
     growth = GrowthCallback(args.schedule, verbose=1)
     callbacks = [growth, KillAt()]
     if checkpoint_dir:
         callbacks.append(GrowthCheckpoint(checkpoint_dir))
     start = time.time()
-    history = model.fit(dataset, epochs=args.steps // steps_per_epoch, initial_epoch=initial_epoch,
-                        steps_per_epoch=steps_per_epoch, verbose=0, callbacks=callbacks)
+    history = model.fit(
+        dataset,
+        epochs=args.steps // steps_per_epoch,
+        initial_epoch=initial_epoch,
+        steps_per_epoch=steps_per_epoch,
+        verbose=0,
+        callbacks=callbacks,
+    )
     weights, digest = weights_digest(model)
     np.savez(args.weights, **weights)
     result = {
@@ -140,7 +166,9 @@ def main(args):
         "weights_sha256": digest,
         "num_trainable": len(weights),
         # A count, not all(...): all() of no variables would be True.
-        "num_mirrored": sum(isinstance(v.value, tf.distribute.DistributedValues) for v in model.trainable_variables),
+        "num_mirrored": sum(
+            isinstance(v.value, tf.distribute.DistributedValues) for v in model.trainable_variables
+        ),
         "seconds": round(time.time() - start, 2),
     }
     with open(args.out, "w") as f:
@@ -153,9 +181,15 @@ if __name__ == "__main__":
     parser.add_argument("--weights", required=True)
     parser.add_argument("--schedule", default="deepen@2")
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--steps_per_epoch", type=int, default=0,
-                        help="steps per epoch (default: all --steps in one epoch)")
-    parser.add_argument("--checkpoint_dir", help="checkpoint into (and resume from) <dir>/worker<task>")
+    parser.add_argument(
+        "--steps_per_epoch",
+        type=int,
+        default=0,
+        help="steps per epoch (default: all --steps in one epoch)",
+    )
+    parser.add_argument(
+        "--checkpoint_dir", help="checkpoint into (and resume from) <dir>/worker<task>"
+    )
     parser.add_argument("--kill_at_step", type=int, default=-1)
     parser.add_argument("--timeout_seconds", type=float, default=0)
     main(parser.parse_args())

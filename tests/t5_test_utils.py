@@ -50,14 +50,10 @@ def random_inputs(batch_size=3, length=9, seed=0):
     encoder_mask[0, length - 3 :] = 0
     decoder_mask[1, length - 4 :] = 0
     return {
-        "encoder_token_ids": rng.integers(1, VOCABULARY_SIZE, (batch_size, length)).astype(
-            "int32"
-        )
+        "encoder_token_ids": rng.integers(1, VOCABULARY_SIZE, (batch_size, length)).astype("int32")
         * encoder_mask,
         "encoder_padding_mask": encoder_mask,
-        "decoder_token_ids": rng.integers(1, VOCABULARY_SIZE, (batch_size, length)).astype(
-            "int32"
-        )
+        "decoder_token_ids": rng.integers(1, VOCABULARY_SIZE, (batch_size, length)).astype("int32")
         * decoder_mask,
         "decoder_padding_mask": decoder_mask,
     }
@@ -75,9 +71,12 @@ def assert_unchanged(model, before):
         np.testing.assert_array_equal(a, b, err_msg=f"{path} was modified")
 
 
-
 def random_labels(batch_size=3, length=9, seed=0):
-    return np.random.default_rng(seed).integers(0, VOCABULARY_SIZE, (batch_size, length)).astype("int32")
+    return (
+        np.random.default_rng(seed)
+        .integers(0, VOCABULARY_SIZE, (batch_size, length))
+        .astype("int32")
+    )
 
 
 def growing_lm(optimizer=None, seed=0, **backbone_kwargs):

@@ -10,12 +10,18 @@ import tensorflow as tf
 
 from keras_fusion import growth, growth_maps, optimizer_state
 from keras_fusion.callbacks import GrowthCallback
-from keras_fusion.growth import Deepen, Fuse, SelfFuse, WidenFFN
 from keras_fusion.diagnostics import relative_error
-from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM
+from keras_fusion.growth import Deepen, Fuse, SelfFuse, WidenFFN
+from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM, variable_trees
 from keras_fusion.models.fusion_t5_backbone import backbone_variables
-from keras_fusion.models import variable_trees
-from t5_test_utils import TOLERANCE, AtStep, growing_lm, random_backbone, random_inputs, random_labels
+from t5_test_utils import (
+    TOLERANCE,
+    AtStep,
+    growing_lm,
+    random_backbone,
+    random_inputs,
+    random_labels,
+)
 
 X = random_inputs(batch_size=4, seed=11)
 Y = random_labels(batch_size=4, seed=12)
@@ -29,13 +35,26 @@ def fixed_batch_loss(model):
 
 def fit(model, steps, callbacks=(), **kwargs):
     repeat = lambda a: np.concatenate([a] * steps)  # noqa: E731
-    model.fit({k: repeat(v) for k, v in X.items()}, repeat(Y), sample_weight=repeat(WEIGHTS),
-              batch_size=4, epochs=1, shuffle=False, verbose=0, callbacks=list(callbacks), **kwargs)
+    model.fit(
+        {k: repeat(v) for k, v in X.items()},
+        repeat(Y),
+        sample_weight=repeat(WEIGHTS),
+        batch_size=4,
+        epochs=1,
+        shuffle=False,
+        verbose=0,
+        callbacks=list(callbacks),
+        **kwargs,
+    )
 
 
 @pytest.mark.parametrize(
     "entry",
-    [SelfFuse(at_step=2, noise=0.01), Deepen(at_step=2, num_new_layers=1), WidenFFN(at_step=2, factor=2, noise=0.01)],
+    [
+        SelfFuse(at_step=2, noise=0.01),
+        Deepen(at_step=2, num_new_layers=1),
+        WidenFFN(at_step=2, factor=2, noise=0.01),
+    ],
     ids=lambda e: e.operator,
 )
 def test_loss_is_continuous_across_growth_inside_fit(entry):
@@ -60,7 +79,10 @@ def test_update_after_deepen_equals_the_small_models_update(optimizer):
     unchanged, so with the optimizer state carried, the grown model's first
     update of the old entries equals the small model's update from the same
     state and batch. (Later updates differ: the new layers start to act.)"""
-    make = {"adam": lambda: keras.optimizers.Adam(1e-2), "adamw": lambda: keras.optimizers.AdamW(1e-2)}[optimizer]
+    make = {
+        "adam": lambda: keras.optimizers.Adam(1e-2),
+        "adamw": lambda: keras.optimizers.AdamW(1e-2),
+    }[optimizer]
     small, grown = growing_lm(make()), growing_lm(make())
     at_growth = AtStep(2, old_layers)
     fit(small, 3, [at_growth])
@@ -79,8 +101,11 @@ def test_update_after_fuse_follows_adam_from_the_carried_state():
     model's gradient: the state was carried, not reset."""
     lr, beta_1, beta_2, eps = 1e-2, 0.9, 0.999, 1e-7
     model = growing_lm(keras.optimizers.Adam(lr, beta_1=beta_1, beta_2=beta_2, epsilon=eps))
-    partner = FusionT5Seq2SeqLM(random_backbone(hidden_dim=8, num_heads=1, intermediate_dim=16, seed=5,
-                                                cls=FusionT5Backbone))
+    partner = FusionT5Seq2SeqLM(
+        random_backbone(
+            hidden_dim=8, num_heads=1, intermediate_dim=16, seed=5, cls=FusionT5Backbone
+        )
+    )
     fit(model, 2)
     tree = backbone_variables(model.backbone)
     slots = optimizer_state.read_slots(model.optimizer, tree)
@@ -125,7 +150,10 @@ def test_new_entries_do_not_get_outsized_first_updates():
     model = growing_lm(keras.optimizers.Adam(1e-2))
     fit(model, 2)
     before = variable_trees.read(backbone_variables(model.backbone))
-    callback = GrowthCallback([Fuse(at_step=3, partner=FusionT5Seq2SeqLM(random_backbone(seed=7, cls=FusionT5Backbone)))], verbose=0)
+    callback = GrowthCallback(
+        [Fuse(at_step=3, partner=FusionT5Seq2SeqLM(random_backbone(seed=7, cls=FusionT5Backbone)))],
+        verbose=0,
+    )
     callback.set_model(model)
     callback.grow(callback.schedule[0], 2)
     start = variable_trees.read(backbone_variables(model.backbone))
@@ -149,8 +177,12 @@ def test_traps_old_variables_untracked_new_weights_train_predict_and_evaluate_us
     model = growing_lm()
     old_lm = model.lm
     at_growth = AtStep(2, lambda m: [v.numpy().copy() for v in old_lm.trainable_variables])
-    fit(model, 4, [GrowthCallback([Deepen(at_step=2)], verbose=0), at_growth],
-        validation_data=(X, Y, WEIGHTS))
+    fit(
+        model,
+        4,
+        [GrowthCallback([Deepen(at_step=2)], verbose=0), at_growth],
+        validation_data=(X, Y, WEIGHTS),
+    )
     grown_ids = {id(v) for v in model.lm.trainable_variables}
     assert {id(v) for v in model.trainable_variables} == grown_ids
     assert not grown_ids & {id(v) for v in old_lm.trainable_variables}
@@ -171,15 +203,27 @@ def test_iterations_schedule_and_history_continue():
     schedule = keras.optimizers.schedules.ExponentialDecay(1e-2, decay_steps=2, decay_rate=0.5)
     model = growing_lm(keras.optimizers.AdamW(schedule))
     callback = GrowthCallback("self_fuse@2", verbose=0)
-    history = model.fit({k: np.concatenate([v] * 3) for k, v in X.items()}, np.concatenate([Y] * 3),
-                        batch_size=4, epochs=2, shuffle=False, verbose=0, callbacks=[callback])
+    history = model.fit(
+        {k: np.concatenate([v] * 3) for k, v in X.items()},
+        np.concatenate([Y] * 3),
+        batch_size=4,
+        epochs=2,
+        shuffle=False,
+        verbose=0,
+        callbacks=[callback],
+    )
     assert int(model.optimizer.iterations.numpy()) == 6
     # The schedule runs on from step 6, at half the rate: self fusion halves
     # every kernel entry, and GrowthCallback's default learning_rate_scale
     # ("auto") halves the rate with it.
-    np.testing.assert_allclose(float(model.optimizer.learning_rate), 0.5 * float(schedule(6)), rtol=1e-6)
+    np.testing.assert_allclose(
+        float(model.optimizer.learning_rate), 0.5 * float(schedule(6)), rtol=1e-6
+    )
     assert history.history["num_parameters"][1] == model.backbone.count_params()
-    assert callback.events[0]["step"] == 2 and callback.events[0]["parameters_after"] == model.backbone.count_params()
+    assert (
+        callback.events[0]["step"] == 2
+        and callback.events[0]["parameters_after"] == model.backbone.count_params()
+    )
 
 
 def test_adafactor_state_is_carried():
@@ -213,9 +257,23 @@ def test_tensorboard_event_is_written(tmp_path):
 @pytest.mark.parametrize(
     "make_callback,message",
     [
-        (lambda: GrowthCallback([Fuse(at_step=2, partner=FusionT5Seq2SeqLM(random_backbone(cls=FusionT5Backbone, vocabulary_size=70)))]),
-         r"fuse@2.*vocabulary_size differs: 61 vs 70"),
-        (lambda: GrowthCallback("self_fuse@2", max_parameters=20_000), r"self_fuse@2.*over max_parameters=20,000"),
+        (
+            lambda: GrowthCallback(
+                [
+                    Fuse(
+                        at_step=2,
+                        partner=FusionT5Seq2SeqLM(
+                            random_backbone(cls=FusionT5Backbone, vocabulary_size=70)
+                        ),
+                    )
+                ]
+            ),
+            r"fuse@2.*vocabulary_size differs: 61 vs 70",
+        ),
+        (
+            lambda: GrowthCallback("self_fuse@2", max_parameters=20_000),
+            r"self_fuse@2.*over max_parameters=20,000",
+        ),
     ],
 )
 def test_bad_schedule_fails_before_any_step_and_leaves_the_model_alone(make_callback, message):
@@ -234,7 +292,10 @@ def test_wrong_model_or_optimizer_is_refused():
     with pytest.raises(ValueError, match="grows a keras_fusion.models.GrowingT5Seq2SeqLM"):
         lm.fit(X, Y, epochs=1, verbose=0, callbacks=[GrowthCallback("deepen@2")])
     model = growing_lm(keras.optimizers.SGD(0.1))
-    with pytest.raises(ValueError, match="optimizer SGD is not supported for growth; supported: Adam, AdamW, Adafactor"):
+    with pytest.raises(
+        ValueError,
+        match="optimizer SGD is not supported for growth; supported: Adam, AdamW, Adafactor",
+    ):
         fit(model, 1, [GrowthCallback("deepen@2")])
 
 
@@ -244,7 +305,9 @@ def test_fuse_partner_saved_with_its_optimizer_brings_its_state(tmp_path):
     path = str(tmp_path / "partner.keras")
     partner.save(path)
     kernel = lambda m: m.backbone.decoder_transformer_layers[0].input_projector.kernel  # noqa: E731
-    partner_m = partner.optimizer._momentums[partner.optimizer._get_variable_index(kernel(partner))].numpy()
+    partner_m = partner.optimizer._momentums[
+        partner.optimizer._get_variable_index(kernel(partner))
+    ].numpy()
     model = growing_lm(keras.optimizers.Adam(1e-2))
     fit(model, 3, [GrowthCallback([Fuse(at_step=2, partner=path)], verbose=0)])
     assert model.backbone.norm_groups == [16, 16]
@@ -260,7 +323,14 @@ def test_fuse_partner_saved_with_its_optimizer_brings_its_state(tmp_path):
 def test_rewarmup_schedule_ramps_from_the_growth_step_and_round_trips():
     rate = optimizer_state.Rewarmup(1e-3, start_step=1000, warmup_steps=100)
     # rate(step) = 1e-3 * min(1, (step - 1000 + 1) / 100) from step 1000 on.
-    for step, expected in [(0, 1e-3), (999, 1e-3), (1000, 1e-5), (1049, 5e-4), (1099, 1e-3), (5000, 1e-3)]:
+    for step, expected in [
+        (0, 1e-3),
+        (999, 1e-3),
+        (1000, 1e-5),
+        (1049, 5e-4),
+        (1099, 1e-3),
+        (5000, 1e-3),
+    ]:
         np.testing.assert_allclose(float(rate(step)), expected, rtol=1e-6)
     decay = keras.optimizers.schedules.ExponentialDecay(1e-2, decay_steps=10, decay_rate=0.5)
     wrapped = optimizer_state.Rewarmup(decay, start_step=20, warmup_steps=4)
@@ -269,8 +339,9 @@ def test_rewarmup_schedule_ramps_from_the_growth_step_and_round_trips():
         expected = float(decay(step)) * (min(1.0, (step - 19) / 4) if step >= 20 else 1.0)
         np.testing.assert_allclose(float(restored(step)), expected, rtol=1e-6)
     scaled = optimizer_state.Rewarmup(1e-3, start_step=10, warmup_steps=0, scale=0.5)  # no ramp
-    np.testing.assert_allclose([float(scaled(9)), float(scaled(10)), float(scaled(99))], [1e-3, 5e-4, 5e-4],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        [float(scaled(9)), float(scaled(10)), float(scaled(99))], [1e-3, 5e-4, 5e-4], rtol=1e-6
+    )
     with pytest.raises(ValueError, match="warmup_steps"):
         optimizer_state.Rewarmup(1e-3, 0, -1)
     with pytest.raises(ValueError, match="scale"):
@@ -280,8 +351,15 @@ def test_rewarmup_schedule_ramps_from_the_growth_step_and_round_trips():
 def test_rewarmup_after_growth_does_not_nest_and_survives_saving(tmp_path):
     model = growing_lm(keras.optimizers.AdamW(1e-2))
     # Widths 16 -> 32 (self_fuse: scale 1/2) -> 32 (deepen: scale 1).
-    fit(model, 5, [GrowthCallback("self_fuse@2,deepen@4", rewarmup_steps=4, learning_rate_scale="width",
-                                  verbose=0)])
+    fit(
+        model,
+        5,
+        [
+            GrowthCallback(
+                "self_fuse@2,deepen@4", rewarmup_steps=4, learning_rate_scale="width", verbose=0
+            )
+        ],
+    )
     rate = model.optimizer._learning_rate
     assert isinstance(rate, optimizer_state.Rewarmup)
     assert rate.start_step == 4 and rate.scale == 0.5  # the scales compound
@@ -304,16 +382,22 @@ def test_optimizer_state_carry_or_reset(state):
     callback.set_model(model)
     callback.grow(callback.schedule[0], 2)
     optimizer = model.optimizer
-    largest = max(float(np.abs(m.numpy()).max()) for m in optimizer._momentums + optimizer._velocities)
+    largest = max(
+        float(np.abs(m.numpy()).max()) for m in optimizer._momentums + optimizer._velocities
+    )
     assert int(optimizer.iterations.numpy()) == 2
     assert (largest > 0) if state == "carry" else (largest == 0)
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [(dict(rewarmup_steps=-1), "rewarmup_steps"), (dict(rewarmup_steps=1.5), "rewarmup_steps"),
-     (dict(optimizer_slots="fresh"), "optimizer_slots must be one of"),
-     (dict(learning_rate_scale=0), "learning_rate_scale"), (dict(learning_rate_scale="depth"), "learning_rate_scale")],
+    [
+        (dict(rewarmup_steps=-1), "rewarmup_steps"),
+        (dict(rewarmup_steps=1.5), "rewarmup_steps"),
+        (dict(optimizer_slots="fresh"), "optimizer_slots must be one of"),
+        (dict(learning_rate_scale=0), "learning_rate_scale"),
+        (dict(learning_rate_scale="depth"), "learning_rate_scale"),
+    ],
 )
 def test_bad_growth_options_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -328,13 +412,22 @@ def test_no_schedule_grows_by_the_default_mode_at_the_default_fraction_of_fits_s
     model = growing_lm(keras.optimizers.AdamW(schedule))
     before = {"layers": model.backbone.num_layers, "width": model.backbone.hidden_dim}
     callback = GrowthCallback(verbose=0)
-    model.fit({k: np.concatenate([v] * 4) for k, v in X.items()}, np.concatenate([Y] * 4),
-              batch_size=4, epochs=3, shuffle=False, verbose=0, callbacks=[callback])
+    model.fit(
+        {k: np.concatenate([v] * 4) for k, v in X.items()},
+        np.concatenate([Y] * 4),
+        batch_size=4,
+        epochs=3,
+        shuffle=False,
+        verbose=0,
+        callbacks=[callback],
+    )
     (event,) = callback.events
     expected_step = max(1, round(growth.DEFAULT_GROWTH_FRACTION * 12))  # 3 epochs x 4 steps
     assert event["step"] == expected_step and model.growth_history == [event["entry"]]
     assert event["entry"].startswith(
-        {"self_fusion": "self_fuse@", "deepen": "deepen@", "stack": "deepen@"}[growth.DEFAULT_GROWTH_MODE]
+        {"self_fusion": "self_fuse@", "deepen": "deepen@", "stack": "deepen@"}[
+            growth.DEFAULT_GROWTH_MODE
+        ]
     )
     if growth.DEFAULT_GROWTH_MODE == "self_fusion":
         assert model.backbone.hidden_dim == 2 * before["width"]
@@ -342,17 +435,22 @@ def test_no_schedule_grows_by_the_default_mode_at_the_default_fraction_of_fits_s
         assert model.backbone.num_layers == 2 * before["layers"]
     assert int(model.optimizer.iterations.numpy()) == 12
     entry = growth.parse_schedule(event["entry"])[0]
-    np.testing.assert_allclose(float(model.optimizer.learning_rate), entry.weight_scale * float(schedule(12)),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        float(model.optimizer.learning_rate), entry.weight_scale * float(schedule(12)), rtol=1e-6
+    )
     # A second fit keeps the entry (already applied): no second growth.
     fit(model, 2, [callback])
     assert len(callback.events) == 1
 
 
-@pytest.mark.parametrize("mode, fraction, total, expected",
-                         [("self_fusion", 0.25, 400, "self_fuse@100:noise=0.001:seed=0"),
-                          ("deepen", 0.1, 1000, "deepen@100:layers=2:mode=identity"),
-                          ("stack", 0.5, 3, "deepen@2:layers=2:mode=stack")])
+@pytest.mark.parametrize(
+    "mode, fraction, total, expected",
+    [
+        ("self_fusion", 0.25, 400, "self_fuse@100:noise=0.001:seed=0"),
+        ("deepen", 0.1, 1000, "deepen@100:layers=2:mode=identity"),
+        ("stack", 0.5, 3, "deepen@2:layers=2:mode=stack"),
+    ],
+)
 def test_default_entry_grows_at_the_fraction_of_the_run(mode, fraction, total, expected):
     config = {"num_layers": 2}
     assert growth.default_entry(config, total, mode, fraction).describe() == expected
@@ -366,3 +464,26 @@ def test_no_schedule_needs_fit_to_know_its_steps():
     for bad in [dict(mode="deep_fusion"), dict(fraction=1.0), dict(fraction=0.0)]:
         with pytest.raises(ValueError):
             growth.default_entry({"num_layers": 2}, 100, **bad)
+
+
+@pytest.mark.parametrize("verbose", [0, 1])
+def test_a_growth_event_is_reported_once(verbose, capsys, caplog):
+    """One line on stdout with verbose=1 (none with 0), and nothing in the
+    log: not the same event twice."""
+    import logging
+
+    model = growing_lm()
+    x, y = random_inputs(batch_size=4, seed=1), random_labels(batch_size=4, seed=2)
+    with caplog.at_level(logging.DEBUG):
+        model.fit(
+            x,
+            y,
+            batch_size=2,
+            epochs=2,
+            verbose=0,
+            callbacks=[GrowthCallback("deepen@2", verbose=verbose)],
+        )
+    assert len(model.growth_history) == 1 and model.growth_history[0].startswith("deepen@2")
+    printed = [line for line in capsys.readouterr().out.splitlines() if "Growth at step 2" in line]
+    assert len(printed) == verbose
+    assert not [r for r in caplog.records if "Growth at step" in r.getMessage()]

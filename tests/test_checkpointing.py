@@ -25,8 +25,14 @@ def test_checkpoint_restores_grown_model_and_skips_applied_growth(tmp_path):
     directory = str(tmp_path / "ckpt")
     model = growing_lm()
     data = ({k: np.concatenate([v] * 2) for k, v in X.items()}, np.concatenate([Y] * 2))
-    model.fit(*data, batch_size=4, epochs=2, verbose=0, shuffle=False,
-              callbacks=[GrowthCallback("deepen@3", verbose=0), GrowthCheckpoint(directory)])
+    model.fit(
+        *data,
+        batch_size=4,
+        epochs=2,
+        verbose=0,
+        shuffle=False,
+        callbacks=[GrowthCallback("deepen@3", verbose=0), GrowthCheckpoint(directory)],
+    )
     names = sorted(os.listdir(directory))
     assert len(names) == 3 and names[0] == "checkpoint.json"
     assert re.fullmatch(r"ckpt-000000002-[0-9a-f]{8}\.keras", names[1])
@@ -56,23 +62,35 @@ def test_step_checkpoints_with_state_on_a_remote_filesystem(tmp_path, monkeypatc
     storage.write_bytes(orphan, b"half a zip")
     model = growing_lm()
     saved_at = []
-    checkpoint = GrowthCheckpoint(directory, keep=2, every_steps=2,
-                                  state=lambda: {"seen": saved_at.append(1) or len(saved_at)})
+    checkpoint = GrowthCheckpoint(
+        directory,
+        keep=2,
+        every_steps=2,
+        state=lambda: {"seen": saved_at.append(1) or len(saved_at)},
+    )
     data = ({k: np.concatenate([v] * 5) for k, v in X.items()}, np.concatenate([Y] * 5))
     model.fit(*data, batch_size=4, epochs=1, verbose=0, shuffle=False, callbacks=[checkpoint])
     index = read_index(directory)
-    assert [(c["step"], c["state"]) for c in index["checkpoints"]] == [(2, {"seen": 1}), (4, {"seen": 2})]
+    assert [(c["step"], c["state"]) for c in index["checkpoints"]] == [
+        (2, {"seen": 1}),
+        (4, {"seen": 2}),
+    ]
     assert not storage.exists(orphan)
-    assert sorted(storage.listdir(directory)) == sorted(["checkpoint.json"] + [c["file"] for c in index["checkpoints"]])
+    assert sorted(storage.listdir(directory)) == sorted(
+        ["checkpoint.json"] + [c["file"] for c in index["checkpoints"]]
+    )
     restored, entry = latest_checkpoint(directory)
     assert entry["step"] == 4 and int(restored.optimizer.iterations.numpy()) == 4
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(keep=0), "keep must be an int >= 1, got 0"),
-    (dict(every_steps=0), "every_steps must be None or an int >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(keep=0), "keep must be an int >= 1, got 0"),
+        (dict(every_steps=0), "every_steps must be None or an int >= 1, got 0"),
+    ],
+)
 def test_bad_arguments_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         GrowthCheckpoint("unused", **kwargs)

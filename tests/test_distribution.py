@@ -7,8 +7,10 @@ from keras_fusion import distribution
 
 
 def test_an_unknown_strategy_is_refused_naming_the_allowed_ones():
-    with pytest.raises(ValueError, match="strategy must be one of default, mirrored, multi_worker, tpu; "
-                                         "got 'bogus'"):
+    with pytest.raises(
+        ValueError,
+        match="strategy must be one of default, mirrored, multi_worker, tpu; got 'bogus'",
+    ):
         distribution.make_strategy("bogus")
 
 
@@ -25,7 +27,9 @@ def test_the_tpu_strategy_needs_a_tpu(tpu):
 
 
 def test_tpu_reachability_errors_name_the_address():
-    with pytest.raises(ValueError, match="no TPU reachable: --tpu=grpc://127.0.0.1:1 does not answer"):
+    with pytest.raises(
+        ValueError, match="no TPU reachable: --tpu=grpc://127.0.0.1:1 does not answer"
+    ):
         distribution.check_tpu_reachable("grpc://127.0.0.1:1", timeout=1)
     with pytest.raises(ValueError, match="--tpu=local: this machine has no TPU device"):
         distribution.check_tpu_reachable("local")

@@ -68,7 +68,10 @@ def test_documents_are_found_and_linked_from_the_readme():
 
 
 def test_readme_starts_with_make_demo_and_make_test():
-    assert list(itertools.islice(shell_commands(read("README.md")), 2)) == ["make demo", "make test"]
+    assert list(itertools.islice(shell_commands(read("README.md")), 2)) == [
+        "make demo",
+        "make test",
+    ]
     makefile = read("Makefile")
     for target in ("demo", "test"):
         assert re.search(rf"^{target}:", makefile, re.M), target

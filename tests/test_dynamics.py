@@ -20,16 +20,28 @@ from t5_test_utils import growing_lm, random_backbone, random_inputs, random_lab
 X = random_inputs(batch_size=4, seed=11)
 Y = random_labels(batch_size=4, seed=12)
 WEIGHTS = X["decoder_padding_mask"].astype("float32")
-PROBE = (random_inputs(batch_size=3, seed=21), random_labels(batch_size=3, seed=22),
-         random_inputs(batch_size=3, seed=21)["decoder_padding_mask"].astype("float32"))
+PROBE = (
+    random_inputs(batch_size=3, seed=21),
+    random_labels(batch_size=3, seed=22),
+    random_inputs(batch_size=3, seed=21)["decoder_padding_mask"].astype("float32"),
+)
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 KERNELS = ("query", "key", "value", "output", "ffn_input", "ffn_gate", "ffn_output")
 
 
 def fit(model, steps, callbacks=(), **kwargs):
     repeat = lambda a: np.concatenate([a] * steps)  # noqa: E731
-    return model.fit({k: repeat(v) for k, v in X.items()}, repeat(Y), sample_weight=repeat(WEIGHTS),
-                     batch_size=4, epochs=1, shuffle=False, verbose=0, callbacks=list(callbacks), **kwargs)
+    return model.fit(
+        {k: repeat(v) for k, v in X.items()},
+        repeat(Y),
+        sample_weight=repeat(WEIGHTS),
+        batch_size=4,
+        epochs=1,
+        shuffle=False,
+        verbose=0,
+        callbacks=list(callbacks),
+        **kwargs,
+    )
 
 
 def compiled(lm, learning_rate=1e-2):
@@ -45,7 +57,10 @@ def probe_gradients(model):
         loss = LOSS(y, model(x, training=False), sample_weight=sample_weight)
     variables = model.trainable_variables
     # The embedding's gradient is sparse (IndexedSlices): densify it.
-    return {id(v): tf.convert_to_tensor(g).numpy() for v, g in zip(variables, tape.gradient(loss, variables))}
+    return {
+        id(v): tf.convert_to_tensor(g).numpy()
+        for v, g in zip(variables, tape.gradient(loss, variables))
+    }
 
 
 def named_kernels(model):
@@ -88,17 +103,26 @@ def test_block_norms_of_a_fused_model_match_slices_taken_by_hand():
     The cross blocks are zero at fusion but their gradient is not: training
     fills them."""
     a = FusionT5Seq2SeqLM(random_backbone(seed=0, cls=FusionT5Backbone))
-    b = FusionT5Seq2SeqLM(random_backbone(hidden_dim=8, num_heads=1, intermediate_dim=16, seed=5,
-                                          cls=FusionT5Backbone))
+    b = FusionT5Seq2SeqLM(
+        random_backbone(
+            hidden_dim=8, num_heads=1, intermediate_dim=16, seed=5, cls=FusionT5Backbone
+        )
+    )
     model = compiled(FusionT5Seq2SeqLM.fuse(a, b))
     monitor = DynamicsMonitor(PROBE, sources=[source_dims(a.backbone), source_dims(b.backbone)])
     monitor.set_model(model)
     record = monitor.measure()
 
     cuts = {"hidden": [16, 8], "inner": [16, 8], "ffn": [32, 16]}
-    axes = {"query": ("hidden", "inner"), "key": ("hidden", "inner"), "value": ("hidden", "inner"),
-            "output": ("inner", "hidden"), "ffn_input": ("hidden", "ffn"), "ffn_gate": ("hidden", "ffn"),
-            "ffn_output": ("ffn", "hidden")}
+    axes = {
+        "query": ("hidden", "inner"),
+        "key": ("hidden", "inner"),
+        "value": ("hidden", "inner"),
+        "output": ("inner", "hidden"),
+        "ffn_input": ("hidden", "ffn"),
+        "ffn_gate": ("hidden", "ffn"),
+        "ffn_output": ("ffn", "hidden"),
+    }
     gradients = probe_gradients(model)
     own, cross, total = [0.0, 0.0], 0.0, 0.0
     kernels = named_kernels(model)
@@ -115,8 +139,11 @@ def test_block_norms_of_a_fused_model_match_slices_taken_by_hand():
     assert record["source_1_grad_norm"] ** 2 == pytest.approx(own[1], rel=1e-5)
     assert record["cross_grad_norm"] ** 2 == pytest.approx(cross, rel=1e-5)
     assert record["kernel_grad_norm"] ** 2 == pytest.approx(total, rel=1e-5)
-    assert (record["source_0_grad_norm"] ** 2 + record["source_1_grad_norm"] ** 2
-            + record["cross_grad_norm"] ** 2) == pytest.approx(record["kernel_grad_norm"] ** 2, rel=1e-5)
+    assert (
+        record["source_0_grad_norm"] ** 2
+        + record["source_1_grad_norm"] ** 2
+        + record["cross_grad_norm"] ** 2
+    ) == pytest.approx(record["kernel_grad_norm"] ** 2, rel=1e-5)
     assert record["cross_grad_fraction"] > 0.01
     assert "halves_kernel_distance" not in record  # sources of different shapes
 
@@ -127,8 +154,11 @@ def weights_are_block_diagonal(kernel, r, c):
 
 def test_unequal_groups_without_sources_are_refused():
     a = FusionT5Seq2SeqLM(random_backbone(seed=0, cls=FusionT5Backbone))
-    b = FusionT5Seq2SeqLM(random_backbone(hidden_dim=8, num_heads=1, intermediate_dim=16, seed=5,
-                                          cls=FusionT5Backbone))
+    b = FusionT5Seq2SeqLM(
+        random_backbone(
+            hidden_dim=8, num_heads=1, intermediate_dim=16, seed=5, cls=FusionT5Backbone
+        )
+    )
     monitor = DynamicsMonitor(PROBE)
     monitor.set_model(compiled(FusionT5Seq2SeqLM.fuse(a, b)))
     with pytest.raises(ValueError, match="sources="):
@@ -218,5 +248,8 @@ def test_overhead_per_step(record_property):
         medians[label] = float(np.median(timer.times[5:]))
         mean = float(np.mean(timer.times[5:]))
         record_property(f"step_seconds_{label}", medians[label])
-        print(f"\nDynamicsMonitor {label}: median step {medians[label] * 1e3:.2f} ms, mean {mean * 1e3:.2f} ms")
+        print(
+            f"\nDynamicsMonitor {label}: median step {medians[label] * 1e3:.2f} ms, "
+            f"mean {mean * 1e3:.2f} ms"
+        )
     assert all(m > 0 for m in medians.values())

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from keras_fusion import data
-from keras_fusion.export import TEXT_DIR, export_saved_model
 from keras_fusion.diagnostics import relative_error
+from keras_fusion.export import TEXT_DIR, export_saved_model
 from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM
 from t5_test_utils import TOLERANCE, random_backbone, random_inputs
 
@@ -18,18 +18,23 @@ VOCABULARY = 200
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
-    spm = data.train_tokenizer(data.load_corpus("embedded", "train")[:200], VOCABULARY, str(root / "spm"),
-                               num_sentinels=10)
+    spm = data.train_tokenizer(
+        data.load_corpus("embedded", "train")[:200], VOCABULARY, str(root / "spm"), num_sentinels=10
+    )
     lm = FusionT5Seq2SeqLM(random_backbone(vocabulary_size=VOCABULARY, cls=FusionT5Backbone))
     inputs = random_inputs()
     np.savez(root / "inputs.npz", **inputs)
     expected = np.asarray(lm(inputs, training=False))
-    export_saved_model(lm, str(root / "model"), tokenizer_path=spm, max_input_length=16, max_new_tokens=4)
+    export_saved_model(
+        lm, str(root / "model"), tokenizer_path=spm, max_input_length=16, max_new_tokens=4
+    )
     return root, expected
 
 
 def run_python(script):
-    process = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    process = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
     assert process.returncode == 0, process.stderr[-3000:]
     return process.stdout
 
@@ -39,10 +44,11 @@ def test_ids_saved_model_runs_in_a_process_that_never_imports_tensorflow_text(ex
     out = run_python(f"""
 import sys
 import numpy as np, tensorflow as tf
-loaded = tf.saved_model.load({str(root / 'model')!r})
-inputs = dict(np.load({str(root / 'inputs.npz')!r}))
-logits = loaded.signatures["serving_default"](**{{k: tf.constant(v) for k, v in inputs.items()}})["logits"]
-np.save({str(root / 'logits.npy')!r}, logits.numpy())
+loaded = tf.saved_model.load({str(root / "model")!r})
+inputs = dict(np.load({str(root / "inputs.npz")!r}))
+logits = loaded.signatures["serving_default"](\
+**{{k: tf.constant(v) for k, v in inputs.items()}})["logits"]
+np.save({str(root / "logits.npy")!r}, logits.numpy())
 print("TEXT_IMPORTED", "tensorflow_text" in sys.modules)
 """)
     assert "TEXT_IMPORTED False" in out
@@ -54,8 +60,9 @@ def test_text_saved_model_answers_strings(exported):
     out = run_python(f"""
 import tensorflow as tf
 import tensorflow_text  # registers the SentencePiece ops of generate_text
-loaded = tf.saved_model.load({str(root / 'model' / TEXT_DIR)!r})
-text = loaded.signatures["generate_text"](text=tf.constant(["def main():", "The import statement"]))["text"]
+loaded = tf.saved_model.load({str(root / "model" / TEXT_DIR)!r})
+text = loaded.signatures["generate_text"](\
+text=tf.constant(["def main():", "The import statement"]))["text"]
 print("GENERATED", [t.decode() for t in text.numpy()])
 """)
     generated = eval(out.split("GENERATED", 1)[1].strip())

@@ -6,8 +6,15 @@ from keras_fusion.models.fusion_t5_backbone import backbone_config
 
 
 def test_hand_count_of_one_tiny_configuration():
-    config = dict(vocabulary_size=10, num_layers=1, num_heads=2, hidden_dim=4, intermediate_dim=8,
-                  key_value_dim=3, use_gated_activation=True)
+    config = dict(
+        vocabulary_size=10,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=4,
+        intermediate_dim=8,
+        key_value_dim=3,
+        use_gated_activation=True,
+    )
     # Hand count, batch 1, 5 encoder tokens, 2 decoder tokens; inner = 2 heads * 3 = 6.
     # Encoder, per token: q,k,v,o 4 * 4*6 = 96 MACs; QK^T and AV 2 * 5*6 = 60 MACs;
     #   gated FFN: Wi, Wg 2 * 4*8 = 64, Wo 8*4 = 32 -> 96 MACs.  (96+60+96) * 5 tokens = 1260.
@@ -20,11 +27,28 @@ def test_hand_count_of_one_tiny_configuration():
 
 
 def test_plain_ffn_and_default_head_size():
-    plain = dict(vocabulary_size=10, num_layers=2, num_heads=2, hidden_dim=4, intermediate_dim=8,
-                 key_value_dim=None, use_gated_activation=False)
+    plain = dict(
+        vocabulary_size=10,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=4,
+        intermediate_dim=8,
+        key_value_dim=None,
+        use_gated_activation=False,
+    )
     # One fewer FFN matrix (4*8 MACs) per token and layer: (5 + 2) tokens * 2 layers * 32 * 2 FLOPs.
     gated = dict(plain, use_gated_activation=True)
-    assert flops.forward_flops(gated, 1, 5, 2) - flops.forward_flops(plain, 1, 5, 2) == 7 * 2 * 32 * 2
-    backbone = FusionT5Backbone(vocabulary_size=10, num_layers=2, num_heads=2, hidden_dim=4,
-                                intermediate_dim=8, use_gated_activation=False)
-    assert flops.forward_flops(backbone_config(backbone), 1, 5, 2) == flops.forward_flops(plain, 1, 5, 2)
+    assert (
+        flops.forward_flops(gated, 1, 5, 2) - flops.forward_flops(plain, 1, 5, 2) == 7 * 2 * 32 * 2
+    )
+    backbone = FusionT5Backbone(
+        vocabulary_size=10,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=4,
+        intermediate_dim=8,
+        use_gated_activation=False,
+    )
+    assert flops.forward_flops(backbone_config(backbone), 1, 5, 2) == flops.forward_flops(
+        plain, 1, 5, 2
+    )

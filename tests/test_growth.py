@@ -10,7 +10,9 @@ from t5_test_utils import random_backbone
 
 
 def test_parse_schedule_entries_and_options():
-    schedule = parse_schedule("deepen@3000:layers=2, self_fuse@1000:noise=0.01,widen_ffn@5000:factor=3")
+    schedule = parse_schedule(
+        "deepen@3000:layers=2, self_fuse@1000:noise=0.01,widen_ffn@5000:factor=3"
+    )
     assert schedule == [
         SelfFuse(at_step=1000, noise=0.01),
         Deepen(at_step=3000, num_new_layers=2),
@@ -32,7 +34,11 @@ def test_a_partner_on_a_remote_filesystem_keeps_its_scheme():
 @pytest.mark.parametrize(
     "text,message",
     [
-        ("grow@10", r"Schedule entry 'grow@10': unknown operator 'grow'; allowed: deepen, fuse, self_fuse, widen_ffn"),
+        (
+            "grow@10",
+            r"Schedule entry 'grow@10': unknown operator 'grow'; "
+            r"allowed: deepen, fuse, self_fuse, widen_ffn",
+        ),
         ("deepen", r"Schedule entry 'deepen': expected OPERATOR@STEP"),
         ("deepen@ten", r"'deepen@ten': step 'ten' is not an integer"),
         ("deepen@-5", r"'deepen@-5': deepen: at_step must be an int >= 1, got -5"),
@@ -42,7 +48,10 @@ def test_a_partner_on_a_remote_filesystem_keeps_its_scheme():
         ("widen_ffn@5:factor=1", r"factor must be an int >= 2, got 1"),
         ("self_fuse@5:noise=-1", r"noise must be a finite number >= 0"),
         ("fuse@5", r"partner is required"),
-        ("fuse@5:partner=/nonexistent/model.keras", r"partner file not found: /nonexistent/model.keras"),
+        (
+            "fuse@5:partner=/nonexistent/model.keras",
+            r"partner file not found: /nonexistent/model.keras",
+        ),
         ("deepen@5,self_fuse@5", r"Two growth entries at step 5: deepen@5.* and self_fuse@5"),
     ],
 )
@@ -59,19 +68,30 @@ def test_parameter_count_matches_built_models():
 
 def test_plan_schedule_predicts_the_grown_configs():
     a = random_backbone(cls=FusionT5Backbone)
-    partner = random_backbone(hidden_dim=8, num_heads=1, intermediate_dim=16, seed=1, cls=FusionT5Backbone)
+    partner = random_backbone(
+        hidden_dim=8, num_heads=1, intermediate_dim=16, seed=1, cls=FusionT5Backbone
+    )
     from keras_fusion.models import FusionT5Seq2SeqLM
 
-    schedule = [Fuse(at_step=1, partner=FusionT5Seq2SeqLM(partner)), SelfFuse(at_step=2),
-                Deepen(at_step=3, num_new_layers=2), WidenFFN(at_step=4)]
+    schedule = [
+        Fuse(at_step=1, partner=FusionT5Seq2SeqLM(partner)),
+        SelfFuse(at_step=2),
+        Deepen(at_step=3, num_new_layers=2),
+        WidenFFN(at_step=4),
+    ]
     planned = growth.grown_configs(schedule, backbone_config(a))
     grown = FusionT5Backbone.fuse(a, partner)
-    grown = FusionT5Backbone.widen_ffn(FusionT5Backbone.deepen(FusionT5Backbone.self_fuse(grown), 2), 2)
+    grown = FusionT5Backbone.widen_ffn(
+        FusionT5Backbone.deepen(FusionT5Backbone.self_fuse(grown), 2), 2
+    )
     _, config, count = planned[-1]
     assert count == count_parameters(grown)
     for key in ("hidden_dim", "num_heads", "intermediate_dim", "num_layers", "norm_groups"):
         assert config[key] == getattr(grown, key), key
-    with pytest.raises(ValueError, match=r"self_fuse@2.*would grow to [\d,]+ parameters, over max_parameters=40,000"):
+    with pytest.raises(
+        ValueError,
+        match=r"self_fuse@2.*would grow to [\d,]+ parameters, over max_parameters=40,000",
+    ):
         growth.grown_configs(schedule, backbone_config(a), max_parameters=40_000)
 
 
@@ -80,5 +100,8 @@ def test_plan_rejects_partner_that_cannot_be_fused():
 
     a = random_backbone(cls=FusionT5Backbone)
     partner = FusionT5Seq2SeqLM(random_backbone(cls=FusionT5Backbone, num_layers=3))
-    with pytest.raises(ValueError, match=r"fuse@7.*partner cannot be fused with the model: num_layers differs: 2 vs 3"):
+    with pytest.raises(
+        ValueError,
+        match=r"fuse@7.*partner cannot be fused with the model: num_layers differs: 2 vs 3",
+    ):
         growth.grown_configs([Fuse(at_step=7, partner=partner)], backbone_config(a))

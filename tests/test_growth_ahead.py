@@ -66,8 +66,13 @@ def grow(entry, prepare_ahead, steps=6, epochs=1, callbacks=(), model=None):
     model = model or growing_lm(keras.optimizers.AdamW(1e-2), seed=3)
     growth = GrowthCallback([entry], prepare_ahead=prepare_ahead, verbose=0)
     record = Record()
-    model.fit(dataset(), steps_per_epoch=steps, epochs=epochs, verbose=0,
-              callbacks=[growth, record, *callbacks])
+    model.fit(
+        dataset(),
+        steps_per_epoch=steps,
+        epochs=epochs,
+        verbose=0,
+        callbacks=[growth, record, *callbacks],
+    )
     return model, growth, record
 
 
@@ -75,7 +80,11 @@ def grow(entry, prepare_ahead, steps=6, epochs=1, callbacks=(), model=None):
 ENTRIES = [
     SelfFuse(at_step=3, noise=0.01),
     WidenFFN(at_step=3, factor=2, noise=0.01),
-    Fuse(at_step=3, partner=FusionT5Seq2SeqLM(random_backbone(seed=8, cls=FusionT5Backbone)), weight=0.7),
+    Fuse(
+        at_step=3,
+        partner=FusionT5Seq2SeqLM(random_backbone(seed=8, cls=FusionT5Backbone)),
+        weight=0.7,
+    ),
 ]
 
 
@@ -139,8 +148,11 @@ def test_preparation_carries_over_to_the_next_fit_and_a_recompile_drops_it():
     model = growing_lm(keras.optimizers.AdamW(1e-2), seed=3)
     growth = GrowthCallback([entry], verbose=0)
     model.fit(dataset(), steps_per_epoch=3, verbose=0, callbacks=[growth])
-    model.compile(optimizer=model.optimizer, metrics=["accuracy"],  # iterations go on
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=model.optimizer,
+        metrics=["accuracy"],  # iterations go on
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     history = model.fit(dataset(), steps_per_epoch=3, verbose=0, callbacks=[growth])
     assert growth.events[0]["prepared_ahead"] is False
     assert "compiled again" in growth.events[0]["not_prepared_reason"]

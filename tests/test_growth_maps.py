@@ -13,17 +13,26 @@ def rand(*shape):
 
 
 def attention(d, heads, k=4, bias=False):
-    tree = {"query": rand(d, heads * k), "key": rand(d, heads * k),
-            "value": rand(d, heads * k), "output": rand(heads * k, d)}
+    tree = {
+        "query": rand(d, heads * k),
+        "key": rand(d, heads * k),
+        "value": rand(d, heads * k),
+        "output": rand(heads * k, d),
+    }
     if bias:
         tree["relative_bias"] = rand(32, heads)
     return tree
 
 
 def block(d, heads, f, decoder=False, bias=False):
-    tree = {"self_attention": attention(d, heads, bias=bias), "self_attention_norm": rand(d),
-            "ffn_input": rand(d, f), "ffn_gate": rand(d, f), "ffn_output": rand(f, d),
-            "ffn_norm": rand(d)}
+    tree = {
+        "self_attention": attention(d, heads, bias=bias),
+        "self_attention_norm": rand(d),
+        "ffn_input": rand(d, f),
+        "ffn_gate": rand(d, f),
+        "ffn_output": rand(f, d),
+        "ffn_norm": rand(d),
+    }
     if decoder:
         tree["cross_attention"] = attention(d, heads)
         tree["cross_attention_norm"] = rand(d)
@@ -35,7 +44,8 @@ def backbone(d, heads, f, vocab=11, layers=2, tied=True):
         "token_embedding": rand(vocab, d),
         "encoder_layers": [block(d, heads, f, bias=i == 0) for i in range(layers)],
         "decoder_layers": [block(d, heads, f, True, bias=i == 0) for i in range(layers)],
-        "encoder_norm": rand(d), "decoder_norm": rand(d),
+        "encoder_norm": rand(d),
+        "decoder_norm": rand(d),
     }
     if not tied:
         tree["reverse_embedding"] = rand(d, vocab)
@@ -47,9 +57,14 @@ def test_fuse_parameters_places_each_leaf():
     fused = growth_maps.fuse_parameters([a, b])
     layer = fused["decoder_layers"][0]
     assert layer["self_attention"]["query"].shape == (12, 12)
-    np.testing.assert_array_equal(layer["self_attention"]["query"][8:, 8:], b["decoder_layers"][0]["self_attention"]["query"])
+    np.testing.assert_array_equal(
+        layer["self_attention"]["query"][8:, 8:], b["decoder_layers"][0]["self_attention"]["query"]
+    )
     assert not layer["self_attention"]["query"][:8, 8:].any()
-    np.testing.assert_array_equal(layer["self_attention"]["relative_bias"][:, 2:], b["decoder_layers"][0]["self_attention"]["relative_bias"])
+    np.testing.assert_array_equal(
+        layer["self_attention"]["relative_bias"][:, 2:],
+        b["decoder_layers"][0]["self_attention"]["relative_bias"],
+    )
     assert "relative_bias" not in fused["decoder_layers"][1]["self_attention"]
     assert fused["token_embedding"].shape == (11, 12)
     assert fused["reverse_embedding"].shape == (12, 11)
@@ -59,10 +74,15 @@ def test_fuse_parameters_places_each_leaf():
 def test_fuse_parameters_rejects_different_structures():
     # One structure check for every tree pairing (`zip_leaves`): it names
     # the place and what each tree has there.
-    with pytest.raises(ValueError, match=r"do not match at encoder_layers: tree 0 has a list of 2, tree 1 has a "
-                                         r"list of 3"):
+    with pytest.raises(
+        ValueError,
+        match=r"do not match at encoder_layers: tree 0 has a list of 2, tree 1 has a "
+        r"list of 3",
+    ):
         growth_maps.fuse_parameters([backbone(4, 1, 4, layers=2), backbone(4, 1, 4, layers=3)])
-    with pytest.raises(ValueError, match=r"do not match at the top level: tree 1 lacks \['reverse_embedding'\]"):
+    with pytest.raises(
+        ValueError, match=r"do not match at the top level: tree 1 lacks \['reverse_embedding'\]"
+    ):
         growth_maps.fuse_parameters([backbone(4, 1, 4, tied=False), backbone(4, 1, 4)])
 
 
@@ -105,7 +125,9 @@ def test_deepen_parameters_appends_layers(mode):
         assert not new["ffn_output"].any()
     else:  # copies of layers 0, 1, 0
         np.testing.assert_array_equal(new["ffn_output"], tree["decoder_layers"][0]["ffn_output"])
-        np.testing.assert_array_equal(deep["decoder_layers"][4]["ffn_output"], tree["decoder_layers"][0]["ffn_output"])
+        np.testing.assert_array_equal(
+            deep["decoder_layers"][4]["ffn_output"], tree["decoder_layers"][0]["ffn_output"]
+        )
 
 
 def test_deepen_parameters_rejects_unknown_mode():
@@ -115,7 +137,9 @@ def test_deepen_parameters_rejects_unknown_mode():
 
 def test_check_same_names_field_and_values():
     with pytest.raises(ValueError, match="vocabulary_size differs: 1000 vs 2000"):
-        growth_maps.check_same([{"vocabulary_size": 1000}, {"vocabulary_size": 2000}], ["vocabulary_size"])
+        growth_maps.check_same(
+            [{"vocabulary_size": 1000}, {"vocabulary_size": 2000}], ["vocabulary_size"]
+        )
 
 
 # Optimizer moments follow the gradient of the mapped weights.
@@ -143,7 +167,9 @@ def test_self_fuse_moments_halve_like_the_gradient():
     for block in (np.s_[:8, :8], np.s_[8:, 8:], np.s_[:8, 8:]):
         np.testing.assert_allclose(m["decoder_layers"][0]["cross_attention"]["query"][block], q / 2)
         np.testing.assert_allclose(v["decoder_layers"][0]["cross_attention"]["query"][block], q / 4)
-    np.testing.assert_allclose(m["token_embedding"], np.concatenate([tree["token_embedding"]] * 2, 1) / 2)
+    np.testing.assert_allclose(
+        m["token_embedding"], np.concatenate([tree["token_embedding"]] * 2, 1) / 2
+    )
 
 
 def test_widen_and_deepen_moments():
@@ -151,12 +177,18 @@ def test_widen_and_deepen_moments():
     m = growth_maps.widen_ffn_parameters(tree, 3, role=growth_maps.FIRST_MOMENT)
     v = growth_maps.widen_ffn_parameters(tree, 3, role=growth_maps.SECOND_MOMENT)
     layer = tree["encoder_layers"][1]
-    np.testing.assert_allclose(m["encoder_layers"][1]["ffn_input"][:, 12:24], layer["ffn_input"] / 3, rtol=1e-6)
-    np.testing.assert_allclose(v["encoder_layers"][1]["ffn_input"][:, 24:], layer["ffn_input"] / 9, rtol=1e-6)
+    np.testing.assert_allclose(
+        m["encoder_layers"][1]["ffn_input"][:, 12:24], layer["ffn_input"] / 3, rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        v["encoder_layers"][1]["ffn_input"][:, 24:], layer["ffn_input"] / 9, rtol=1e-6
+    )
     np.testing.assert_array_equal(m["encoder_layers"][1]["ffn_output"][12:24], layer["ffn_output"])
     deep_m = growth_maps.deepen_parameters(tree, 1, role=growth_maps.FIRST_MOMENT)
     deep_v = growth_maps.deepen_parameters(tree, 1, role=growth_maps.SECOND_MOMENT)
     assert not deep_m["decoder_layers"][2]["ffn_input"].any()
-    np.testing.assert_array_equal(deep_v["decoder_layers"][2]["ffn_output"], tree["decoder_layers"][1]["ffn_output"])
+    np.testing.assert_array_equal(
+        deep_v["decoder_layers"][2]["ffn_output"], tree["decoder_layers"][1]["ffn_output"]
+    )
     with pytest.raises(ValueError, match="role must be one of"):
         growth_maps.fuse_parameters([tree, tree], role="gradient")

@@ -13,8 +13,8 @@ import pytest
 
 from keras_fusion import optimizer_state
 from keras_fusion.callbacks import GrowthCallback
-from keras_fusion.growth import Deepen
 from keras_fusion.diagnostics import relative_error
+from keras_fusion.growth import Deepen
 from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM, GrowingT5Seq2SeqLM
 from keras_fusion.models.fusion_t5_backbone import backbone_variables
 from t5_test_utils import TOLERANCE, random_backbone, random_inputs, random_labels
@@ -34,15 +34,25 @@ def policy(request):
 def growing(seed=0, learning_rate=1e-2, **compile_kwargs):
     lm = FusionT5Seq2SeqLM(random_backbone(seed=seed, cls=FusionT5Backbone))
     model = GrowingT5Seq2SeqLM(lm)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), **compile_kwargs)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        **compile_kwargs,
+    )
     return model
 
 
 def fit(model, steps, callbacks=()):
     repeat = lambda a: np.concatenate([a] * steps)  # noqa: E731
-    model.fit({k: repeat(v) for k, v in X.items()}, repeat(Y), batch_size=4, epochs=1, shuffle=False,
-              verbose=0, callbacks=list(callbacks))
+    model.fit(
+        {k: repeat(v) for k, v in X.items()},
+        repeat(Y),
+        batch_size=4,
+        epochs=1,
+        shuffle=False,
+        verbose=0,
+        callbacks=list(callbacks),
+    )
 
 
 def logits(model):
@@ -56,8 +66,11 @@ def test_growth_with_xla_steps_per_execution_and_bfloat16_keeps_the_function(pol
     moves, so the grown model after fit computes what the small model
     computed before it. Each entry grows at the first execution boundary
     at or after its step, and the event records that step."""
-    check_growth_keeps_the_function("self_fuse@3:noise=0.01,deepen@5:layers=1,widen_ffn@7:factor=2:noise=0.01",
-                                    [4, 6, 8], BF16_TOLERANCE)
+    check_growth_keeps_the_function(
+        "self_fuse@3:noise=0.01,deepen@5:layers=1,widen_ffn@7:factor=2:noise=0.01",
+        [4, 6, 8],
+        BF16_TOLERANCE,
+    )
 
 
 @pytest.mark.parametrize("policy", ["float32"], indirect=True)
@@ -97,7 +110,9 @@ class SlotsAt(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         if int(self.model.optimizer.iterations.numpy()) == self.step:
-            self.slots = optimizer_state.read_slots(self.model.optimizer, backbone_variables(self.model.backbone))
+            self.slots = optimizer_state.read_slots(
+                self.model.optimizer, backbone_variables(self.model.backbone)
+            )
 
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16"], indirect=True)
@@ -117,7 +132,9 @@ def test_bfloat16_optimizer_slots_are_float32_and_carried(policy):
         new_tree = after.slots[name][1]
         for stack in ("encoder_layers", "decoder_layers"):
             assert len(new_tree[stack]) == 3
-            keras.tree.map_structure(np.testing.assert_array_equal, new_tree[stack][:2], old_tree[stack])
+            keras.tree.map_structure(
+                np.testing.assert_array_equal, new_tree[stack][:2], old_tree[stack]
+            )
             assert all(np.all(np.isfinite(a)) for a in keras.tree.flatten(new_tree[stack][2]))
         assert np.any(keras.tree.flatten(old_tree["encoder_layers"])[0])  # real, non-zero moments
         assert all(np.asarray(a).dtype == np.float32 for a in keras.tree.flatten(new_tree))

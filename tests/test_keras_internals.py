@@ -39,7 +39,9 @@ def test_variables_handed_back_are_initialised_by_the_enclosing_scope():
     kernel = np.full((2, 3), 7.0, "float32")
     with keras.StatelessScope():
         layer, variables = internals.build_uninitialized(dense)
-        internals.set_uninitialized_initializer(layer.kernel, lambda shape, dtype=None: tf.constant(kernel, dtype))
+        internals.set_uninitialized_initializer(
+            layer.kernel, lambda shape, dtype=None: tf.constant(kernel, dtype)
+        )
         internals.hand_back_uninitialized(variables)
         assert internals.in_stateless_scope()
     assert not internals.in_stateless_scope()
@@ -118,7 +120,10 @@ def test_adam_slots_hold_the_moments_of_each_variable(amsgrad):
 
 
 def test_adafactor_slots_are_full_for_vectors_and_factored_for_matrices():
-    kernel, bias = keras.Variable(np.ones((2, 3), "float32")), keras.Variable(np.ones((4,), "float32"))
+    kernel, bias = (
+        keras.Variable(np.ones((2, 3), "float32")),
+        keras.Variable(np.ones((4,), "float32")),
+    )
     optimizer = keras.optimizers.Adafactor(0.1)
     optimizer.build([kernel, bias])
     v, r, c = internals.adafactor_slots(optimizer)
@@ -137,11 +142,17 @@ def test_patched_reduce_reduces_dicts_leaf_by_leaf_and_scalars_without_an_axis()
 def test_keras_hub_private_names_are_where_we_import_them():
     from keras_hub.models import T5Backbone
 
-    backbone = T5Backbone(vocabulary_size=10, num_layers=1, num_heads=1, hidden_dim=4, intermediate_dim=8)
+    backbone = T5Backbone(
+        vocabulary_size=10, num_layers=1, num_heads=1, hidden_dim=4, intermediate_dim=8
+    )
     assert isinstance(backbone.encoder_transformer_layers[0], internals.T5TransformerLayer)
-    assert isinstance(backbone.encoder_transformer_layers[0].self_attention, internals.T5MultiHeadAttention)
+    assert isinstance(
+        backbone.encoder_transformer_layers[0].self_attention, internals.T5MultiHeadAttention
+    )
     assert isinstance(backbone.encoder_layer_norm, internals.T5LayerNorm)
     x = np.linspace(-3, 3, 7).astype("float32")
     tanh_gelu = 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
-    np.testing.assert_allclose(np.asarray(internals.gelu_approximate(x)), tanh_gelu, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(internals.gelu_approximate(x)), tanh_gelu, rtol=1e-5, atol=1e-6
+    )
     assert internals.preset_utils.TOKENIZER_CONFIG_FILE == "tokenizer.json"

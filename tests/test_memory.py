@@ -11,7 +11,9 @@ def test_release_free_memory_returns_without_error():
     assert memory.release_free_memory() is None
 
 
-@pytest.mark.skipif(ctypes.util.find_library("c") is None, reason="no C library to load malloc_trim from")
+@pytest.mark.skipif(
+    ctypes.util.find_library("c") is None, reason="no C library to load malloc_trim from"
+)
 def test_malloc_trim_is_found_on_glibc():
     trim = memory._malloc_trim()
     assert callable(trim)

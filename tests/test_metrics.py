@@ -13,10 +13,20 @@ from t5_test_utils import growing_lm, random_inputs, random_labels
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"  # the PNG specification's first 8 bytes
 
-ROWS = [metrics.MetricsRow(step=10, flops=1e9, train_loss=5.0, eval_loss=4.5, eval_accuracy=0.1,
-                           num_parameters=1000),
-        metrics.MetricsRow(step=20, flops=3e9, train_loss=4.0, eval_loss=3.5, eval_accuracy=0.2,
-                           num_parameters=4000, growth="self_fuse@10")]
+ROWS = [
+    metrics.MetricsRow(
+        step=10, flops=1e9, train_loss=5.0, eval_loss=4.5, eval_accuracy=0.1, num_parameters=1000
+    ),
+    metrics.MetricsRow(
+        step=20,
+        flops=3e9,
+        train_loss=4.0,
+        eval_loss=3.5,
+        eval_accuracy=0.2,
+        num_parameters=4000,
+        growth="self_fuse@10",
+    ),
+]
 
 
 @pytest.mark.parametrize("where", ["local", "ram"])
@@ -32,8 +42,15 @@ def test_plot_metrics_writes_a_png_from_rows_and_dicts(where, tmp_path):
 
 def fit(model, x, y, steps, callbacks):
     repeat = lambda a: np.concatenate([a] * steps)  # noqa: E731
-    model.fit({k: repeat(v) for k, v in x.items()}, repeat(y), batch_size=len(y), epochs=1, shuffle=False,
-              verbose=0, callbacks=callbacks)
+    model.fit(
+        {k: repeat(v) for k, v in x.items()},
+        repeat(y),
+        batch_size=len(y),
+        epochs=1,
+        shuffle=False,
+        verbose=0,
+        callbacks=callbacks,
+    )
 
 
 @pytest.mark.slow

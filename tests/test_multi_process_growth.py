@@ -17,8 +17,13 @@ def run_worker(tmp_path, *args, expect_killed=False):
     out = str(tmp_path / "result.json")
     if os.path.exists(out):
         os.remove(out)
-    process = subprocess.run([sys.executable, WORKER, "--out", out, *args],
-                             capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    process = subprocess.run(
+        [sys.executable, WORKER, "--out", out, *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+    )
     if expect_killed:
         assert process.returncode == -signal.SIGKILL, process.stderr[-3000:]
         assert not os.path.exists(out)
@@ -38,7 +43,10 @@ def test_growth_under_mirrored_strategy_on_two_devices(tmp_path):
     # Growth is not prepared ahead in a thread under a distribution strategy.
     assert "MirroredStrategy" in result["not_prepared_reason"]
     assert abs(result["loss_after"] - result["loss_before"]) <= TOLERANCE * result["loss_before"]
-    assert abs(result["self_fuse_loss_after"] - result["self_fuse_loss_before"]) <= TOLERANCE * result["self_fuse_loss_before"]
+    assert (
+        abs(result["self_fuse_loss_after"] - result["self_fuse_loss_before"])
+        <= TOLERANCE * result["self_fuse_loss_before"]
+    )
     assert result["self_fuse_hidden_dim"] == 32
     assert result["update_error"] <= TOLERANCE
     assert result["num_layers"] == 3 and result["iterations"] == 3

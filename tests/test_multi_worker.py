@@ -43,16 +43,34 @@ class Workers:
         self.tmp_path = tmp_path
         self.processes, self.logs = [], []
         for i in range(2):
-            tf_config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-                         "task": {"type": "worker", "index": i}}
-            env = dict(os.environ, TF_CONFIG=json.dumps(tf_config), KERAS_BACKEND="tensorflow",
-                       TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+            tf_config = {
+                "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                "task": {"type": "worker", "index": i},
+            }
+            env = dict(
+                os.environ,
+                TF_CONFIG=json.dumps(tf_config),
+                KERAS_BACKEND="tensorflow",
+                TF_CPP_MIN_LOG_LEVEL="2",
+                CUDA_VISIBLE_DEVICES="",
+            )
             log = open(tmp_path / f"worker{i}.log", "w")
             self.logs.append(log)
-            command = [sys.executable, WORKER, "--out", str(self.out(i)), "--weights", str(self.weights(i)),
-                       *args, *(per_worker_args[i] if per_worker_args else [])]
-            self.processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                                   stdin=subprocess.DEVNULL, env=env))
+            command = [
+                sys.executable,
+                WORKER,
+                "--out",
+                str(self.out(i)),
+                "--weights",
+                str(self.weights(i)),
+                *args,
+                *(per_worker_args[i] if per_worker_args else []),
+            ]
+            self.processes.append(
+                subprocess.Popen(
+                    command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+                )
+            )
 
     def out(self, i):
         return self.tmp_path / f"result{i}.json"
@@ -107,8 +125,15 @@ def assert_same_model(workers, results):
 
 @pytest.mark.slow
 def test_growth_under_multi_worker_mirrored_strategy(tmp_path):
-    workers = Workers(tmp_path, "--schedule", "deepen@2", "--steps", "4",
-                      "--timeout_seconds", str(COLLECTIVE_TIMEOUT))
+    workers = Workers(
+        tmp_path,
+        "--schedule",
+        "deepen@2",
+        "--steps",
+        "4",
+        "--timeout_seconds",
+        str(COLLECTIVE_TIMEOUT),
+    )
     results, _ = workers.finish()
 
     for i, result in enumerate(results):
@@ -134,8 +159,18 @@ def test_surviving_worker_exits_when_its_peer_is_killed_and_both_resume(tmp_path
     # after the growth and the checkpoint at step 4; worker 0 must then fail
     # its next collective and exit instead of waiting forever.
     checkpoints = tmp_path / "checkpoints"
-    common = ["--schedule", "deepen@2", "--steps", "8", "--steps_per_epoch", "2",
-              "--checkpoint_dir", str(checkpoints), "--timeout_seconds", str(COLLECTIVE_TIMEOUT)]
+    common = [
+        "--schedule",
+        "deepen@2",
+        "--steps",
+        "8",
+        "--steps_per_epoch",
+        "2",
+        "--checkpoint_dir",
+        str(checkpoints),
+        "--timeout_seconds",
+        str(COLLECTIVE_TIMEOUT),
+    ]
     killed_dir = tmp_path / "killed"
     killed_dir.mkdir()
     workers = Workers(killed_dir, *common, per_worker_args=[[], ["--kill_at_step", "5"]])
@@ -151,10 +186,14 @@ def test_surviving_worker_exits_when_its_peer_is_killed_and_both_resume(tmp_path
         try:
             survivor.wait(timeout=SURVIVOR_LIMIT)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"worker 0 still running {SURVIVOR_LIMIT} s after worker 1 was killed:\n"
-                        f"{workers.log(0)}")
+            pytest.fail(
+                f"worker 0 still running {SURVIVOR_LIMIT} s after worker 1 was killed:\n"
+                f"{workers.log(0)}"
+            )
         waited = time.monotonic() - died
-        print(f"worker 0 exited {waited:.1f} s after worker 1 was killed (rc {survivor.returncode})")
+        print(
+            f"worker 0 exited {waited:.1f} s after worker 1 was killed (rc {survivor.returncode})"
+        )
         log = workers.log(0)
     finally:
         workers.close()
@@ -193,8 +232,10 @@ def test_surviving_worker_exits_when_its_peer_is_killed_and_both_resume(tmp_path
         assert result["start"]["history"] == history
         # ... holding exactly the weights and optimizer state (iterations,
         # every slot) this worker had at the end of step 4 before the kill.
-        assert (f"worker {i} epoch 2 step 4 weights {result['start']['weights_sha256']} "
-                f"optimizer {result['start']['optimizer_sha256']}") in killed_logs[i], killed_logs[i][-4000:]
+        assert (
+            f"worker {i} epoch 2 step 4 weights {result['start']['weights_sha256']} "
+            f"optimizer {result['start']['optimizer_sha256']}"
+        ) in killed_logs[i], killed_logs[i][-4000:]
         assert result["initial"] == {"num_layers": 3, "hidden_dim": 16}
         # No growth is applied again, and training runs to the end.
         assert result["events"] == [] and "Growth at step" not in log

@@ -87,9 +87,15 @@ def gradients(lm):
 def leaves_by_path(tree, where=""):
     """`{path: array}` of a parameter tree ("decoder_layers[1].ffn_input")."""
     if isinstance(tree, dict):
-        return {p: a for k in tree for p, a in leaves_by_path(tree[k], f"{where}.{k}" if where else k).items()}
+        return {
+            p: a
+            for k in tree
+            for p, a in leaves_by_path(tree[k], f"{where}.{k}" if where else k).items()
+        }
     if isinstance(tree, list):
-        return {p: a for i, t in enumerate(tree) for p, a in leaves_by_path(t, f"{where}[{i}]").items()}
+        return {
+            p: a for i, t in enumerate(tree) for p, a in leaves_by_path(t, f"{where}[{i}]").items()
+        }
     return {where: tree}
 
 
@@ -111,7 +117,11 @@ def measured(request):
     result = {"tied": request.param == "tied"}
     for name, (entry, grow) in GROWTHS.items():
         _, _, map_tree = entry.grown_parameters(small)
-        result[name] = (small_grads, gradients(grow(small)), optimizer_state.map_slots(slots, map_tree))
+        result[name] = (
+            small_grads,
+            gradients(grow(small)),
+            optimizer_state.map_slots(slots, map_tree),
+        )
     return result
 
 
@@ -123,8 +133,12 @@ def assert_mapped_equal_measured(mapped, grown, skip=()):
     scale = largest(grown)
     compared = 0
     for path in sorted(set(g) - set(skip)):
-        np.testing.assert_allclose(m[path], g[path], rtol=0, atol=ATOL_SHARE * scale, err_msg=f"m of {path}")
-        np.testing.assert_allclose(v[path], g[path] ** 2, rtol=0, atol=ATOL_SHARE * scale**2, err_msg=f"v of {path}")
+        np.testing.assert_allclose(
+            m[path], g[path], rtol=0, atol=ATOL_SHARE * scale, err_msg=f"m of {path}"
+        )
+        np.testing.assert_allclose(
+            v[path], g[path] ** 2, rtol=0, atol=ATOL_SHARE * scale**2, err_msg=f"v of {path}"
+        )
         compared += 1
     # Two gated layers per stack: 9 leaves per encoder block (q, k, v, o,
     # norm, ffn input, gate, output, norm), 14 per decoder block (cross
@@ -142,10 +156,15 @@ def test_widen_ffn_gradients_are_the_mapped_gradients(measured):
     block = grown["encoder_layers"][0]
     small_block = small_grads["encoder_layers"][0]
     f = small_block["ffn_input"].shape[1]
-    np.testing.assert_allclose(block["ffn_input"][:, f:], small_block["ffn_input"] / 2,
-                               rtol=0, atol=ATOL_SHARE * largest(grown))
-    np.testing.assert_allclose(block["ffn_output"][f:], small_block["ffn_output"],
-                               rtol=0, atol=ATOL_SHARE * largest(grown))
+    np.testing.assert_allclose(
+        block["ffn_input"][:, f:],
+        small_block["ffn_input"] / 2,
+        rtol=0,
+        atol=ATOL_SHARE * largest(grown),
+    )
+    np.testing.assert_allclose(
+        block["ffn_output"][f:], small_block["ffn_output"], rtol=0, atol=ATOL_SHARE * largest(grown)
+    )
     assert np.max(np.abs(small_block["ffn_input"])) > 100 * ATOL_SHARE * largest(grown)
 
 
@@ -162,7 +181,9 @@ def test_self_fuse_decoder_norm_gradient(measured):
     small_grads, grown, _ = measured["self_fuse"]
     factor = 2**-0.5 if measured["tied"] else 1.0
     expected = np.concatenate([small_grads["decoder_norm"] * factor] * 2)
-    np.testing.assert_allclose(grown["decoder_norm"], expected, rtol=0, atol=ATOL_SHARE * largest(grown))
+    np.testing.assert_allclose(
+        grown["decoder_norm"], expected, rtol=0, atol=ATOL_SHARE * largest(grown)
+    )
 
 
 @pytest.mark.slow
@@ -171,7 +192,9 @@ def test_self_fuse_map_of_decoder_norm_moments(measured):
     (m/2 where the gradient is G/sqrt(2) tied, G untied)."""
     _, grown, mapped = measured["self_fuse"]
     scale = ATOL_SHARE * largest(grown)
-    np.testing.assert_allclose(mapped["momentum"][1]["decoder_norm"], grown["decoder_norm"], rtol=0, atol=scale)
+    np.testing.assert_allclose(
+        mapped["momentum"][1]["decoder_norm"], grown["decoder_norm"], rtol=0, atol=scale
+    )
 
 
 @pytest.mark.slow
@@ -194,7 +217,17 @@ def test_read_slots_of_one_adam_step_map_to_the_grown_gradients(measured):
     assert set(mapped) == {"momentum", "velocity"}
     scale = largest(grown)
     for path, g in leaves_by_path(grown).items():
-        np.testing.assert_allclose(leaves_by_path(mapped["momentum"][1])[path], 0.2 * g,
-                                   rtol=0, atol=0.2 * ATOL_SHARE * scale, err_msg=path)
-        np.testing.assert_allclose(leaves_by_path(mapped["velocity"][1])[path], 0.1 * g**2,
-                                   rtol=0, atol=0.1 * ATOL_SHARE * scale**2, err_msg=path)
+        np.testing.assert_allclose(
+            leaves_by_path(mapped["momentum"][1])[path],
+            0.2 * g,
+            rtol=0,
+            atol=0.2 * ATOL_SHARE * scale,
+            err_msg=path,
+        )
+        np.testing.assert_allclose(
+            leaves_by_path(mapped["velocity"][1])[path],
+            0.1 * g**2,
+            rtol=0,
+            atol=0.1 * ATOL_SHARE * scale**2,
+            err_msg=path,
+        )

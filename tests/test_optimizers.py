@@ -32,13 +32,17 @@ def test_inverse_sqrt_round_trips_through_its_config():
 
 
 def test_inverse_sqrt_through_make_optimizer():
-    optimizer = optimizers.make_optimizer("adafactor", 0.01, "inverse_sqrt", warmup_steps=16, total_steps=100)
+    optimizer = optimizers.make_optimizer(
+        "adafactor", 0.01, "inverse_sqrt", warmup_steps=16, total_steps=100
+    )
     np.testing.assert_allclose(rate_at(optimizer, 63), 0.01 * math.sqrt(16 / 64), rtol=1e-6)
 
 
 def test_cosine_ramps_linearly_to_the_peak_then_decays_to_zero():
     peak, warmup, total = 0.004, 20, 120
-    optimizer = optimizers.make_optimizer("adamw", peak, "cosine", warmup_steps=warmup, total_steps=total)
+    optimizer = optimizers.make_optimizer(
+        "adamw", peak, "cosine", warmup_steps=warmup, total_steps=total
+    )
     np.testing.assert_allclose(rate_at(optimizer, 0), 0.0, atol=1e-12)
     np.testing.assert_allclose(rate_at(optimizer, warmup // 2), peak / 2, rtol=1e-5)
     np.testing.assert_allclose(rate_at(optimizer, warmup), peak, rtol=1e-5)
@@ -58,14 +62,20 @@ def test_constant_is_constant():
     assert {round(rate_at(optimizer, s), 9) for s in (0, 10, 10_000)} == {0.003}
 
 
-@pytest.mark.parametrize("args,message", [
-    (("sgd", 1e-3), r"optimizer must be one of \('adafactor', 'adamw'\), got 'sgd'"),
-    (("adamw", 1e-3, "linear"), r"lr_schedule must be one of \('constant', 'inverse_sqrt', 'cosine'\), "
-                                r"got 'linear'"),
-    (("adamw", 0.0), r"learning_rate must be > 0, got 0\.0"),
-    (("adamw", -1e-3), r"learning_rate must be > 0, got -0\.001"),
-    (("adamw", float("nan")), r"learning_rate must be > 0, got nan"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (("sgd", 1e-3), r"optimizer must be one of \('adafactor', 'adamw'\), got 'sgd'"),
+        (
+            ("adamw", 1e-3, "linear"),
+            r"lr_schedule must be one of \('constant', 'inverse_sqrt', 'cosine'\), "
+            r"got 'linear'",
+        ),
+        (("adamw", 0.0), r"learning_rate must be > 0, got 0\.0"),
+        (("adamw", -1e-3), r"learning_rate must be > 0, got -0\.001"),
+        (("adamw", float("nan")), r"learning_rate must be > 0, got nan"),
+    ],
+)
 def test_bad_input_is_refused_naming_the_argument_the_value_and_what_is_allowed(args, message):
     with pytest.raises(ValueError, match=message):
         optimizers.make_optimizer(*args)

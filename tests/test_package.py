@@ -22,7 +22,9 @@ def test_every_submodule_is_an_attribute(name):
 def test_every_module_of_the_package_is_listed():
     package = os.path.join(ROOT, "keras_fusion")
     modules = {e[:-3] for e in os.listdir(package) if e.endswith(".py") and not e.startswith("_")}
-    packages = {e for e in os.listdir(package) if os.path.isfile(os.path.join(package, e, "__init__.py"))}
+    packages = {
+        e for e in os.listdir(package) if os.path.isfile(os.path.join(package, e, "__init__.py"))
+    }
     assert modules | packages == set(kf.SUBMODULES)
 
 
@@ -43,16 +45,30 @@ def test_importing_the_package_changes_only_what_its_docstring_says():
         "before_filters = list(warnings.filters)\n"
         "import keras_fusion\n"
         "after = dict(os.environ)\n"
-        "changed = {k: after.get(k) for k in set(before_env) | set(after) if before_env.get(k) != after.get(k)}\n"
-        "added = [getattr(f[1], 'pattern', None) for f in warnings.filters if f not in before_filters]\n"
-        "print(json.dumps({'changed': changed, 'added': added, 'backend': keras.backend.backend()}))\n"
+        "changed = {k: after.get(k) for k in set(before_env) | set(after) "
+        "if before_env.get(k) != after.get(k)}\n"
+        "added = [getattr(f[1], 'pattern', None) "
+        "for f in warnings.filters if f not in before_filters]\n"
+        "print(json.dumps({'changed': changed, 'added': added, "
+        "'backend': keras.backend.backend()}))\n"
     )
     for preset, expected in [(None, {"KERAS_BACKEND": "tensorflow"}), ("tensorflow", {})]:
-        env = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "TF_CPP_MIN_LOG_LEVEL")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("KERAS_BACKEND", "TF_CPP_MIN_LOG_LEVEL")
+        }
         if preset:
             env["KERAS_BACKEND"] = preset
-        process = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True,
-                                 text=True, timeout=300, stdin=subprocess.DEVNULL)
+        process = subprocess.run(
+            [sys.executable, "-c", script],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            stdin=subprocess.DEVNULL,
+        )
         assert process.returncode == 0, process.stderr[-2000:]
         result = json.loads(process.stdout.strip().splitlines()[-1])
         assert result["changed"] == expected and result["backend"] == "tensorflow"
@@ -65,7 +81,14 @@ def test_importing_the_package_first_sets_the_backend_only_when_unset():
         env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
         if preset:
             env["KERAS_BACKEND"] = preset
-        process = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True,
-                                 text=True, timeout=300, stdin=subprocess.DEVNULL)
+        process = subprocess.run(
+            [sys.executable, "-c", script],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            stdin=subprocess.DEVNULL,
+        )
         assert process.returncode == 0, process.stderr[-2000:]
         assert process.stdout.strip().splitlines()[-1] == expected

@@ -10,16 +10,20 @@ from keras_fusion.diagnostics import function_error
 from keras_fusion.models import FusionT5Backbone
 from t5_test_utils import TOLERANCE, random_backbone, random_inputs
 
-SHARED = st.fixed_dictionaries({
-    "num_layers": st.integers(1, 2),
-    "activation": st.sampled_from(["relu", "gelu"]),
-    "use_gated_activation": st.booleans(),
-    "tie_embedding_weights": st.booleans(),
-})
-WIDTH = st.fixed_dictionaries({
-    "num_heads": st.integers(1, 3),
-    "intermediate_dim": st.integers(2, 12),
-})
+SHARED = st.fixed_dictionaries(
+    {
+        "num_layers": st.integers(1, 2),
+        "activation": st.sampled_from(["relu", "gelu"]),
+        "use_gated_activation": st.booleans(),
+        "tie_embedding_weights": st.booleans(),
+    }
+)
+WIDTH = st.fixed_dictionaries(
+    {
+        "num_heads": st.integers(1, 3),
+        "intermediate_dim": st.integers(2, 12),
+    }
+)
 OPERATORS = st.lists(
     st.one_of(
         st.tuples(st.just("fuse"), WIDTH),
@@ -34,8 +38,14 @@ OPERATORS = st.lists(
 
 def small(shared, width, seed):
     # key_value_dim 4 for every model, so that any two of them can be fused.
-    return random_backbone(hidden_dim=4 * width["num_heads"], key_value_dim=4, seed=seed,
-                           cls=keras_hub.models.T5Backbone, **width, **shared)
+    return random_backbone(
+        hidden_dim=4 * width["num_heads"],
+        key_value_dim=4,
+        seed=seed,
+        cls=keras_hub.models.T5Backbone,
+        **width,
+        **shared,
+    )
 
 
 @pytest.mark.slow

@@ -14,7 +14,9 @@ WIDTH = ("hidden_dim", "num_heads", "intermediate_dim")
 def test_start_config_halves_what_the_recipe_grows_and_grown_config_inverts_it(recipe, preset):
     target = recipes.target_config(preset, vocabulary_size=100)
     start = recipes.start_config(recipe, target)
-    halved = {"deep_fusion": WIDTH, "self_fusion": WIDTH, "deepen": ("num_layers",), "scratch": ()}[recipe]
+    halved = {"deep_fusion": WIDTH, "self_fusion": WIDTH, "deepen": ("num_layers",), "scratch": ()}[
+        recipe
+    ]
     for key, value in target.items():
         assert start[key] == (value // 2 if key in halved else value), key
     for key in halved:
@@ -22,24 +24,34 @@ def test_start_config_halves_what_the_recipe_grows_and_grown_config_inverts_it(r
     assert recipes.grown_config(recipe, start) == target
 
 
-@pytest.mark.parametrize("recipe,key,value", [
-    ("self_fusion", "hidden_dim", 63),
-    ("deep_fusion", "num_heads", 3),
-    ("deep_fusion", "intermediate_dim", 127),
-    ("deepen", "num_layers", 1),
-])
+@pytest.mark.parametrize(
+    "recipe,key,value",
+    [
+        ("self_fusion", "hidden_dim", 63),
+        ("deep_fusion", "num_heads", 3),
+        ("deep_fusion", "intermediate_dim", 127),
+        ("deepen", "num_layers", 1),
+    ],
+)
 def test_a_size_a_recipe_cannot_halve_is_refused_naming_the_key_and_value(recipe, key, value):
     target = recipes.target_config("tiny", 100, **{key: value})
-    with pytest.raises(ValueError, match=f"{recipe} halves {key}, which must be .*; got {value}\\."):
+    with pytest.raises(
+        ValueError, match=f"{recipe} halves {key}, which must be .*; got {value}\\."
+    ):
         recipes.start_config(recipe, target)
 
 
 def test_an_unknown_preset_or_recipe_is_refused_naming_the_allowed_values():
-    with pytest.raises(ValueError, match=r"preset must be one of \('tiny', 'small', 'base'\), got 'huge'"):
+    with pytest.raises(
+        ValueError, match=r"preset must be one of \('tiny', 'small', 'base'\), got 'huge'"
+    ):
         recipes.target_config("huge", 100)
     target = recipes.target_config("tiny", 100)
-    with pytest.raises(ValueError, match=r"recipe must be one of \('deep_fusion', 'self_fusion', 'deepen', "
-                                         r"'scratch'\), got 'bogus'"):
+    with pytest.raises(
+        ValueError,
+        match=r"recipe must be one of \('deep_fusion', 'self_fusion', 'deepen', "
+        r"'scratch'\), got 'bogus'",
+    ):
         recipes.start_config("bogus", target)
 
 
@@ -50,7 +62,9 @@ def test_target_config_takes_overrides_and_ignores_none():
 
 def test_growth_schedules_parse_into_the_recipes_operator_at_the_growth_step(tmp_path):
     partner = tmp_path / "partner.keras"
-    partner.write_bytes(b"")  # the schedule checks that the partner exists; it loads it only at growth
+    partner.write_bytes(
+        b""
+    )  # the schedule checks that the partner exists; it loads it only at growth
     target = recipes.target_config("tiny", 100)
 
     def parsed(recipe):
@@ -67,7 +81,10 @@ def test_growth_schedules_parse_into_the_recipes_operator_at_the_growth_step(tmp
     (deepen,) = parsed("deepen")
     assert (type(deepen), deepen.at_step) == (growth.Deepen, 10)
     # The new layers take the start model (half the depth) back to the target's depth.
-    assert deepen.grown_config(recipes.start_config("deepen", target))["num_layers"] == target["num_layers"]
+    assert (
+        deepen.grown_config(recipes.start_config("deepen", target))["num_layers"]
+        == target["num_layers"]
+    )
 
 
 def numpy_token_losses(logits, labels):
@@ -79,8 +96,15 @@ def numpy_token_losses(logits, labels):
 
 
 def tiny_compiled_model():
-    config = recipes.target_config("tiny", VOCABULARY_SIZE, num_layers=1, hidden_dim=8, num_heads=2,
-                                   intermediate_dim=16, key_value_dim=4)
+    config = recipes.target_config(
+        "tiny",
+        VOCABULARY_SIZE,
+        num_layers=1,
+        hidden_dim=8,
+        num_heads=2,
+        intermediate_dim=16,
+        key_value_dim=4,
+    )
     return recipes.compile_model(recipes.build_model(config, seed=0), "adam")
 
 
@@ -90,7 +114,9 @@ def test_compiled_loss_without_padding_is_the_mean_token_cross_entropy():
     x["decoder_padding_mask"] = np.ones_like(x["decoder_padding_mask"])
     y = random_labels(seed=2)
     weight = np.ones(y.shape, "float32")
-    result = model.evaluate(x, y, sample_weight=weight, batch_size=len(y), verbose=0, return_dict=True)
+    result = model.evaluate(
+        x, y, sample_weight=weight, batch_size=len(y), verbose=0, return_dict=True
+    )
     losses = numpy_token_losses(model.lm(x, training=False), y)
     np.testing.assert_allclose(result["loss"], losses.mean(), rtol=1e-5)
 
@@ -103,6 +129,8 @@ def test_compiled_loss_is_the_token_weighted_cross_entropy():
     y = random_labels(seed=2)
     weight = x["decoder_padding_mask"].astype("float32")
     assert weight.sum() < weight.size
-    result = model.evaluate(x, y, sample_weight=weight, batch_size=len(y), verbose=0, return_dict=True)
+    result = model.evaluate(
+        x, y, sample_weight=weight, batch_size=len(y), verbose=0, return_dict=True
+    )
     losses = numpy_token_losses(model.lm(x, training=False), y)
     np.testing.assert_allclose(result["loss"], (losses * weight).sum() / weight.sum(), rtol=1e-5)

@@ -93,7 +93,9 @@ def test_models_save_and_load_on_a_remote_filesystem(tmp_path, monkeypatch):
 
 def test_unique_names_differ():
     names = {storage.unique_name("ckpt-000000004", ".keras") for _ in range(100)}
-    assert len(names) == 100 and all(n.startswith("ckpt-000000004-") and n.endswith(".keras") for n in names)
+    assert len(names) == 100 and all(
+        n.startswith("ckpt-000000004-") and n.endswith(".keras") for n in names
+    )
 
 
 @pytest.mark.slow
@@ -106,21 +108,28 @@ def test_loading_what_the_library_writes_warns_nothing(tmp_path):
     import warnings
 
     from keras_fusion import KERAS_HUB_MASK_WARNING
-
     from keras_fusion.callbacks import GrowthCallback
-    from t5_test_utils import random_inputs, random_labels, growing_lm
+    from t5_test_utils import growing_lm, random_inputs, random_labels
 
     model = growing_lm()
     x, y = random_inputs(batch_size=4, seed=1), random_labels(batch_size=4, seed=2)
-    model.fit(x, y, batch_size=2, epochs=2, verbose=0, callbacks=[GrowthCallback("deepen@2", verbose=0)])
+    model.fit(
+        x, y, batch_size=2, epochs=2, verbose=0, callbacks=[GrowthCallback("deepen@2", verbose=0)]
+    )
     assert model.growth_history  # it grew: the saved config is the grown one
-    paths = {"wrapper": storage.save_model(model, str(tmp_path / "final.keras")),
-             "lm": storage.save_model(model.lm, str(tmp_path / "fused.keras"))}
+    paths = {
+        "wrapper": storage.save_model(model, str(tmp_path / "final.keras")),
+        "lm": storage.save_model(model.lm, str(tmp_path / "fused.keras")),
+    }
     for name, path in paths.items():
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             warnings.filterwarnings("ignore", message=KERAS_HUB_MASK_WARNING, category=UserWarning)
             loaded = storage.load_model(path)
         assert [str(w.message) for w in caught] == [], name
-        np.testing.assert_allclose(loaded.predict_on_batch(x), model.lm.predict_on_batch(x)
-                                   if name == "lm" else model.predict_on_batch(x), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(
+            loaded.predict_on_batch(x),
+            model.lm.predict_on_batch(x) if name == "lm" else model.predict_on_batch(x),
+            rtol=1e-6,
+            atol=1e-6,
+        )

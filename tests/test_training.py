@@ -12,12 +12,18 @@ from keras_fusion import training
 
 
 def test_growth_flags_become_callback_options():
-    config = training.RunConfig(learning_rate_scale="0.25", rewarmup_steps=50, growth_optimizer_state="reset")
-    assert config.growth_options() == dict(learning_rate_scale=0.25, rewarmup_steps=50, optimizer_slots="reset")
+    config = training.RunConfig(
+        learning_rate_scale="0.25", rewarmup_steps=50, growth_optimizer_state="reset"
+    )
+    assert config.growth_options() == dict(
+        learning_rate_scale=0.25, rewarmup_steps=50, optimizer_slots="reset"
+    )
     assert training.RunConfig().growth_options()["learning_rate_scale"] == "auto"
-    for bad, message in [(dict(learning_rate_scale="-1"), "learning_rate_scale"),
-                         (dict(rewarmup_steps=-5), "rewarmup_steps"),
-                         (dict(growth_optimizer_state="fresh"), "growth_optimizer_state")]:
+    for bad, message in [
+        (dict(learning_rate_scale="-1"), "learning_rate_scale"),
+        (dict(rewarmup_steps=-5), "rewarmup_steps"),
+        (dict(growth_optimizer_state="fresh"), "growth_optimizer_state"),
+    ]:
         with pytest.raises(ValueError, match=message):
             training.RunConfig(**bad).check()
 
@@ -26,9 +32,13 @@ def test_steps_need_no_relation_to_eval_every():
     config = training.RunConfig(steps=40, eval_every=100).check()
     # The default growth time: DEFAULT_GROWTH_FRACTION (0.25) of the steps.
     assert (config.steps, config.growth_step) == (40, 10)
-    with pytest.raises(ValueError, match=r"steps \(40\) must be a multiple of steps_per_execution \(16\)"):
+    with pytest.raises(
+        ValueError, match=r"steps \(40\) must be a multiple of steps_per_execution \(16\)"
+    ):
         training.RunConfig(steps=40, steps_per_execution=16).check()
-    with pytest.raises(ValueError, match=r"growth_step \(the partner's steps\) \(6\) must be a multiple"):
+    with pytest.raises(
+        ValueError, match=r"growth_step \(the partner's steps\) \(6\) must be a multiple"
+    ):
         training.RunConfig(steps=40, growth_step=6, steps_per_execution=4).check()
 
 
@@ -44,7 +54,9 @@ def directory_contents(root):
 
 
 def test_a_model_dir_holding_another_run_is_refused_naming_each_flag_and_left_as_it_was(tmp_path):
-    training.prepare_model_dir(training.RunConfig(model_dir=str(tmp_path), steps=100, learning_rate=3e-3))
+    training.prepare_model_dir(
+        training.RunConfig(model_dir=str(tmp_path), steps=100, learning_rate=3e-3)
+    )
     (tmp_path / "final.keras").write_bytes(b"the earlier run's model")
     before = directory_contents(tmp_path)
     other = training.RunConfig(model_dir=str(tmp_path), steps=200, learning_rate=1e-3)
@@ -64,8 +76,15 @@ def test_the_same_flags_resume_and_resumable_flags_may_change(tmp_path):
     training.prepare_model_dir(first)  # the same run: accepted
     # RESUMABLE_FLAGS: a pre-empted TPU VM may come back under another name,
     # the export may go elsewhere, checkpoints may come more or less often.
-    training.prepare_model_dir(training.RunConfig(model_dir=str(tmp_path), steps=100, tpu="other-tpu",
-                                                  export_dir=str(tmp_path / "elsewhere"), checkpoint_every=7))
+    training.prepare_model_dir(
+        training.RunConfig(
+            model_dir=str(tmp_path),
+            steps=100,
+            tpu="other-tpu",
+            export_dir=str(tmp_path / "elsewhere"),
+            checkpoint_every=7,
+        )
+    )
     with open(tmp_path / "run.json") as f:
         flags = json.load(f)["flags"]
     assert flags["steps"] == 100
@@ -74,9 +93,18 @@ def test_the_same_flags_resume_and_resumable_flags_may_change(tmp_path):
 
 def test_fresh_deletes_what_an_earlier_run_wrote(tmp_path):
     training.prepare_model_dir(training.RunConfig(model_dir=str(tmp_path), steps=100))
-    written = ["metrics.json", "metrics_main.json", "metrics_partner.json", "partner.keras", "final.keras",
-               "loss_vs_flops.png", "checkpoints/ckpt-1.keras", "checkpoints/checkpoint.json",
-               "logs/main/events", "export/saved_model.pb"]
+    written = [
+        "metrics.json",
+        "metrics_main.json",
+        "metrics_partner.json",
+        "partner.keras",
+        "final.keras",
+        "loss_vs_flops.png",
+        "checkpoints/ckpt-1.keras",
+        "checkpoints/checkpoint.json",
+        "logs/main/events",
+        "export/saved_model.pb",
+    ]
     for name in written:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"from the earlier run")
@@ -114,8 +142,10 @@ def test_preemption_watch_turns_sigterm_into_a_request_and_restores_the_handler(
             watch.stop_if_requested("before")  # nothing requested: no error
             os.kill(os.getpid(), signal.SIGTERM)
             assert watch.requested
-            with pytest.raises(training.Preempted, match="pre-empted \\(SIGTERM\\) in the test: the last "
-                                                          "checkpoint stands"):
+            with pytest.raises(
+                training.Preempted,
+                match="pre-empted \\(SIGTERM\\) in the test: the last checkpoint stands",
+            ):
                 watch.stop_if_requested("in the test")
         assert received == []  # the watch, not the previous handler, took it
         assert signal.getsignal(signal.SIGTERM) is previous

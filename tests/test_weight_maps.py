@@ -78,7 +78,9 @@ def test_tile_columns_then_split_rows_is_exact(factor):
     hidden = np.maximum(x @ weight_maps.tile_columns(w_in, factor), 0)
     split = weight_maps.split_rows(w_out, factor, noise=0.1, rng=np.random.default_rng(2))
     assert split.shape == (5 * factor, 6)
-    np.testing.assert_allclose(hidden @ split, np.maximum(x @ w_in, 0) @ w_out, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        hidden @ split, np.maximum(x @ w_in, 0) @ w_out, rtol=1e-5, atol=1e-6
+    )
     assert not np.allclose(split[:5], split[5:10])
 
 

@@ -1,6 +1,6 @@
 """Held-out loss and token accuracy of a saved T5 language model.
 
-    python -m tools.evaluate --model=runs/demo/final.keras --tokenizer=runs/demo/tokenizer/X.model
+python -m tools.evaluate --model=runs/demo/final.keras --tokenizer=runs/demo/tokenizer/X.model
 """
 
 import os
@@ -22,8 +22,16 @@ flags.DEFINE_integer("input_length", 64, "Encoder tokens per example.")
 flags.DEFINE_integer("target_length", 16, "Decoder tokens per example.")
 
 
-def evaluate(model_path, tokenizer_path, data_spec="embedded", data_dir=None, batch_size=16,
-             batches=16, input_length=64, target_length=16):
+def evaluate(
+    model_path,
+    tokenizer_path,
+    data_spec="embedded",
+    data_dir=None,
+    batch_size=16,
+    batches=16,
+    input_length=64,
+    target_length=16,
+):
     """Returns `{"loss": ..., "accuracy": ...}` on the validation split."""
     from keras_fusion import data, storage
     from keras_fusion.optimizers import make_optimizer
@@ -39,9 +47,16 @@ def evaluate(model_path, tokenizer_path, data_spec="embedded", data_dir=None, ba
             f"{model.backbone.vocabulary_size}: {tokenizer_path} does not belong to {model_path}."
         )
     texts = data.load_corpus(data_spec, "validation", data_dir)
-    dataset = data.make_dataset(texts, data.load_tokenizer(tokenizer_path), vocabulary_size, batch_size,
-                                input_length=input_length, target_length=target_length,
-                                shuffle=False, repeat=False).take(batches)
+    dataset = data.make_dataset(
+        texts,
+        data.load_tokenizer(tokenizer_path),
+        vocabulary_size,
+        batch_size,
+        input_length=input_length,
+        target_length=target_length,
+        shuffle=False,
+        repeat=False,
+    ).take(batches)
     compile_model(model, make_optimizer("adamw", 1e-3))
     return model.evaluate(dataset, verbose=0, return_dict=True)
 
@@ -49,8 +64,16 @@ def evaluate(model_path, tokenizer_path, data_spec="embedded", data_dir=None, ba
 def main(argv):
     del argv
     try:
-        result = evaluate(FLAGS.model, FLAGS.tokenizer, FLAGS.data, FLAGS.data_dir, FLAGS.batch_size,
-                          FLAGS.batches, FLAGS.input_length, FLAGS.target_length)
+        result = evaluate(
+            FLAGS.model,
+            FLAGS.tokenizer,
+            FLAGS.data,
+            FLAGS.data_dir,
+            FLAGS.batch_size,
+            FLAGS.batches,
+            FLAGS.input_length,
+            FLAGS.target_length,
+        )
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

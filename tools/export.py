@@ -35,16 +35,28 @@ from absl import app, flags  # noqa: E402
 
 FORMATS = ("saved_model", "huggingface", "keras_hub")
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", None, "A T5 language model: .keras file, keras-hub preset or Hugging Face T5 folder.")
+flags.DEFINE_string(
+    "model", None, "A T5 language model: .keras file, keras-hub preset or Hugging Face T5 folder."
+)
 flags.DEFINE_enum("format", "saved_model", list(FORMATS), "What to write.")
-flags.DEFINE_string("tokenizer", None, "The SentencePiece .model it was trained with (adds generate_text).")
-flags.DEFINE_string("export_dir", None, "The directory to write (a SavedModel is replaced atomically).")
+flags.DEFINE_string(
+    "tokenizer", None, "The SentencePiece .model it was trained with (adds generate_text)."
+)
+flags.DEFINE_string(
+    "export_dir", None, "The directory to write (a SavedModel is replaced atomically)."
+)
 flags.DEFINE_integer("max_input_length", 128, "Encoder tokens kept from a text request.")
 flags.DEFINE_integer("max_new_tokens", 32, "Greedy decoding steps of generate_text.")
 
 
-def export_model(model_path, export_dir, format="saved_model", tokenizer=None, max_input_length=128,
-                 max_new_tokens=32):
+def export_model(
+    model_path,
+    export_dir,
+    format="saved_model",
+    tokenizer=None,
+    max_input_length=128,
+    max_new_tokens=32,
+):
     """Load `model_path` and write it to `export_dir` in `format`; returns `export_dir`."""
     from keras_fusion.export import export_saved_model
     from keras_fusion.utils.preset_loader import load_lm
@@ -66,7 +78,8 @@ def export_model(model_path, export_dir, format="saved_model", tokenizer=None, m
         from keras_fusion.export import read_tokenizer
 
         lm.preprocessor = keras_hub.models.T5Seq2SeqLMPreprocessor(
-            keras_hub.models.T5Tokenizer(proto=read_tokenizer(tokenizer)))
+            keras_hub.models.T5Tokenizer(proto=read_tokenizer(tokenizer))
+        )
     if format == "huggingface":
         return lm.export_to_transformers(export_dir)
     lm.save_to_preset(export_dir)
@@ -76,8 +89,14 @@ def export_model(model_path, export_dir, format="saved_model", tokenizer=None, m
 def main(argv):
     del argv
     try:
-        export_model(FLAGS.model, FLAGS.export_dir, FLAGS.format, FLAGS.tokenizer, FLAGS.max_input_length,
-                     FLAGS.max_new_tokens)
+        export_model(
+            FLAGS.model,
+            FLAGS.export_dir,
+            FLAGS.format,
+            FLAGS.tokenizer,
+            FLAGS.max_input_length,
+            FLAGS.max_new_tokens,
+        )
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -21,21 +21,29 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("models", None, "Comma-separated T5 language models (two or more): .keras files, "
-                  "keras-hub preset directories or Hugging Face T5 folders.")
+flags.DEFINE_list(
+    "models",
+    None,
+    "Comma-separated T5 language models (two or more): .keras files, "
+    "keras-hub preset directories or Hugging Face T5 folders.",
+)
 flags.DEFINE_string("output", None, "Where to write the fused model (.keras).")
-flags.DEFINE_list("weights", None, "Weights of the logit ensemble, one per model (default: uniform).")
-flags.DEFINE_enum("norm", "grouped", ["grouped", "global"], "grouped: exact; global: a plain T5, approximate.")
+flags.DEFINE_list(
+    "weights", None, "Weights of the logit ensemble, one per model (default: uniform)."
+)
+flags.DEFINE_enum(
+    "norm", "grouped", ["grouped", "global"], "grouped: exact; global: a plain T5, approximate."
+)
 
 
 def fuse_files(paths, output, weights=None, norm="grouped"):
     """Load, check, fuse, verify and save; returns the measured logit error."""
     import numpy as np
 
+    from keras_fusion import storage
     from keras_fusion.diagnostics import function_error
     from keras_fusion.models import FusionT5Seq2SeqLM
     from keras_fusion.models.fusion_t5_backbone import check_fusable
-    from keras_fusion import storage
     from keras_fusion.utils.preset_loader import load_lm
 
     if not paths or len(paths) < 2:
@@ -48,8 +56,12 @@ def fuse_files(paths, output, weights=None, norm="grouped"):
     fused = FusionT5Seq2SeqLM.fuse(*lms, weights=weights, norm=norm)
     rng = np.random.default_rng(0)
     ids = rng.integers(3, lms[0].backbone.vocabulary_size, (2, 16)).astype("int32")
-    batch = {"encoder_token_ids": ids, "encoder_padding_mask": np.ones_like(ids),
-             "decoder_token_ids": ids, "decoder_padding_mask": np.ones_like(ids)}
+    batch = {
+        "encoder_token_ids": ids,
+        "encoder_padding_mask": np.ones_like(ids),
+        "decoder_token_ids": ids,
+        "decoder_padding_mask": np.ones_like(ids),
+    }
     error = function_error(fused, lms, batch, weights=weights)["logits"]
     storage.save_model(fused, output)
     return error
@@ -62,8 +74,10 @@ def main(argv):
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    print(f"Fused {len(FLAGS.models)} models into {FLAGS.output}; logit error against the "
-          f"weighted ensemble on random tokens: {error:.2e}")
+    print(
+        f"Fused {len(FLAGS.models)} models into {FLAGS.output}; logit error against the "
+        f"weighted ensemble on random tokens: {error:.2e}"
+    )
 
 
 if __name__ == "__main__":

@@ -40,50 +40,101 @@ from keras_fusion import optimizers, recipes, training  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("recipe", "deep_fusion", list(recipes.RECIPES), "How the final model is reached.")
-flags.DEFINE_string("growth_schedule", None, "Overrides the recipe's schedule, e.g. 'self_fuse@1000,deepen@3000:layers=2'.")
-flags.DEFINE_integer("growth_step", None, "Optimizer step of the recipe's growth (default: steps // 3).")
+flags.DEFINE_string(
+    "growth_schedule",
+    None,
+    "Overrides the recipe's schedule, e.g. 'self_fuse@1000,deepen@3000:layers=2'.",
+)
+flags.DEFINE_integer(
+    "growth_step", None, "Optimizer step of the recipe's growth (default: steps // 3)."
+)
 flags.DEFINE_string("preset", "tiny", f"Size of the final model: {', '.join(recipes.PRESETS)}.")
 flags.DEFINE_integer("num_layers", None, "Overrides the preset.")
 flags.DEFINE_integer("num_heads", None, "Overrides the preset.")
 flags.DEFINE_integer("hidden_dim", None, "Overrides the preset.")
 flags.DEFINE_integer("intermediate_dim", None, "Overrides the preset.")
 flags.DEFINE_integer("key_value_dim", None, "Overrides the preset.")
-flags.DEFINE_enum("optimizer", "adamw", list(optimizers.OPTIMIZERS), "Optimizer (Adafactor is T5's).")
+flags.DEFINE_enum(
+    "optimizer", "adamw", list(optimizers.OPTIMIZERS), "Optimizer (Adafactor is T5's)."
+)
 flags.DEFINE_float("learning_rate", 3e-3, "Peak learning rate.")
-flags.DEFINE_enum("lr_schedule", "constant", list(optimizers.LR_SCHEDULES), "Learning-rate schedule.")
+flags.DEFINE_enum(
+    "lr_schedule", "constant", list(optimizers.LR_SCHEDULES), "Learning-rate schedule."
+)
 flags.DEFINE_integer("warmup_steps", 0, "Warm-up steps of the schedule.")
-flags.DEFINE_integer("steps", 1200, "Optimizer steps of the main model (a deep_fusion partner trains growth_step more).")
+flags.DEFINE_integer(
+    "steps",
+    1200,
+    "Optimizer steps of the main model (a deep_fusion partner trains growth_step more).",
+)
 flags.DEFINE_integer("batch_size", 16, "Global batch size.")
 flags.DEFINE_integer("input_length", 64, "Encoder tokens per example.")
 flags.DEFINE_integer("target_length", 16, "Decoder tokens per example.")
 flags.DEFINE_integer("vocabulary_size", 1000, "SentencePiece vocabulary, sentinels included.")
-flags.DEFINE_integer("seed", 0, "Random seed (a deep_fusion partner uses seed + 1 and its own data order).")
-flags.DEFINE_string("data", "embedded", "'embedded', a text file glob, or 'tfds:NAME' (e.g. tfds:c4/en).")
+flags.DEFINE_integer(
+    "seed", 0, "Random seed (a deep_fusion partner uses seed + 1 and its own data order)."
+)
+flags.DEFINE_string(
+    "data", "embedded", "'embedded', a text file glob, or 'tfds:NAME' (e.g. tfds:c4/en)."
+)
 flags.DEFINE_string("data_dir", None, "TFDS data directory (for tfds: data).")
-flags.DEFINE_string("tokenizer", None, "An existing SentencePiece .model (default: train one, cached).")
-flags.DEFINE_string("init_from", None,
-                    "Start from a trained T5: a Hugging Face T5 folder, a keras-hub preset or a .keras file. "
-                    "Its architecture is the starting model (the recipe grows it; --preset and dimensions are "
-                    "then unused) and its tokenizer is the run's.")
+flags.DEFINE_string(
+    "tokenizer", None, "An existing SentencePiece .model (default: train one, cached)."
+)
+flags.DEFINE_string(
+    "init_from",
+    None,
+    "Start from a trained T5: a Hugging Face T5 folder, a keras-hub preset or a .keras file. "
+    "Its architecture is the starting model (the recipe grows it; --preset and dimensions are "
+    "then unused) and its tokenizer is the run's.",
+)
 flags.DEFINE_string("model_dir", "runs/latest", "Where models, logs, metrics and plots go.")
 flags.DEFINE_string("export_dir", None, "SavedModel directory (default: MODEL_DIR/export).")
-flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker", "tpu"], "tf.distribute strategy.")
+flags.DEFINE_enum(
+    "strategy", "default", ["default", "mirrored", "multi_worker", "tpu"], "tf.distribute strategy."
+)
 flags.DEFINE_string("tpu", None, "TPU name or address, for --strategy=tpu.")
-flags.DEFINE_string("learning_rate_scale", "auto",
-                    "Learning-rate factor after each growth: 'auto' (0.5 after self fusion, else 1), 'width', or a number.")
-flags.DEFINE_integer("rewarmup_steps", 0, "Ramp the learning rate again over N steps after each growth (0: off).")
-flags.DEFINE_enum("growth_optimizer_state", "carry", ["carry", "reset"],
-                  "Optimizer slots across a growth: mapped with the weights (carry) or zeroed (reset).")
+flags.DEFINE_string(
+    "learning_rate_scale",
+    "auto",
+    "Learning-rate factor after each growth: "
+    "'auto' (0.5 after self fusion, else 1), 'width', or a number.",
+)
+flags.DEFINE_integer(
+    "rewarmup_steps", 0, "Ramp the learning rate again over N steps after each growth (0: off)."
+)
+flags.DEFINE_enum(
+    "growth_optimizer_state",
+    "carry",
+    ["carry", "reset"],
+    "Optimizer slots across a growth: mapped with the weights (carry) or zeroed (reset).",
+)
 flags.DEFINE_integer("eval_every", 100, "Evaluate every N steps (and at the last step).")
 flags.DEFINE_integer("eval_batches", 8, "Held-out batches per evaluation.")
-flags.DEFINE_integer("checkpoint_every", 100,
-                     "Checkpoint into MODEL_DIR/checkpoints every N steps; the same command resumes from the newest.")
+flags.DEFINE_integer(
+    "checkpoint_every",
+    100,
+    "Checkpoint into MODEL_DIR/checkpoints every N steps; "
+    "the same command resumes from the newest.",
+)
 flags.DEFINE_bool("fresh", False, "Start over: delete what an earlier run wrote in --model_dir.")
-flags.DEFINE_enum("jit_compile", "auto", list(training.JIT_COMPILE), "XLA for the train step (Keras' jit_compile).")
-flags.DEFINE_integer("steps_per_execution", 1,
-                     "Optimizer steps per call of the compiled step (TPU: 100s); stages must be multiples of it.")
-flags.DEFINE_enum("mixed_precision", "float32", list(training.PRECISIONS),
-                  "Keras dtype policy: mixed_bfloat16 computes in bfloat16 with float32 variables (TPU).")
+flags.DEFINE_enum(
+    "jit_compile",
+    "auto",
+    list(training.JIT_COMPILE),
+    "XLA for the train step (Keras' jit_compile).",
+)
+flags.DEFINE_integer(
+    "steps_per_execution",
+    1,
+    "Optimizer steps per call of the compiled step (TPU: 100s); stages must be multiples of it.",
+)
+flags.DEFINE_enum(
+    "mixed_precision",
+    "float32",
+    list(training.PRECISIONS),
+    "Keras dtype policy: mixed_bfloat16 computes in bfloat16 with float32 variables (TPU).",
+)
 
 
 def main(argv):

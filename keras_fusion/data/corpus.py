@@ -120,8 +120,9 @@ def embedded_corpus(split="train", validation_fraction=VALIDATION_FRACTION):
     return split_documents(_embedded_documents(), split, validation_fraction)
 
 
-def installed_corpus(split="train", validation_fraction=VALIDATION_FRACTION, cache_dir=None,
-                     environment_key=None):
+def installed_corpus(
+    split="train", validation_fraction=VALIDATION_FRACTION, cache_dir=None, environment_key=None
+):
     """English documents of this environment: every docstring of every installed package.
 
     The documents are the reference-manual topics of `pydoc_data.topics` and
@@ -216,7 +217,8 @@ def source_docstrings(source):
 def _environment_key():
     """A name for this interpreter and its installed distributions."""
     distributions = sorted(
-        f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions()
+        f"{d.metadata['Name']}=={d.version}"
+        for d in importlib.metadata.distributions()
         if d.metadata["Name"]
     )
     identity = [sys.version, *sorted(set(_source_roots())), *distributions]
@@ -237,10 +239,17 @@ def _source_files():
             parts = [] if relative == "." else relative.split(os.sep)
             # site-packages inside the standard library is scanned as its own root.
             subfolders[:] = sorted(
-                d for d in subfolders
-                if d != "site-packages" and not _test_part(d) and not (not parts and d in SKIPPED_MODULES)
+                d
+                for d in subfolders
+                if d != "site-packages"
+                and not _test_part(d)
+                and not (not parts and d in SKIPPED_MODULES)
             )
-            files.update(os.path.join(folder, n) for n in names if n.endswith(".py") and not _test_part(n[:-3]))
+            files.update(
+                os.path.join(folder, n)
+                for n in names
+                if n.endswith(".py") and not _test_part(n[:-3])
+            )
     return sorted(files)
 
 
@@ -254,7 +263,8 @@ def _installed_documents(cache_dir, environment_key=None):
     cache_path = os.path.join(cache_dir, f"installed-{key}.json.gz")
     if environment_key and not os.path.exists(cache_path):
         raise ValueError(
-            f"The installed corpus of environment {environment_key!r} is not cached in {cache_dir!r}: "
+            f"The installed corpus of environment {environment_key!r} "
+            f"is not cached in {cache_dir!r}: "
             "it can only be rebuilt in that environment."
         )
     if os.path.exists(cache_path):
@@ -479,8 +489,10 @@ def _docstrings(module):
                 objects.extend(
                     member
                     for member in vars(value).values()
-                    if (inspect.isroutine(member)
-                        or isinstance(member, (property, staticmethod, classmethod)))
+                    if (
+                        inspect.isroutine(member)
+                        or isinstance(member, (property, staticmethod, classmethod))
+                    )
                     and _defined_in(member, module.__name__)
                 )
     return {doc for doc in map(inspect.getdoc, objects) if doc}

@@ -109,9 +109,7 @@ def make_dataset(
     def tokenize(text):
         # Built here, its resource belongs to the dataset's graph, out of
         # reach of the eager kernel-cache resets (see T5SentencepieceTokenizer).
-        return tensorflow_text.SentencepieceTokenizer(model=proto, out_type=tf.int32).tokenize(
-            text
-        )
+        return tensorflow_text.SentencepieceTokenizer(model=proto, out_type=tf.int32).tokenize(text)
 
     chunks = (
         documents.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE)
@@ -157,8 +155,7 @@ def _check_sentinels(proto, vocabulary_size, num_sentinels):
     model = sentencepiece.SentencePieceProcessor(model_proto=proto)
     if model.get_piece_size() != vocabulary_size:
         raise ValueError(
-            f"vocabulary_size={vocabulary_size} but the tokenizer has "
-            f"{model.get_piece_size()} ids."
+            f"vocabulary_size={vocabulary_size} but the tokenizer has {model.get_piece_size()} ids."
         )
     last = num_sentinels - 1
     piece = model.id_to_piece(sentinel_id(last, vocabulary_size))

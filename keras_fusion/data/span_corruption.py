@@ -61,9 +61,7 @@ def span_corruption(
     tokens = tf.convert_to_tensor(tokens)
     if seed is None:
         seed = tf.random.uniform([2], maxval=tf.int32.max, dtype=tf.int32)
-    noise = random_spans_noise_mask(
-        tf.size(tokens), noise_density, mean_noise_span_length, seed
-    )
+    noise = random_spans_noise_mask(tf.size(tokens), noise_density, mean_noise_span_length, seed)
     eos = tf.constant([EOS_ID], tokens.dtype)
     inputs = _spans_to_sentinels(tokens, noise, vocabulary_size)
     targets = _spans_to_sentinels(tokens, tf.logical_not(noise), vocabulary_size)
@@ -172,9 +170,7 @@ def _span_counts(length, noise_density, mean_noise_span_length):
     length = tf.cast(length, tf.int32)
     num_noise = tf.cast(tf.round(tf.cast(length, tf.float64) * noise_density), tf.int32)
     num_noise = tf.clip_by_value(num_noise, 1, length - 1)
-    num_spans = tf.cast(
-        tf.round(tf.cast(num_noise, tf.float64) / mean_noise_span_length), tf.int32
-    )
+    num_spans = tf.cast(tf.round(tf.cast(num_noise, tf.float64) / mean_noise_span_length), tf.int32)
     # Every span of noise and of non-noise needs at least one token.
     num_spans = tf.clip_by_value(num_spans, 1, tf.minimum(num_noise, length - num_noise))
     return num_noise, num_spans

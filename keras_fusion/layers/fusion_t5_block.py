@@ -179,9 +179,7 @@ class FusionT5Block(T5TransformerLayer):
                 units,
                 use_bias=False,
                 activation=act,
-                kernel_initializer=keras.initializers.RandomNormal(
-                    mean=0, stddev=fan_in**-0.5
-                ),
+                kernel_initializer=keras.initializers.RandomNormal(mean=0, stddev=fan_in**-0.5),
                 dtype=self.dtype_policy,
                 name=name,
             )
@@ -221,7 +219,11 @@ class FusionT5Block(T5TransformerLayer):
             attentions.append(self.cross_attention)
         for attention in attentions:
             with keras.name_scope(attention.name):
-                for projector in (attention.query_projector, attention.key_projector, attention.value_projector):
+                for projector in (
+                    attention.query_projector,
+                    attention.key_projector,
+                    attention.value_projector,
+                ):
                     projector.build(width)
                 attention.output_projector.build((None, None, attention.inner_dim))
             attention.build(width)
@@ -243,7 +245,10 @@ class FusionT5Block(T5TransformerLayer):
         # or this layer's (1 or batch, heads, length, length), per example
         # once a mask is folded in. With caches, Keras traces as usual.
         arguments = inspect.signature(self.call).bind(*args, **kwargs).arguments
-        if arguments.get("self_attention_cache") is not None or arguments.get("cross_attention_cache") is not None:
+        if (
+            arguments.get("self_attention_cache") is not None
+            or arguments.get("cross_attention_cache") is not None
+        ):
             return super().compute_output_spec(*args, **kwargs)
         hidden_shape = tuple(arguments["hidden_states"].shape)
         position_bias = arguments.get("position_bias")

@@ -43,9 +43,7 @@ class GroupedRMSNorm(T5LayerNorm):
         if groups is not None:
             groups = [int(g) for g in groups]
             if not groups or any(g <= 0 for g in groups):
-                raise ValueError(
-                    f"groups must be a non-empty list of positive ints, got {groups}."
-                )
+                raise ValueError(f"groups must be a non-empty list of positive ints, got {groups}.")
         self.groups = groups
 
     def build(self, input_shape):

@@ -56,12 +56,8 @@ def backbone_config(backbone):
             f"{type(backbone).__name__}."
         )
     config = backbone.get_config()
-    config["key_value_dim"] = backbone.key_value_dim or (
-        backbone.hidden_dim // backbone.num_heads
-    )
-    config["activation"] = keras.activations.serialize(
-        keras.activations.get(config["activation"])
-    )
+    config["key_value_dim"] = backbone.key_value_dim or (backbone.hidden_dim // backbone.num_heads)
+    config["activation"] = keras.activations.serialize(keras.activations.get(config["activation"]))
     config.setdefault("norm_groups", [backbone.hidden_dim])
     return {k: v for k, v in config.items() if k in _CONSTRUCTOR_ARGS}
 
@@ -468,7 +464,8 @@ def _build_with_values(cls, config, parameters):
     backbone, ours = internals.build_uninitialized(lambda: cls(**config))
     if parameters is None:  # every tree variable zero
         parameters = keras.tree.map_structure(
-            lambda v: np.zeros(v.shape, "float32"), backbone_variables(backbone))
+            lambda v: np.zeros(v.shape, "float32"), backbone_variables(backbone)
+        )
     # Everything is checked before any variable gets a value.
     pairs = variable_trees.checked_pairs(backbone_variables(backbone), parameters)
 
@@ -477,7 +474,9 @@ def _build_with_values(cls, config, parameters):
     for _, variable, array in pairs:
         if id(variable) in deferred and internals.is_uninitialized(variable):
             if nested:
-                internals.set_uninitialized_initializer(variable, variable_trees.constant_initializer(array))
+                internals.set_uninitialized_initializer(
+                    variable, variable_trees.constant_initializer(array)
+                )
             else:
                 internals.initialize_with(variable, variable_trees.constant_initializer(array))
         else:

@@ -27,9 +27,7 @@ def _check_weights(weights, count):
         return [1.0 / count] * count
     weights = list(weights)
     if len(weights) != count:
-        raise ValueError(
-            f"weights has {len(weights)} entries but {count} models were given."
-        )
+        raise ValueError(f"weights has {len(weights)} entries but {count} models were given.")
     for w in weights:
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
             raise ValueError(f"weights must be finite numbers, got {weights}.")
@@ -167,12 +165,16 @@ class FusionT5Seq2SeqLM(T5Seq2SeqLM):
             `sum_i weights[i] * logits_i`, with the first model's
             preprocessor.
         """
-        return cls.from_parameters(*grown_lm_by_fuse(lms, weights, norm), preprocessor=lms[0].preprocessor)
+        return cls.from_parameters(
+            *grown_lm_by_fuse(lms, weights, norm), preprocessor=lms[0].preprocessor
+        )
 
     @classmethod
     def self_fuse(cls, lm, noise=1e-3, seed=None, norm="grouped"):
         """Self fusion (see `FusionT5Backbone.self_fuse`), logits unchanged."""
-        return cls.from_parameters(*grown_lm_by_self_fuse(lm, noise, seed, norm), preprocessor=lm.preprocessor)
+        return cls.from_parameters(
+            *grown_lm_by_self_fuse(lm, noise, seed, norm), preprocessor=lm.preprocessor
+        )
 
     @classmethod
     def deepen(cls, lm, num_new_layers, mode="identity"):

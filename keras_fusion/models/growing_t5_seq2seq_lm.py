@@ -29,7 +29,9 @@ class GrowingT5Seq2SeqLM(keras.Model):
 
     ```python
     model = GrowingT5Seq2SeqLM(FusionT5Seq2SeqLM(backbone))
-    model.compile(optimizer="adamw", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer="adamw", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     model.fit(data, epochs=3, callbacks=[GrowthCallback("self_fuse@1000")])
     model.backbone.hidden_dim  # twice what it was
     ```
@@ -134,7 +136,12 @@ class GrowingT5Seq2SeqLM(keras.Model):
         # (The inner task saves no compile config, FusionT5Seq2SeqLM.
         # get_compile_config: what trains is the wrapper, whose compile
         # config Keras restores.)
-        config.update({"lm": keras.saving.serialize_keras_object(self.lm), "growth_history": self.growth_history})
+        config.update(
+            {
+                "lm": keras.saving.serialize_keras_object(self.lm),
+                "growth_history": self.growth_history,
+            }
+        )
         return config
 
     @classmethod

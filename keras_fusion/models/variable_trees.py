@@ -31,8 +31,12 @@ def checked_pairs(variables, arrays):
     Raises ValueError naming the first place where the structures differ or
     a leaf's shape does not match its variable, before anything is written.
     """
-    pairs = [(where, variable, array)
-             for where, (variable, array) in zip_leaves([variables, arrays], ("the model", "the parameters"))]
+    pairs = [
+        (where, variable, array)
+        for where, (variable, array) in zip_leaves(
+            [variables, arrays], ("the model", "the parameters")
+        )
+    ]
     for where, variable, array in pairs:
         if tuple(variable.shape) != tuple(np.shape(array)):
             raise ValueError(

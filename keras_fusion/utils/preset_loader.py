@@ -25,9 +25,9 @@ lm, spm_proto = load_lm("/path/to/flan-t5-small")   # or a preset dir, or a .ker
 """
 
 import keras_hub
-from keras_fusion._keras_internals import preset_utils
 
 from keras_fusion import storage
+from keras_fusion._keras_internals import preset_utils
 from keras_fusion.utils.transformers import convert_t5
 
 HF_SCHEME = "hf://"
@@ -40,7 +40,7 @@ def _local_hf(preset):
     if isinstance(preset, str) and preset.startswith(HF_SCHEME):
         from huggingface_hub import snapshot_download
 
-        return snapshot_download(preset[len(HF_SCHEME):], allow_patterns=_HF_FILES)
+        return snapshot_download(preset[len(HF_SCHEME) :], allow_patterns=_HF_FILES)
     return preset
 
 
@@ -60,7 +60,9 @@ def _config(preset):
 
 
 def _is_hf_t5(config):
-    return config is not None and "registered_name" not in config and config.get("model_type") == "t5"
+    return (
+        config is not None and "registered_name" not in config and config.get("model_type") == "t5"
+    )
 
 
 def _is_plain_t5_preset(cls, config):
@@ -76,7 +78,9 @@ def as_fusion_backbone(cls, backbone):
     from keras_fusion.models import variable_trees
     from keras_fusion.models.fusion_t5_backbone import backbone_config, backbone_variables
 
-    return cls.from_parameters(backbone_config(backbone), variable_trees.read(backbone_variables(backbone)))
+    return cls.from_parameters(
+        backbone_config(backbone), variable_trees.read(backbone_variables(backbone))
+    )
 
 
 def backbone_from_preset(cls, preset, load_weights=True, **kwargs):
@@ -94,7 +98,9 @@ def backbone_from_preset(cls, preset, load_weights=True, **kwargs):
     """
     config = _config(preset)
     if _is_hf_t5(config):
-        return convert_t5.load_backbone(cls, _local_hf(preset), load_weights, kwargs.pop("dtype", None))
+        return convert_t5.load_backbone(
+            cls, _local_hf(preset), load_weights, kwargs.pop("dtype", None)
+        )
     if _is_plain_t5_preset(cls, config):
         plain = keras_hub.models.Backbone.from_preset(preset, load_weights=load_weights, **kwargs)
         return as_fusion_backbone(cls, plain)
@@ -128,14 +134,18 @@ def lm_from_preset(cls, preset, load_weights=True, **kwargs):
         backbone = convert_t5.load_backbone(FusionT5Backbone, folder, load_weights, dtype)
         if "preprocessor" not in kwargs:
             tokenizer = convert_t5.load_tokenizer(folder)
-            kwargs["preprocessor"] = tokenizer and keras_hub.models.T5Seq2SeqLMPreprocessor(tokenizer=tokenizer)
+            kwargs["preprocessor"] = tokenizer and keras_hub.models.T5Seq2SeqLMPreprocessor(
+                tokenizer=tokenizer
+            )
         return cls(backbone=backbone, **kwargs)
     if _is_plain_t5_preset(FusionT5Backbone, config):
         backbone = FusionT5Backbone.from_preset(preset, load_weights=load_weights, dtype=dtype)
         if "preprocessor" not in kwargs:
             has_tokenizer = storage.exists(storage.join(preset, preset_utils.TOKENIZER_CONFIG_FILE))
             kwargs["preprocessor"] = (
-                keras_hub.models.T5Seq2SeqLMPreprocessor.from_preset(preset) if has_tokenizer else None
+                keras_hub.models.T5Seq2SeqLMPreprocessor.from_preset(preset)
+                if has_tokenizer
+                else None
             )
         return cls(backbone=backbone, **kwargs)
     return None
@@ -175,7 +185,9 @@ def load_lm(path):
         if not isinstance(lm, keras_hub.models.T5Seq2SeqLM):
             raise ValueError(f"{path} holds a {type(lm).__name__}, not a T5 language model.")
         if not isinstance(lm, FusionT5Seq2SeqLM):
-            lm = FusionT5Seq2SeqLM(as_fusion_backbone(FusionT5Backbone, lm.backbone), preprocessor=lm.preprocessor)
+            lm = FusionT5Seq2SeqLM(
+                as_fusion_backbone(FusionT5Backbone, lm.backbone), preprocessor=lm.preprocessor
+            )
     elif isinstance(path, str) and (path.startswith(HF_SCHEME) or storage.isdir(path)):
         lm = FusionT5Seq2SeqLM.from_preset(path)
     else:

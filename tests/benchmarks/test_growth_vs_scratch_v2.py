@@ -27,7 +27,9 @@ def cost(config):
 
 
 def setup(steps=1000, every=20, fraction=0.25):
-    return bench.Setup(target=TARGET, steps=steps, eval_every=every, eval_batches=64, growth_fraction=fraction)
+    return bench.Setup(
+        target=TARGET, steps=steps, eval_every=every, eval_batches=64, growth_fraction=fraction
+    )
 
 
 def test_flops_at_counts_every_level_in_lockstep():
@@ -50,14 +52,31 @@ def test_fusion_tree_trains_each_node_the_same_steps_and_spends_the_budget():
     assert s.budget <= spent < s.budget + s.eval_every * r3
 
 
-@pytest.mark.parametrize("arm", ["scratch", "small_alone", "deep_fusion", "self_fusion", "deepen", "stack",
-                                 "deep_fusion@0.1", "self_fusion@0.5"])
+@pytest.mark.parametrize(
+    "arm",
+    [
+        "scratch",
+        "small_alone",
+        "deep_fusion",
+        "self_fusion",
+        "deepen",
+        "stack",
+        "deep_fusion@0.1",
+        "self_fusion@0.5",
+    ],
+)
 def test_every_arm_spends_the_common_budget_and_grows_at_its_fraction(arm):
     s = setup()
     p = bench.arm_budget(arm, s)
     half = dict(TARGET, hidden_dim=32, num_heads=2, intermediate_dim=64)
-    start = {"scratch": TARGET, "small_alone": half, "deep_fusion": half, "self_fusion": half,
-             "deepen": dict(TARGET, num_layers=2), "stack": dict(TARGET, num_layers=2)}[p["mode"]]
+    start = {
+        "scratch": TARGET,
+        "small_alone": half,
+        "deep_fusion": half,
+        "self_fusion": half,
+        "deepen": dict(TARGET, num_layers=2),
+        "stack": dict(TARGET, num_layers=2),
+    }[p["mode"]]
     assert p["start"] == start and p["total"] % s.eval_every == 0
     spent = bench.flops_at(p["levels"], p["total"])
     assert s.budget <= spent < s.budget + s.eval_every * cost(TARGET)
@@ -68,23 +87,41 @@ def test_every_arm_spends_the_common_budget_and_grows_at_its_fraction(arm):
     (growth_step,) = p["growth_steps"]
     fraction = 0.25 if "@" not in arm else float(arm.split("@")[1])
     # Rounded to an evaluation: within half an evaluation period of the fraction.
-    assert abs(growth_step * models * cost(start) - fraction * s.budget) <= s.eval_every / 2 * models * cost(start)
+    assert abs(
+        growth_step * models * cost(start) - fraction * s.budget
+    ) <= s.eval_every / 2 * models * cost(start)
 
 
 def test_bad_arms_are_refused():
-    for arm, message in [("grow", "unknown arm"), ("scratch@0.1", "only"), ("deepen@1.5", "in \\(0, 1\\)"),
-                         ("deepen@x", "not a number")]:
+    for arm, message in [
+        ("grow", "unknown arm"),
+        ("scratch@0.1", "only"),
+        ("deepen@1.5", "in \\(0, 1\\)"),
+        ("deepen@x", "not a number"),
+    ]:
         with pytest.raises(ValueError, match=message):
             bench.parse_arm(arm, 0.25)
 
 
 def record(arm, seed, losses, growth_at=None, rate=3e-3, budget=100.0):
     """A run whose evaluations are at 0, 10, ..., 100 FLOPs."""
-    rows = [{"step": i, "flops": 10.0 * i, "eval_loss": loss, "growth": ""} for i, loss in enumerate(losses)]
-    return {"arm": arm, "seed": seed, "learning_rate": rate, "rows": rows,
-            "loss_at_budget": bench.interpolate(rows, budget), "steps": len(rows) - 1,
-            "growth_flops": [] if growth_at is None else [growth_at], "start_parameters": 1,
-            "final_parameters": 2, "parallel_seconds": 60.0, "sequential_seconds": 120.0}
+    rows = [
+        {"step": i, "flops": 10.0 * i, "eval_loss": loss, "growth": ""}
+        for i, loss in enumerate(losses)
+    ]
+    return {
+        "arm": arm,
+        "seed": seed,
+        "learning_rate": rate,
+        "rows": rows,
+        "loss_at_budget": bench.interpolate(rows, budget),
+        "steps": len(rows) - 1,
+        "growth_flops": [] if growth_at is None else [growth_at],
+        "start_parameters": 1,
+        "final_parameters": 2,
+        "parallel_seconds": 60.0,
+        "sequential_seconds": 120.0,
+    }
 
 
 CURVE = [9.0, 8.0, 7.0, 6.0, 5.5, 5.0, 4.8, 4.6, 4.4, 4.2, 4.1]
@@ -92,7 +129,8 @@ CURVE = [9.0, 8.0, 7.0, 6.0, 5.5, 5.0, 4.8, 4.6, 4.4, 4.2, 4.1]
 
 def test_summary_regime_check_and_growth_attribution():
     records = [
-        record("scratch", 0, CURVE[:-1] + [4.0]), record("scratch", 1, CURVE[:-1] + [4.2]),
+        record("scratch", 0, CURVE[:-1] + [4.0]),
+        record("scratch", 1, CURVE[:-1] + [4.2]),
         record("small_alone", 0, [v + 0.5 for v in CURVE[:-1]] + [4.5]),
         record("small_alone", 1, [v + 0.5 for v in CURVE[:-1]] + [4.5]),
         # Reaches 4.1 at 20 FLOPs, before its growth at 50: not attributable.
@@ -100,46 +138,82 @@ def test_summary_regime_check_and_growth_attribution():
         # Above 4.1 until its growth at 30, then 4.2 at 40 and 4.0 at 50: 45 FLOPs.
         record("late", 0, [9.0, 6.0, 5.0, 4.3, 4.2, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0], growth_at=30.0),
     ]
-    summary = bench.summarise(records, 100.0, bench.chosen_rates(records), quick=True, eval_batches=64)
+    summary = bench.summarise(
+        records, 100.0, bench.chosen_rates(records), quick=True, eval_batches=64
+    )
     scratch = summary["arms"]["scratch"]
     assert scratch["final_loss_mean"] == pytest.approx(4.1)
     assert scratch["final_loss_std"] == pytest.approx(statistics.stdev([4.0, 4.2]))
     regime = summary["regime_check"]
-    assert (regime["scratch_loss"], regime["small_loss"]) == (pytest.approx(4.1), pytest.approx(4.5))
+    assert (regime["scratch_loss"], regime["small_loss"]) == (
+        pytest.approx(4.1),
+        pytest.approx(4.5),
+    )
     assert regime["passed"] is True  # 4.1 < 4.5 - 2 * 0.1414
     early, late = summary["arms"]["early"], summary["arms"]["late"]
     assert early["fraction_to_scratch_loss"] == pytest.approx((10 + 10 * 0.9 / 1.0) / 100)
     assert early["reached_after_growth"] is False
     assert early["fraction_after_growth"] == pytest.approx(0.5)  # already below at its growth
-    assert late["fraction_to_scratch_loss"] == pytest.approx(0.45) and late["reached_after_growth"] is True
+    assert (
+        late["fraction_to_scratch_loss"] == pytest.approx(0.45)
+        and late["reached_after_growth"] is True
+    )
     assert summary["arms"]["scratch"]["reached_after_growth"] is None
     assert (summary["quick"], summary["eval_batches"]) == (True, 64)
 
 
 def test_regime_check_fails_within_twice_the_seed_spread_or_with_one_seed():
-    records = [record("scratch", 0, CURVE[:-1] + [4.0]), record("scratch", 1, CURVE[:-1] + [4.4]),
-               record("small_alone", 0, CURVE[:-1] + [4.5]), record("small_alone", 1, CURVE[:-1] + [4.5])]
-    summary = bench.summarise(records, 100.0, bench.chosen_rates(records), quick=False, eval_batches=64)
+    records = [
+        record("scratch", 0, CURVE[:-1] + [4.0]),
+        record("scratch", 1, CURVE[:-1] + [4.4]),
+        record("small_alone", 0, CURVE[:-1] + [4.5]),
+        record("small_alone", 1, CURVE[:-1] + [4.5]),
+    ]
+    summary = bench.summarise(
+        records, 100.0, bench.chosen_rates(records), quick=False, eval_batches=64
+    )
     assert summary["regime_check"]["passed"] is False  # 4.2 is not below 4.5 - 2 * 0.283
-    one = bench.summarise(records[::2], 100.0, bench.chosen_rates(records), quick=False, eval_batches=64)
+    one = bench.summarise(
+        records[::2], 100.0, bench.chosen_rates(records), quick=False, eval_batches=64
+    )
     assert one["regime_check"]["passed"] is False  # 4.0 < 4.5, but one seed gives no spread
 
 
 def test_learning_rate_is_chosen_on_seed_zero_and_variants_inherit_their_modes():
-    records = [record("deep_fusion", 0, CURVE[:-1] + [4.3], rate=1e-3),
-               record("deep_fusion", 0, CURVE[:-1] + [4.1], rate=1e-2),
-               record("deep_fusion", 1, CURVE[:-1] + [3.0], rate=1e-3),  # seed 1 does not choose
-               record("deep_fusion@0.1", 1, CURVE, rate=1e-2)]
+    records = [
+        record("deep_fusion", 0, CURVE[:-1] + [4.3], rate=1e-3),
+        record("deep_fusion", 0, CURVE[:-1] + [4.1], rate=1e-2),
+        record("deep_fusion", 1, CURVE[:-1] + [3.0], rate=1e-3),  # seed 1 does not choose
+        record("deep_fusion@0.1", 1, CURVE, rate=1e-2),
+    ]
     assert bench.chosen_rates(records) == {"deep_fusion": 1e-2, "deep_fusion@0.1": 1e-2}
 
 
 def write_part(directory, name, runs, **overrides):
-    part = {"command": f"part {name}", "setup": {"budget": 100.0, "eval_batches": 64, "batch_size": 16,
-                                                 "steps": 10, "input_length": 64, "target_length": 16,
-                                                 "target": {"num_layers": 4, "hidden_dim": 64}},
-            "corpus": {"spec": "installed", "characters": 10, "sha256": "ab" * 32, "train_tokens": 1000},
-            "tokenizer_vocabulary": 1000, "chunk_length": 70, "target_parameters": 458880,
-            "machine": {"cpu_model": "test", "cpu_count": 2}, "minutes": 1.0, "runs": runs}
+    part = {
+        "command": f"part {name}",
+        "setup": {
+            "budget": 100.0,
+            "eval_batches": 64,
+            "batch_size": 16,
+            "steps": 10,
+            "input_length": 64,
+            "target_length": 16,
+            "target": {"num_layers": 4, "hidden_dim": 64},
+        },
+        "corpus": {
+            "spec": "installed",
+            "characters": 10,
+            "sha256": "ab" * 32,
+            "train_tokens": 1000,
+        },
+        "tokenizer_vocabulary": 1000,
+        "chunk_length": 70,
+        "target_parameters": 458880,
+        "machine": {"cpu_model": "test", "cpu_count": 2},
+        "minutes": 1.0,
+        "runs": runs,
+    }
     part.update(overrides)
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, name + ".json"), "w") as f:
@@ -149,9 +223,15 @@ def write_part(directory, name, runs, **overrides):
 def test_parts_merge_into_one_result_and_must_share_the_setup(tmp_path):
     prefix = str(tmp_path / "result")
     write_part(prefix + ".parts", "a", [record("scratch", 0, CURVE), record("scratch", 1, CURVE)])
-    write_part(prefix + ".parts", "b", [record("small_alone", 0, [v + 0.5 for v in CURVE]),
-                                        record("small_alone", 1, [v + 0.6 for v in CURVE]),
-                                        record("scratch", 1, CURVE)])  # a duplicate run counts once
+    write_part(
+        prefix + ".parts",
+        "b",
+        [
+            record("small_alone", 0, [v + 0.5 for v in CURVE]),
+            record("small_alone", 1, [v + 0.6 for v in CURVE]),
+            record("scratch", 1, CURVE),
+        ],
+    )  # a duplicate run counts once
     result, markdown = bench.merge(prefix, quick=False)
     assert set(result["summary"]["arms"]) == {"scratch", "small_alone"}
     assert result["summary"]["arms"]["scratch"]["seeds"] == [0, 1] and len(result["runs"]) == 4
@@ -168,10 +248,22 @@ def test_parts_merge_into_one_result_and_must_share_the_setup(tmp_path):
 def test_smoke_run_of_two_arms_writes_part_and_merged_result(tmp_path):
     # The benchmark code end to end on a tiny model, a few steps (~35 s of CPU).
     prefix = str(tmp_path / "smoke")
-    bench.main(["--corpus=embedded", "--vocabulary_size=300", "--hidden_dim=16", "--num_layers=2",
-                "--steps=4", "--eval_every=2", "--eval_batches=1", "--seeds=0",
-                "--learning_rates=3e-3", "--arms=scratch,deepen",
-                f"--output={prefix}", f"--workdir={tmp_path / 'work'}"])
+    bench.main(
+        [
+            "--corpus=embedded",
+            "--vocabulary_size=300",
+            "--hidden_dim=16",
+            "--num_layers=2",
+            "--steps=4",
+            "--eval_every=2",
+            "--eval_batches=1",
+            "--seeds=0",
+            "--learning_rates=3e-3",
+            "--arms=scratch,deepen",
+            f"--output={prefix}",
+            f"--workdir={tmp_path / 'work'}",
+        ]
+    )
     with open(prefix + ".json") as f:
         result = json.load(f)
     summary = result["summary"]
@@ -186,15 +278,29 @@ def test_smoke_run_of_two_arms_writes_part_and_merged_result(tmp_path):
     assert os.path.exists(prefix + ".png") and os.path.exists(prefix + ".md")
     # A second invocation of the same part trains nothing: every run is in the part file.
     parts = os.listdir(prefix + ".parts")
-    bench.main(["--corpus=embedded", "--vocabulary_size=300", "--hidden_dim=16", "--num_layers=2",
-                "--steps=4", "--eval_every=2", "--eval_batches=1", "--seeds=0",
-                "--learning_rates=3e-3", "--arms=scratch", f"--output={prefix}", f"--workdir={tmp_path / 'work'}"])
+    bench.main(
+        [
+            "--corpus=embedded",
+            "--vocabulary_size=300",
+            "--hidden_dim=16",
+            "--num_layers=2",
+            "--steps=4",
+            "--eval_every=2",
+            "--eval_batches=1",
+            "--seeds=0",
+            "--learning_rates=3e-3",
+            "--arms=scratch",
+            f"--output={prefix}",
+            f"--workdir={tmp_path / 'work'}",
+        ]
+    )
     with open(prefix + ".json") as f:
         assert len(json.load(f)["runs"]) == 2
     assert os.listdir(prefix + ".parts") == parts
 
 
 def test_bad_flags_exit_with_a_clear_error():
-    result = subprocess.run([sys.executable, SCRIPT, "--arms=scratch,grow"], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, SCRIPT, "--arms=scratch,grow"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 2 and "unknown arm 'grow'" in result.stderr

@@ -3,16 +3,16 @@
 import hashlib
 import inspect
 import os
+import pydoc_data.topics
 import subprocess
 import sys
 
-import pydoc_data.topics
 import pytest
 import tensorflow_datasets as tfds
 
-from keras_fusion.data import corpus
 from keras_fusion.data import (
     LocalText,
+    corpus,
     embedded_corpus,
     load_corpus,
     local_text_builder,
@@ -31,7 +31,9 @@ def write(path, text):
 @pytest.fixture
 def text_files(tmp_path):
     """Two files of 40 distinct paragraphs each, blank lines of several kinds."""
-    paragraphs = [f"Paragraph {i} of the test corpus.\nIts second line, {i * i}." for i in range(80)]
+    paragraphs = [
+        f"Paragraph {i} of the test corpus.\nIts second line, {i * i}." for i in range(80)
+    ]
     write(tmp_path / "a.txt", "\n\n".join(paragraphs[:40]) + "\n")
     write(tmp_path / "sub" / "b.txt", "\n  \n\n".join(paragraphs[40:]))
     return tmp_path, paragraphs
@@ -160,7 +162,11 @@ def test_text_files_on_a_tf_filesystem_are_read_through_gfile():
     storage.write_text("ram://corpus_test/top.txt", "Top paragraph.")
     assert read_text_files("ram://corpus_test/a/*.txt") == ["First paragraph.", "Second paragraph."]
     assert read_text_files("ram://corpus_test/**/*.txt") == [
-        "First paragraph.", "Second paragraph.", "Third paragraph.", "Top paragraph."]
+        "First paragraph.",
+        "Second paragraph.",
+        "Third paragraph.",
+        "Top paragraph.",
+    ]
     with pytest.raises(ValueError, match="No file matches"):
         read_text_files("ram://corpus_test/none/*.txt")
 
@@ -190,8 +196,7 @@ def test_local_text_builder_prepares_offline_and_reads_back(text_files):
     assert isinstance(builder, tfds.core.GeneratorBasedBuilder) and builder.is_prepared()
     for split in ("train", "validation"):
         texts = [
-            example["text"].decode()
-            for example in tfds.as_numpy(builder.as_dataset(split=split))
+            example["text"].decode() for example in tfds.as_numpy(builder.as_dataset(split=split))
         ]
         assert sorted(texts) == sorted(load_corpus(spec, split))
         # And through the tfds: spec, as for C4.
@@ -235,9 +240,13 @@ def test_source_docstrings_reads_module_class_function_and_method_docstrings():
         '"""A bare string is not a docstring."""\n'
     )
     found = corpus.source_docstrings(source)
-    assert sorted(found) == sorted([f"Module.\n\n{LONG}", "Class A.", "Method.", "Inner.", "Coroutine."])
+    assert sorted(found) == sorted(
+        [f"Module.\n\n{LONG}", "Class A.", "Method.", "Inner.", "Coroutine."]
+    )
     assert corpus.source_docstrings("def broken(:\n") == []
-    assert corpus.source_docstrings(b"# -*- coding: latin-1 -*-\n'''Caf\xe9.'''\n") == ["Caf\u00e9."]
+    assert corpus.source_docstrings(b"# -*- coding: latin-1 -*-\n'''Caf\xe9.'''\n") == [
+        "Caf\u00e9."
+    ]
 
 
 @pytest.fixture
@@ -248,8 +257,13 @@ def fake_environment(tmp_path, monkeypatch):
     write(stdlib / "tests" / "test_alpha.py", f'"""Test folder {LONG}"""\n')
     write(stdlib / "site-packages" / "inner.py", f'"""Scanned as its own root only {LONG}"""\n')
     marker = tmp_path / "imported"
-    write(site / "pkg" / "__init__.py", f'"""Package {LONG}"""\nopen({str(marker)!r}, "w").close()\n')
-    write(site / "pkg" / "module.py", f'def f():\n    """Function {LONG}"""\n\ndef g():\n    """Short."""\n')
+    write(
+        site / "pkg" / "__init__.py", f'"""Package {LONG}"""\nopen({str(marker)!r}, "w").close()\n'
+    )
+    write(
+        site / "pkg" / "module.py",
+        f'def f():\n    """Function {LONG}"""\n\ndef g():\n    """Short."""\n',
+    )
     write(site / "pkg" / "copy.py", f'"""Package {LONG}"""\n')  # a duplicate
     write(site / "pkg" / "test_module.py", f'"""Test file {LONG}"""\n')
     write(site / "pkg" / "broken.py", "def (:\n")
@@ -278,7 +292,9 @@ def test_installed_corpus_is_cached_under_the_environment_and_fingerprinted(fake
     built = corpus.installed_corpus_info(cache_dir=str(cache))
     documents = corpus.installed_corpus("train", 0.0, cache_dir=str(cache))
     assert built["from_cache"] is False and os.path.exists(built["cache_path"])
-    assert built["num_documents"] == len(documents) and built["characters"] == sum(map(len, documents))
+    assert built["num_documents"] == len(documents) and built["characters"] == sum(
+        map(len, documents)
+    )
     expected = hashlib.sha256(b"".join(d.encode("utf-8") + b"\0" for d in documents)).hexdigest()
     assert built["sha256"] == expected
     corpus._installed_documents.cache_clear()
@@ -296,7 +312,9 @@ def test_installed_corpus_is_tens_of_millions_of_characters_of_this_environment(
     assert train == corpus.installed_corpus("train") and not set(train) & set(validation)
     assert abs(len(validation) / (len(train) + len(validation)) - 0.05) < 0.01
     everything = train + validation
-    assert any(d.startswith("Serialize ``obj`` to a JSON formatted ``str``") for d in everything)  # json.dumps
+    assert any(
+        d.startswith("Serialize ``obj`` to a JSON formatted ``str``") for d in everything
+    )  # json.dumps
     assert any("densely-connected NN layer" in d for d in everything)  # keras.layers.Dense
     words = " ".join(validation).lower().split()
     assert words.count("the") / len(words) > 0.03
@@ -306,11 +324,18 @@ def test_installed_corpus_of_an_earlier_environment_stays_readable(fake_environm
     cache, _ = fake_environment
     before = corpus.installed_corpus_info(cache_dir=str(cache))
     documents = corpus.installed_corpus("train", 0.0, cache_dir=str(cache))
-    monkeypatch.setattr(corpus, "_environment_key", lambda: "another-environment")  # a package installed
+    monkeypatch.setattr(
+        corpus, "_environment_key", lambda: "another-environment"
+    )  # a package installed
     corpus._installed_documents.cache_clear()
-    pinned = corpus.installed_corpus("train", 0.0, cache_dir=str(cache), environment_key=before["environment_key"])
+    pinned = corpus.installed_corpus(
+        "train", 0.0, cache_dir=str(cache), environment_key=before["environment_key"]
+    )
     assert pinned == documents
-    assert corpus.installed_corpus_info(cache_dir=str(cache))["environment_key"] == "another-environment"
+    assert (
+        corpus.installed_corpus_info(cache_dir=str(cache))["environment_key"]
+        == "another-environment"
+    )
     with pytest.raises(ValueError, match="not cached"):
         corpus.installed_corpus("train", cache_dir=str(cache), environment_key="0123456789abcdef")
 

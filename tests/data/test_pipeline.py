@@ -5,10 +5,10 @@ import keras_hub
 import numpy as np
 import pytest
 import tensorflow_text
-from data_test_utils import SMALL_VOCABULARY, reassemble, small_texts, train_small_tokenizer
-from t5_test_utils import random_backbone
 
+from data_test_utils import SMALL_VOCABULARY, reassemble, small_texts, train_small_tokenizer
 from keras_fusion.data import load_tokenizer, make_dataset, random_spans_helper
+from t5_test_utils import random_backbone
 
 BATCH, INPUTS, TARGETS = 8, 64, 16
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from data_test_utils import EOS, reassemble
 
+from data_test_utils import EOS, reassemble
 from keras_fusion.data import random_spans_helper, random_spans_noise_mask, span_corruption
 
 VOCABULARY = 1000
@@ -130,7 +130,9 @@ def test_planned_raw_length_fits_and_is_the_longest(
     rng = np.random.default_rng(0)
 
     def corrupted_lengths(n):
-        inputs, targets = span_corruption(random_tokens(rng, n), VOCABULARY, density, mean_span, [n, 0])
+        inputs, targets = span_corruption(
+            random_tokens(rng, n), VOCABULARY, density, mean_span, [n, 0]
+        )
         return len(inputs), len(targets)
 
     inputs, targets = corrupted_lengths(tokens_length)

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import sentencepiece
 import tensorflow as tf
+
 from data_test_utils import (
     NUM_SENTINELS,
     SMALL_VOCABULARY,
     small_texts,
     train_small_tokenizer,
 )
-
 from keras_fusion.data import (
     embedded_corpus,
     load_tokenizer,

@@ -9,17 +9,23 @@ import numpy as np
 import pytest
 from keras_hub.src.models.t5.t5_transformer_layer import T5TransformerLayer
 from keras_hub.src.tests.test_case import TestCase
-from t5_test_utils import TOLERANCE
 
 from keras_fusion import growth_maps
 from keras_fusion.diagnostics import relative_error
 from keras_fusion.layers import FusionT5Block
 from keras_fusion.layers.fusion_t5_block import block_config, block_variables
 from keras_fusion.models import variable_trees
+from t5_test_utils import TOLERANCE
 
 RNG = np.random.default_rng(0)
-BLOCK_FIELDS = ("is_decoder", "key_value_dim", "activation", "use_gated_activation", "layer_norm_epsilon",
-                "use_relative_attention_bias")
+BLOCK_FIELDS = (
+    "is_decoder",
+    "key_value_dim",
+    "activation",
+    "use_gated_activation",
+    "layer_norm_epsilon",
+    "use_relative_attention_bias",
+)
 
 
 def block_from(config, parameters):
@@ -43,14 +49,32 @@ def fuse(*blocks):
 def identity_of(block):
     """A new block of `block`'s configuration computing the identity."""
     config = dict(block_config(block), use_relative_attention_bias=False)
-    return block_from(config, growth_maps.identity_block(variable_trees.read(block_variables(block))))
+    return block_from(
+        config, growth_maps.identity_block(variable_trees.read(block_variables(block)))
+    )
 
 
-def t5_layer(hidden_dim, num_heads, ff, is_decoder, gated=True, bias=True, activation="relu", cls=T5TransformerLayer):
+def t5_layer(
+    hidden_dim,
+    num_heads,
+    ff,
+    is_decoder,
+    gated=True,
+    bias=True,
+    activation="relu",
+    cls=T5TransformerLayer,
+):
     layer = cls(
-        is_decoder=is_decoder, hidden_dim=hidden_dim, intermediate_dim=ff, key_value_dim=4,
-        dropout=0.0, activation=activation, layer_norm_epsilon=1e-6, num_heads=num_heads,
-        use_gated_activation=gated, use_relative_attention_bias=bias,
+        is_decoder=is_decoder,
+        hidden_dim=hidden_dim,
+        intermediate_dim=ff,
+        key_value_dim=4,
+        dropout=0.0,
+        activation=activation,
+        layer_norm_epsilon=1e-6,
+        num_heads=num_heads,
+        use_gated_activation=gated,
+        use_relative_attention_bias=bias,
     )
     run(layer, hidden_dim)
     for v in layer.weights:  # random norm scales, not ones
@@ -69,8 +93,13 @@ def run(layer, width, x=None, encoder=None):
     mask[0, :, -2:] = 0
     if layer.is_decoder:
         encoder = features(width, 2) if encoder is None else encoder
-        out, _ = layer(x, attention_mask=mask, encoder_hidden_states=encoder,
-                       encoder_attention_mask=mask, use_causal_mask=True)
+        out, _ = layer(
+            x,
+            attention_mask=mask,
+            encoder_hidden_states=encoder,
+            encoder_attention_mask=mask,
+            use_causal_mask=True,
+        )
     else:
         out, _ = layer(x, attention_mask=mask)
     return np.asarray(out)
@@ -120,7 +149,9 @@ def test_deepen_is_an_exact_identity(is_decoder):
     bias = np.random.default_rng(3).normal(size=(1, 2, 6, 6)).astype("float32")
     kwargs = dict(position_bias=bias)
     if is_decoder:
-        kwargs.update(encoder_hidden_states=features(8, 8), encoder_attention_mask=mask, use_causal_mask=True)
+        kwargs.update(
+            encoder_hidden_states=features(8, 8), encoder_attention_mask=mask, use_causal_mask=True
+        )
     out, _ = new(x, **kwargs)
     np.testing.assert_array_equal(np.asarray(out), x)
     assert not new.use_relative_attention_bias
@@ -160,16 +191,34 @@ def test_fuse_rejects_incompatible_blocks(other, field):
 
 def test_block_variables_need_a_built_block():
     a = t5_layer(8, 2, 16, False)
-    unbuilt = T5TransformerLayer(is_decoder=False, hidden_dim=8, intermediate_dim=16, key_value_dim=4,
-                                 dropout=0.0, activation="relu", layer_norm_epsilon=1e-6, num_heads=2,
-                                 use_gated_activation=True, use_relative_attention_bias=True)
+    unbuilt = T5TransformerLayer(
+        is_decoder=False,
+        hidden_dim=8,
+        intermediate_dim=16,
+        key_value_dim=4,
+        dropout=0.0,
+        activation="relu",
+        layer_norm_epsilon=1e-6,
+        num_heads=2,
+        use_gated_activation=True,
+        use_relative_attention_bias=True,
+    )
     with pytest.raises(ValueError, match="not built"):
         fuse(a, unbuilt)
 
 
-BLOCK = dict(hidden_dim=8, intermediate_dim=16, key_value_dim=4, dropout=0.0, activation="relu",
-             layer_norm_epsilon=1e-6, num_heads=2, use_gated_activation=True,
-             use_relative_attention_bias=True, norm_groups=[4, 4])
+BLOCK = dict(
+    hidden_dim=8,
+    intermediate_dim=16,
+    key_value_dim=4,
+    dropout=0.0,
+    activation="relu",
+    layer_norm_epsilon=1e-6,
+    num_heads=2,
+    use_gated_activation=True,
+    use_relative_attention_bias=True,
+    norm_groups=[4, 4],
+)
 
 
 class FusionT5BlockHelperTest(TestCase):
@@ -185,12 +234,19 @@ class FusionT5BlockHelperTest(TestCase):
     it turns into KerasTensors. Its parts that do apply are run directly.
     """
 
-    @pytest.mark.xfail(strict=True, raises=AssertionError,
-                       reason="no build(): weights are created on the first call (see the class docstring)")
+    @pytest.mark.xfail(
+        strict=True,
+        raises=AssertionError,
+        reason="no build(): weights are created on the first call (see the class docstring)",
+    )
     def test_run_layer_test(self):
-        self.run_layer_test(cls=FusionT5Block, init_kwargs=dict(BLOCK, is_decoder=False),
-                            input_data=features(8, 1), expected_output_shape=((2, 6, 8), (1, 2, 6, 6)),
-                            expected_num_trainable_weights=10)
+        self.run_layer_test(
+            cls=FusionT5Block,
+            init_kwargs=dict(BLOCK, is_decoder=False),
+            input_data=features(8, 1),
+            expected_output_shape=((2, 6, 8), (1, 2, 6, 6)),
+            expected_num_trainable_weights=10,
+        )
 
     def test_run_serialization_test(self):
         fused = fuse(t5_layer(8, 2, 16, True), t5_layer(4, 1, 8, True))
@@ -200,8 +256,11 @@ class FusionT5BlockHelperTest(TestCase):
         self.run_precision_test(FusionT5Block, dict(BLOCK, is_decoder=False), features(8, 1))
 
     def test_run_precision_test_decoder(self):
-        inputs = {"hidden_states": features(8, 1), "encoder_hidden_states": features(8, 2, length=4),
-                  "use_causal_mask": True}
+        inputs = {
+            "hidden_states": features(8, 1),
+            "encoder_hidden_states": features(8, 2, length=4),
+            "use_causal_mask": True,
+        }
         self.run_precision_test(FusionT5Block, dict(BLOCK, is_decoder=True), inputs)
 
 
@@ -210,17 +269,31 @@ def test_build_creates_the_variables_keras_tracing_creates(is_decoder, monkeypat
     """FusionT5Block.build builds the sub-layers from the widths; the
     variables (paths, shapes, order) are those Keras creates when it builds
     a layer without `build` by tracing its call."""
-    kwargs = dict(is_decoder=is_decoder, hidden_dim=8, intermediate_dim=12, key_value_dim=4, dropout=0.0,
-                  activation="relu", layer_norm_epsilon=1e-6, num_heads=2, use_gated_activation=True,
-                  use_relative_attention_bias=True, name="block")
+    kwargs = dict(
+        is_decoder=is_decoder,
+        hidden_dim=8,
+        intermediate_dim=12,
+        key_value_dim=4,
+        dropout=0.0,
+        activation="relu",
+        layer_norm_epsilon=1e-6,
+        num_heads=2,
+        use_gated_activation=True,
+        use_relative_attention_bias=True,
+        name="block",
+    )
     ours = FusionT5Block(**kwargs)
     ours.build((None, None, 8))
     with monkeypatch.context() as patch:
-        patch.setattr(FusionT5Block, "build", keras.layers.Layer.build)  # Keras' default: build by tracing
+        patch.setattr(
+            FusionT5Block, "build", keras.layers.Layer.build
+        )  # Keras' default: build by tracing
         traced = FusionT5Block(**kwargs)
         run(traced, 8)
     assert ours.built and all(layer.built for layer in ours._flatten_layers(include_self=False))
-    assert [(v.path, tuple(v.shape)) for v in ours.weights] == [(v.path, tuple(v.shape)) for v in traced.weights]
+    assert [(v.path, tuple(v.shape)) for v in ours.weights] == [
+        (v.path, tuple(v.shape)) for v in traced.weights
+    ]
 
 
 def _symbolic_calls(block, batch, length, dtype):
@@ -228,26 +301,51 @@ def _symbolic_calls(block, batch, length, dtype):
     x = keras.KerasTensor((batch, length, block.hidden_dim), dtype=dtype)
     mask = keras.KerasTensor((batch, 1, length), dtype="int32")
     bias = keras.KerasTensor((batch, block.num_heads, length, length), dtype=dtype)
-    calls = [("no mask", {}), ("mask", {"attention_mask": mask}), ("given bias", {"attention_mask": mask, "position_bias": bias})]
+    calls = [
+        ("no mask", {}),
+        ("mask", {"attention_mask": mask}),
+        ("given bias", {"attention_mask": mask, "position_bias": bias}),
+    ]
     if block.is_decoder:
-        calls = [(name, dict(kw, encoder_hidden_states=x, encoder_attention_mask=mask, use_causal_mask=causal))
-                 for name, kw in calls for causal in (False, True)]
+        calls = [
+            (
+                name,
+                dict(
+                    kw, encoder_hidden_states=x, encoder_attention_mask=mask, use_causal_mask=causal
+                ),
+            )
+            for name, kw in calls
+            for causal in (False, True)
+        ]
     return x, calls
 
 
 @pytest.mark.parametrize("dtype_policy", ["float32", "mixed_bfloat16"])
 @pytest.mark.parametrize("is_decoder", [False, True])
 @pytest.mark.parametrize("batch,length", [(None, None), (3, 5)])
-def test_output_spec_without_tracing_equals_the_traced_spec(is_decoder, batch, length, dtype_policy):
-    block = FusionT5Block(is_decoder=is_decoder, hidden_dim=8, intermediate_dim=12, key_value_dim=4, dropout=0.0,
-                          activation="relu", layer_norm_epsilon=1e-6, num_heads=2, use_relative_attention_bias=True,
-                          dtype=dtype_policy)
+def test_output_spec_without_tracing_equals_the_traced_spec(
+    is_decoder, batch, length, dtype_policy
+):
+    block = FusionT5Block(
+        is_decoder=is_decoder,
+        hidden_dim=8,
+        intermediate_dim=12,
+        key_value_dim=4,
+        dropout=0.0,
+        activation="relu",
+        layer_norm_epsilon=1e-6,
+        num_heads=2,
+        use_relative_attention_bias=True,
+        dtype=dtype_policy,
+    )
     x, calls = _symbolic_calls(block, batch, length, block.compute_dtype)
     block(x, **calls[0][1])  # builds it
     for name, kwargs in calls:
         fast = block.compute_output_spec(x, **kwargs)
         traced = T5TransformerLayer.compute_output_spec(block, x, **kwargs)  # Keras' trace of call
-        assert [(tuple(t.shape), t.dtype) for t in fast] == [(tuple(t.shape), t.dtype) for t in traced], name
+        assert [(tuple(t.shape), t.dtype) for t in fast] == [
+            (tuple(t.shape), t.dtype) for t in traced
+        ], name
 
 
 def test_a_functional_backbone_is_built_without_tracing_its_blocks(monkeypatch):
@@ -262,11 +360,24 @@ def test_a_functional_backbone_is_built_without_tracing_its_blocks(monkeypatch):
         return call(self, *args, **kwargs)
 
     monkeypatch.setattr(T5TransformerLayer, "call", counting_call)
-    backbone = FusionT5Backbone(vocabulary_size=20, num_layers=2, num_heads=2, hidden_dim=8, intermediate_dim=12,
-                                key_value_dim=4, dropout=0.0)
+    backbone = FusionT5Backbone(
+        vocabulary_size=20,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=8,
+        intermediate_dim=12,
+        key_value_dim=4,
+        dropout=0.0,
+    )
     assert traced == []  # no block call was traced to construct the model
     assert backbone.built and all(layer.built for layer in backbone.encoder_transformer_layers)
     ids = np.array([[1, 2, 3]], "int32")
-    backbone({"encoder_token_ids": ids, "encoder_padding_mask": np.ones_like(ids),
-              "decoder_token_ids": ids, "decoder_padding_mask": np.ones_like(ids)})
+    backbone(
+        {
+            "encoder_token_ids": ids,
+            "encoder_padding_mask": np.ones_like(ids),
+            "decoder_token_ids": ids,
+            "decoder_padding_mask": np.ones_like(ids),
+        }
+    )
     assert len(traced) == 4  # the real call runs every block once

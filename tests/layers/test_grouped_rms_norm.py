@@ -33,7 +33,9 @@ def test_each_group_is_normalised_on_its_own():
     norm.weight.assign(SCALE)
     out = np.asarray(norm(X))
     for lo, hi in [(0, 4), (4, 7), (7, 12)]:
-        np.testing.assert_allclose(out[..., lo:hi], reference(X[..., lo:hi], SCALE[lo:hi]), rtol=1e-6)
+        np.testing.assert_allclose(
+            out[..., lo:hi], reference(X[..., lo:hi], SCALE[lo:hi]), rtol=1e-6
+        )
     # and that differs from one norm over all features
     assert not np.allclose(out, reference(X, SCALE), rtol=1e-3)
 
@@ -57,8 +59,12 @@ def grouped_rms(x, groups, eps=1e-6):
     """Each group divided by its own root mean square (scale at its initial ones)."""
     bounds = np.cumsum([0] + groups)
     return np.concatenate(
-        [x[..., lo:hi] / np.sqrt(np.mean(x[..., lo:hi] ** 2, -1, keepdims=True) + eps)
-         for lo, hi in zip(bounds[:-1], bounds[1:])], axis=-1)
+        [
+            x[..., lo:hi] / np.sqrt(np.mean(x[..., lo:hi] ** 2, -1, keepdims=True) + eps)
+            for lo, hi in zip(bounds[:-1], bounds[1:])
+        ],
+        axis=-1,
+    )
 
 
 class GroupedRMSNormHelperTest(TestCase):

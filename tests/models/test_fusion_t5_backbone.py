@@ -8,9 +8,8 @@ import pytest
 from keras_hub.src.tests.test_case import TestCase
 
 from keras_fusion.diagnostics import function_error
-from keras_fusion.models import FusionT5Backbone
+from keras_fusion.models import FusionT5Backbone, variable_trees
 from keras_fusion.models.fusion_t5_backbone import backbone_config, backbone_variables
-from keras_fusion.models import variable_trees
 from t5_test_utils import TOLERANCE, assert_unchanged, random_backbone, random_inputs, snapshot
 
 INPUTS = random_inputs()
@@ -72,12 +71,28 @@ def test_one_group_equals_keras_hub_t5_backbone():
 # (config of model a, config of model b): gated and plain FFN, relu and gelu,
 # different widths and head counts, tied and untied embeddings.
 PAIRS = {
-    "gated_relu_tied": (dict(hidden_dim=16, num_heads=2, intermediate_dim=32),
-                        dict(hidden_dim=24, num_heads=3, intermediate_dim=40)),
-    "plain_gelu_untied": (dict(hidden_dim=16, num_heads=2, intermediate_dim=24, use_gated_activation=False,
-                               activation="gelu", tie_embedding_weights=False),
-                          dict(hidden_dim=8, num_heads=1, intermediate_dim=16, use_gated_activation=False,
-                               activation="gelu", tie_embedding_weights=False)),
+    "gated_relu_tied": (
+        dict(hidden_dim=16, num_heads=2, intermediate_dim=32),
+        dict(hidden_dim=24, num_heads=3, intermediate_dim=40),
+    ),
+    "plain_gelu_untied": (
+        dict(
+            hidden_dim=16,
+            num_heads=2,
+            intermediate_dim=24,
+            use_gated_activation=False,
+            activation="gelu",
+            tie_embedding_weights=False,
+        ),
+        dict(
+            hidden_dim=8,
+            num_heads=1,
+            intermediate_dim=16,
+            use_gated_activation=False,
+            activation="gelu",
+            tie_embedding_weights=False,
+        ),
+    ),
 }
 
 
@@ -166,8 +181,10 @@ def test_self_fuse_noise_makes_the_halves_train_apart():
         fused = FusionT5Backbone.self_fuse(a, noise=noise, seed=0)
         output = fused(fused.input)["decoder_sequence_output"]
         model = keras.Model(fused.input, keras.layers.Dense(16, kernel_initializer="ones")(output))
-        model.compile(optimizer=keras.optimizers.Adam(1e-2),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.compile(
+            optimizer=keras.optimizers.Adam(1e-2),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
         model.fit(INPUTS, labels, epochs=5, batch_size=3, verbose=0)
         table = fused.token_embedding.embeddings.numpy()
         d = a.hidden_dim
@@ -211,7 +228,9 @@ def test_fuse_rejects_mismatched_models_naming_field_and_values(field, change, v
     a = random_backbone(seed=0)
     b = random_backbone(seed=1, **change)
     built = []
-    monkeypatch.setattr(FusionT5Backbone, "from_parameters", classmethod(lambda *args: built.append(1)))
+    monkeypatch.setattr(
+        FusionT5Backbone, "from_parameters", classmethod(lambda *args: built.append(1))
+    )
     with pytest.raises(ValueError, match=f"^{field} differs: {values}"):
         FusionT5Backbone.fuse(a, b)
     assert not built  # raised before any model was built
@@ -221,14 +240,29 @@ def test_fuse_rejects_mismatched_models_naming_field_and_values(field, change, v
     "call,message",
     [
         (lambda a: FusionT5Backbone.fuse(a), "at least two backbones"),
-        (lambda a: FusionT5Backbone.fuse(a, a, norm="layer"), r"norm must be one of \('grouped', 'global'\), got 'layer'"),
-        (lambda a: FusionT5Backbone.fuse(a, "model.keras"), "Expected a keras_hub.models.T5Backbone"),
+        (
+            lambda a: FusionT5Backbone.fuse(a, a, norm="layer"),
+            r"norm must be one of \('grouped', 'global'\), got 'layer'",
+        ),
+        (
+            lambda a: FusionT5Backbone.fuse(a, "model.keras"),
+            "Expected a keras_hub.models.T5Backbone",
+        ),
         (lambda a: FusionT5Backbone.self_fuse(a, noise=-1.0), "noise must be >= 0, got -1.0"),
-        (lambda a: FusionT5Backbone.self_fuse(a, noise=float("nan")), "noise must be a finite number"),
+        (
+            lambda a: FusionT5Backbone.self_fuse(a, noise=float("nan")),
+            "noise must be a finite number",
+        ),
         (lambda a: FusionT5Backbone.deepen(a, 0), "num_new_layers must be an int >= 1, got 0"),
-        (lambda a: FusionT5Backbone.deepen(a, 1, mode="interleave"), r"mode must be one of \('identity', 'stack'\), got 'interleave'"),
+        (
+            lambda a: FusionT5Backbone.deepen(a, 1, mode="interleave"),
+            r"mode must be one of \('identity', 'stack'\), got 'interleave'",
+        ),
         (lambda a: FusionT5Backbone.widen_ffn(a, 1.5), "factor must be an int >= 2, got 1.5"),
-        (lambda a: FusionT5Backbone.self_fuse(FusionT5Backbone.fuse(a, a), norm="global"), "one norm group"),
+        (
+            lambda a: FusionT5Backbone.self_fuse(FusionT5Backbone.fuse(a, a), norm="global"),
+            "one norm group",
+        ),
     ],
 )
 def test_bad_arguments(call, message):
@@ -241,8 +275,14 @@ def test_bad_arguments(call, message):
 
 def test_norm_groups_must_add_up():
     with pytest.raises(ValueError, match=r"add up to hidden_dim=16, got \[8, 4\]"):
-        FusionT5Backbone(vocabulary_size=10, num_layers=1, num_heads=2, hidden_dim=16,
-                         intermediate_dim=8, norm_groups=[8, 4])
+        FusionT5Backbone(
+            vocabulary_size=10,
+            num_layers=1,
+            num_heads=2,
+            hidden_dim=16,
+            intermediate_dim=8,
+            norm_groups=[8, 4],
+        )
 
 
 # from_parameters builds the model with deferred variable initialisation and
@@ -250,8 +290,16 @@ def test_norm_groups_must_add_up():
 # Variable._deferred_initialize, global_state "uninitialized_variables"). These
 # tests fail if a Keras upgrade changes those.
 
-TREE_CONFIG = dict(vocabulary_size=61, num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32,
-                   key_value_dim=8, dropout=0.1, norm_groups=[8, 8])
+TREE_CONFIG = dict(
+    vocabulary_size=61,
+    num_layers=2,
+    num_heads=2,
+    hidden_dim=16,
+    intermediate_dim=32,
+    key_value_dim=8,
+    dropout=0.1,
+    norm_groups=[8, 8],
+)
 
 
 def _random_tree(config, seed=0):
@@ -272,6 +320,7 @@ def _assert_holds(model, tree):
 
 def _uninitialized_registry():
     from keras.src.backend.common import global_state
+
     return list(global_state.get_global_attribute("uninitialized_variables") or [])
 
 
@@ -307,12 +356,16 @@ def test_from_parameters_model_trains():
     model = FusionT5Backbone.from_parameters(TREE_CONFIG, tree)
     output = model(model.input)["decoder_sequence_output"]
     lm = keras.Model(model.input, keras.layers.Dense(16)(output))
-    lm.compile(optimizer=keras.optimizers.SGD(0.1),
-               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    lm.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     labels = np.random.default_rng(0).integers(0, 16, (3, 9)).astype("int32")
     lm.fit(INPUTS, labels, epochs=1, batch_size=3, verbose=0)
-    changed = [not np.array_equal(v.numpy(), a)
-               for v, a in zip(keras.tree.flatten(backbone_variables(model)), keras.tree.flatten(tree))]
+    changed = [
+        not np.array_equal(v.numpy(), a)
+        for v, a in zip(keras.tree.flatten(backbone_variables(model)), keras.tree.flatten(tree))
+    ]
     assert changed[0] and sum(changed) > len(changed) // 2
 
 
@@ -328,13 +381,23 @@ def test_from_parameters_rejects_a_wrong_tree_naming_the_place():
     def wrong_shape(t):
         t["encoder_layers"][1]["ffn_input"] = np.zeros((16, 33), "float32")
 
-    with pytest.raises(ValueError, match=r"Shape mismatch for encoder_layers\[1\]\.ffn_input "
-                                         r"\(variable transformer_encoder_layer_1/.*kernel\): "
-                                         r"model \(16, 32\), parameters \(16, 33\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"Shape mismatch for encoder_layers\[1\]\.ffn_input "
+        r"\(variable transformer_encoder_layer_1/.*kernel\): "
+        r"model \(16, 32\), parameters \(16, 33\)",
+    ):
         FusionT5Backbone.from_parameters(TREE_CONFIG, broken(wrong_shape))
-    with pytest.raises(ValueError, match=r"at decoder_layers\[0\]: the parameters lack \['ffn_gate'\]"):
-        FusionT5Backbone.from_parameters(TREE_CONFIG, broken(lambda t: t["decoder_layers"][0].pop("ffn_gate")))
-    with pytest.raises(ValueError, match=r"at decoder_layers: the model has a list of 2, the parameters have a list of 1"):
+    with pytest.raises(
+        ValueError, match=r"at decoder_layers\[0\]: the parameters lack \['ffn_gate'\]"
+    ):
+        FusionT5Backbone.from_parameters(
+            TREE_CONFIG, broken(lambda t: t["decoder_layers"][0].pop("ffn_gate"))
+        )
+    with pytest.raises(
+        ValueError,
+        match=r"at decoder_layers: the model has a list of 2, the parameters have a list of 1",
+    ):
         FusionT5Backbone.from_parameters(TREE_CONFIG, broken(lambda t: t["decoder_layers"].pop()))
     assert _uninitialized_registry() == before  # the rejected model left nothing behind
 
@@ -383,7 +446,13 @@ def test_non_finite_weights_are_refused_naming_the_place(value):
     poisoned[0, 0] = value
     kernel.assign(poisoned)
     before_a, before_b = snapshot(a), snapshot(b)
-    with pytest.raises(ValueError, match=r"model 1 has 1 non-finite value\(s\) \(NaN or Inf\) in decoder_layers\[1\]\.ffn_output"):
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"model 1 has 1 non-finite value\(s\) \(NaN or Inf\) "
+            r"in decoder_layers\[1\]\.ffn_output"
+        ),
+    ):
         FusionT5Backbone.fuse(a, b)
     with pytest.raises(ValueError, match=r"the model has 1 non-finite value"):
         FusionT5Backbone.self_fuse(b)

@@ -19,7 +19,9 @@ INPUTS = random_inputs(seed=5)
 
 def lm(seed, tied=True, **config):
     return FusionT5Seq2SeqLM(
-        backbone=random_backbone(seed=seed, cls=FusionT5Backbone, tie_embedding_weights=tied, **config)
+        backbone=random_backbone(
+            seed=seed, cls=FusionT5Backbone, tie_embedding_weights=tied, **config
+        )
     )
 
 
@@ -104,8 +106,14 @@ def test_round_trip_through_keras_file(tmp_path):
 @pytest.mark.parametrize(
     "call,message",
     [
-        (lambda a: FusionT5Seq2SeqLM.fuse(a, a, weights=[1.0]), "weights has 1 entries but 2 models"),
-        (lambda a: FusionT5Seq2SeqLM.fuse(a, a, weights=[1.0, float("inf")]), "weights must be finite"),
+        (
+            lambda a: FusionT5Seq2SeqLM.fuse(a, a, weights=[1.0]),
+            "weights has 1 entries but 2 models",
+        ),
+        (
+            lambda a: FusionT5Seq2SeqLM.fuse(a, a, weights=[1.0, float("inf")]),
+            "weights must be finite",
+        ),
         (lambda a: FusionT5Seq2SeqLM.fuse(a, a.backbone), "argument 1 is a FusionT5Backbone"),
     ],
 )
@@ -133,7 +141,9 @@ class FusionT5Seq2SeqLMTaskTest(TestCase):
         cls.spm = data.train_tokenizer(texts[:200], TASK_VOCABULARY, cls.spm_dir, num_sentinels=10)
         # Held-out text: documents the tokenizer was not trained on.
         encoder, decoder = texts[200:203], texts[203:206]
-        cls.train_data = ({"encoder_text": [t[:60] for t in encoder], "decoder_text": [t[:40] for t in decoder]},)
+        cls.train_data = (
+            {"encoder_text": [t[:60] for t in encoder], "decoder_text": [t[:40] for t in decoder]},
+        )
 
     @classmethod
     def tearDownClass(cls):
@@ -145,7 +155,10 @@ class FusionT5Seq2SeqLMTaskTest(TestCase):
         # helper's dataset step with NotFoundError (SentencepieceResource
         # does not exist), tf.test.TestCase's per-test set-up having run since.
         preprocessor = keras_hub.models.T5Seq2SeqLMPreprocessor(
-            keras_hub.models.T5Tokenizer(proto=self.spm), encoder_sequence_length=12, decoder_sequence_length=7)
+            keras_hub.models.T5Tokenizer(proto=self.spm),
+            encoder_sequence_length=12,
+            decoder_sequence_length=7,
+        )
         self.run_task_test(
             cls=FusionT5Seq2SeqLM,
             init_kwargs={"backbone": backbone, "preprocessor": preprocessor},

@@ -18,8 +18,15 @@ Y = random_labels(batch_size=4, seed=12)
 
 def fit(model, steps, callbacks=()):
     repeat = lambda a: np.concatenate([a] * steps)  # noqa: E731
-    model.fit({k: repeat(v) for k, v in X.items()}, repeat(Y), batch_size=4, epochs=1, shuffle=False,
-              verbose=0, callbacks=list(callbacks))
+    model.fit(
+        {k: repeat(v) for k, v in X.items()},
+        repeat(Y),
+        batch_size=4,
+        epochs=1,
+        shuffle=False,
+        verbose=0,
+        callbacks=list(callbacks),
+    )
 
 
 class WeakRefsAt(keras.callbacks.Callback):

@@ -1,4 +1,5 @@
-"""keras_fusion.models.variable_trees: read a model's variables, write them into another, refuse a wrong tree."""
+"""keras_fusion.models.variable_trees: read a model's variables, write them into another,
+refuse a wrong tree."""
 
 import numpy as np
 import pytest
@@ -26,8 +27,9 @@ def outputs(model):
 
 def test_read_then_assign_gives_a_second_backbone_the_same_function(source):
     target = backbone(1)
-    assert not np.array_equal(outputs(source)["decoder_sequence_output"],
-                              outputs(target)["decoder_sequence_output"])
+    assert not np.array_equal(
+        outputs(source)["decoder_sequence_output"], outputs(target)["decoder_sequence_output"]
+    )
     tree = variable_trees.read(backbone_variables(source))
     variable_trees.assign(backbone_variables(target), tree)
     for key, value in outputs(source).items():
@@ -48,22 +50,35 @@ def test_read_copies():
 def test_checked_pairs_names_the_location_of_a_shape_mismatch(source):
     tree = variable_trees.read(backbone_variables(source))
     kernel = tree["decoder_layers"][1]["ffn_input"]
-    tree["decoder_layers"][1]["ffn_input"] = np.zeros((kernel.shape[0], kernel.shape[1] + 1), "float32")
-    with pytest.raises(ValueError, match=(
+    tree["decoder_layers"][1]["ffn_input"] = np.zeros(
+        (kernel.shape[0], kernel.shape[1] + 1), "float32"
+    )
+    with pytest.raises(
+        ValueError,
+        match=(
             rf"Shape mismatch for decoder_layers\[1\]\.ffn_input \(variable .*\): model "
-            rf"\({kernel.shape[0]}, {kernel.shape[1]}\), parameters \({kernel.shape[0]}, {kernel.shape[1] + 1}\)")):
+            rf"\({kernel.shape[0]}, {kernel.shape[1]}\), "
+            rf"parameters \({kernel.shape[0]}, {kernel.shape[1] + 1}\)"
+        ),
+    ):
         variable_trees.checked_pairs(backbone_variables(source), tree)
 
 
-@pytest.mark.parametrize("where,parent,key", [
-    ("the top level", lambda tree: tree, "decoder_norm"),
-    (r"encoder_layers\[0\]", lambda tree: tree["encoder_layers"][0], "ffn_gate"),
-])
+@pytest.mark.parametrize(
+    "where,parent,key",
+    [
+        ("the top level", lambda tree: tree, "decoder_norm"),
+        (r"encoder_layers\[0\]", lambda tree: tree["encoder_layers"][0], "ffn_gate"),
+    ],
+)
 def test_checked_pairs_names_the_location_of_a_missing_key(where, parent, key, source):
     tree = variable_trees.read(backbone_variables(source))
     del parent(tree)[key]
-    with pytest.raises(ValueError, match=rf"Parameter trees do not match at {where}: the parameters lack "
-                                         rf"\['{key}'\]"):
+    with pytest.raises(
+        ValueError,
+        match=rf"Parameter trees do not match at {where}: the parameters lack "
+        rf"\['{key}'\]",
+    ):
         variable_trees.checked_pairs(backbone_variables(source), tree)
 
 

@@ -23,16 +23,36 @@ def tokenizer_path(tmp_path_factory):
 
 
 def tiny_run(recipe, model_dir, tokenizer_path, **overrides):
-    config = training.RunConfig(recipe=recipe, preset="tiny", hidden_dim=32, num_heads=2, key_value_dim=16,
-                                intermediate_dim=64, steps=20, growth_step=10, eval_every=10, eval_batches=1,
-                                batch_size=8, input_length=32, target_length=8, tokenizer=tokenizer_path,
-                                model_dir=str(model_dir), **overrides)
+    config = training.RunConfig(
+        recipe=recipe,
+        preset="tiny",
+        hidden_dim=32,
+        num_heads=2,
+        key_value_dim=16,
+        intermediate_dim=64,
+        steps=20,
+        growth_step=10,
+        eval_every=10,
+        eval_batches=1,
+        batch_size=8,
+        input_length=32,
+        target_length=8,
+        tokenizer=tokenizer_path,
+        model_dir=str(model_dir),
+        **overrides,
+    )
     return training.run(config)
 
 
 def run_script(module, *args):
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -89,24 +109,32 @@ def test_saved_model_in_a_fresh_process_matches_keras_and_answers_text(deep_fusi
     model_dir, _ = deep_fusion_run
     rng = np.random.default_rng(0)
     ids = rng.integers(3, 400, (2, 12)).astype("int32")
-    batch = {"encoder_token_ids": ids, "encoder_padding_mask": np.ones_like(ids),
-             "decoder_token_ids": ids[:, ::-1].copy(), "decoder_padding_mask": np.ones_like(ids)}
+    batch = {
+        "encoder_token_ids": ids,
+        "encoder_padding_mask": np.ones_like(ids),
+        "decoder_token_ids": ids[:, ::-1].copy(),
+        "decoder_padding_mask": np.ones_like(ids),
+    }
     np.savez(tmp_path / "batch.npz", **batch)
     # The token-id SavedModel needs no TensorFlow Text; the text one does.
     script = f"""
 import sys
 import numpy as np, tensorflow as tf
-loaded = tf.saved_model.load({str(model_dir / 'export')!r})
-batch = dict(np.load({str(tmp_path / 'batch.npz')!r}))
-logits = loaded.signatures["serving_default"](**{{k: tf.constant(v) for k, v in batch.items()}})["logits"]
-np.save({str(tmp_path / 'logits.npy')!r}, logits.numpy())
+loaded = tf.saved_model.load({str(model_dir / "export")!r})
+batch = dict(np.load({str(tmp_path / "batch.npz")!r}))
+logits = loaded.signatures["serving_default"](\
+**{{k: tf.constant(v) for k, v in batch.items()}})["logits"]
+np.save({str(tmp_path / "logits.npy")!r}, logits.numpy())
 assert "tensorflow_text" not in sys.modules
 import tensorflow_text  # registers the SentencePiece ops of generate_text
-text_model = tf.saved_model.load({str(model_dir / 'export' / 'text')!r})
-text = text_model.signatures["generate_text"](text=tf.constant(["def main():", "The import statement"]))["text"]
+text_model = tf.saved_model.load({str(model_dir / "export" / "text")!r})
+text = text_model.signatures["generate_text"](\
+text=tf.constant(["def main():", "The import statement"]))["text"]
 print("GENERATED", [t.decode() for t in text.numpy()])
 """
-    process = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    process = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
     assert process.returncode == 0, process.stderr[-3000:]
     generated = eval(process.stdout.split("GENERATED", 1)[1].strip())
     assert len(generated) == 2 and all(isinstance(t, str) for t in generated)
@@ -120,19 +148,32 @@ print("GENERATED", [t.decode() for t in text.numpy()])
     "args,message",
     [
         (["--data=/nonexistent/*.txt"], "error: .*/nonexistent/\\*.txt"),
-        (["--preset=huge"], "error: preset must be one of \\('tiny', 'small', 'base'\\), got 'huge'"),
-        (["--data=tfds:no_such_dataset_xyz", "--data_dir=/tmp/no_tfds"], "error: .*no_such_dataset_xyz"),
+        (
+            ["--preset=huge"],
+            "error: preset must be one of \\('tiny', 'small', 'base'\\), got 'huge'",
+        ),
+        (
+            ["--data=tfds:no_such_dataset_xyz", "--data_dir=/tmp/no_tfds"],
+            "error: .*no_such_dataset_xyz",
+        ),
         (["--data={empty}"], "error: The 1 file\\(s\\) matching .*empty.txt' hold no text"),
-        (["--learning_rate_scale=half"], "error: learning_rate_scale must be 'auto', 'width' or a number > 0, got 'half'"),
+        (
+            ["--learning_rate_scale=half"],
+            "error: learning_rate_scale must be 'auto', 'width' or a number > 0, got 'half'",
+        ),
     ],
 )
-def test_train_script_bad_input_exits_with_one_line_and_keeps_existing_model(args, message, tmp_path):
+def test_train_script_bad_input_exits_with_one_line_and_keeps_existing_model(
+    args, message, tmp_path
+):
     final = tmp_path / "final.keras"
     final.write_bytes(b"a good model from an earlier run")
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
     args = [a.format(empty=empty) for a in args]
-    process = run_script("tools.train", f"--model_dir={tmp_path}", "--steps=20", "--eval_every=10", *args)
+    process = run_script(
+        "tools.train", f"--model_dir={tmp_path}", "--steps=20", "--eval_every=10", *args
+    )
     assert process.returncode == 2
     errors = [line for line in process.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and __import__("re").search(message, errors[0]), process.stderr[-2000:]
@@ -162,8 +203,16 @@ def test_fuse_script(deep_fusion_run, tmp_path):
     # Models that cannot be fused: the error names the field and both values.
     from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM
 
-    other = FusionT5Seq2SeqLM(FusionT5Backbone(vocabulary_size=400, num_layers=2, num_heads=1,
-                                               hidden_dim=16, intermediate_dim=32, key_value_dim=16))
+    other = FusionT5Seq2SeqLM(
+        FusionT5Backbone(
+            vocabulary_size=400,
+            num_layers=2,
+            num_heads=1,
+            hidden_dim=16,
+            intermediate_dim=32,
+            key_value_dim=16,
+        )
+    )
     other_path = str(tmp_path / "other.keras")
     other.save(other_path)
     before = open(output, "rb").read()
@@ -177,9 +226,14 @@ def test_fuse_script(deep_fusion_run, tmp_path):
 def test_evaluate_script_refuses_a_tokenizer_of_another_vocabulary(deep_fusion_run, tmp_path):
     model_dir, _ = deep_fusion_run
     other = data.train_tokenizer(data.load_corpus("embedded", "train")[:200], 400, str(tmp_path))
-    process = run_script("tools.evaluate", f"--model={model_dir / 'final.keras'}", f"--tokenizer={other}")
+    process = run_script(
+        "tools.evaluate", f"--model={model_dir / 'final.keras'}", f"--tokenizer={other}"
+    )
     assert process.returncode == 2
-    assert "error: the tokenizer has 400 pieces but the model's vocabulary_size is 500" in process.stderr
+    assert (
+        "error: the tokenizer has 400 pieces but the model's vocabulary_size is 500"
+        in process.stderr
+    )
 
 
 @pytest.mark.slow
@@ -191,8 +245,14 @@ def test_every_tool_runs_with_every_path_on_a_remote_filesystem(tmp_path):
     out = tmp_path / "out.json"
     work = tmp_path / "cwd"
     work.mkdir()
-    process = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "tools", "ram_worker.py"), str(out)],
-                             cwd=work, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL)
+    process = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tests", "tools", "ram_worker.py"), str(out)],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        stdin=subprocess.DEVNULL,
+    )
     assert process.returncode == 0, process.stderr[-3000:]
     with open(out) as f:
         result = json.load(f)
@@ -200,15 +260,31 @@ def test_every_tool_runs_with_every_path_on_a_remote_filesystem(tmp_path):
         assert result[tool]["code"] == 0, (tool, result[tool]["output"])
     assert "held-out loss" in result["evaluate"]["output"]
     files = result["files"]
-    for name in ("run/run.json", "run/metrics.json", "run/metrics_main.json", "run/metrics_partner.json",
-                 "run/loss_vs_flops.png", "run/final.keras", "run/partner.keras", "run/checkpoints/checkpoint.json",
-                 "served/saved_model.pb", "fused/fused.keras", "fused/export/saved_model.pb"):
+    for name in (
+        "run/run.json",
+        "run/metrics.json",
+        "run/metrics_main.json",
+        "run/metrics_partner.json",
+        "run/loss_vs_flops.png",
+        "run/final.keras",
+        "run/partner.keras",
+        "run/checkpoints/checkpoint.json",
+        "served/saved_model.pb",
+        "fused/fused.keras",
+        "fused/export/saved_model.pb",
+    ):
         assert files.get(name, 0) > 0, name
     assert [n for n in files if n.startswith("run/tokenizer/") and n.endswith(".model")]
-    assert [n for n in files if n.startswith("run/logs/main/")] and [n for n in files if n.startswith("run/logs/growth/")]
+    assert [n for n in files if n.startswith("run/logs/main/")] and [
+        n for n in files if n.startswith("run/logs/growth/")
+    ]
     assert len([n for n in files if n.startswith("run/checkpoints/ckpt-")]) == 2
     # --steps=15 with --eval_every=10: rows at 10 and at the last step.
-    (main,) = [rows for label, rows in result["metrics"]["curves"].items() if not label.startswith("partner")]
+    (main,) = [
+        rows
+        for label, rows in result["metrics"]["curves"].items()
+        if not label.startswith("partner")
+    ]
     assert [r["step"] for r in main] == [10, 15]
     assert os.listdir(work) == []  # no "ram:" folder, no stray file
 
@@ -217,8 +293,15 @@ def test_every_tool_runs_with_every_path_on_a_remote_filesystem(tmp_path):
 def test_tpu_strategy_fails_fast_when_no_tpu_is_reachable(tpu):
     """An error naming the flag (exit 2), not the resolver's endless wait
     (run_script's timeout would fail the test), and nothing written."""
-    process = run_script("tools.train", "--strategy=tpu", f"--tpu={tpu}", "--steps=3", "--eval_every=1",
-                         "--data=embedded", "--model_dir=ram://tpu_test")
+    process = run_script(
+        "tools.train",
+        "--strategy=tpu",
+        f"--tpu={tpu}",
+        "--steps=3",
+        "--eval_every=1",
+        "--data=embedded",
+        "--model_dir=ram://tpu_test",
+    )
     assert process.returncode == 2, process.stderr[-2000:]
     assert f"--tpu={tpu}" in process.stderr and "error:" in process.stderr
     assert "Loading corpus" not in process.stdout  # checked first
@@ -237,21 +320,39 @@ def test_fuse_and_export_scripts_take_hugging_face_folders(tmp_path):
     assert process.returncode == 0, process.stderr[-2000:]
     assert float(process.stdout.split("random tokens:")[1].split()[0]) <= TOLERANCE
     # A grouped fusion cannot become an HF T5: refused, nothing written.
-    process = run_script("tools.export", f"--model={fused}", "--format=huggingface",
-                         f"--export_dir={tmp_path / 'refused'}")
+    process = run_script(
+        "tools.export",
+        f"--model={fused}",
+        "--format=huggingface",
+        f"--export_dir={tmp_path / 'refused'}",
+    )
     assert process.returncode == 2 and "no grouped RMSNorm" in process.stderr
     assert not (tmp_path / "refused").exists()
     # An HF folder through the tool, back to HF and to a keras-hub preset.
-    process = run_script("tools.export", f"--model={folder_a}", "--format=huggingface",
-                         f"--export_dir={tmp_path / 'hf_out'}")
+    process = run_script(
+        "tools.export",
+        f"--model={folder_a}",
+        "--format=huggingface",
+        f"--export_dir={tmp_path / 'hf_out'}",
+    )
     assert process.returncode == 0, process.stderr[-2000:]
     inputs = random_inputs()
-    assert relative_error(hf_logits(load_hf(tmp_path / "hf_out"), inputs), hf_logits(a, inputs)) <= TOLERANCE
-    process = run_script("tools.export", f"--model={folder_b}", "--format=keras_hub",
-                         f"--export_dir={tmp_path / 'preset'}")
+    assert (
+        relative_error(hf_logits(load_hf(tmp_path / "hf_out"), inputs), hf_logits(a, inputs))
+        <= TOLERANCE
+    )
+    process = run_script(
+        "tools.export",
+        f"--model={folder_b}",
+        "--format=keras_hub",
+        f"--export_dir={tmp_path / 'preset'}",
+    )
     assert process.returncode == 0, process.stderr[-2000:]
     loaded = keras_hub.models.Seq2SeqLM.from_preset(str(tmp_path / "preset"))
-    assert relative_error(np.asarray(loaded(inputs, training=False)), hf_logits(b, inputs)) <= TOLERANCE
+    assert (
+        relative_error(np.asarray(loaded(inputs, training=False)), hf_logits(b, inputs))
+        <= TOLERANCE
+    )
 
 
 @pytest.mark.slow
@@ -261,8 +362,16 @@ def test_init_from_starts_the_recipe_from_a_trained_checkpoint(tmp_path, tokeniz
     from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM
     from t5_test_utils import random_backbone, random_inputs
 
-    start = FusionT5Seq2SeqLM(random_backbone(cls=FusionT5Backbone, vocabulary_size=500, hidden_dim=16,
-                                              num_heads=2, intermediate_dim=32, key_value_dim=8))
+    start = FusionT5Seq2SeqLM(
+        random_backbone(
+            cls=FusionT5Backbone,
+            vocabulary_size=500,
+            hidden_dim=16,
+            num_heads=2,
+            intermediate_dim=32,
+            key_value_dim=8,
+        )
+    )
     path = str(tmp_path / "start.keras")
     start.save(path)
     inputs = {k: np.minimum(v, 499) for k, v in random_inputs(seed=3).items()}
@@ -272,12 +381,24 @@ def test_init_from_starts_the_recipe_from_a_trained_checkpoint(tmp_path, tokeniz
             self.logits = np.array(self.model.lm(inputs))
 
     at_begin = AtBegin()
-    config = training.RunConfig(recipe="self_fusion", init_from=path, tokenizer=tokenizer_path, steps=8,
-                                growth_step=4, eval_every=4, eval_batches=1, batch_size=8, input_length=32,
-                                target_length=8, model_dir=str(tmp_path / "run"))
+    config = training.RunConfig(
+        recipe="self_fusion",
+        init_from=path,
+        tokenizer=tokenizer_path,
+        steps=8,
+        growth_step=4,
+        eval_every=4,
+        eval_batches=1,
+        batch_size=8,
+        input_length=32,
+        target_length=8,
+        model_dir=str(tmp_path / "run"),
+    )
     training.run(config, callbacks=lambda stage: [at_begin])
     assert relative_error(at_begin.logits, start(inputs)) <= TOLERANCE
     final = keras.saving.load_model(str(tmp_path / "run" / "final.keras"), compile=False)
     assert (final.backbone.hidden_dim, final.backbone.num_layers) == (32, 2)
-    with pytest.raises(ValueError, match="holds no tokenizer: give its SentencePiece model as --tokenizer"):
+    with pytest.raises(
+        ValueError, match="holds no tokenizer: give its SentencePiece model as --tokenizer"
+    ):
         recipes.init_from(path)

@@ -32,31 +32,52 @@ def tokenizer_path(tmp_path_factory):
 def worker(model_dir, tokenizer_path, *args, background=False):
     command = [sys.executable, WORKER, str(model_dir), tokenizer_path, *args]
     if background:
-        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                stdin=subprocess.DEVNULL)
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+        return subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL
+    )
 
 
 def resumed_from(process):
-    found = re.findall(r"Resumed from checkpoint \S+ in \S+: stage (\w+), step (\d+)", process.stdout)
+    found = re.findall(
+        r"Resumed from checkpoint \S+ in \S+: stage (\w+), step (\d+)", process.stdout
+    )
     return (found[0][0], int(found[0][1])) if found else None
 
 
 def logits(model_dir):
     model = keras.saving.load_model(os.path.join(model_dir, "final.keras"), compile=False)
-    ids = np.random.default_rng(0).integers(3, model.backbone.vocabulary_size, (2, 16)).astype("int32")
+    ids = (
+        np.random.default_rng(0)
+        .integers(3, model.backbone.vocabulary_size, (2, 16))
+        .astype("int32")
+    )
     mask = np.ones_like(ids)
     mask[0, 10:] = 0
-    return model.lm({"encoder_token_ids": ids * mask, "encoder_padding_mask": mask,
-                     "decoder_token_ids": ids, "decoder_padding_mask": np.ones_like(ids)})
+    return model.lm(
+        {
+            "encoder_token_ids": ids * mask,
+            "encoder_padding_mask": mask,
+            "decoder_token_ids": ids,
+            "decoder_padding_mask": np.ones_like(ids),
+        }
+    )
 
 
 def rows(model_dir):
     with open(os.path.join(model_dir, "metrics.json")) as f:
         metrics = json.load(f)
     # The growth entry names the partner file, which lives in the run's own model_dir.
-    return {label: [dict(r, growth=r["growth"].replace(str(model_dir), "MODEL_DIR")) for r in curve]
-            for label, curve in metrics["curves"].items()}
+    return {
+        label: [dict(r, growth=r["growth"].replace(str(model_dir), "MODEL_DIR")) for r in curve]
+        for label, curve in metrics["curves"].items()
+    }
 
 
 @pytest.mark.slow
@@ -90,7 +111,9 @@ def test_killed_at_every_point_resumes_to_the_uninterrupted_end(tmp_path, tokeni
             # The step-16 file exists, cut in half, but the index never named it.
             with open(killed_dir / "checkpoints" / "checkpoint.json") as f:
                 assert [c["step"] for c in json.load(f)["checkpoints"]] == [8, 12]
-            assert [n for n in os.listdir(killed_dir / "checkpoints") if n.startswith("ckpt-000000016-")]
+            assert [
+                n for n in os.listdir(killed_dir / "checkpoints") if n.startswith("ckpt-000000016-")
+            ]
     # A flag that does not change what is computed may differ on resume.
     served = tmp_path / "served"
     final = worker(killed_dir, tokenizer_path, "--flag", f"export_dir={served}")
@@ -98,7 +121,9 @@ def test_killed_at_every_point_resumes_to_the_uninterrupted_end(tmp_path, tokeni
     assert resumed_from(final) == ("main", 19)
     assert (served / "saved_model.pb").exists()
     # The file of the killed write was deleted by the next save.
-    assert not [n for n in os.listdir(killed_dir / "checkpoints") if n.startswith("ckpt-000000016-")]
+    assert not [
+        n for n in os.listdir(killed_dir / "checkpoints") if n.startswith("ckpt-000000016-")
+    ]
     # Repeated training per kill: from the step a restart resumed at to the
     # step where the previous run died, at most one checkpoint interval.
     resumes = [at for _, _, at in kills[1:]] + [resumed_from(final)]
@@ -111,10 +136,12 @@ def test_killed_at_every_point_resumes_to_the_uninterrupted_end(tmp_path, tokeni
     assert list(got) == list(expected)
     for label in expected:
         assert [(r["step"], r["flops"], r["growth"], r["num_parameters"]) for r in got[label]] == [
-            (r["step"], r["flops"], r["growth"], r["num_parameters"]) for r in expected[label]]
+            (r["step"], r["flops"], r["growth"], r["num_parameters"]) for r in expected[label]
+        ]
         for key in ("train_loss", "eval_loss", "eval_accuracy"):
-            np.testing.assert_allclose([r[key] for r in got[label]], [r[key] for r in expected[label]],
-                                       rtol=TOLERANCE)
+            np.testing.assert_allclose(
+                [r[key] for r in got[label]], [r[key] for r in expected[label]], rtol=TOLERANCE
+            )
 
 
 @pytest.mark.slow
@@ -127,14 +154,24 @@ def test_a_model_dir_of_other_flags_is_refused_and_fresh_starts_over(tmp_path, t
         saved = f.read()
     other = worker(model_dir, tokenizer_path, "--flag", "learning_rate=0.01", "--flag", "steps=36")
     assert other.returncode == 2
-    assert ("holds a run with other flags (--learning_rate: 0.003 there, 0.01 now; "
-            "--steps: 24 there, 36 now)") in other.stderr
+    assert (
+        "holds a run with other flags (--learning_rate: 0.003 there, 0.01 now; "
+        "--steps: 24 there, 36 now)"
+    ) in other.stderr
     assert "--fresh" in other.stderr
     assert (sorted(os.listdir(model_dir)), sorted(os.listdir(model_dir / "checkpoints"))) == listing
     with open(model_dir / "run.json") as f:
         assert f.read() == saved
-    fresh = worker(model_dir, tokenizer_path, "--flag", "fresh=true", "--flag", "steps=36",
-                   "--kill", "partner:1")
+    fresh = worker(
+        model_dir,
+        tokenizer_path,
+        "--flag",
+        "fresh=true",
+        "--flag",
+        "steps=36",
+        "--kill",
+        "partner:1",
+    )
     assert resumed_from(fresh) is None and "KILLED at partner:1" in fresh.stdout
     with open(model_dir / "run.json") as f:
         assert json.load(f)["flags"]["steps"] == 36

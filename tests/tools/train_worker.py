@@ -22,9 +22,22 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # The tiny deep_fusion run of the resume tests: partner 12 steps, fusion at
 # 12, main 24 steps; checkpoints every 4 steps, rows every 6.
-CONFIG = dict(recipe="deep_fusion", preset="tiny", hidden_dim=32, num_heads=2, key_value_dim=16,
-              intermediate_dim=64, steps=24, growth_step=12, eval_every=6, eval_batches=1,
-              checkpoint_every=4, batch_size=8, input_length=32, target_length=8)
+CONFIG = dict(
+    recipe="deep_fusion",
+    preset="tiny",
+    hidden_dim=32,
+    num_heads=2,
+    key_value_dim=16,
+    intermediate_dim=64,
+    steps=24,
+    growth_step=12,
+    eval_every=6,
+    eval_batches=1,
+    checkpoint_every=4,
+    batch_size=8,
+    input_length=32,
+    target_length=8,
+)
 
 
 def stage_step(value):
@@ -70,12 +83,18 @@ def main():
         write_entry = checkpointing.write_entry
 
         def die_mid_write(directory, entry, keep=2):
-            if (entry.get("state", {}).get("stage"), entry["step"]) == args.kill_in_checkpoint and entry["file"]:
+            if (
+                entry.get("state", {}).get("stage"),
+                entry["step"],
+            ) == args.kill_in_checkpoint and entry["file"]:
                 path = storage.join(directory, entry["file"])
                 data = storage.read_bytes(path)
                 with open(path, "wb") as f:  # the model file half written
                     f.write(data[: len(data) // 2])
-                print(f"KILLED at {entry['state']['stage']}:{entry['step']} (in checkpoint)", flush=True)
+                print(
+                    f"KILLED at {entry['state']['stage']}:{entry['step']} (in checkpoint)",
+                    flush=True,
+                )
                 os.kill(os.getpid(), signal.SIGKILL)
             return write_entry(directory, entry, keep)
 

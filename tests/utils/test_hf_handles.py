@@ -69,7 +69,11 @@ def hub_cache(cache, repo, folder, commit):
 def test_hf_handle_loads_from_the_hub_cache_with_transformers_logits(tmp_path):
     model, folder = save_hf_t5(tmp_path / "saved", **T5_11)
     snapshot = hub_cache(str(tmp_path / "hub"), REPO, folder, COMMIT)
-    assert sorted(os.listdir(snapshot)) == ["config.json", "generation_config.json", "model.safetensors"]
+    assert sorted(os.listdir(snapshot)) == [
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+    ]
     inputs = random_inputs(seed=9)
     np.savez(tmp_path / "inputs.npz", **inputs)
     env = dict(
@@ -87,13 +91,19 @@ def test_hf_handle_loads_from_the_hub_cache_with_transformers_logits(tmp_path):
     outputs = [str(tmp_path / "lm.npy"), str(tmp_path / "backbone.npy")]
     run = subprocess.run(
         [sys.executable, "-c", LOAD.format(repo=REPO), str(tmp_path / "inputs.npz"), *outputs],
-        env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=600,
+        env=env,
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(run.stdout.strip().splitlines()[-1])
     assert report["types"] == ["FusionT5Seq2SeqLM", "FusionT5Backbone"]
     # A handle that is not in the cache fails offline; it is not fetched.
-    assert "not-in-the-cache" in report["missing"] and "FileNotFoundError" in report["missing"], report
+    assert "not-in-the-cache" in report["missing"] and "FileNotFoundError" in report["missing"], (
+        report
+    )
     expected = hf_logits(model, inputs)
     for path in outputs:
         assert relative_error(np.load(path), expected) <= TOLERANCE

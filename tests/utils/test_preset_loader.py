@@ -17,8 +17,12 @@ VOCABULARY = 200
 def spm_path(tmp_path_factory):
     from keras_fusion import data
 
-    return data.train_tokenizer(data.load_corpus("embedded", "train")[:200], VOCABULARY,
-                                str(tmp_path_factory.mktemp("spm")), num_sentinels=10)
+    return data.train_tokenizer(
+        data.load_corpus("embedded", "train")[:200],
+        VOCABULARY,
+        str(tmp_path_factory.mktemp("spm")),
+        num_sentinels=10,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +30,9 @@ def plain_lm(spm_path):
     """A keras-hub T5Seq2SeqLM (not keras_fusion) with a tokenizer."""
     backbone = random_backbone(vocabulary_size=VOCABULARY, activation="gelu", seed=3)
     tokenizer = keras_hub.models.T5Tokenizer(proto=spm_path)
-    preprocessor = keras_hub.models.T5Seq2SeqLMPreprocessor(tokenizer, encoder_sequence_length=16,
-                                                            decoder_sequence_length=8)
+    preprocessor = keras_hub.models.T5Seq2SeqLMPreprocessor(
+        tokenizer, encoder_sequence_length=16, decoder_sequence_length=8
+    )
     return keras_hub.models.T5Seq2SeqLM(backbone=backbone, preprocessor=preprocessor)
 
 
@@ -51,10 +56,22 @@ def test_keras_hub_t5_presets_load_as_keras_fusion_classes(plain_lm, tmp_path):
 
 
 def test_grown_model_round_trips_through_keras_hub_generic_loader(plain_lm, tmp_path):
-    grown = FusionT5Seq2SeqLM.fuse(FusionT5Seq2SeqLM(FusionT5Backbone.from_parameters(
-        *_config_and_tree(plain_lm.backbone)), preprocessor=plain_lm.preprocessor),
-        FusionT5Seq2SeqLM(random_backbone(vocabulary_size=VOCABULARY, activation="gelu", hidden_dim=8,
-                                          num_heads=1, seed=4, cls=FusionT5Backbone)))
+    grown = FusionT5Seq2SeqLM.fuse(
+        FusionT5Seq2SeqLM(
+            FusionT5Backbone.from_parameters(*_config_and_tree(plain_lm.backbone)),
+            preprocessor=plain_lm.preprocessor,
+        ),
+        FusionT5Seq2SeqLM(
+            random_backbone(
+                vocabulary_size=VOCABULARY,
+                activation="gelu",
+                hidden_dim=8,
+                num_heads=1,
+                seed=4,
+                cls=FusionT5Backbone,
+            )
+        ),
+    )
     grown.save_to_preset(str(tmp_path / "grown"))
     loaded = keras_hub.models.Seq2SeqLM.from_preset(str(tmp_path / "grown"))
     assert type(loaded) is FusionT5Seq2SeqLM and loaded.backbone.norm_groups == [16, 8]
@@ -71,7 +88,9 @@ def _config_and_tree(backbone):
     return backbone_config(backbone), variable_trees.read(backbone_variables(backbone))
 
 
-def test_load_lm_reads_keras_files_presets_and_returns_the_sentencepiece_model(plain_lm, spm_path, tmp_path):
+def test_load_lm_reads_keras_files_presets_and_returns_the_sentencepiece_model(
+    plain_lm, spm_path, tmp_path
+):
     with open(spm_path, "rb") as f:
         proto = f.read()
     inputs = random_inputs(seed=2)

@@ -29,9 +29,9 @@ lm.generate(["translate English to German: How old are you?"])
 """
 
 import numpy as np
-from keras_fusion._keras_internals import gelu_approximate
 
 from keras_fusion import storage
+from keras_fusion._keras_internals import gelu_approximate
 from keras_fusion.utils.transformers.safetensors_io import LazyArray, SafetensorsCheckpoint
 
 CONFIG_FILE = "config.json"
@@ -92,8 +92,11 @@ def activation_of(feed_forward_proj):
     gated = len(parts) == 2 and parts[0] == "gated"
     name = parts[-1]
     if len(parts) > 2 or (len(parts) == 2 and not gated) or name not in ACTIVATIONS:
-        _refuse("feed_forward_proj", feed_forward_proj,
-                f"'<act>' or 'gated-<act>' with <act> in {sorted(ACTIVATIONS)}")
+        _refuse(
+            "feed_forward_proj",
+            feed_forward_proj,
+            f"'<act>' or 'gated-<act>' with <act> in {sorted(ACTIVATIONS)}",
+        )
     if gated and name == "gelu":
         name = "gelu_new"  # transformers' backward compatibility: gated-gelu is gelu_new
     return ACTIVATIONS[name], gated
@@ -130,16 +133,24 @@ def convert_config(hf_config):
     architectures = hf_config.get("architectures") or []
     for architecture in architectures:
         if architecture not in ARCHITECTURES:
-            _refuse("architectures", architectures, f"{list(ARCHITECTURES)} (an encoder and a decoder)")
+            _refuse(
+                "architectures", architectures, f"{list(ARCHITECTURES)} (an encoder and a decoder)"
+            )
     if not hf_config.get("is_encoder_decoder", True):
         _refuse("is_encoder_decoder", hf_config.get("is_encoder_decoder"), "true")
     if hf_config.get("quantization_config"):
         _refuse("quantization_config", hf_config["quantization_config"], "none (float weights)")
-    sizes = {f: _positive_int(hf_config, f) for f in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads")}
+    sizes = {
+        f: _positive_int(hf_config, f)
+        for f in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads")
+    }
     num_decoder_layers = hf_config.get("num_decoder_layers")
     if num_decoder_layers is not None and num_decoder_layers != sizes["num_layers"]:
-        _refuse("num_decoder_layers", num_decoder_layers,
-                f"num_decoder_layers == num_layers ({sizes['num_layers']}): one depth for both stacks")
+        _refuse(
+            "num_decoder_layers",
+            num_decoder_layers,
+            f"num_decoder_layers == num_layers ({sizes['num_layers']}): one depth for both stacks",
+        )
     for field, supported in (
         ("relative_attention_num_buckets", RELATIVE_ATTENTION_NUM_BUCKETS),
         ("relative_attention_max_distance", RELATIVE_ATTENTION_MAX_DISTANCE),
@@ -188,8 +199,10 @@ def weight_names(config):
 
 
 def _attention_map(prefix, with_bias):
-    pairs = [(f"{prefix}.{hf}.weight", (key, True)) for hf, key in
-             (("q", "query"), ("k", "key"), ("v", "value"), ("o", "output"))]
+    pairs = [
+        (f"{prefix}.{hf}.weight", (key, True))
+        for hf, key in (("q", "query"), ("k", "key"), ("v", "value"), ("o", "output"))
+    ]
     if with_bias:
         pairs.append((f"{prefix}.relative_attention_bias.weight", ("relative_bias", False)))
     return pairs
@@ -203,21 +216,29 @@ def _block_map(stack, i, config):
     """
     block = f"{stack}.block.{i}.layer"
     decoder = stack == "decoder"
-    pairs = [(name, (("self_attention", key), t))
-             for name, (key, t) in _attention_map(f"{block}.0.SelfAttention", i == 0)]
+    pairs = [
+        (name, (("self_attention", key), t))
+        for name, (key, t) in _attention_map(f"{block}.0.SelfAttention", i == 0)
+    ]
     pairs.append((f"{block}.0.layer_norm.weight", (("self_attention_norm",), False)))
     if decoder:
-        pairs += [(name, (("cross_attention", key), t))
-                  for name, (key, t) in _attention_map(f"{block}.1.EncDecAttention", False)]
+        pairs += [
+            (name, (("cross_attention", key), t))
+            for name, (key, t) in _attention_map(f"{block}.1.EncDecAttention", False)
+        ]
         pairs.append((f"{block}.1.layer_norm.weight", (("cross_attention_norm",), False)))
     ffn = f"{block}.{2 if decoder else 1}"
     if config["use_gated_activation"]:
-        pairs += [(f"{ffn}.DenseReluDense.wi_0.weight", (("ffn_input",), True)),
-                  (f"{ffn}.DenseReluDense.wi_1.weight", (("ffn_gate",), True))]
+        pairs += [
+            (f"{ffn}.DenseReluDense.wi_0.weight", (("ffn_input",), True)),
+            (f"{ffn}.DenseReluDense.wi_1.weight", (("ffn_gate",), True)),
+        ]
     else:
         pairs.append((f"{ffn}.DenseReluDense.wi.weight", (("ffn_input",), True)))
-    pairs += [(f"{ffn}.DenseReluDense.wo.weight", (("ffn_output",), True)),
-              (f"{ffn}.layer_norm.weight", (("ffn_norm",), False))]
+    pairs += [
+        (f"{ffn}.DenseReluDense.wo.weight", (("ffn_output",), True)),
+        (f"{ffn}.layer_norm.weight", (("ffn_norm",), False)),
+    ]
     return pairs
 
 
@@ -235,9 +256,14 @@ def check_weight_names(config, names):
     if embedding_name(names) is None:
         missing.insert(0, " or ".join(EMBEDDING_NAMES))
     if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        hint = (" (tie_word_embeddings is false, so the output projection lm_head.weight is needed)"
-                if "lm_head.weight" in missing else "")
+        shown = ", ".join(missing[:5]) + (
+            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        )
+        hint = (
+            " (tie_word_embeddings is false, so the output projection lm_head.weight is needed)"
+            if "lm_head.weight" in missing
+            else ""
+        )
         raise ValueError(f"The checkpoint lacks tensors its config.json implies: {shown}{hint}.")
 
 

@@ -30,11 +30,15 @@ transformers.T5ForConditionalGeneration.from_pretrained("deeper")
 import json
 
 import keras
-from keras_fusion._keras_internals import gelu_approximate
 
 from keras_fusion import storage
+from keras_fusion._keras_internals import gelu_approximate
 from keras_fusion.utils.transformers import convert_t5
-from keras_fusion.utils.transformers.safetensors_io import WEIGHTS_FILE, LazyArray, write_safetensors
+from keras_fusion.utils.transformers.safetensors_io import (
+    WEIGHTS_FILE,
+    LazyArray,
+    write_safetensors,
+)
 
 PAD_ID, EOS_ID = 0, 1
 
@@ -113,7 +117,9 @@ def hf_config(config):
         "relative_attention_max_distance": convert_t5.RELATIVE_ATTENTION_MAX_DISTANCE,
         "dropout_rate": float(config["dropout"]),
         "layer_norm_epsilon": float(config["layer_norm_epsilon"]),
-        "feed_forward_proj": _feed_forward_proj(config["activation"], config["use_gated_activation"]),
+        "feed_forward_proj": _feed_forward_proj(
+            config["activation"], config["use_gated_activation"]
+        ),
         "tie_word_embeddings": tied,
         "is_encoder_decoder": True,
         "pad_token_id": PAD_ID,
@@ -183,7 +189,8 @@ def export_to_transformers(model, path):
     config_json = hf_config(config)
     # Lazy leaves: each variable is copied out only when its tensor is written.
     tree = keras.tree.map_structure(
-        lambda v: LazyArray(v.shape, lambda: v.numpy()), backbone_variables(backbone))
+        lambda v: LazyArray(v.shape, lambda: v.numpy()), backbone_variables(backbone)
+    )
     tensors = state_dict(config, tree)
     tokenizer = getattr(getattr(model, "preprocessor", None), "tokenizer", None)
     proto = getattr(tokenizer, "proto", None)

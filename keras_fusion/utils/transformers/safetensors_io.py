@@ -165,13 +165,18 @@ def write_safetensors(path, tensors, metadata=None):
     header, position = {}, 0
     for name, array in tensors.items():
         size = int(np.prod(array.shape, dtype=np.int64)) * 4
-        header[name] = {"dtype": "F32", "shape": [int(n) for n in array.shape],
-                        "data_offsets": [position, position + size]}
+        header[name] = {
+            "dtype": "F32",
+            "shape": [int(n) for n in array.shape],
+            "data_offsets": [position, position + size],
+        }
         position += size
     if metadata:
         header["__metadata__"] = dict(metadata)
     encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
     encoded += b" " * (-(8 + len(encoded)) % _ALIGNMENT)
     # A generator: each tensor is converted only when it is written.
-    data = (np.ascontiguousarray(np.asarray(array), dtype="<f4").tobytes() for array in tensors.values())
+    data = (
+        np.ascontiguousarray(np.asarray(array), dtype="<f4").tobytes() for array in tensors.values()
+    )
     storage.write_chunks(path, itertools.chain([len(encoded).to_bytes(8, "little"), encoded], data))

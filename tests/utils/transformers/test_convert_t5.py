@@ -17,7 +17,9 @@ def keras_logits(lm, inputs):
     return np.asarray(lm.predict_on_batch(inputs))
 
 
-@pytest.mark.parametrize("variant", [T5_10, T5_11], ids=["t5_1.0_relu_tied", "t5_1.1_gated_gelu_untied"])
+@pytest.mark.parametrize(
+    "variant", [T5_10, T5_11], ids=["t5_1.0_relu_tied", "t5_1.1_gated_gelu_untied"]
+)
 def test_imported_logits_equal_transformers(variant, tmp_path):
     model, folder = save_hf_t5(tmp_path / "hf", **variant)
     lm = FusionT5Seq2SeqLM.from_preset(folder)
@@ -49,12 +51,19 @@ def test_transformers_5_config_tied_but_unscaled(tmp_path):
     model, folder = save_hf_t5(tmp_path / "hf", **T5_11)
     with torch.no_grad():
         model.lm_head.weight.copy_(model.shared.weight)
-    tensors = {k: v.numpy() for k, v in model.state_dict().items()
-               if k not in ("lm_head.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight")}
-    safetensors.numpy.save_file(tensors, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+    tensors = {
+        k: v.numpy()
+        for k, v in model.state_dict().items()
+        if k not in ("lm_head.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
+    }
+    safetensors.numpy.save_file(
+        tensors, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"}
+    )
     with open(os.path.join(folder, "config.json")) as f:
         config = json.load(f)
-    config.update(tie_word_embeddings=True, scale_decoder_outputs=False, transformers_version="5.0.0")
+    config.update(
+        tie_word_embeddings=True, scale_decoder_outputs=False, transformers_version="5.0.0"
+    )
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(config, f)
     lm = FusionT5Seq2SeqLM.from_preset(folder)
@@ -90,7 +99,9 @@ def test_unrepresentable_configs_are_refused_before_any_weight_is_read(field, va
         f.write(b"not safetensors")
     before = sorted(os.listdir(folder))
     for load in (FusionT5Seq2SeqLM.from_preset, FusionT5Backbone.from_preset):
-        with pytest.raises(ValueError, match=f"{field}={value!r}".replace("[", r"\[").replace("]", r"\]")) as info:
+        with pytest.raises(
+            ValueError, match=f"{field}={value!r}".replace("[", r"\[").replace("]", r"\]")
+        ) as info:
             load(folder)
         assert "supports only" in str(info.value)
     assert sorted(os.listdir(folder)) == before
@@ -106,7 +117,9 @@ def test_untied_checkpoint_without_lm_head_is_refused(tmp_path):
 
     model, folder = save_hf_t5(tmp_path / "hf", **T5_11)
     tensors = {k: v.numpy() for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    safetensors.numpy.save_file(tensors, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+    safetensors.numpy.save_file(
+        tensors, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"}
+    )
     with pytest.raises(ValueError, match="lm_head.weight"):
         FusionT5Seq2SeqLM.from_preset(folder)
 
@@ -126,12 +139,18 @@ def test_greedy_generate_on_strings_matches_transformers(tmp_path):
     from keras_fusion import data
 
     vocabulary = 200
-    spm_path = data.train_tokenizer(data.load_corpus("embedded", "train")[:200], vocabulary,
-                                    str(tmp_path / "spm"), num_sentinels=10)
+    spm_path = data.train_tokenizer(
+        data.load_corpus("embedded", "train")[:200],
+        vocabulary,
+        str(tmp_path / "spm"),
+        num_sentinels=10,
+    )
     prompts = ["Return the absolute value of a number.", "The import statement"]
     processor = sentencepiece.SentencePieceProcessor(model_file=spm_path)
     for seed in range(5):  # a random model whose answers are not all empty
-        model, folder = save_hf_t5(tmp_path / f"hf{seed}", seed=seed, vocab_size=vocabulary, **T5_11)
+        model, folder = save_hf_t5(
+            tmp_path / f"hf{seed}", seed=seed, vocab_size=vocabulary, **T5_11
+        )
         with open(spm_path, "rb") as source, open(os.path.join(folder, "spiece.model"), "wb") as f:
             f.write(source.read())
         import torch
@@ -162,8 +181,11 @@ def test_greedy_generate_on_strings_matches_transformers(tmp_path):
 def test_fuse_of_two_imported_models_is_the_weighted_mean_of_hf_logits(weights, tmp_path):
     a, folder_a = save_hf_t5(tmp_path / "a", seed=1, **T5_11)
     b, folder_b = save_hf_t5(tmp_path / "b", seed=2, d_model=8, num_heads=2, d_ff=12, **T5_11)
-    fused = FusionT5Seq2SeqLM.fuse(FusionT5Seq2SeqLM.from_preset(folder_a),
-                                   FusionT5Seq2SeqLM.from_preset(folder_b), weights=weights)
+    fused = FusionT5Seq2SeqLM.fuse(
+        FusionT5Seq2SeqLM.from_preset(folder_a),
+        FusionT5Seq2SeqLM.from_preset(folder_b),
+        weights=weights,
+    )
     inputs = random_inputs(seed=5)
     wa, wb = weights or (0.5, 0.5)
     expected = wa * hf_logits(a, inputs) + wb * hf_logits(b, inputs)
@@ -194,6 +216,8 @@ def test_imported_gated_gelu_model_survives_keras_saving(tmp_path):
     lm.save_to_preset(str(tmp_path / "preset"))
     inputs = random_inputs(seed=7)
     expected = hf_logits(model, inputs)
-    for loaded in (keras.saving.load_model(str(tmp_path / "lm.keras"), compile=False),
-                   FusionT5Seq2SeqLM.from_preset(str(tmp_path / "preset"))):
+    for loaded in (
+        keras.saving.load_model(str(tmp_path / "lm.keras"), compile=False),
+        FusionT5Seq2SeqLM.from_preset(str(tmp_path / "preset")),
+    ):
         assert relative_error(keras_logits(loaded, inputs), expected) <= TOLERANCE

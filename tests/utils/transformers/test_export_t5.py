@@ -35,7 +35,10 @@ def test_grown_import_exports_to_transformers_with_the_original_logits(kind, var
     # The export is the grown model, not the original.
     config = exported.config
     assert (config.d_model, config.num_layers, config.d_ff) == (
-        lm.backbone.hidden_dim, lm.backbone.num_layers, lm.backbone.intermediate_dim)
+        lm.backbone.hidden_dim,
+        lm.backbone.num_layers,
+        lm.backbone.intermediate_dim,
+    )
     assert config.tie_word_embeddings == variant["tie_word_embeddings"]
 
 
@@ -57,7 +60,10 @@ def test_several_norm_groups_are_refused_and_nothing_is_written(tmp_path):
     lm = FusionT5Seq2SeqLM.from_preset(folder)
     for model in (FusionT5Seq2SeqLM.self_fuse(lm), FusionT5Seq2SeqLM.fuse(lm, lm)):
         target = tmp_path / "out"
-        with pytest.raises(ValueError, match=r"norm_groups=\[16, 16\].*no grouped RMSNorm.*norm='global'.*function_error"):
+        with pytest.raises(
+            ValueError,
+            match=r"norm_groups=\[16, 16\].*no grouped RMSNorm.*norm='global'.*function_error",
+        ):
             model.export_to_transformers(str(target))
         assert not target.exists()
 
@@ -72,8 +78,9 @@ def test_gated_exact_gelu_is_refused(tmp_path):
 def test_tokenizer_travels_with_the_export(tmp_path):
     from keras_fusion import data
 
-    spm = data.train_tokenizer(data.load_corpus("embedded", "train")[:200], 200, str(tmp_path / "spm"),
-                               num_sentinels=10)
+    spm = data.train_tokenizer(
+        data.load_corpus("embedded", "train")[:200], 200, str(tmp_path / "spm"), num_sentinels=10
+    )
     _, folder = save_hf_t5(tmp_path / "hf", vocab_size=200, **T5_10)
     with open(spm, "rb") as source, open(os.path.join(folder, "spiece.model"), "wb") as f:
         f.write(source.read())
@@ -86,4 +93,6 @@ def test_tokenizer_travels_with_the_export(tmp_path):
     tokenizer = transformers.T5Tokenizer.from_pretrained(str(tmp_path / "out"))
     assert len(tokenizer) == 200  # the proto's sentinels, none added on top
     text = "Return the absolute value"
-    assert tokenizer(text).input_ids == [int(i) for i in np.asarray(lm.preprocessor.tokenizer(text))] + [1]
+    assert tokenizer(text).input_ids == [
+        int(i) for i in np.asarray(lm.preprocessor.tokenizer(text))
+    ] + [1]

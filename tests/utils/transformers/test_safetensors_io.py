@@ -2,19 +2,27 @@
 
 import numpy as np
 import pytest
-
-from hf_test_utils import torch  # noqa: F401  (skips without the test extra)
 import safetensors.numpy  # noqa: E402
 import safetensors.torch  # noqa: E402
 
-from keras_fusion.utils.transformers.safetensors_io import LazyArray, SafetensorsCheckpoint, write_safetensors
+from hf_test_utils import torch  # noqa: F401  (skips without the test extra)
+from keras_fusion.utils.transformers.safetensors_io import (
+    LazyArray,
+    SafetensorsCheckpoint,
+    write_safetensors,
+)
 
 
 def test_reader_matches_the_safetensors_package_and_widens_bfloat16_exactly(tmp_path):
     rng = np.random.default_rng(0)
-    arrays = {"a": rng.normal(size=(3, 5)).astype("float32"), "b": rng.normal(size=(7,)).astype("float16"),
-              "c": rng.normal(size=(2, 2, 2)).astype("float64")}
-    safetensors.numpy.save_file(arrays, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    arrays = {
+        "a": rng.normal(size=(3, 5)).astype("float32"),
+        "b": rng.normal(size=(7,)).astype("float16"),
+        "c": rng.normal(size=(2, 2, 2)).astype("float64"),
+    }
+    safetensors.numpy.save_file(
+        arrays, str(tmp_path / "model.safetensors"), metadata={"format": "pt"}
+    )
     with SafetensorsCheckpoint(str(tmp_path)) as checkpoint:
         assert checkpoint.names() == set(arrays)
         for name, array in arrays.items():
@@ -34,7 +42,10 @@ def test_reader_matches_the_safetensors_package_and_widens_bfloat16_exactly(tmp_
 
 def test_writer_is_read_back_by_the_safetensors_package(tmp_path):
     rng = np.random.default_rng(1)
-    arrays = {"x": rng.normal(size=(4, 3)).astype("float32"), "odd": rng.normal(size=(5,)).astype("float32")}
+    arrays = {
+        "x": rng.normal(size=(4, 3)).astype("float32"),
+        "odd": rng.normal(size=(5,)).astype("float32"),
+    }
     kernel = rng.normal(size=(2, 6)).astype("float32")
     tensors = dict(arrays, lazy_transposed=LazyArray(kernel.shape, lambda: kernel).T)
     write_safetensors(str(tmp_path / "model.safetensors"), tensors, metadata={"format": "pt"})
