@@ -187,7 +187,9 @@ class Setup(growth_vs_scratch.Setup):
         batch_size=16,
         input_length=64,
         target_length=16,
+        global_clipnorm=None,
     ):
+        self.global_clipnorm = global_clipnorm
         super().__init__(
             target=target,
             steps=steps,
@@ -202,6 +204,8 @@ class Setup(growth_vs_scratch.Setup):
 
     def as_dict(self):
         fields = {k: v for k, v in dataclasses.asdict(self).items() if k != "rewarmup_steps"}
+        if self.global_clipnorm is not None:  # (absent from the parts run without clipping)
+            fields["global_clipnorm"] = self.global_clipnorm
         return dict(fields, budget=self.budget)
 
 
@@ -224,7 +228,9 @@ def train_arm(arm, seed, learning_rate, setup, shared):
     warmup = max(1, round(WARMUP_FRACTION * total))
 
     def model(config, model_seed):
-        optimizer = optimizers.make_optimizer("adamw", learning_rate, "cosine", warmup, total)
+        optimizer = optimizers.make_optimizer(
+            "adamw", learning_rate, "cosine", warmup, total, global_clipnorm=setup.global_clipnorm
+        )
         return recipes.compile_model(recipes.build_model(config, model_seed), optimizer)
 
     partner_seconds = []
@@ -647,6 +653,12 @@ def main(argv=None):
         help="sequences per step; a larger batch raises the budget at little wall-clock cost, "
         "since a step of these tiny models is bound by per-step overhead",
     )
+    parser.add_argument(
+        "--global_clipnorm",
+        type=float,
+        default=None,
+        help="clip every arm's gradients to this global norm (default: no clipping)",
+    )
     parser.add_argument("--growth_fraction", type=float, default=0.25)
     parser.add_argument(
         "--corpus", default="installed", help="'installed' (the benchmark's) or 'embedded' (tests)"
@@ -702,6 +714,7 @@ def main(argv=None):
         eval_batches=args.eval_batches,
         growth_fraction=args.growth_fraction,
         batch_size=args.batch_size,
+        global_clipnorm=args.global_clipnorm,
     )
     os.makedirs(args.workdir, exist_ok=True)
     corpus_started = time.perf_counter()

@@ -13,14 +13,23 @@ OPTIMIZERS = ("adafactor", "adamw")
 LR_SCHEDULES = ("constant", "inverse_sqrt", "cosine")
 
 
-def make_optimizer(name, learning_rate, schedule="constant", warmup_steps=0, total_steps=1):
-    """Adafactor (T5's) or AdamW, with a learning-rate schedule."""
+def make_optimizer(
+    name, learning_rate, schedule="constant", warmup_steps=0, total_steps=1, global_clipnorm=None
+):
+    """Adafactor (T5's) or AdamW, with a learning-rate schedule.
+
+    `global_clipnorm`: None, or a number > 0: the gradients of a step are
+    scaled down together when their global norm exceeds it (Keras' own
+    option; a grown optimizer keeps it).
+    """
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}.")
     if schedule not in LR_SCHEDULES:
         raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {schedule!r}.")
     if not learning_rate > 0:
         raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}.")
+    if global_clipnorm is not None and not global_clipnorm > 0:
+        raise ValueError(f"global_clipnorm must be None or > 0, got {global_clipnorm!r}.")
     rate = learning_rate
     if schedule == "inverse_sqrt":
         rate = InverseSqrt(learning_rate, max(warmup_steps, 1))
@@ -32,8 +41,8 @@ def make_optimizer(name, learning_rate, schedule="constant", warmup_steps=0, tot
             warmup_steps=warmup_steps,
         )
     if name == "adamw":
-        return keras.optimizers.AdamW(rate, weight_decay=0.0)
-    return keras.optimizers.Adafactor(rate)
+        return keras.optimizers.AdamW(rate, weight_decay=0.0, global_clipnorm=global_clipnorm)
+    return keras.optimizers.Adafactor(rate, global_clipnorm=global_clipnorm)
 
 
 @keras.saving.register_keras_serializable(package="keras_fusion")

@@ -89,3 +89,15 @@ def test_the_optimizers_by_name():
     # decoupled weight decay, where Keras' AdamW would default to 0.004.
     assert adamw.weight_decay == 0.0
     assert keras.optimizers.AdamW(1e-3).weight_decay != 0.0  # so 0 is a choice, not Keras' default
+
+
+@pytest.mark.parametrize("name", ["adamw", "adafactor"])
+def test_global_clipnorm_is_keras_own_and_survives_a_config_round_trip(name):
+    """The option is Keras' (`global_clipnorm`), so a grown optimizer, rebuilt
+    from the config (`optimizer_state.rebuild`), keeps it."""
+    optimizer = optimizers.make_optimizer(name, 1e-3, global_clipnorm=0.5)
+    assert optimizer.global_clipnorm == 0.5
+    assert type(optimizer).from_config(optimizer.get_config()).global_clipnorm == 0.5
+    assert optimizers.make_optimizer(name, 1e-3).global_clipnorm is None
+    with pytest.raises(ValueError, match=r"global_clipnorm must be None or > 0, got -1"):
+        optimizers.make_optimizer(name, 1e-3, global_clipnorm=-1)
