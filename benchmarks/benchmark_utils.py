@@ -85,3 +85,18 @@ def write_result(result, path):
         json.dump(result, f, indent=1)
     machine = result["machine"]
     print(f"Machine: {machine['cpu_model']}, {machine['cpu_count']} CPUs; {result['versions']}")
+
+
+def save_json(result, output):
+    """Write `result` as indented JSON to `output` atomically (a temporary
+    file, then a rename), and say where, with the benchmark's wall time."""
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    tmp = output + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, output)
+    shown = os.path.relpath(output)
+    if shown.startswith(".."):
+        shown = os.path.abspath(output)
+    print(f"\nWrote {shown} (benchmark took {result['benchmark_wall_seconds']:.0f} s).")

@@ -36,24 +36,9 @@ from benchmark_utils import in_fresh_process, machine_info, script_setup, versio
 
 ROOT = script_setup(__file__)
 
-SIZES = {
-    "tiny": dict(
-        vocabulary_size=1000,
-        num_layers=2,
-        hidden_dim=64,
-        num_heads=4,
-        intermediate_dim=128,
-        key_value_dim=16,
-    ),
-    "small": dict(
-        vocabulary_size=32128,
-        num_layers=6,
-        hidden_dim=512,
-        num_heads=8,
-        intermediate_dim=2048,
-        key_value_dim=64,
-    ),
-}
+# The presets of `keras_fusion.recipes` ("small": T5-small's shape) and
+# their vocabularies.
+SIZES = {"tiny": 1000, "small": 32128}
 BATCH, ENCODER, DECODER = 16, 64, 16
 EVERY = 100
 GOAL = 0.05
@@ -68,13 +53,7 @@ def measure_size(size, repeats, warmup):
     from keras_fusion import recipes, storage
     from keras_fusion.checkpointing import GrowthCheckpoint
 
-    config = dict(
-        SIZES[size],
-        dropout=0.0,
-        activation="gelu",
-        use_gated_activation=True,
-        tie_embedding_weights=True,
-    )
+    config = recipes.target_config(size, SIZES[size])
     model = recipes.compile_model(recipes.build_model(config, 0), keras.optimizers.AdamW(1e-3))
     rng = np.random.default_rng(0)
     vocab = config["vocabulary_size"]

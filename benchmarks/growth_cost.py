@@ -56,7 +56,7 @@ import statistics
 import threading
 import time
 
-from benchmark_utils import in_fresh_process, machine_info, script_setup, versions
+from benchmark_utils import in_fresh_process, machine_info, save_json, script_setup, versions
 
 ROOT = script_setup(__file__)
 
@@ -447,16 +447,7 @@ def main(argv=None):
         print()
     print(markdown_table(result))
 
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    tmp = output + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, output)
-    shown = os.path.relpath(output)
-    if shown.startswith(".."):
-        shown = os.path.abspath(output)
-    print(f"\nWrote {shown} (benchmark took {result['benchmark_wall_seconds']:.0f} s).")
+    save_json(result, output)
 
 
 if __name__ == "__main__":

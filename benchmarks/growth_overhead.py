@@ -85,32 +85,25 @@ a markdown table for benchmarks/README.md; writes everything as JSON to
 
 import argparse
 import datetime
-import json
 import os
 import statistics
 import time
 
-from benchmark_utils import in_fresh_process, machine_info, script_setup, versions
+from benchmark_utils import in_fresh_process, machine_info, save_json, script_setup, versions
 
 ROOT = script_setup(__file__)
 
 import instruments  # noqa: E402
 from instruments import BATCH_SIZE, LEARNING_RATE, NUM_BATCHES, SEQUENCE_LENGTH, TINY_CONFIG  # noqa: E402
 
+from keras_fusion.recipes import PRESETS  # noqa: E402
+
 # T5-small's shape (t5-small / t5-v1_1-small, vocabulary 32128): `--size small`
 # measures a growth where users train, where the fixed tracing costs that
 # dominate the tiny model's figure are small against one step.
 CONFIGS = {
     "tiny": TINY_CONFIG,
-    "small": dict(
-        vocabulary_size=32128,
-        num_layers=6,
-        hidden_dim=512,
-        num_heads=8,
-        intermediate_dim=2048,
-        key_value_dim=64,
-        dropout=0.0,
-    ),
+    "small": dict(PRESETS["small"], vocabulary_size=32128, dropout=0.0),
 }
 OPERATORS = ("self_fuse", "deepen", "fuse")
 EVENT_GOAL_STEPS = 20  # a growth event costs at most 20 training steps
@@ -783,16 +776,7 @@ def main(argv=None):
     print()
     print(markdown_table(result))
 
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    tmp = output + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, output)
-    shown = os.path.relpath(output)
-    if shown.startswith(".."):
-        shown = os.path.abspath(output)
-    print(f"\nWrote {shown} (benchmark took {result['benchmark_wall_seconds']:.0f} s).")
+    save_json(result, output)
 
 
 if __name__ == "__main__":

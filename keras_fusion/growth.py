@@ -99,6 +99,12 @@ class GrowthEntry:
         ), map_tree
 
 
+def _check_noise(entry):
+    noise = entry.noise
+    if not isinstance(noise, (int, float)) or not math.isfinite(noise) or noise < 0:
+        raise ValueError(f"{entry.describe()}: noise must be a finite number >= 0, got {noise!r}.")
+
+
 @dataclasses.dataclass(frozen=True)
 class SelfFuse(GrowthEntry):
     """Self fusion (`FusionT5Seq2SeqLM.self_fuse`): twice the width."""
@@ -110,14 +116,7 @@ class SelfFuse(GrowthEntry):
 
     def __post_init__(self):
         super().__post_init__()
-        if (
-            not isinstance(self.noise, (int, float))
-            or not math.isfinite(self.noise)
-            or self.noise < 0
-        ):
-            raise ValueError(
-                f"{self.describe()}: noise must be a finite number >= 0, got {self.noise!r}."
-            )
+        _check_noise(self)
 
     def _options(self):
         return {"noise": self.noise, "seed": self.seed}
@@ -192,14 +191,7 @@ class WidenFFN(GrowthEntry):
         super().__post_init__()
         if isinstance(self.factor, bool) or not isinstance(self.factor, int) or self.factor < 2:
             raise ValueError(f"{self.describe()}: factor must be an int >= 2, got {self.factor!r}.")
-        if (
-            not isinstance(self.noise, (int, float))
-            or not math.isfinite(self.noise)
-            or self.noise < 0
-        ):
-            raise ValueError(
-                f"{self.describe()}: noise must be a finite number >= 0, got {self.noise!r}."
-            )
+        _check_noise(self)
 
     def _options(self):
         return {"factor": self.factor, "noise": self.noise, "seed": self.seed}

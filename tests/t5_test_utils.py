@@ -79,6 +79,23 @@ def random_labels(batch_size=3, length=9, seed=0):
     )
 
 
+def fit_steps(model, x, y, steps, sample_weight=None, callbacks=(), **kwargs):
+    """`fit` one epoch of `steps` batches of 4: the batch `(x, y)` repeated,
+    in order (`x` holds 4 examples)."""
+    repeat = lambda a: None if a is None else np.concatenate([a] * steps)  # noqa: E731
+    return model.fit(
+        {k: repeat(v) for k, v in x.items()},
+        repeat(y),
+        sample_weight=repeat(sample_weight),
+        batch_size=4,
+        epochs=1,
+        shuffle=False,
+        verbose=0,
+        callbacks=list(callbacks),
+        **kwargs,
+    )
+
+
 def growing_lm(optimizer=None, seed=0, **backbone_kwargs):
     """A compiled GrowingT5Seq2SeqLM on a tiny random T5 (dropout off)."""
     from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM, GrowingT5Seq2SeqLM

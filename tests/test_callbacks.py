@@ -17,6 +17,7 @@ from keras_fusion.models.fusion_t5_backbone import backbone_variables
 from t5_test_utils import (
     TOLERANCE,
     AtStep,
+    fit_steps,
     growing_lm,
     random_backbone,
     random_inputs,
@@ -34,18 +35,7 @@ def fixed_batch_loss(model):
 
 
 def fit(model, steps, callbacks=(), **kwargs):
-    repeat = lambda a: np.concatenate([a] * steps)  # noqa: E731
-    model.fit(
-        {k: repeat(v) for k, v in X.items()},
-        repeat(Y),
-        sample_weight=repeat(WEIGHTS),
-        batch_size=4,
-        epochs=1,
-        shuffle=False,
-        verbose=0,
-        callbacks=list(callbacks),
-        **kwargs,
-    )
+    return fit_steps(model, X, Y, steps, WEIGHTS, callbacks, **kwargs)
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from keras_fusion.dynamics import DynamicsMonitor, source_dims
 from keras_fusion.growth import SelfFuse
 from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM, GrowingT5Seq2SeqLM
 from keras_fusion.models.fusion_t5_backbone import backbone_variables
-from t5_test_utils import growing_lm, random_backbone, random_inputs, random_labels
+from t5_test_utils import fit_steps, growing_lm, random_backbone, random_inputs, random_labels
 
 X = random_inputs(batch_size=4, seed=11)
 Y = random_labels(batch_size=4, seed=12)
@@ -30,18 +30,7 @@ KERNELS = ("query", "key", "value", "output", "ffn_input", "ffn_gate", "ffn_outp
 
 
 def fit(model, steps, callbacks=(), **kwargs):
-    repeat = lambda a: np.concatenate([a] * steps)  # noqa: E731
-    return model.fit(
-        {k: repeat(v) for k, v in X.items()},
-        repeat(Y),
-        sample_weight=repeat(WEIGHTS),
-        batch_size=4,
-        epochs=1,
-        shuffle=False,
-        verbose=0,
-        callbacks=list(callbacks),
-        **kwargs,
-    )
+    return fit_steps(model, X, Y, steps, WEIGHTS, callbacks, **kwargs)
 
 
 def compiled(lm, learning_rate=1e-2):

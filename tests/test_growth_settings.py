@@ -17,7 +17,7 @@ from keras_fusion.diagnostics import relative_error
 from keras_fusion.growth import Deepen
 from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM, GrowingT5Seq2SeqLM
 from keras_fusion.models.fusion_t5_backbone import backbone_variables
-from t5_test_utils import TOLERANCE, random_backbone, random_inputs, random_labels
+from t5_test_utils import TOLERANCE, fit_steps, random_backbone, random_inputs, random_labels
 
 BF16_TOLERANCE = 3e-2
 X = random_inputs(batch_size=4, seed=11)
@@ -43,16 +43,7 @@ def growing(seed=0, learning_rate=1e-2, **compile_kwargs):
 
 
 def fit(model, steps, callbacks=()):
-    repeat = lambda a: np.concatenate([a] * steps)  # noqa: E731
-    model.fit(
-        {k: repeat(v) for k, v in X.items()},
-        repeat(Y),
-        batch_size=4,
-        epochs=1,
-        shuffle=False,
-        verbose=0,
-        callbacks=list(callbacks),
-    )
+    return fit_steps(model, X, Y, steps, None, callbacks)
 
 
 def logits(model):

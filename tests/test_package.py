@@ -73,22 +73,3 @@ def test_importing_the_package_changes_only_what_its_docstring_says():
         result = json.loads(process.stdout.strip().splitlines()[-1])
         assert result["changed"] == expected and result["backend"] == "tensorflow"
         assert result["added"] == [kf.KERAS_HUB_MASK_WARNING]
-
-
-def test_importing_the_package_first_sets_the_backend_only_when_unset():
-    script = "import os; import keras_fusion; print(os.environ.get('KERAS_BACKEND'))"
-    for preset, expected in [(None, "tensorflow"), ("tensorflow", "tensorflow")]:
-        env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
-        if preset:
-            env["KERAS_BACKEND"] = preset
-        process = subprocess.run(
-            [sys.executable, "-c", script],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            stdin=subprocess.DEVNULL,
-        )
-        assert process.returncode == 0, process.stderr[-2000:]
-        assert process.stdout.strip().splitlines()[-1] == expected

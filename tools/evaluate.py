@@ -4,12 +4,13 @@ python -m tools.evaluate --model=runs/demo/final.keras --tokenizer=runs/demo/tok
 """
 
 import os
-import sys
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
+
+from tools import or_exit  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "A .keras T5 language model.")
@@ -63,20 +64,17 @@ def evaluate(
 
 def main(argv):
     del argv
-    try:
-        result = evaluate(
-            FLAGS.model,
-            FLAGS.tokenizer,
-            FLAGS.data,
-            FLAGS.data_dir,
-            FLAGS.batch_size,
-            FLAGS.batches,
-            FLAGS.input_length,
-            FLAGS.target_length,
-        )
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    result = or_exit(
+        evaluate,
+        FLAGS.model,
+        FLAGS.tokenizer,
+        FLAGS.data,
+        FLAGS.data_dir,
+        FLAGS.batch_size,
+        FLAGS.batches,
+        FLAGS.input_length,
+        FLAGS.target_length,
+    )
     print(f"held-out loss {result['loss']:.4f}, token accuracy {result['accuracy']:.4f}")
 
 

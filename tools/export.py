@@ -26,12 +26,13 @@ and keras_hub exports.
 """
 
 import os
-import sys
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
+
+from tools import or_exit  # noqa: E402
 
 FORMATS = ("saved_model", "huggingface", "keras_hub")
 FLAGS = flags.FLAGS
@@ -88,18 +89,15 @@ def export_model(
 
 def main(argv):
     del argv
-    try:
-        export_model(
-            FLAGS.model,
-            FLAGS.export_dir,
-            FLAGS.format,
-            FLAGS.tokenizer,
-            FLAGS.max_input_length,
-            FLAGS.max_new_tokens,
-        )
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    or_exit(
+        export_model,
+        FLAGS.model,
+        FLAGS.export_dir,
+        FLAGS.format,
+        FLAGS.tokenizer,
+        FLAGS.max_input_length,
+        FLAGS.max_new_tokens,
+    )
     print(f"{FLAGS.format} export written to {FLAGS.export_dir}")
 
 

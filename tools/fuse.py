@@ -13,12 +13,13 @@ model, and the inputs are never modified.
 """
 
 import os
-import sys
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
+
+from tools import or_exit  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list(
@@ -69,11 +70,7 @@ def fuse_files(paths, output, weights=None, norm="grouped"):
 
 def main(argv):
     del argv
-    try:
-        error = fuse_files(FLAGS.models, FLAGS.output, FLAGS.weights, FLAGS.norm)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    error = or_exit(fuse_files, FLAGS.models, FLAGS.output, FLAGS.weights, FLAGS.norm)
     print(
         f"Fused {len(FLAGS.models)} models into {FLAGS.output}; logit error against the "
         f"weighted ensemble on random tokens: {error:.2e}"

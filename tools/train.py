@@ -37,6 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 from keras_fusion import optimizers, recipes, training  # noqa: E402
+from tools import or_exit  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("recipe", "deep_fusion", list(recipes.RECIPES), "How the final model is reached.")
@@ -137,17 +138,20 @@ flags.DEFINE_enum(
 )
 
 
-def main(argv):
-    del argv
+def run_or_exit(config, callbacks=()):
+    """`training.run(config)`, printing its summary; a bad input exits 2 with
+    one line, a pre-emption 143 (128 + SIGTERM) once its checkpoint is saved."""
     try:
-        summary = training.run(training.RunConfig.from_flags(FLAGS))
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        summary = or_exit(training.run, config, callbacks=callbacks)
     except training.Preempted as preempted:
         print(preempted, file=sys.stderr)
         sys.exit(128 + signal.SIGTERM)
     print(summary)
+
+
+def main(argv):
+    del argv
+    run_or_exit(training.RunConfig.from_flags(FLAGS))
 
 
 if __name__ == "__main__":

@@ -245,24 +245,26 @@ def test_parts_merge_into_one_result_and_must_share_the_setup(tmp_path):
         bench.merge(prefix, quick=False)
 
 
+# A tiny model, a few steps, on the embedded corpus.
+SMOKE_ARGS = [
+    "--corpus=embedded",
+    "--vocabulary_size=300",
+    "--hidden_dim=16",
+    "--num_layers=2",
+    "--steps=4",
+    "--eval_every=2",
+    "--eval_batches=1",
+    "--seeds=0",
+    "--learning_rates=3e-3",
+]
+
+
 def test_smoke_run_of_two_arms_writes_part_and_merged_result(tmp_path):
     # The benchmark code end to end on a tiny model, a few steps (~35 s of CPU).
     prefix = str(tmp_path / "smoke")
     bench.main(
-        [
-            "--corpus=embedded",
-            "--vocabulary_size=300",
-            "--hidden_dim=16",
-            "--num_layers=2",
-            "--steps=4",
-            "--eval_every=2",
-            "--eval_batches=1",
-            "--seeds=0",
-            "--learning_rates=3e-3",
-            "--arms=scratch,deepen",
-            f"--output={prefix}",
-            f"--workdir={tmp_path / 'work'}",
-        ]
+        SMOKE_ARGS
+        + ["--arms=scratch,deepen", f"--output={prefix}", f"--workdir={tmp_path / 'work'}"]
     )
     with open(prefix + ".json") as f:
         result = json.load(f)
@@ -279,20 +281,7 @@ def test_smoke_run_of_two_arms_writes_part_and_merged_result(tmp_path):
     # A second invocation of the same part trains nothing: every run is in the part file.
     parts = os.listdir(prefix + ".parts")
     bench.main(
-        [
-            "--corpus=embedded",
-            "--vocabulary_size=300",
-            "--hidden_dim=16",
-            "--num_layers=2",
-            "--steps=4",
-            "--eval_every=2",
-            "--eval_batches=1",
-            "--seeds=0",
-            "--learning_rates=3e-3",
-            "--arms=scratch",
-            f"--output={prefix}",
-            f"--workdir={tmp_path / 'work'}",
-        ]
+        SMOKE_ARGS + ["--arms=scratch", f"--output={prefix}", f"--workdir={tmp_path / 'work'}"]
     )
     with open(prefix + ".json") as f:
         assert len(json.load(f)["runs"]) == 2

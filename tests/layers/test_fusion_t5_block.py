@@ -18,6 +18,18 @@ from keras_fusion.models import variable_trees
 from t5_test_utils import TOLERANCE
 
 RNG = np.random.default_rng(0)
+# A small T5 layer's arguments (is_decoder apart).
+LAYER = dict(
+    hidden_dim=8,
+    intermediate_dim=12,
+    key_value_dim=4,
+    dropout=0.0,
+    activation="relu",
+    layer_norm_epsilon=1e-6,
+    num_heads=2,
+    use_gated_activation=True,
+    use_relative_attention_bias=True,
+)
 BLOCK_FIELDS = (
     "is_decoder",
     "key_value_dim",
@@ -191,34 +203,12 @@ def test_fuse_rejects_incompatible_blocks(other, field):
 
 def test_block_variables_need_a_built_block():
     a = t5_layer(8, 2, 16, False)
-    unbuilt = T5TransformerLayer(
-        is_decoder=False,
-        hidden_dim=8,
-        intermediate_dim=16,
-        key_value_dim=4,
-        dropout=0.0,
-        activation="relu",
-        layer_norm_epsilon=1e-6,
-        num_heads=2,
-        use_gated_activation=True,
-        use_relative_attention_bias=True,
-    )
+    unbuilt = T5TransformerLayer(is_decoder=False, **dict(LAYER, intermediate_dim=16))
     with pytest.raises(ValueError, match="not built"):
         fuse(a, unbuilt)
 
 
-BLOCK = dict(
-    hidden_dim=8,
-    intermediate_dim=16,
-    key_value_dim=4,
-    dropout=0.0,
-    activation="relu",
-    layer_norm_epsilon=1e-6,
-    num_heads=2,
-    use_gated_activation=True,
-    use_relative_attention_bias=True,
-    norm_groups=[4, 4],
-)
+BLOCK = dict(LAYER, intermediate_dim=16, norm_groups=[4, 4])
 
 
 class FusionT5BlockHelperTest(TestCase):
@@ -269,19 +259,7 @@ def test_build_creates_the_variables_keras_tracing_creates(is_decoder, monkeypat
     """FusionT5Block.build builds the sub-layers from the widths; the
     variables (paths, shapes, order) are those Keras creates when it builds
     a layer without `build` by tracing its call."""
-    kwargs = dict(
-        is_decoder=is_decoder,
-        hidden_dim=8,
-        intermediate_dim=12,
-        key_value_dim=4,
-        dropout=0.0,
-        activation="relu",
-        layer_norm_epsilon=1e-6,
-        num_heads=2,
-        use_gated_activation=True,
-        use_relative_attention_bias=True,
-        name="block",
-    )
+    kwargs = dict(LAYER, is_decoder=is_decoder, name="block")
     ours = FusionT5Block(**kwargs)
     ours.build((None, None, 8))
     with monkeypatch.context() as patch:
@@ -327,16 +305,7 @@ def test_output_spec_without_tracing_equals_the_traced_spec(
     is_decoder, batch, length, dtype_policy
 ):
     block = FusionT5Block(
-        is_decoder=is_decoder,
-        hidden_dim=8,
-        intermediate_dim=12,
-        key_value_dim=4,
-        dropout=0.0,
-        activation="relu",
-        layer_norm_epsilon=1e-6,
-        num_heads=2,
-        use_relative_attention_bias=True,
-        dtype=dtype_policy,
+        **dict(LAYER, use_gated_activation=False), is_decoder=is_decoder, dtype=dtype_policy
     )
     x, calls = _symbolic_calls(block, batch, length, block.compute_dtype)
     block(x, **calls[0][1])  # builds it

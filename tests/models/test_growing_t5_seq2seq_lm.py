@@ -10,23 +10,14 @@ import tensorflow as tf
 from keras_fusion import metrics
 from keras_fusion.callbacks import GrowthCallback
 from keras_fusion.growth import Deepen
-from t5_test_utils import growing_lm, random_inputs, random_labels
+from t5_test_utils import fit_steps, growing_lm, random_inputs, random_labels
 
 X = random_inputs(batch_size=4, seed=11)
 Y = random_labels(batch_size=4, seed=12)
 
 
 def fit(model, steps, callbacks=()):
-    repeat = lambda a: np.concatenate([a] * steps)  # noqa: E731
-    model.fit(
-        {k: repeat(v) for k, v in X.items()},
-        repeat(Y),
-        batch_size=4,
-        epochs=1,
-        shuffle=False,
-        verbose=0,
-        callbacks=list(callbacks),
-    )
+    return fit_steps(model, X, Y, steps, None, callbacks)
 
 
 class WeakRefsAt(keras.callbacks.Callback):

@@ -99,14 +99,9 @@ def main():
             return write_entry(directory, entry, keep)
 
         checkpointing.write_entry = die_mid_write
-    try:
-        print(training.run(training.RunConfig(**config), callbacks=callbacks))
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except training.Preempted as preempted:
-        print(preempted, file=sys.stderr)
-        sys.exit(128 + signal.SIGTERM)
+    from tools.train import run_or_exit
+
+    run_or_exit(training.RunConfig(**config), callbacks=callbacks)
 
 
 if __name__ == "__main__":
