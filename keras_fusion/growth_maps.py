@@ -58,12 +58,8 @@ def zip_leaves(trees, names=None, where=""):
     names = names or [f"tree {i}" for i in range(len(trees))]
     here, first = where or "the top level", trees[0]
 
-    def mismatch(name, verb, detail):
-        verb = verb if name.endswith("s") else {"have": "has", "lack": "lacks"}[verb]
-        return ValueError(
-            f"Parameter trees do not match at {here}: {names[0]} has {describe(first)}, "
-            f"{name} {verb} {detail}."
-        )
+    def verb(name, plural):  # "the parameters have", "tree 1 has"
+        return plural if name.endswith("s") else {"have": "has", "lack": "lacks"}[plural]
 
     def describe(node):
         if isinstance(node, dict):
@@ -72,30 +68,28 @@ def zip_leaves(trees, names=None, where=""):
             return f"a list of {len(node)}"
         return f"one leaf ({node.path})" if hasattr(node, "path") else "one leaf"
 
+    def mismatch(detail):
+        return ValueError(f"Parameter trees do not match at {here}: {detail}.")
+
     for name, tree in zip(names[1:], trees[1:]):
+        differ = f"{names[0]} has {describe(first)}, {name} {verb(name, 'have')}"
         if isinstance(first, dict):
             if not isinstance(tree, dict):
-                raise mismatch(name, "have", f"a {type(tree).__name__}")
+                raise mismatch(f"{differ} a {type(tree).__name__}")
             if set(tree) != set(first):
                 missing = sorted(set(first) - set(tree))
                 extra = sorted(set(tree) - set(first), key=str)
-                verb = "have" if name.endswith("s") else "has"
-                raise ValueError(
-                    f"Parameter trees do not match at {here}: {name} "
-                    f"{'lack' if name.endswith('s') else 'lacks'} {missing} and {verb} unexpected "
-                    f"{extra} ({names[0]} has {sorted(first)})."
+                raise mismatch(
+                    f"{name} {verb(name, 'lack')} {missing} and {verb(name, 'have')} unexpected "
+                    f"{extra} ({names[0]} has {sorted(first)})"
                 )
         elif isinstance(first, (list, tuple)):
-            if not isinstance(tree, (list, tuple)) or len(tree) != len(first):
-                raise mismatch(
-                    name,
-                    "have",
-                    describe(tree)
-                    if isinstance(tree, (list, tuple))
-                    else f"a {type(tree).__name__}",
-                )
+            if not isinstance(tree, (list, tuple)):
+                raise mismatch(f"{differ} a {type(tree).__name__}")
+            if len(tree) != len(first):
+                raise mismatch(f"{differ} {describe(tree)}")
         elif isinstance(tree, (dict, list, tuple)):
-            raise mismatch(name, "have", f"a {type(tree).__name__}")
+            raise mismatch(f"{differ} a {type(tree).__name__}")
     if isinstance(first, dict):
         return [
             pair
