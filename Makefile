@@ -63,19 +63,22 @@ bench: install
 # of each arm first (scratch and small_alone, the regime check, lead), then
 # seeds 1 and 2 at the chosen rates, then the growth-time sweep of Deep Fusion
 # and SWEEP_MODE (set it to the best other mode of the merged table).
-# Several hours on 2 CPU cores (scratch: ~11.5 min a run under load); --quick
-# (41.5 min measured under other test suites' load; the goal is < 10 min):
+# V2_FLAGS: every part of one result must share them (XLA, 25 steps a call,
+# gradients clipped to norm 1). Several hours on 2 CPU cores (a scratch run:
+# ~5.6 min at hidden 64 with V2_FLAGS on an idle machine); --quick (14.6 min
+# on an idle machine; the goal is < 10 min):
 # $(BIN)/python benchmarks/growth_vs_scratch_v2.py --quick
 V2_ARMS = scratch small_alone deep_fusion fusion_tree self_fusion deepen stack
+V2_FLAGS ?= --jit_compile --steps_per_execution=25 --global_clipnorm=1.0
 SWEEP_MODE ?= deepen
 bench-vs-scratch: install
-	for arm in scratch small_alone; do $(BIN)/python benchmarks/growth_vs_scratch_v2.py --arms=$$arm --seeds=0 || exit 1; \
-		$(BIN)/python benchmarks/growth_vs_scratch_v2.py --arms=$$arm --seeds=1,2 --learning_rates=best || exit 1; done
+	for arm in scratch small_alone; do $(BIN)/python benchmarks/growth_vs_scratch_v2.py $(V2_FLAGS) --arms=$$arm --seeds=0 || exit 1; \
+		$(BIN)/python benchmarks/growth_vs_scratch_v2.py $(V2_FLAGS) --arms=$$arm --seeds=1,2 --learning_rates=best || exit 1; done
 	for arm in $(filter-out scratch small_alone,$(V2_ARMS)); do \
-		$(BIN)/python benchmarks/growth_vs_scratch_v2.py --arms=$$arm --seeds=0 || exit 1; \
-		$(BIN)/python benchmarks/growth_vs_scratch_v2.py --arms=$$arm --seeds=1,2 --learning_rates=best || exit 1; done
+		$(BIN)/python benchmarks/growth_vs_scratch_v2.py $(V2_FLAGS) --arms=$$arm --seeds=0 || exit 1; \
+		$(BIN)/python benchmarks/growth_vs_scratch_v2.py $(V2_FLAGS) --arms=$$arm --seeds=1,2 --learning_rates=best || exit 1; done
 	for arm in deep_fusion@0.1 deep_fusion@0.5 $(SWEEP_MODE)@0.1 $(SWEEP_MODE)@0.5; do \
-		$(BIN)/python benchmarks/growth_vs_scratch_v2.py --arms=$$arm --seeds=0,1,2 --learning_rates=best || exit 1; done
+		$(BIN)/python benchmarks/growth_vs_scratch_v2.py $(V2_FLAGS) --arms=$$arm --seeds=0,1,2 --learning_rates=best || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs

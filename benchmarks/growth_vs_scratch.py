@@ -120,7 +120,7 @@ class Data:
         from keras_fusion import data
 
         ds = data.make_dataset(
-            self.train_texts if training else self.valid_texts,
+            self.train_texts if training else self.eval_texts(),
             data.load_tokenizer(self.tokenizer_path),
             self.vocabulary_size,
             self.setup.batch_size,
@@ -131,6 +131,10 @@ class Data:
             repeat=training,
         )
         return ds if training else ds.take(self.setup.eval_batches).cache()
+
+    def eval_texts(self):
+        """The documents the held-out batches are cut from, in order."""
+        return self.valid_texts
 
     def train_tokens(self):
         """How many tokens the training texts hold."""

@@ -7,8 +7,9 @@ The protocol (issue 15), the same for every arm:
   budget (`keras_fusion.flops`, every model of an arm counted);
 - the `installed` corpus (`keras_fusion.data.installed_corpus`: the
   docstrings of every installed package, ~20M characters), one tokenizer,
-  one held-out set of `--eval_batches` (64) batches; the run reports how
-  many times the longest arm sees each training token;
+  one held-out set of `--eval_batches` (64) batches, cut from the
+  validation documents in a fixed shuffled order (`Data`); the run reports
+  how many times the longest arm sees each training token;
 - AdamW with a warm-up-cosine learning rate (linear warm-up over 5% of the
   arm's steps, cosine decay to 0 at the arm's last step); a growing arm
   keeps one schedule across its growths (`GrowthCallback` carries
@@ -57,10 +58,14 @@ part file into `<output>.json` (every curve and a `summary`), `<output>.png`
 and `<output>.md`. `--merge_only` merges without training.
 
 Run: `python benchmarks/growth_vs_scratch_v2.py --quick` (300-step budget,
-seeds 0 and 1, one rate, no search, no fusion tree; the goal is under 10
-minutes on 2 CPU cores, measured 41.5 min on this machine while other test
-suites loaded it), or the full run in parts (benchmarks/README.md, "Growth against
-scratch"; `make bench-vs-scratch`).
+seeds 0 and 1, one rate, no search, no fusion tree, an evaluation every 30
+steps, XLA with 15 steps a call; the goal is under 10 minutes on 2 CPU
+cores, not met: 14.6 min on an idle machine, corpus cached), or the full
+run in parts (benchmarks/README.md, "Growth against scratch"; `make
+bench-vs-scratch`). `--jit_compile --steps_per_execution=25` compiles the
+train step with XLA and runs 25 steps a call, faster on 2 cores in most
+measurements of `benchmarks/step_time.py` (benchmarks/README.md, "Speed");
+the part files record both settings, and parts must agree on them.
 """
 
 import argparse
@@ -70,6 +75,7 @@ import glob
 import json
 import math
 import os
+import random
 import statistics
 import sys
 import time
@@ -79,11 +85,13 @@ from benchmark_utils import machine_info, script_setup, versions
 ROOT = script_setup(__file__)
 
 import growth_vs_scratch  # noqa: E402
-from growth_vs_scratch import Data, flops_to_reach, interpolate, plot  # noqa: E402
+from growth_vs_scratch import flops_to_reach, interpolate, plot  # noqa: E402
 
 MODES = ("scratch", "small_alone", "deep_fusion", "fusion_tree", "self_fusion", "deepen", "stack")
 GROWING = ("deep_fusion", "self_fusion", "deepen", "stack")  # the modes with a growth time
 WARMUP_FRACTION = 0.05
+# How the held-out batches are drawn from the validation documents (`Data`).
+EVAL_SAMPLE = "validation documents shuffled by random.Random(0), first eval_batches batches"
 DEFAULT_OUTPUT = os.path.join(ROOT, "benchmarks", "results", "growth_vs_scratch_v2")
 
 
@@ -188,8 +196,12 @@ class Setup(growth_vs_scratch.Setup):
         input_length=64,
         target_length=16,
         global_clipnorm=None,
+        jit_compile="auto",
+        steps_per_execution=1,
     ):
         self.global_clipnorm = global_clipnorm
+        self.jit_compile = jit_compile
+        self.steps_per_execution = steps_per_execution
         super().__init__(
             target=target,
             steps=steps,
@@ -204,9 +216,33 @@ class Setup(growth_vs_scratch.Setup):
 
     def as_dict(self):
         fields = {k: v for k, v in dataclasses.asdict(self).items() if k != "rewarmup_steps"}
-        if self.global_clipnorm is not None:  # (absent from the parts run without clipping)
+        # Settings added since the first parts are recorded only where they are
+        # not the first parts' (absent means the default), so those still merge.
+        if self.global_clipnorm is not None:
             fields["global_clipnorm"] = self.global_clipnorm
+        if self.jit_compile != "auto" or self.steps_per_execution != 1:
+            fields.update(
+                jit_compile=self.jit_compile, steps_per_execution=self.steps_per_execution
+            )
+        fields["eval_sample"] = EVAL_SAMPLE
         return dict(fields, budget=self.budget)
+
+
+class Data(growth_vs_scratch.Data):
+    """v1's shared data, with a held-out set that samples the whole validation split.
+
+    The validation documents are sorted (the corpus is), so v1's held-out
+    set, the first `eval_batches` batches of them in order, is the
+    alphabetically first few (about a tenth of the installed corpus's
+    validation split at batch 16). Here they are shuffled first, by Python's
+    `random.Random(0)`, so that the held-out batches draw on every part of
+    the split and are the same on every run and for every arm.
+    """
+
+    def eval_texts(self):
+        texts = list(self.valid_texts)
+        random.Random(0).shuffle(texts)
+        return texts
 
 
 def train_arm(arm, seed, learning_rate, setup, shared):
@@ -231,7 +267,12 @@ def train_arm(arm, seed, learning_rate, setup, shared):
         optimizer = optimizers.make_optimizer(
             "adamw", learning_rate, "cosine", warmup, total, global_clipnorm=setup.global_clipnorm
         )
-        return recipes.compile_model(recipes.build_model(config, model_seed), optimizer)
+        return recipes.compile_model(
+            recipes.build_model(config, model_seed),
+            optimizer,
+            jit_compile=setup.jit_compile,
+            steps_per_execution=setup.steps_per_execution,
+        )
 
     partner_seconds = []
 
@@ -324,13 +365,23 @@ def read_parts(prefix):
 
 # The fields every part of one result must share.
 SHARED_FIELDS = ("setup", "corpus", "tokenizer_vocabulary")
+# What a part records of its own invocation, not of the shared setting: the
+# corpus's `seconds` is how long that invocation took to load it.
+PER_INVOCATION = {"corpus": ("seconds",)}
+
+
+def shared_value(part, field):
+    value = part[field]
+    if field in PER_INVOCATION:
+        value = {k: v for k, v in value.items() if k not in PER_INVOCATION[field]}
+    return value
 
 
 def check_compatible(parts):
     """Raise if two part files were run with different settings."""
     for path, part in parts[1:]:
         for field in SHARED_FIELDS:
-            if part[field] != parts[0][1][field]:
+            if shared_value(part, field) != shared_value(parts[0][1], field):
                 raise ValueError(
                     f"{path}: {field} differs from {parts[0][0]}'s; parts of one "
                     f"result must share the setup, corpus and tokenizer"
@@ -618,7 +669,8 @@ def main(argv=None):
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="300-step budget, seeds 0,1, rate 3e-3, no fusion tree, output <output>_quick",
+        help="300-step budget, seeds 0,1, rate 3e-3, no fusion tree, an evaluation every 30 "
+        "steps, XLA with 15 steps a call; output <output>_quick",
     )
     parser.add_argument(
         "--arms",
@@ -643,7 +695,7 @@ def main(argv=None):
         help="scratch steps: the budget (default 7000, quick 300)",
     )
     parser.add_argument(
-        "--eval_every", type=int, default=None, help="default steps // 40 (quick steps // 20)"
+        "--eval_every", type=int, default=None, help="default steps // 40 (quick steps // 10)"
     )
     parser.add_argument("--eval_batches", type=int, default=64)
     parser.add_argument(
@@ -658,6 +710,19 @@ def main(argv=None):
         type=float,
         default=None,
         help="clip every arm's gradients to this global norm (default: no clipping)",
+    )
+    parser.add_argument(
+        "--jit_compile",
+        action="store_true",
+        help="compile every arm's train step with XLA (default: Keras' 'auto'); about 1.5x "
+        "faster a step on 2 CPU cores, at a few seconds of compiling per model",
+    )
+    parser.add_argument(
+        "--steps_per_execution",
+        type=int,
+        default=None,
+        help="optimizer steps per call of the train function; must divide --eval_every "
+        "(default 1; quick: 15 and --jit_compile)",
     )
     parser.add_argument("--growth_fraction", type=float, default=0.25)
     parser.add_argument(
@@ -701,7 +766,16 @@ def main(argv=None):
     if args.eval_batches < 1 or args.batch_size < 1 or (args.steps is not None and args.steps < 1):
         parser.error("--steps, --eval_batches and --batch_size must be >= 1")
     steps = args.steps or (300 if args.quick else 7000)
-    every = args.eval_every or max(steps // (20 if args.quick else 40), 1)
+    every = args.eval_every or max(steps // (10 if args.quick else 40), 1)
+    if args.quick and args.steps_per_execution is None:
+        args.steps_per_execution, args.jit_compile = math.gcd(every, 15), True
+    if args.steps_per_execution is None:
+        args.steps_per_execution = 1
+    if args.steps_per_execution < 1 or every % args.steps_per_execution:
+        parser.error(
+            f"--steps_per_execution={args.steps_per_execution} must be >= 1 and divide the "
+            f"evaluation interval ({every} steps): growth and evaluation happen between calls"
+        )
     rates_flag = args.learning_rates or ("3e-3" if args.quick else None)
 
     from keras_fusion import data, recipes, storage
@@ -715,6 +789,8 @@ def main(argv=None):
         growth_fraction=args.growth_fraction,
         batch_size=args.batch_size,
         global_clipnorm=args.global_clipnorm,
+        jit_compile=True if args.jit_compile else "auto",
+        steps_per_execution=args.steps_per_execution,
     )
     os.makedirs(args.workdir, exist_ok=True)
     corpus_started = time.perf_counter()

@@ -245,6 +245,27 @@ def test_parts_merge_into_one_result_and_must_share_the_setup(tmp_path):
         bench.merge(prefix, quick=False)
 
 
+def test_parts_that_loaded_the_corpus_in_different_times_merge(tmp_path):
+    # Each invocation records how long it took to load the corpus (the first
+    # builds it, later ones read the cache); that is not a setting. Until
+    # this was ignored, every merge of a second part failed.
+    prefix = str(tmp_path / "result")
+    corpus = {"spec": "installed", "characters": 10, "sha256": "ab" * 32, "train_tokens": 1000}
+    write_part(
+        prefix + ".parts", "a", [record("scratch", 0, CURVE)], corpus=dict(corpus, seconds=118.6)
+    )
+    write_part(
+        prefix + ".parts", "b", [record("scratch", 1, CURVE)], corpus=dict(corpus, seconds=1.6)
+    )
+    result, _ = bench.merge(prefix, quick=False)
+    assert result["summary"]["arms"]["scratch"]["seeds"] == [0, 1]
+    write_part(
+        prefix + ".parts", "c", [record("deepen", 0, CURVE)], corpus=dict(corpus, sha256="cd" * 32)
+    )
+    with pytest.raises(ValueError, match="corpus differs"):
+        bench.merge(prefix, quick=False)
+
+
 # A tiny model, a few steps, on the embedded corpus.
 SMOKE_ARGS = [
     "--corpus=embedded",
@@ -293,3 +314,32 @@ def test_bad_flags_exit_with_a_clear_error():
         [sys.executable, SCRIPT, "--arms=scratch,grow"], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 2 and "unknown arm 'grow'" in result.stderr
+
+
+def test_steps_per_execution_must_divide_the_evaluation_interval():
+    # Growth and evaluation happen between calls of the train function.
+    result = subprocess.run(
+        [sys.executable, SCRIPT, "--steps=100", "--eval_every=10", "--steps_per_execution=4"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "--steps_per_execution=4 must be >= 1 and divide the evaluation interval (10" in (
+        result.stderr
+    )
+
+
+def test_held_out_set_samples_the_whole_sorted_validation_split():
+    # v1 cut the held-out batches from the sorted documents in order, so a
+    # held-out set a tenth of the split saw only its alphabetically first
+    # tenth; v2 shuffles them first, the same way on every run.
+    data = object.__new__(bench.Data)
+    data.valid_texts = [f"document {i:04d}" for i in range(1000)]
+    first = data.eval_texts()
+    assert first == data.eval_texts()  # deterministic
+    assert sorted(first) == data.valid_texts  # a permutation: nothing lost or added
+    assert data.valid_texts == sorted(data.valid_texts)  # the split itself is untouched
+    tenth = sorted(int(text.split()[1]) for text in first[:100])
+    assert tenth[0] < 100 and tenth[-1] >= 900  # the first tenth spans the whole split
+    assert setup().as_dict()["eval_sample"] == bench.EVAL_SAMPLE
