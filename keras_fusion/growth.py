@@ -307,13 +307,14 @@ class Fuse(GrowthEntry):
 
 # The growth `GrowthCallback()` applies when given no schedule, and the
 # growth time the recipes should use by default: the mode (a recipe name of
-# `keras_fusion.training`, one that needs no partner) and the fraction of the
+# `keras_fusion.recipes`, one that needs no partner) and the fraction of the
 # run's steps after which it grows. The evidence (benchmarks/README.md, "Growth against
 # scratch"): deepening is the one mode whose first reach of scratch's final
 # loss lay after its growth in both runs that measured it (v2 --quick: 0.48
 # of the budget; v1's full run: 0.58), and it needs no partner; 0.25 is the
-# only growth time measured so far. Neither run passed v2's regime check, and
-# the growth-time sweep has not run: provisional until the full v2 run.
+# only growth time measured so far. Neither run passed v2's regime check (no
+# target width tried on 2 CPU cores does: the half-width model alone wins at
+# equal compute), and the growth-time sweep has not run: provisional.
 DEFAULT_GROWTH_MODE = "deepen"
 DEFAULT_GROWTH_FRACTION = 0.25
 DEFAULT_MODES = ("self_fusion", "deepen", "stack")
