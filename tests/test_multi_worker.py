@@ -78,9 +78,13 @@ class Workers:
     def weights(self, i):
         return self.tmp_path / f"weights{i}.npz"
 
-    def log(self, i):
+    def log(self, i, tail=None):
+        """Worker i's whole log, or its last `tail` characters (for failure
+        messages: assertions read the whole log, since an error's traceback
+        can push earlier lines out of any tail)."""
         self.logs[i].flush()
-        return (self.tmp_path / f"worker{i}.log").read_text()[-4000:]
+        text = (self.tmp_path / f"worker{i}.log").read_text()
+        return text[-tail:] if tail else text
 
     def result(self, i):
         with open(self.out(i)) as f:
@@ -93,9 +97,9 @@ class Workers:
                 try:
                     process.wait(timeout=timeout)
                 except subprocess.TimeoutExpired:
-                    pytest.fail(f"{name} {i} did not finish in {timeout} s:\n{self.log(i)}")
+                    pytest.fail(f"{name} {i} did not finish in {timeout} s:\n{self.log(i, 4000)}")
             for i, process in enumerate(self.processes):
-                assert process.returncode == 0, f"{name} {i}:\n{self.log(i)}"
+                assert process.returncode == 0, f"{name} {i}:\n{self.log(i, 4000)}"
             return [self.result(i) for i in range(2)], [self.log(i) for i in range(2)]
         finally:
             self.close()
@@ -179,16 +183,16 @@ def test_surviving_worker_exits_when_its_peer_is_killed_and_both_resume(tmp_path
         try:
             victim.wait(timeout=240)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"worker 1 did not reach step 5 in 240 s:\n{workers.log(1)}")
+            pytest.fail(f"worker 1 did not reach step 5 in 240 s:\n{workers.log(1, 4000)}")
         died = time.monotonic()
-        assert victim.returncode == -signal.SIGKILL, workers.log(1)
+        assert victim.returncode == -signal.SIGKILL, workers.log(1, 4000)
         assert "Growth at step 2" in workers.log(1)
         try:
             survivor.wait(timeout=SURVIVOR_LIMIT)
         except subprocess.TimeoutExpired:
             pytest.fail(
                 f"worker 0 still running {SURVIVOR_LIMIT} s after worker 1 was killed:\n"
-                f"{workers.log(0)}"
+                f"{workers.log(0, 4000)}"
             )
         waited = time.monotonic() - died
         print(
