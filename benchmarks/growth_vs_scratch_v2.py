@@ -714,8 +714,8 @@ def main(argv=None):
     parser.add_argument(
         "--jit_compile",
         action="store_true",
-        help="compile every arm's train step with XLA (default: Keras' 'auto'); about 1.5x "
-        "faster a step on 2 CPU cores, at a few seconds of compiling per model",
+        help="compile every arm's train step with XLA (default: Keras' 'auto'); faster in "
+        "most measurements of benchmarks/step_time.py, at a few seconds of compiling a model",
     )
     parser.add_argument(
         "--steps_per_execution",

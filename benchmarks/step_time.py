@@ -5,15 +5,16 @@ target, its half-width model and the hidden-32 target of the width probe;
 the hidden-16 target on request) and each
 setting of `--settings` (Keras' default `jit_compile="auto"` with one step a
 call; XLA with one step a call; XLA with 25 steps a call, what
-`make bench-vs-scratch` uses), one process builds the model, compiles it,
-warms it up for 50 steps, then times `--steps` steps of `fit` on a repeated
+`make bench-vs-scratch` uses), the one process builds the model, compiles
+it, warms it up for 50 steps, then times `--steps` steps of `fit` on a repeated
 batch of random tokens (batch 16 x (64, 16), the benchmark's shape). The
 settings are measured in turn, for `--rounds` interleaved rounds, so that a
 change of machine load falls on all of them; the median per setting is
 reported with the ratio to the default. The data pipeline and the held-out
 evaluations are not timed.
 
-Run: `python benchmarks/step_time.py` (about 6 min on 2 CPU cores); results
+Run: `python benchmarks/step_time.py` (5.5 min a round on 2 CPU cores, two
+rounds by default; `--rounds=1` for the figures in benchmarks/README.md); results
 in `benchmarks/results/step_time.json`.
 """
 
@@ -127,9 +128,10 @@ def main(argv=None):
     results = {}
     for name in models:
         medians = {s: statistics.median(v) for s, v in times[name].items()}
+        model_config = config(name)
         results[name] = {
-            "config": config(name),
-            "parameters": parameter_count(config(name)),
+            "config": model_config,
+            "parameters": parameter_count(model_config),
             "ms_per_step": times[name],
             "median_ms_per_step": medians,
             "speedup_over_auto": {s: medians["auto"] / m for s, m in medians.items()}

@@ -22,6 +22,8 @@ WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "multi_worker_
 COLLECTIVE_TIMEOUT = 30
 # How long after a worker dies its peer may take to exit.
 SURVIVOR_LIMIT = 120
+# How much of a worker log a failure message shows.
+FAILURE_TAIL = 4000
 
 
 def free_ports(n):
@@ -97,9 +99,11 @@ class Workers:
                 try:
                     process.wait(timeout=timeout)
                 except subprocess.TimeoutExpired:
-                    pytest.fail(f"{name} {i} did not finish in {timeout} s:\n{self.log(i, 4000)}")
+                    pytest.fail(
+                        f"{name} {i} did not finish in {timeout} s:\n{self.log(i, FAILURE_TAIL)}"
+                    )
             for i, process in enumerate(self.processes):
-                assert process.returncode == 0, f"{name} {i}:\n{self.log(i, 4000)}"
+                assert process.returncode == 0, f"{name} {i}:\n{self.log(i, FAILURE_TAIL)}"
             return [self.result(i) for i in range(2)], [self.log(i) for i in range(2)]
         finally:
             self.close()
@@ -183,16 +187,16 @@ def test_surviving_worker_exits_when_its_peer_is_killed_and_both_resume(tmp_path
         try:
             victim.wait(timeout=240)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"worker 1 did not reach step 5 in 240 s:\n{workers.log(1, 4000)}")
+            pytest.fail(f"worker 1 did not reach step 5 in 240 s:\n{workers.log(1, FAILURE_TAIL)}")
         died = time.monotonic()
-        assert victim.returncode == -signal.SIGKILL, workers.log(1, 4000)
+        assert victim.returncode == -signal.SIGKILL, workers.log(1, FAILURE_TAIL)
         assert "Growth at step 2" in workers.log(1)
         try:
             survivor.wait(timeout=SURVIVOR_LIMIT)
         except subprocess.TimeoutExpired:
             pytest.fail(
                 f"worker 0 still running {SURVIVOR_LIMIT} s after worker 1 was killed:\n"
-                f"{workers.log(0, 4000)}"
+                f"{workers.log(0, FAILURE_TAIL)}"
             )
         waited = time.monotonic() - died
         print(
@@ -239,7 +243,7 @@ def test_surviving_worker_exits_when_its_peer_is_killed_and_both_resume(tmp_path
         assert (
             f"worker {i} epoch 2 step 4 weights {result['start']['weights_sha256']} "
             f"optimizer {result['start']['optimizer_sha256']}"
-        ) in killed_logs[i], killed_logs[i][-4000:]
+        ) in killed_logs[i], killed_logs[i][-FAILURE_TAIL:]
         assert result["initial"] == {"num_layers": 3, "hidden_dim": 16}
         # No growth is applied again, and training runs to the end.
         assert result["events"] == [] and "Growth at step" not in log
