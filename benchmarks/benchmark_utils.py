@@ -99,4 +99,5 @@ def save_json(result, output):
     shown = os.path.relpath(output)
     if shown.startswith(".."):
         shown = os.path.abspath(output)
-    print(f"\nWrote {shown} (benchmark took {result['benchmark_wall_seconds']:.0f} s).")
+    took = result.get("benchmark_wall_seconds")
+    print(f"\nWrote {shown}" + ("" if took is None else f" (benchmark took {took:.0f} s)") + ".")

@@ -1,4 +1,5 @@
-"""Optimizers and learning-rate schedules for the recipes (AdamW, Adafactor).
+"""Optimizers and learning-rate schedules for the recipes (AdamW, Adafactor,
+AdamW scaled by each parameter's RMS).
 
 ```python
 from keras_fusion import optimizers
@@ -9,14 +10,50 @@ optimizer = optimizers.make_optimizer("adamw", 3e-3, "cosine", warmup_steps=50, 
 
 import keras
 
-OPTIMIZERS = ("adafactor", "adamw")
-LR_SCHEDULES = ("constant", "inverse_sqrt", "cosine")
+OPTIMIZERS = ("adafactor", "adamw", "adamw_scale")
+LR_SCHEDULES = ("constant", "inverse_sqrt", "cosine", "wsd")
+
+# The defaults of the recipes and of tools.train, measured by
+# benchmarks/training_defaults.py (benchmarks/README.md, "Training
+# defaults"): the setting with the lowest held-out loss after the same steps
+# for the hidden-64 target and its hidden-32 partner.
+DEFAULT_OPTIMIZER = "adamw"
+DEFAULT_LEARNING_RATE = 3e-3
+DEFAULT_LR_SCHEDULE = "cosine"
+WARMUP_FRACTION = 0.05  # of the run's steps, when no warm-up is given
+
+
+def default_optimizer(total_steps, warmup_steps=None):
+    """The measured default: `DEFAULT_OPTIMIZER` at `DEFAULT_LEARNING_RATE`
+    on `DEFAULT_LR_SCHEDULE` over `total_steps`, warming up over
+    `warmup_steps` (default: `WARMUP_FRACTION` of them).
+
+    Example:
+
+    ```python
+    model.compile(optimizer=default_optimizer(total_steps=2000), ...)
+    ```
+    """
+    if warmup_steps is None:
+        warmup_steps = round(WARMUP_FRACTION * total_steps)
+    return make_optimizer(
+        DEFAULT_OPTIMIZER,
+        DEFAULT_LEARNING_RATE,
+        DEFAULT_LR_SCHEDULE,
+        warmup_steps=warmup_steps,
+        total_steps=total_steps,
+    )
 
 
 def make_optimizer(
     name, learning_rate, schedule="constant", warmup_steps=0, total_steps=1, global_clipnorm=None
 ):
-    """Adafactor (T5's) or AdamW, with a learning-rate schedule.
+    """Adafactor (T5's), AdamW or `AdamWScale`, with a learning-rate schedule.
+
+    Schedules: `constant` (after `warmup_steps` of linear warm-up when
+    given), `inverse_sqrt` (T5's), `cosine` (linear warm-up, then cosine
+    decay to 0 at `total_steps`) and `wsd` (`WarmupStableDecay`: linear
+    warm-up, constant, then linear decay to 0 over the last fifth).
 
     `global_clipnorm`: None, or a number > 0: the gradients of a step are
     scaled down together when their global norm exceeds it (Keras' own
@@ -31,7 +68,9 @@ def make_optimizer(
     if global_clipnorm is not None and not global_clipnorm > 0:
         raise ValueError(f"global_clipnorm must be None or > 0, got {global_clipnorm!r}.")
     rate = learning_rate
-    if schedule == "inverse_sqrt":
+    if schedule == "constant" and warmup_steps:
+        rate = WarmupStableDecay(learning_rate, warmup_steps, total_steps, decay_fraction=0.0)
+    elif schedule == "inverse_sqrt":
         rate = InverseSqrt(learning_rate, max(warmup_steps, 1))
     elif schedule == "cosine":
         rate = keras.optimizers.schedules.CosineDecay(
@@ -40,8 +79,12 @@ def make_optimizer(
             warmup_target=learning_rate if warmup_steps else None,
             warmup_steps=warmup_steps,
         )
+    elif schedule == "wsd":
+        rate = WarmupStableDecay(learning_rate, warmup_steps, total_steps)
     if name == "adamw":
         return keras.optimizers.AdamW(rate, weight_decay=0.0, global_clipnorm=global_clipnorm)
+    if name == "adamw_scale":
+        return AdamWScale(rate, weight_decay=0.0, global_clipnorm=global_clipnorm)
     return keras.optimizers.Adafactor(rate, global_clipnorm=global_clipnorm)
 
 
@@ -60,3 +103,70 @@ class InverseSqrt(keras.optimizers.schedules.LearningRateSchedule):
 
     def get_config(self):
         return {"learning_rate": self.learning_rate, "warmup_steps": self.warmup_steps}
+
+
+@keras.saving.register_keras_serializable(package="keras_fusion")
+class WarmupStableDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Warm-up, stable, decay: linear warm-up over `warmup_steps`, the peak
+    rate, then a linear decay to 0 over the last `decay_fraction` of
+    `total_steps` (0: no decay, a constant rate after the warm-up).
+
+    Example:
+
+    ```python
+    rate = WarmupStableDecay(1e-2, warmup_steps=100, total_steps=2000)
+    rate(0), rate(1000), rate(1999)  # ~1e-4, 1e-2, ~2.5e-5
+    ```
+    """
+
+    def __init__(self, learning_rate, warmup_steps, total_steps, decay_fraction=0.2):
+        if not 0.0 <= decay_fraction <= 1.0:
+            raise ValueError(f"decay_fraction must be in [0, 1], got {decay_fraction!r}.")
+        self.learning_rate = learning_rate
+        self.warmup_steps = warmup_steps
+        self.total_steps = total_steps
+        self.decay_fraction = decay_fraction
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32") + 1.0
+        warmup = keras.ops.minimum(step / float(max(self.warmup_steps, 1)), 1.0)
+        decay_steps = self.decay_fraction * self.total_steps
+        if decay_steps <= 0:
+            return self.learning_rate * warmup
+        remaining = (float(self.total_steps) + 1.0 - step) / decay_steps
+        return self.learning_rate * keras.ops.minimum(warmup, keras.ops.clip(remaining, 0.0, 1.0))
+
+    def get_config(self):
+        return {
+            "learning_rate": self.learning_rate,
+            "warmup_steps": self.warmup_steps,
+            "total_steps": self.total_steps,
+            "decay_fraction": self.decay_fraction,
+        }
+
+
+@keras.saving.register_keras_serializable(package="keras_fusion")
+class AdamWScale(keras.optimizers.AdamW):
+    """AdamW whose step on each variable is scaled by that variable's RMS.
+
+    nanoT5's "adamwscale" (PiotrNawrot/nanoT5, `nanoT5/utils/copied_utils.py`):
+    plain AdamW was unstable for T5 pre-training, and multiplying each
+    update by `max(1e-3, rms(variable))`, as Adafactor does, fixed it. The
+    RMS is the variable's before the step; weight decay keeps AdamW's own
+    rate. Its slots are AdamW's, so growth carries them as it does AdamW's.
+
+    Args:
+        As `keras.optimizers.AdamW`.
+
+    Example:
+
+    ```python
+    optimizer = AdamWScale(learning_rate=1e-2, weight_decay=0.0)
+    ```
+    """
+
+    def update_step(self, gradient, variable, learning_rate):
+        rms = keras.ops.sqrt(keras.ops.mean(keras.ops.square(variable)))
+        scale = keras.ops.maximum(keras.ops.cast(1e-3, variable.dtype), rms)
+        rate = keras.ops.cast(learning_rate, variable.dtype) * scale
+        super().update_step(gradient, variable, rate)

@@ -26,7 +26,13 @@ from keras_fusion.growth import DEFAULT_GROWTH_FRACTION
 from keras_fusion.metrics import MetricsRecorder, MetricsRow, plot_metrics
 from keras_fusion.models import FusionT5Seq2SeqLM, GrowingT5Seq2SeqLM
 from keras_fusion.models.fusion_t5_backbone import backbone_config, backbone_variables
-from keras_fusion.optimizers import make_optimizer
+from keras_fusion.optimizers import (
+    DEFAULT_LEARNING_RATE,
+    DEFAULT_LR_SCHEDULE,
+    DEFAULT_OPTIMIZER,
+    WARMUP_FRACTION,
+    make_optimizer,
+)
 from keras_fusion.recipes import (
     PRESETS,
     RECIPES,
@@ -74,10 +80,10 @@ class RunConfig:
     hidden_dim: int = None
     intermediate_dim: int = None
     key_value_dim: int = None
-    optimizer: str = "adamw"
-    learning_rate: float = 3e-3
-    lr_schedule: str = "constant"
-    warmup_steps: int = 0
+    optimizer: str = DEFAULT_OPTIMIZER
+    learning_rate: float = DEFAULT_LEARNING_RATE
+    lr_schedule: str = DEFAULT_LR_SCHEDULE
+    warmup_steps: int = None  # None: WARMUP_FRACTION of steps
     steps: int = 1200
     batch_size: int = 16
     input_length: int = 64
@@ -129,6 +135,11 @@ class RunConfig:
         step = self.growth_step or max(round(DEFAULT_GROWTH_FRACTION * self.steps), 1)
         if self.recipe != "scratch" and not 1 <= step < self.steps:
             raise ValueError(f"growth_step must be in [1, steps={self.steps}), got {step}.")
+        warmup = self.warmup_steps
+        if warmup is None:
+            warmup = round(WARMUP_FRACTION * self.steps)
+        elif not isinstance(warmup, int) or warmup < 0:
+            raise ValueError(f"warmup_steps must be None or an int >= 0, got {warmup!r}.")
         if self.jit_compile not in JIT_COMPILE:
             raise ValueError(
                 f"jit_compile must be one of {tuple(JIT_COMPILE)}, got {self.jit_compile!r}."
@@ -158,7 +169,7 @@ class RunConfig:
             raise ValueError(
                 "--strategy=tpu needs --tpu (a TPU name, 'local' on a TPU VM, or grpc://HOST:PORT)."
             )
-        return dataclasses.replace(self, growth_step=step)
+        return dataclasses.replace(self, growth_step=step, warmup_steps=warmup)
 
     def growth_options(self):
         """`GrowthCallback` keyword arguments from the flags."""

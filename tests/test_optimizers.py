@@ -1,4 +1,5 @@
-"""keras_fusion.optimizers: T5's inverse-sqrt schedule, cosine with warm-up, bad input."""
+"""keras_fusion.optimizers: T5's inverse-sqrt schedule, cosine with warm-up,
+warm-up-stable-decay, AdamW scaled by the parameter's RMS, bad input."""
 
 import math
 
@@ -65,10 +66,13 @@ def test_constant_is_constant():
 @pytest.mark.parametrize(
     "args,message",
     [
-        (("sgd", 1e-3), r"optimizer must be one of \('adafactor', 'adamw'\), got 'sgd'"),
+        (
+            ("sgd", 1e-3),
+            r"optimizer must be one of \('adafactor', 'adamw', 'adamw_scale'\), got 'sgd'",
+        ),
         (
             ("adamw", 1e-3, "linear"),
-            r"lr_schedule must be one of \('constant', 'inverse_sqrt', 'cosine'\), "
+            r"lr_schedule must be one of \('constant', 'inverse_sqrt', 'cosine', 'wsd'\), "
             r"got 'linear'",
         ),
         (("adamw", 0.0), r"learning_rate must be > 0, got 0\.0"),
@@ -101,3 +105,71 @@ def test_global_clipnorm_is_keras_own_and_survives_a_config_round_trip(name):
     assert optimizers.make_optimizer(name, 1e-3).global_clipnorm is None
     with pytest.raises(ValueError, match=r"global_clipnorm must be None or > 0, got -1"):
         optimizers.make_optimizer(name, 1e-3, global_clipnorm=-1)
+
+
+def test_warmup_stable_decay_by_hand():
+    # 10 warm-up steps, 100 in all, the last 20 decaying linearly to 0.
+    optimizer = optimizers.make_optimizer("adamw", 0.01, "wsd", warmup_steps=10, total_steps=100)
+    expected = {
+        0: 0.01 * 1 / 10,  # step counter 0 is the first step
+        4: 0.01 * 5 / 10,
+        9: 0.01,
+        50: 0.01,
+        79: 0.01,  # 21 steps left: decay not begun
+        80: 0.01 * 20 / 20,
+        89: 0.01 * 11 / 20,
+        99: 0.01 * 1 / 20,  # the last step
+        150: 0.0,
+    }
+    for step, rate in expected.items():
+        assert rate_at(optimizer, step) == pytest.approx(rate, rel=1e-5, abs=1e-9), step
+
+
+def test_constant_with_warm_up_ramps_then_holds():
+    optimizer = optimizers.make_optimizer("adamw", 0.01, "constant", warmup_steps=4, total_steps=50)
+    rates = [rate_at(optimizer, s) for s in (0, 1, 3, 4, 49)]
+    np.testing.assert_allclose(rates, [0.0025, 0.005, 0.01, 0.01, 0.01], rtol=1e-6)
+
+
+def test_warmup_stable_decay_round_trips_and_refuses_bad_fraction():
+    schedule = optimizers.WarmupStableDecay(0.02, 5, 60, decay_fraction=0.5)
+    again = optimizers.WarmupStableDecay.from_config(schedule.get_config())
+    for step in (0, 30, 59):
+        assert float(again(step)) == pytest.approx(float(schedule(step)))
+    with pytest.raises(ValueError, match=r"decay_fraction must be in \[0, 1\], got 1\.5"):
+        optimizers.WarmupStableDecay(0.01, 5, 60, decay_fraction=1.5)
+
+
+def test_adamw_scale_steps_by_the_parameters_rms():
+    # Adam's first step moves each entry by lr * g / (|g| + eps'), i.e. by
+    # lr against the gradient's sign; nanoT5's adamwscale multiplies it by
+    # the parameter's RMS before the step: sqrt((3^2 + 4^2) / 2) = 3.5355.
+    # A parameter of RMS below 1e-3 is moved by lr * 1e-3.
+    for initial, scale in (([3.0, 4.0], math.sqrt(12.5)), ([1e-5, -1e-5], 1e-3)):
+        variable = keras.Variable(np.array(initial, "float32"))
+        optimizer = optimizers.make_optimizer("adamw_scale", 0.01)
+        optimizer.apply_gradients([(np.array([1.0, -1.0], "float32"), variable)])
+        expected = np.array(initial) - 0.01 * scale * np.array([1.0, -1.0])
+        np.testing.assert_allclose(variable.numpy(), expected, rtol=1e-5, atol=1e-9)
+    assert isinstance(optimizer, keras.optimizers.AdamW)  # its slots are AdamW's
+
+
+def test_adamw_scale_round_trips_through_keras_serialization():
+    optimizer = optimizers.make_optimizer("adamw_scale", 0.02, "cosine", 5, 100)
+    again = keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))
+    assert type(again) is optimizers.AdamWScale
+    assert rate_at(again, 50) == pytest.approx(rate_at(optimizer, 50))
+
+
+def test_default_optimizer_is_the_measured_default_with_five_percent_warm_up():
+    optimizer = optimizers.default_optimizer(total_steps=1000)
+    classes = {
+        "adamw": keras.optimizers.AdamW,
+        "adafactor": keras.optimizers.Adafactor,
+        "adamw_scale": optimizers.AdamWScale,
+    }
+    assert type(optimizer) is classes[optimizers.DEFAULT_OPTIMIZER]
+    peak = max(rate_at(optimizer, s) for s in range(0, 1000, 10))
+    assert peak == pytest.approx(optimizers.DEFAULT_LEARNING_RATE, rel=1e-3)
+    # Warming up over 50 steps: a fiftieth of the peak at the first step.
+    assert rate_at(optimizer, 0) == pytest.approx(peak / 50, rel=1e-3)

@@ -55,14 +55,28 @@ flags.DEFINE_integer("num_heads", None, "Overrides the preset.")
 flags.DEFINE_integer("hidden_dim", None, "Overrides the preset.")
 flags.DEFINE_integer("intermediate_dim", None, "Overrides the preset.")
 flags.DEFINE_integer("key_value_dim", None, "Overrides the preset.")
+# The optimizer defaults are RunConfig's, measured by
+# benchmarks/training_defaults.py (README, "Training defaults").
+DEFAULTS = training.RunConfig
 flags.DEFINE_enum(
-    "optimizer", "adamw", list(optimizers.OPTIMIZERS), "Optimizer (Adafactor is T5's)."
+    "optimizer",
+    DEFAULTS.optimizer,
+    list(optimizers.OPTIMIZERS),
+    "Optimizer: adafactor (T5's), adamw, or adamw_scale (AdamW scaled by each "
+    "parameter's RMS, nanoT5's).",
 )
-flags.DEFINE_float("learning_rate", 3e-3, "Peak learning rate.")
+flags.DEFINE_float("learning_rate", DEFAULTS.learning_rate, "Peak learning rate.")
 flags.DEFINE_enum(
-    "lr_schedule", "constant", list(optimizers.LR_SCHEDULES), "Learning-rate schedule."
+    "lr_schedule",
+    DEFAULTS.lr_schedule,
+    list(optimizers.LR_SCHEDULES),
+    "Learning-rate schedule (wsd: warm-up, stable, decay over the last fifth).",
 )
-flags.DEFINE_integer("warmup_steps", 0, "Warm-up steps of the schedule.")
+flags.DEFINE_integer(
+    "warmup_steps",
+    DEFAULTS.warmup_steps,
+    "Linear warm-up steps of the schedule (default: 5% of --steps).",
+)
 flags.DEFINE_integer(
     "steps",
     1200,

@@ -11,6 +11,7 @@ import keras
 
 from keras_fusion._keras_internals import T5MultiHeadAttention, T5TransformerLayer
 from keras_fusion.layers.grouped_rms_norm import GroupedRMSNorm
+from keras_fusion.layers.t5_token_embedding import attention_initializers, dense_initializer
 
 
 def block_config(block):
@@ -155,7 +156,7 @@ class FusionT5Block(T5TransformerLayer):
             )
 
         def attention(name, relative_bias):
-            return T5MultiHeadAttention(
+            layer = T5MultiHeadAttention(
                 is_decoder=is_decoder,
                 hidden_dim=hidden_dim,
                 key_value_dim=key_value_dim,
@@ -165,6 +166,12 @@ class FusionT5Block(T5TransformerLayer):
                 dtype=self.dtype_policy,
                 name=name,
             )
+            # T5's fan-ins (keras-hub uses num_heads * key_value_dim for the
+            # query, key and value too); the kernels are created in build().
+            initializers = attention_initializers(hidden_dim, num_heads, key_value_dim)
+            for role, initializer in initializers.items():
+                getattr(layer, f"{role}_projector").kernel_initializer = initializer
+            return layer
 
         def norm(name):
             return GroupedRMSNorm(
@@ -179,7 +186,7 @@ class FusionT5Block(T5TransformerLayer):
                 units,
                 use_bias=False,
                 activation=act,
-                kernel_initializer=keras.initializers.RandomNormal(mean=0, stddev=fan_in**-0.5),
+                kernel_initializer=dense_initializer(fan_in),
                 dtype=self.dtype_policy,
                 name=name,
             )

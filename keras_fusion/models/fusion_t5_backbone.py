@@ -4,13 +4,13 @@ import math
 
 import keras
 import numpy as np
-from keras.layers import ReversibleEmbedding
 from keras_hub.models import Backbone, T5Backbone
 
 from keras_fusion import _keras_internals as internals
 from keras_fusion import growth_maps
 from keras_fusion.layers.fusion_t5_block import FusionT5Block, block_variables
 from keras_fusion.layers.grouped_rms_norm import GroupedRMSNorm
+from keras_fusion.layers.t5_token_embedding import T5TokenEmbedding
 from keras_fusion.models import variable_trees
 
 NORM_MODES = ("grouped", "global")
@@ -39,6 +39,7 @@ _CONSTRUCTOR_ARGS = (
     "layer_norm_epsilon",
     "tie_embedding_weights",
     "norm_groups",
+    "embeddings_initializer",
     "dtype",
 )
 
@@ -59,6 +60,7 @@ def backbone_config(backbone):
     config["key_value_dim"] = backbone.key_value_dim or (backbone.hidden_dim // backbone.num_heads)
     config["activation"] = keras.activations.serialize(keras.activations.get(config["activation"]))
     config.setdefault("norm_groups", [backbone.hidden_dim])
+    config.setdefault("embeddings_initializer", None)
     return {k: v for k, v in config.items() if k in _CONSTRUCTOR_ARGS}
 
 
@@ -121,6 +123,18 @@ class FusionT5Backbone(T5Backbone):
         norm_groups: list of ints adding up to `hidden_dim`: the feature
             groups every RMSNorm normalises separately. `None` means one
             group (plain T5).
+        embeddings_initializer: the token embedding's initializer (a Keras
+            initializer or its name). `None`, the default, is T5's: normal
+            with mean 0 and standard deviation 1.
+
+    Initialisation: T5's (Mesh TensorFlow's, which transformers'
+    `T5PreTrainedModel._init_weights` restates), not keras-hub's. keras-hub
+    0.32's `T5Backbone` draws its token embedding with
+    `TruncatedNormal(1.0)`, mean 1, so every token starts as nearly the same
+    vector and a model trained from it ignores its encoder. The table of
+    every variable, and where keras-hub and transformers differ, is in
+    `keras_fusion.layers.t5_token_embedding` and docs/growth.md. Weights
+    loaded from a preset or a Hugging Face checkpoint replace the draws.
 
     Example:
 
@@ -149,9 +163,12 @@ class FusionT5Backbone(T5Backbone):
         layer_norm_epsilon=1e-06,
         tie_embedding_weights=True,
         norm_groups=None,
+        embeddings_initializer=None,
         dtype=None,
         **kwargs,
     ):
+        if embeddings_initializer is not None:
+            embeddings_initializer = keras.initializers.get(embeddings_initializer)
         norm_groups = [int(g) for g in norm_groups] if norm_groups else [hidden_dim]
         if sum(norm_groups) != hidden_dim or min(norm_groups) <= 0:
             raise ValueError(
@@ -162,11 +179,11 @@ class FusionT5Backbone(T5Backbone):
 
         # T5Backbone.__init__ instantiates T5TransformerLayer and T5LayerNorm
         # by name, so the functional wiring is restated with our layers.
-        self.token_embedding = ReversibleEmbedding(
+        self.token_embedding = T5TokenEmbedding(
             input_dim=vocabulary_size,
             output_dim=hidden_dim,
             tie_weights=tie_embedding_weights,
-            embeddings_initializer=keras.initializers.TruncatedNormal(1.0),
+            embeddings_initializer=embeddings_initializer,
             dtype=dtype,
             name="token_embedding",
         )
@@ -268,10 +285,16 @@ class FusionT5Backbone(T5Backbone):
         self.layer_norm_epsilon = layer_norm_epsilon
         self.tie_embedding_weights = tie_embedding_weights
         self.norm_groups = norm_groups
+        self.embeddings_initializer = embeddings_initializer
 
     def get_config(self):
         config = super().get_config()
         config["norm_groups"] = self.norm_groups
+        config["embeddings_initializer"] = (
+            None
+            if self.embeddings_initializer is None
+            else keras.initializers.serialize(self.embeddings_initializer)
+        )
         return config
 
     # --- Checkpoints in and out ---------------------------------------------

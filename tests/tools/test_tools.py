@@ -402,3 +402,14 @@ def test_init_from_starts_the_recipe_from_a_trained_checkpoint(tmp_path, tokeniz
         ValueError, match="holds no tokenizer: give its SentencePiece model as --tokenizer"
     ):
         recipes.init_from(path)
+
+
+def test_train_flags_default_to_run_config():
+    # tools.train's defaults are RunConfig's (chosen by
+    # benchmarks/training_defaults.py): the script and the library agree.
+    import dataclasses
+
+    from tools import train
+
+    for field in dataclasses.fields(training.RunConfig):
+        assert train.FLAGS[field.name].default == field.default, field.name
