@@ -10,7 +10,9 @@ The protocol (issue 15), the same for every arm:
   one held-out set of `--eval_batches` (64) batches, cut from the
   validation documents in a fixed shuffled order (`Data`); the run reports
   how many times the longest arm sees each training token;
-- AdamW with a warm-up-cosine learning rate (linear warm-up over 5% of the
+- the library's default optimizer (Adafactor, `--optimizer` picks another;
+  issue 15's runs used AdamW) with a warm-up-cosine learning rate
+  (linear warm-up over 5% of the
   arm's steps, cosine decay to 0 at the arm's last step); a growing arm
   keeps one schedule across its growths (`GrowthCallback` carries
   `optimizer.iterations`), its partners train on the same schedule;
@@ -90,6 +92,9 @@ from growth_vs_scratch import flops_to_reach, interpolate, plot  # noqa: E402
 MODES = ("scratch", "small_alone", "deep_fusion", "fusion_tree", "self_fusion", "deepen", "stack")
 GROWING = ("deep_fusion", "self_fusion", "deepen", "stack")  # the modes with a growth time
 WARMUP_FRACTION = 0.05
+# Seed 0's rate search per optimizer, the likeliest first
+# (benchmarks/README.md, "Training defaults").
+RATE_SEARCH = {"adafactor": [3e-2, 1e-2, 1e-1], "adamw": [3e-3, 1e-3, 1e-2]}
 # How the held-out batches are drawn from the validation documents (`Data`).
 EVAL_SAMPLE = "validation documents shuffled by random.Random(0), first eval_batches batches"
 DEFAULT_OUTPUT = os.path.join(ROOT, "benchmarks", "results", "growth_vs_scratch_v2")
@@ -198,7 +203,9 @@ class Setup(growth_vs_scratch.Setup):
         global_clipnorm=None,
         jit_compile="auto",
         steps_per_execution=1,
+        optimizer="adamw",
     ):
+        self.optimizer = optimizer
         self.global_clipnorm = global_clipnorm
         self.jit_compile = jit_compile
         self.steps_per_execution = steps_per_execution
@@ -220,6 +227,8 @@ class Setup(growth_vs_scratch.Setup):
         # not the first parts' (absent means the default), so those still merge.
         if self.global_clipnorm is not None:
             fields["global_clipnorm"] = self.global_clipnorm
+        if self.optimizer != "adamw":
+            fields["optimizer"] = self.optimizer
         if self.jit_compile != "auto" or self.steps_per_execution != 1:
             fields.update(
                 jit_compile=self.jit_compile, steps_per_execution=self.steps_per_execution
@@ -265,7 +274,12 @@ def train_arm(arm, seed, learning_rate, setup, shared):
 
     def model(config, model_seed):
         optimizer = optimizers.make_optimizer(
-            "adamw", learning_rate, "cosine", warmup, total, global_clipnorm=setup.global_clipnorm
+            setup.optimizer,
+            learning_rate,
+            "cosine",
+            warmup,
+            total,
+            global_clipnorm=setup.global_clipnorm,
         )
         return recipes.compile_model(
             recipes.build_model(config, model_seed),
@@ -623,7 +637,8 @@ def merge(prefix, quick):
         f"{first['corpus']['characters']:,} characters, sha256 {first['corpus']['sha256'][:16]}, "
         f"{first['corpus']['train_tokens']:,} training tokens; "
         f"the longest arm ({longest} steps) sees each "
-        f"token {passes:.2f} times; held-out set {setup['eval_batches']} batches; AdamW, warm-up "
+        f"token {passes:.2f} times; held-out set {setup['eval_batches']} batches; "
+        f"{setup.get('optimizer', 'adamw')}, warm-up "
         f"({WARMUP_FRACTION:.0%}) then cosine to 0 over each arm's run; "
         "learning rate chosen on seed 0 "
         f"among {sorted({r['learning_rate'] for r in records})}: {rates}.",
@@ -669,7 +684,8 @@ def main(argv=None):
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="300-step budget, seeds 0,1, rate 3e-3, no fusion tree, an evaluation every 30 "
+        help="300-step budget, seeds 0,1, one rate (the optimizer's first), no fusion tree, "
+        "an evaluation every 30 "
         "steps, XLA with 15 steps a call; output <output>_quick",
     )
     parser.add_argument(
@@ -685,8 +701,8 @@ def main(argv=None):
         "--learning_rates",
         default=None,
         help="comma-separated rates, or 'best' (each arm's seed-0 choice in the part files); "
-        "default 3e-3,1e-3,1e-2 for seed 0 (the likeliest first, for a part cut short) "
-        "and best otherwise; quick 3e-3",
+        "default for seed 0 (the likeliest first, for a part cut short) 3e-2,1e-2,1e-1 "
+        "(Adafactor) or 3e-3,1e-3,1e-2 (AdamW), and best otherwise; quick the first of those",
     )
     parser.add_argument(
         "--steps",
@@ -704,6 +720,12 @@ def main(argv=None):
         default=16,
         help="sequences per step; a larger batch raises the budget at little wall-clock cost, "
         "since a step of these tiny models is bound by per-step overhead",
+    )
+    parser.add_argument(
+        "--optimizer",
+        default=None,
+        help="every arm's optimizer (keras_fusion.optimizers.OPTIMIZERS; default the library's "
+        "measured default, adafactor); recorded in the setup when not adamw",
     )
     parser.add_argument(
         "--global_clipnorm",
@@ -776,7 +798,15 @@ def main(argv=None):
             f"--steps_per_execution={args.steps_per_execution} must be >= 1 and divide the "
             f"evaluation interval ({every} steps): growth and evaluation happen between calls"
         )
-    rates_flag = args.learning_rates or ("3e-3" if args.quick else None)
+    from keras_fusion import optimizers
+
+    args.optimizer = args.optimizer or optimizers.DEFAULT_OPTIMIZER
+    if args.optimizer not in optimizers.OPTIMIZERS:
+        parser.error(
+            f"--optimizer: unknown {args.optimizer!r}; allowed: {', '.join(optimizers.OPTIMIZERS)}"
+        )
+    search = RATE_SEARCH.get(args.optimizer, RATE_SEARCH["adafactor"])
+    rates_flag = args.learning_rates or (f"{search[0]:g}" if args.quick else None)
 
     from keras_fusion import data, recipes, storage
     from keras_fusion.data.span_corruption import random_spans_helper
@@ -791,6 +821,7 @@ def main(argv=None):
         global_clipnorm=args.global_clipnorm,
         jit_compile=True if args.jit_compile else "auto",
         steps_per_execution=args.steps_per_execution,
+        optimizer=args.optimizer,
     )
     os.makedirs(args.workdir, exist_ok=True)
     corpus_started = time.perf_counter()
@@ -856,7 +887,7 @@ def main(argv=None):
             if rates_flag not in (None, "best"):
                 rates = [float(r) for r in rates_flag.split(",")]
             elif rates_flag is None and seed == 0:
-                rates = [3e-3, 1e-3, 1e-2]
+                rates = search
             elif arm in chosen or arm.partition("@")[0] in chosen:
                 rates = [chosen.get(arm, chosen.get(arm.partition("@")[0]))]
             else:

@@ -314,7 +314,8 @@ class Fuse(GrowthEntry):
 # of the budget; v1's full run: 0.58), and it needs no partner; 0.25 is the
 # only growth time measured so far. Neither run passed v2's regime check (no
 # target width tried on 2 CPU cores does: the half-width model alone wins at
-# equal compute), and the growth-time sweep has not run: provisional.
+# equal compute), the growth-time sweep has not run, and both runs were
+# measured with the old mean-1 token embeddings: provisional.
 DEFAULT_GROWTH_MODE = "deepen"
 DEFAULT_GROWTH_FRACTION = 0.25
 DEFAULT_MODES = ("self_fusion", "deepen", "stack")

@@ -17,10 +17,17 @@ LR_SCHEDULES = ("constant", "inverse_sqrt", "cosine", "wsd")
 # benchmarks/training_defaults.py (benchmarks/README.md, "Training
 # defaults"): the setting with the lowest held-out loss after the same steps
 # for the hidden-64 target and its hidden-32 partner.
-DEFAULT_OPTIMIZER = "adamw"
-DEFAULT_LEARNING_RATE = 3e-3
+DEFAULT_OPTIMIZER = "adafactor"
+DEFAULT_LEARNING_RATE = 3e-2
 DEFAULT_LR_SCHEDULE = "cosine"
 WARMUP_FRACTION = 0.05  # of the run's steps, when no warm-up is given
+
+
+def steps_follow_parameter_scale(optimizer):
+    """Whether `optimizer`'s steps are relative to each parameter's RMS
+    (Keras' Adafactor, `AdamWScale`), so that a growth that rescales the
+    parameters rescales the steps with them."""
+    return isinstance(optimizer, (keras.optimizers.Adafactor, AdamWScale))
 
 
 def default_optimizer(total_steps, warmup_steps=None):

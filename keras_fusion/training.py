@@ -21,6 +21,7 @@ import time
 import keras
 
 from keras_fusion import checkpointing, storage
+from keras_fusion.diagnostics import encoder_use
 from keras_fusion.distribution import check_tpu_reachable, make_strategy
 from keras_fusion.growth import DEFAULT_GROWTH_FRACTION
 from keras_fusion.metrics import MetricsRecorder, MetricsRow, plot_metrics
@@ -545,12 +546,24 @@ def _run(config, watch, extra_callbacks):
     train(model, "main", config.seed, step, config.steps, recorder, growth, run_state)
     curves[config.recipe] = recorder.rows
 
+    # Whether the model reads its encoder: the held-out loss with every
+    # example paired with another's input (diagnostics.encoder_use).
+    use = None
+    if config.batch_size >= 2:
+        use = encoder_use(model.lm, eval_data)
+        print(
+            f"Encoder check: held-out loss {use['loss']:.4f}, with another example's encoder "
+            f"input {use['mismatched_encoder_loss']:.4f}; on content tokens "
+            f"{use['content_loss']:.4f} and {use['mismatched_encoder_content_loss']:.4f}",
+            flush=True,
+        )
     metrics_path = storage.join(model_dir, "metrics.json")
     storage.write_json(
         metrics_path,
         {
             "config": dataclasses.asdict(config),
             "tokenizer": tokenizer_path,
+            "encoder_use": use,
             "growth_events": growth.events,
             "curves": {
                 label: [dataclasses.asdict(r) for r in rows] for label, rows in curves.items()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_fusion import growth, growth_maps, optimizer_state
+from keras_fusion import growth, growth_maps, optimizer_state, optimizers
 from keras_fusion.callbacks import GrowthCallback
 from keras_fusion.diagnostics import relative_error
 from keras_fusion.growth import Deepen, Fuse, SelfFuse, WidenFFN
@@ -214,6 +214,25 @@ def test_iterations_schedule_and_history_continue():
         callback.events[0]["step"] == 2
         and callback.events[0]["parameters_after"] == model.backbone.count_params()
     )
+
+
+@pytest.mark.parametrize(
+    "make_optimizer, scale",
+    [
+        (lambda rate: keras.optimizers.AdamW(rate), 0.5),
+        (lambda rate: keras.optimizers.Adafactor(rate), 1.0),
+        (lambda rate: optimizers.AdamWScale(rate), 1.0),
+    ],
+    ids=["adamw", "adafactor", "adamw_scale"],
+)
+def test_auto_rate_after_self_fusion_follows_how_the_optimizer_steps(make_optimizer, scale):
+    # Self fusion halves every kernel entry. Adam's fixed-size steps would
+    # move them twice as far relative to their size, so "auto" halves the
+    # rate; Adafactor's and AdamWScale's steps are relative to each
+    # parameter's RMS, which halves with the entries: the rate is kept.
+    model = growing_lm(make_optimizer(1e-2))
+    fit(model, 4, [GrowthCallback("self_fuse@2", verbose=0)])
+    assert float(model.optimizer.learning_rate) == pytest.approx(scale * 1e-2, rel=1e-6)
 
 
 def test_adafactor_state_is_carried():

@@ -343,3 +343,26 @@ def test_held_out_set_samples_the_whole_sorted_validation_split():
     tenth = sorted(int(text.split()[1]) for text in first[:100])
     assert tenth[0] < 100 and tenth[-1] >= 900  # the first tenth spans the whole split
     assert setup().as_dict()["eval_sample"] == bench.EVAL_SAMPLE
+
+
+def test_unknown_optimizer_is_refused_naming_the_allowed_ones(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--optimizer=sgd"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert "--optimizer: unknown 'sgd'; allowed: adafactor, adamw, adamw_scale" in err
+
+
+def test_optimizer_is_recorded_in_the_setup_only_when_not_adamw():
+    def setup(**kwargs):
+        return bench.Setup(
+            target=recipes.target_config("tiny", 1000),
+            steps=10,
+            eval_every=5,
+            eval_batches=1,
+            growth_fraction=0.25,
+            **kwargs,
+        )
+
+    assert "optimizer" not in setup().as_dict()  # older parts still merge
+    assert setup(optimizer="adafactor").as_dict()["optimizer"] == "adafactor"

@@ -72,6 +72,10 @@ def assert_artefacts(model_dir, grown):
     assert bool(metrics["growth_events"]) == grown
     if grown:
         assert main[0]["growth"] == metrics["growth_events"][0]["entry"]
+    # The encoder check scores the same held-out batches as the last row.
+    use = metrics["encoder_use"]
+    assert use["loss"] == pytest.approx(main[-1]["eval_loss"], rel=1e-4)
+    assert np.isfinite(use["mismatched_encoder_loss"]) and np.isfinite(use["content_loss"])
     with open(os.path.join(model_dir, "loss_vs_flops.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert os.listdir(os.path.join(model_dir, "logs"))
