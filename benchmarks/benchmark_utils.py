@@ -101,3 +101,26 @@ def save_json(result, output):
         shown = os.path.abspath(output)
     took = result.get("benchmark_wall_seconds")
     print(f"\nWrote {shown}" + ("" if took is None else f" (benchmark took {took:.0f} s)") + ".")
+
+
+def corpus_batches(texts, tokenizer_path, vocabulary_size, shape, seed, training, eval_batches):
+    """Span-corruption batches of `texts` at `shape` (batch size, input and
+    target length): shuffled and repeated for training, else the first
+    `eval_batches` batches in order, cached. Build them after the models
+    are seeded: `keras.utils.set_random_seed` deletes an eager
+    tensorflow-text tokenizer's resource."""
+    from keras_fusion import data
+
+    batch_size, input_length, target_length = shape
+    ds = data.make_dataset(
+        texts,
+        data.load_tokenizer(tokenizer_path),
+        vocabulary_size,
+        batch_size,
+        input_length=input_length,
+        target_length=target_length,
+        seed=seed,
+        shuffle=training,
+        repeat=training,
+    )
+    return ds if training else ds.take(eval_batches).cache()

@@ -45,7 +45,7 @@ import math
 import os
 import time
 
-from benchmark_utils import machine_info, script_setup, versions
+from benchmark_utils import corpus_batches, machine_info, script_setup, versions
 
 ROOT = script_setup(__file__)
 
@@ -115,22 +115,15 @@ class Data:
         self.setup = setup
 
     def dataset(self, seed, training=True):
-        # Built after the models are seeded: keras.utils.set_random_seed
-        # deletes an eager tensorflow-text tokenizer's resource.
-        from keras_fusion import data
-
-        ds = data.make_dataset(
+        return corpus_batches(
             self.train_texts if training else self.eval_texts(),
-            data.load_tokenizer(self.tokenizer_path),
+            self.tokenizer_path,
             self.vocabulary_size,
-            self.setup.batch_size,
-            input_length=self.setup.input_length,
-            target_length=self.setup.target_length,
-            seed=seed,
-            shuffle=training,
-            repeat=training,
+            self.setup.shape,
+            seed,
+            training,
+            self.setup.eval_batches,
         )
-        return ds if training else ds.take(self.setup.eval_batches).cache()
 
     def eval_texts(self):
         """The documents the held-out batches are cut from, in order."""

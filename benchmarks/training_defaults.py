@@ -63,7 +63,7 @@ import statistics
 import sys
 import time
 
-from benchmark_utils import machine_info, save_json, script_setup, versions
+from benchmark_utils import corpus_batches, machine_info, save_json, script_setup, versions
 
 ROOT = script_setup(__file__)
 
@@ -138,22 +138,16 @@ class Data:
         }
 
     def dataset(self, seed, training=True):
-        # Built after the model is seeded: keras.utils.set_random_seed
-        # deletes an eager tensorflow-text tokenizer's resource.
-        from keras_fusion import data
-
-        ds = data.make_dataset(
+        args = self.args
+        return corpus_batches(
             self.train_texts if training else self.eval_texts,
-            data.load_tokenizer(self.tokenizer_path),
+            self.tokenizer_path,
             self.vocabulary_size,
-            self.args.batch_size,
-            input_length=self.args.input_length,
-            target_length=self.args.target_length,
-            seed=seed,
-            shuffle=training,
-            repeat=training,
+            (args.batch_size, args.input_length, args.target_length),
+            seed,
+            training,
+            args.eval_batches,
         )
-        return ds if training else ds.take(self.args.eval_batches).cache()
 
 
 def train_run(run, args, shared, unigram):

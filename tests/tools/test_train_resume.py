@@ -155,8 +155,8 @@ def test_a_model_dir_of_other_flags_is_refused_and_fresh_starts_over(tmp_path, t
     other = worker(model_dir, tokenizer_path, "--flag", "learning_rate=0.01", "--flag", "steps=36")
     assert other.returncode == 2
     assert (
-        "holds a run with other flags (--learning_rate: 0.003 there, 0.01 now; "
-        "--steps: 24 there, 36 now)"
+        "holds a run with other flags (--learning_rate: 0.03 there, 0.01 now; "
+        "--steps: 24 there, 36 now; --warmup_steps: 1 there, 2 now)"
     ) in other.stderr
     assert "--fresh" in other.stderr
     assert (sorted(os.listdir(model_dir)), sorted(os.listdir(model_dir / "checkpoints"))) == listing
