@@ -30,6 +30,11 @@ def steps_follow_parameter_scale(optimizer):
     return isinstance(optimizer, (keras.optimizers.Adafactor, AdamWScale))
 
 
+def default_warmup_steps(total_steps):
+    """`WARMUP_FRACTION` of `total_steps`, rounded: the warm-up when none is given."""
+    return round(WARMUP_FRACTION * total_steps)
+
+
 def default_optimizer(total_steps, warmup_steps=None):
     """The measured default: `DEFAULT_OPTIMIZER` at `DEFAULT_LEARNING_RATE`
     on `DEFAULT_LR_SCHEDULE` over `total_steps`, warming up over
@@ -42,7 +47,7 @@ def default_optimizer(total_steps, warmup_steps=None):
     ```
     """
     if warmup_steps is None:
-        warmup_steps = round(WARMUP_FRACTION * total_steps)
+        warmup_steps = default_warmup_steps(total_steps)
     return make_optimizer(
         DEFAULT_OPTIMIZER,
         DEFAULT_LEARNING_RATE,

@@ -31,7 +31,7 @@ from keras_fusion.optimizers import (
     DEFAULT_LEARNING_RATE,
     DEFAULT_LR_SCHEDULE,
     DEFAULT_OPTIMIZER,
-    WARMUP_FRACTION,
+    default_warmup_steps,
     make_optimizer,
 )
 from keras_fusion.recipes import (
@@ -84,7 +84,7 @@ class RunConfig:
     optimizer: str = DEFAULT_OPTIMIZER
     learning_rate: float = DEFAULT_LEARNING_RATE
     lr_schedule: str = DEFAULT_LR_SCHEDULE
-    warmup_steps: int = None  # None: WARMUP_FRACTION of steps
+    warmup_steps: int = None  # None: optimizers.default_warmup_steps(steps)
     steps: int = 1200
     batch_size: int = 16
     input_length: int = 64
@@ -138,7 +138,7 @@ class RunConfig:
             raise ValueError(f"growth_step must be in [1, steps={self.steps}), got {step}.")
         warmup = self.warmup_steps
         if warmup is None:
-            warmup = round(WARMUP_FRACTION * self.steps)
+            warmup = default_warmup_steps(self.steps)
         elif not isinstance(warmup, int) or warmup < 0:
             raise ValueError(f"warmup_steps must be None or an int >= 0, got {warmup!r}.")
         if self.jit_compile not in JIT_COMPILE:
