@@ -27,10 +27,17 @@ Arms (`--arms`, comma-separated):
 
 - `scratch`: the target from random initialisation;
 - `small_alone`: the half-width model (the one Deep Fusion and self fusion
-  start from) trained alone for the whole budget: the control. The regime
-  check asks that scratch's final loss beat it by more than twice the
-  larger seed standard deviation; if not, the budget is too small for the
-  target to be the compute-optimal model and growth cannot show a saving;
+  start from) trained alone for the whole budget: the width control. The
+  regime check asks that scratch's final loss beat it by more than twice
+  the larger seed standard deviation; if not, the budget is too small for
+  the target to be the compute-optimal model and growth cannot show a
+  saving;
+- `half_depth_alone`: the half-depth model (the one `deepen` and `stack`
+  start from) trained alone for the whole budget: the depth control. A
+  half-depth model costs about half the target's FLOPs a step, a
+  half-width one about a third, so each growth mode is checked against its
+  own starting model (`CONTROLS`): a mode's saving counts only where its
+  own check passes (the arm's `regime_check` in the summary);
 - `deep_fusion`: two half-width models (other seeds and data orders),
   fused, the fused model trained on; both models' FLOPs counted;
 - `fusion_tree`: the paper's tree in miniature, 4 quarter-width models ->
@@ -79,6 +86,7 @@ import math
 import os
 import random
 import statistics
+import subprocess
 import sys
 import time
 
@@ -89,8 +97,31 @@ ROOT = script_setup(__file__)
 import growth_vs_scratch  # noqa: E402
 from growth_vs_scratch import flops_to_reach, interpolate, plot  # noqa: E402
 
-MODES = ("scratch", "small_alone", "deep_fusion", "fusion_tree", "self_fusion", "deepen", "stack")
+MODES = (
+    "scratch",
+    "small_alone",
+    "half_depth_alone",
+    "deep_fusion",
+    "fusion_tree",
+    "self_fusion",
+    "deepen",
+    "stack",
+)
 GROWING = ("deep_fusion", "self_fusion", "deepen", "stack")  # the modes with a growth time
+# Each growth mode's regime check is against the model it starts from,
+# trained alone for the whole budget (the tree's leaves are a quarter
+# wide, its middle nodes half: it is held to the width control).
+CONTROLS = {
+    "deep_fusion": "small_alone",
+    "fusion_tree": "small_alone",
+    "self_fusion": "small_alone",
+    "deepen": "half_depth_alone",
+    "stack": "half_depth_alone",
+}
+REGIME_RULE = (
+    "scratch's mean final loss below the control's by more than twice the larger seed std "
+    "(sample std), with at least 2 seeds of each"
+)
 WARMUP_FRACTION = 0.05
 # Seed 0's rate search per optimizer, the likeliest first
 # (benchmarks/README.md, "Training defaults").
@@ -131,6 +162,13 @@ def divide_width(config, parts):
     )
 
 
+def halve_depth(config):
+    """The config of the half-depth model that `deepen` and `stack` start from."""
+    if config["num_layers"] % 2:
+        raise ValueError(f"num_layers={config['num_layers']} does not halve")
+    return dict(config, num_layers=config["num_layers"] // 2)
+
+
 def arm_budget(arm, setup):
     """How an arm spends the budget.
 
@@ -149,8 +187,8 @@ def arm_budget(arm, setup):
 
     if mode == "scratch":
         levels, start = [(setup.steps, cost(target))], target
-    elif mode == "small_alone":
-        start = divide_width(target, 2)
+    elif mode in ("small_alone", "half_depth_alone"):
+        start = divide_width(target, 2) if mode == "small_alone" else halve_depth(target)
         levels = [(steps(budget, cost(start)), cost(start))]
     elif mode == "fusion_tree":
         start, half = divide_width(target, 4), divide_width(target, 2)
@@ -162,7 +200,7 @@ def arm_budget(arm, setup):
         if mode in ("deep_fusion", "self_fusion"):
             start = divide_width(target, 2)
         else:
-            start = dict(target, num_layers=target["num_layers"] // 2)
+            start = halve_depth(target)
         rate = cost(start) * (2 if mode == "deep_fusion" else 1)
         growth = steps(fraction * budget, rate, round)
         rest = steps(budget - growth * rate, cost(target))
@@ -254,6 +292,18 @@ class Data(growth_vs_scratch.Data):
         return texts
 
 
+def seconds_at(rows, flops):
+    """The main lineage's training seconds at `flops`, by linear interpolation
+    between evaluations (None if the rows carry no `seconds`)."""
+    if any("seconds" not in r for r in rows):
+        return None
+    points = [(r["flops"], r["seconds"]) for r in rows]
+    for (f0, t0), (f1, t1) in zip(points, points[1:]):
+        if f0 <= flops <= f1:
+            return t0 + (t1 - t0) * (flops - f0) / (f1 - f0) if f1 > f0 else t1
+    return points[-1][1]
+
+
 def train_arm(arm, seed, learning_rate, setup, shared):
     """Train one arm for one seed and rate; returns its record (every curve)."""
     import keras
@@ -336,11 +386,13 @@ def train_arm(arm, seed, learning_rate, setup, shared):
     )
     recorder.set_model(main)
     recorder.record(0, math.nan)
-    main_seconds = fit(main, seed, total, ([growth] if growth else []) + [recorder])
+    clock = row_clock(recorder)
+    main_seconds = fit(main, seed, total, ([growth] if growth else []) + [recorder, clock])
     rows = []
-    for row in recorder.rows:
+    for row, seconds in zip(recorder.rows, clock.seconds):
         row = dict(vars(row))
         row["flops"] = flops_at(budget_split["levels"], row["step"])  # lockstep: partners counted
+        row["seconds"] = seconds  # the main lineage's: partners train alongside it
         rows.append(row)
     return {
         "arm": arm,
@@ -362,6 +414,31 @@ def train_arm(arm, seed, learning_rate, setup, shared):
         "sequential_seconds": round(main_seconds + sum(partner_seconds), 1),
         "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def row_clock(recorder):
+    """A Keras callback, placed after `recorder`, that stamps each of its rows
+    with the main lineage's training seconds.
+
+    When a batch end has added a row, it records the seconds since the fit
+    began (evaluations included, as in every arm) in `.seconds`; row 0,
+    recorded before the fit, is at 0.
+    """
+    import keras
+
+    class RowClock(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seconds = [0.0] * len(recorder.rows)
+
+        def on_train_begin(self, logs=None):
+            self.began = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            while len(self.seconds) < len(recorder.rows):
+                self.seconds.append(round(time.perf_counter() - self.began, 2))
+
+    return RowClock()
 
 
 def run_key(record):
@@ -462,28 +539,36 @@ def summarise(records, budget, rates, quick, eval_batches):
         if scratch_loss is not None:
             entry.update(crossings(runs, scratch_loss, budget))
         summary["arms"][arm] = entry
-    small = summary["arms"].get("small_alone")
-    if scratch and small:
-        margin = 2 * max(summary["arms"]["scratch"]["final_loss_std"], small["final_loss_std"])
-        enough_seeds = min(len(scratch), len(small["seeds"])) >= 2
-        summary["regime_check"] = {
-            "scratch_loss": scratch_loss,
-            "small_loss": small["final_loss_mean"],
-            "margin": margin,
-            "passed": enough_seeds and scratch_loss < small["final_loss_mean"] - margin,
-            "rule": (
-                "scratch's mean final loss below small_alone's by more than twice the larger "
-                "seed std (sample std), with at least 2 seeds of each"
-            ),
-        }
-    else:
-        summary["regime_check"] = {
-            "scratch_loss": scratch_loss,
-            "small_loss": None,
-            "passed": False,
-            "rule": "needs the scratch and small_alone arms",
-        }
+    summary["regime_check"] = regime_check(summary["arms"], "small_alone")
+    for arm, entry in summary["arms"].items():
+        control = CONTROLS.get(arm.partition("@")[0])
+        if control:
+            entry["regime_check"] = regime_check(summary["arms"], control)
     return summary
+
+
+def regime_check(arms, control):
+    """Does scratch beat `control` (an arm trained alone) by more than twice the seed spread?
+
+    `arms` are the summary's arm entries. The result names the control and
+    gives both losses, the margin and `passed` (a bool: False without
+    both arms or with fewer than 2 seeds of either).
+    """
+    scratch, alone = arms.get("scratch"), arms.get(control)
+    check = {
+        "control": control,
+        "scratch_loss": scratch["final_loss_mean"] if scratch else None,
+        "control_loss": alone["final_loss_mean"] if alone else None,
+        "rule": REGIME_RULE,
+    }
+    if control == "small_alone":  # issue 15's field name, kept
+        check["small_loss"] = check["control_loss"]
+    if not (scratch and alone):
+        return dict(check, margin=None, passed=False, rule=f"needs the scratch and {control} arms")
+    margin = 2 * max(scratch["final_loss_std"], alone["final_loss_std"])
+    enough_seeds = min(len(scratch["seeds"]), len(alone["seeds"])) >= 2
+    passed = enough_seeds and check["scratch_loss"] < check["control_loss"] - margin
+    return dict(check, margin=margin, passed=bool(passed))
 
 
 def crossings(runs, scratch_loss, budget):
@@ -498,10 +583,14 @@ def crossings(runs, scratch_loss, budget):
             )
         else:
             later = first
+        reach_seconds = None if first is None else seconds_at(r["rows"], first)
         per_seed.append(
             {
                 "seed": r["seed"],
                 "loss_at_budget": r["loss_at_budget"],
+                "parallel_minutes_to_scratch_loss": (
+                    None if reach_seconds is None else reach_seconds / 60
+                ),
                 "fraction": None if first is None else first / budget,
                 "after_growth": None if grown_at is None or first is None else first > grown_at,
                 "fraction_after_growth": None if later is None else later / budget,
@@ -511,8 +600,12 @@ def crossings(runs, scratch_loss, budget):
         after.append(later)
         after_growth.append(None if grown_at is None or first is None else first > grown_at)
     complete = all(f is not None for f in fractions)
+    minutes = [p["parallel_minutes_to_scratch_loss"] for p in per_seed]
     return {
         "per_seed": per_seed,
+        "parallel_minutes_to_scratch_loss": (
+            statistics.fmean(minutes) if minutes and all(m is not None for m in minutes) else None
+        ),
         "fraction_to_scratch_loss": statistics.fmean(f / budget for f in fractions)
         if complete
         else None,
@@ -536,12 +629,15 @@ def table(summary):
         f"| FLOPs to scratch's {target}, fraction of budget "
         "(mean; per seed) | reached after growth "
         "| growth at (fraction) | minutes, partners in parallel "
-        "(sequential) | parameters |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "(sequential) | minutes to scratch's loss, partners in parallel | parameters |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def fraction(value):
         return "not reached" if value is None else f"{value:.2f}"
+
+    def minutes(value):  # None: not reached, or rows without times (parts before issue 21)
+        return "-" if value is None else f"{value:.1f}"
 
     for arm, s in summary["arms"].items():
         per_seed = ", ".join(fraction(p["fraction"]) for p in s["per_seed"])
@@ -558,40 +654,67 @@ def table(summary):
             f"| {arm} | {s['learning_rate']:g} | {len(s['seeds'])} | {s['final_loss_mean']:.4f} ± "
             f"{s['final_loss_std']:.4f} | {mean} ({per_seed}) | {after} | {grown} | "
             f"{s['parallel_minutes']:.1f} ({s['sequential_minutes']:.1f}) | "
+            f"{minutes(s.get('parallel_minutes_to_scratch_loss'))} | "
             f"{s['parameters'][0]:,} -> {s['parameters'][1]:,} |"
         )
     return "\n".join(lines)
 
 
 def verdict(summary):
-    """The goal of issue 15, judged on the summary: a list of sentences."""
-    regime = summary["regime_check"]
+    """The goal of issue 21, judged on the summary: a list of sentences.
+
+    A growth arm's saving counts only where it reaches scratch's loss after
+    its growth and its own regime check (`CONTROLS`) passes.
+    """
+    checks = {"small_alone": summary["regime_check"]}
+    checks.update(
+        (s["regime_check"]["control"], s["regime_check"])
+        for s in summary["arms"].values()
+        if "regime_check" in s
+    )
     lines = [
-        f"Regime check ({regime['rule']}): scratch {fmt(regime['scratch_loss'])}, small alone "
-        f"{fmt(regime['small_loss'])}: {'PASSED' if regime['passed'] else 'NOT passed'}."
+        f"Regime check ({REGIME_RULE}), scratch {fmt(summary['regime_check']['scratch_loss'])}: "
+        + "; ".join(
+            f"{control} {fmt(check['control_loss'])} "
+            f"{'PASSED' if check['passed'] else 'NOT passed'}"
+            for control, check in checks.items()
+        )
+        + "."
     ]
     growing = {a: s for a, s in summary["arms"].items() if s["growth_fraction"]}
-    counted = {a: s for a, s in growing.items() if s["reached_after_growth"]}
+
+    def passed(arm):
+        return growing[arm].get("regime_check", {}).get("passed", False)
+
+    reached = {a: s for a, s in growing.items() if s["reached_after_growth"]}
+    counted = {a: s for a, s in reached.items() if passed(a)}
     if counted:
         arm, best = min(counted.items(), key=lambda kv: kv[1]["fraction_to_scratch_loss"])
         lines.append(
-            f"Best growth arm reaching scratch's loss after its growth: {arm} at "
-            f"{best['fraction_to_scratch_loss']:.2f} of the budget (goal <= 0.5"
-            f"{'' if regime['passed'] else ', but the regime check did not pass'}: "
-            f"{'met' if best['fraction_to_scratch_loss'] <= 0.5 and regime['passed'] else 'NOT met'})."  # noqa: E501 (one replacement field)
+            f"Best growth arm reaching scratch's loss after its growth, its regime check "
+            f"passed: {arm} at {best['fraction_to_scratch_loss']:.2f} of the budget (goal <= 0.5: "
+            f"{'met' if best['fraction_to_scratch_loss'] <= 0.5 else 'NOT met'})."
         )
     else:
         lines.append(
-            "No growth arm reached scratch's loss after its growth on every seed (goal NOT met)."
+            "No growth arm whose regime check passed reached scratch's loss after its growth "
+            "on every seed (goal NOT met)."
+        )
+    unchecked = {a: s for a, s in reached.items() if a not in counted}
+    if unchecked:
+        lines.append(
+            "Reached after growth, but the regime check did not pass (no saving counts): "
+            + ", ".join(f"{a} at {s['fraction_to_scratch_loss']:.2f}" for a, s in unchecked.items())
+            + "."
         )
     for arm in ("deep_fusion", "fusion_tree"):
         s = growing.get(arm)
         if s:
             value = s["fraction_to_scratch_loss"] if s["reached_after_growth"] else None
+            met = value is not None and value <= 0.7 and passed(arm)
             lines.append(
                 f"{arm}: {fmt(value, 'no saving attributable to growth')} (goal <= 0.7: "
-                f"{'met' if value is not None and value <= 0.7 and regime['passed'] else 'NOT met'}"
-                ")."
+                f"{'met' if met else 'NOT met'})."
             )
     return lines
 
@@ -613,7 +736,6 @@ def merge(prefix, quick):
     budget = first["setup"]["budget"]
     rates = chosen_rates(records)
     summary = summarise(records, budget, rates, quick, first["setup"]["eval_batches"])
-    summary["regime_check"]["passed"] = bool(summary["regime_check"]["passed"])
     longest = max(r["steps"] for r in records)
     passes = (
         longest
@@ -672,6 +794,61 @@ def merge(prefix, quick):
     with open(prefix + ".md", "w") as f:
         f.write(markdown + "\n")
     return result, markdown
+
+
+def plan_jobs(arms, seeds, rates_flag, search, existing, prefix, parser):
+    """The `(arm, seed, rate)` runs of an invocation (see `--learning_rates`)."""
+    if rates_flag == "best" or rates_flag is None:
+        chosen = chosen_rates(list(existing.values()))
+    jobs = []
+    for arm in arms:
+        for seed in seeds:
+            if rates_flag not in (None, "best"):
+                rates = [float(r) for r in rates_flag.split(",")]
+            elif rates_flag is None and seed == 0:
+                rates = search
+            elif arm in chosen or arm.partition("@")[0] in chosen:
+                rates = [chosen.get(arm, chosen.get(arm.partition("@")[0]))]
+            else:
+                parser.error(f"no seed-0 search for {arm} in {prefix}.parts/: run --seeds=0 first")
+            jobs += [(arm, seed, rate) for rate in rates]
+    return jobs
+
+
+def job_cost(job, setup):
+    """A rough wall-clock weight of a run on a CPU: every model's steps (a
+    tiny model's step is bound by overhead, not FLOPs), plus 300 steps'
+    worth of building and compiling per model."""
+    plan = arm_budget(job[0], setup)
+    models = {"deep_fusion": 2, "fusion_tree": 4}.get(plan["mode"], 1)
+    partner_steps = plan["growth_steps"][0] * (models - 1) if plan["growth_steps"] else 0
+    return plan["total"] + partner_steps + 300 * (models + len(plan["growth_steps"]))
+
+
+def split_jobs(jobs, workers, setup):
+    """Longest first onto the least loaded of `workers` lists (greedy)."""
+    lanes = [[] for _ in range(workers)]
+    loads = [0.0] * workers
+    for job in sorted(jobs, key=lambda job: -job_cost(job, setup)):
+        lane = loads.index(min(loads))
+        lanes[lane].append(job)
+        loads[lane] += job_cost(job, setup)
+    return [lane for lane in lanes if lane]
+
+
+def run_workers(jobs, workers, argv, setup):
+    """Train `jobs` in `workers` processes of this script (one TensorFlow
+    thread each, each its own part file); raise if one fails."""
+    keep = [a for a in argv if not a.startswith(("--jobs", "--threads", "--run_jobs"))]
+    processes = []
+    for number, lane in enumerate(split_jobs(jobs, workers, setup)):
+        command = [sys.executable, os.path.abspath(__file__), *keep, "--jobs=1", "--threads=1"]
+        command += [f"--worker={number}", "--run_jobs=" + json.dumps(lane)]
+        print(f"Worker {number}: {', '.join(f'{a} seed {s} lr {r:g}' for a, s, r in lane)}")
+        processes.append(subprocess.Popen(command))
+    failed = [number for number, p in enumerate(processes) if p.wait() != 0]
+    if failed:
+        raise SystemExit(f"worker(s) {failed} failed: their runs are missing; rerun to resume")
 
 
 def part_name(arms, seeds, rates):
@@ -748,6 +925,22 @@ def main(argv=None):
     )
     parser.add_argument("--growth_fraction", type=float, default=0.25)
     parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="train the runs in this many worker processes at once, one TensorFlow thread each, "
+        "each writing its own part file (default 1; quick 2: the runs are bound by building and "
+        "compiling, which two processes overlap on 2 cores)",
+    )
+    parser.add_argument("--run_jobs", default=None, help=argparse.SUPPRESS)  # a worker's runs
+    parser.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="TensorFlow threads (0: all); 1 lets two parts run side by side on 2 cores",
+    )
+    parser.add_argument(
         "--corpus", default="installed", help="'installed' (the benchmark's) or 'embedded' (tests)"
     )
     parser.add_argument("--vocabulary_size", type=int, default=1000)
@@ -807,6 +1000,18 @@ def main(argv=None):
         )
     search = RATE_SEARCH.get(args.optimizer, RATE_SEARCH["adafactor"])
     rates_flag = args.learning_rates or (f"{search[0]:g}" if args.quick else None)
+
+    if args.threads < 0:
+        parser.error(f"--threads={args.threads}: must be >= 0 (0: all)")
+    if args.jobs is None:
+        args.jobs = 2 if args.quick else 1
+    if args.jobs < 1:
+        parser.error(f"--jobs={args.jobs}: must be >= 1")
+    if args.threads:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
 
     from keras_fusion import data, recipes, storage
     from keras_fusion.data.span_corruption import random_spans_helper
@@ -879,21 +1084,24 @@ def main(argv=None):
     print(f"Corpus {corpus}", flush=True)
 
     existing = {run_key(r): r for _, part in earlier_parts for r in part["runs"]}
-    if rates_flag == "best" or rates_flag is None:
-        chosen = chosen_rates(list(existing.values()))
-    jobs = []
-    for arm in arms:
-        for seed in seeds:
-            if rates_flag not in (None, "best"):
-                rates = [float(r) for r in rates_flag.split(",")]
-            elif rates_flag is None and seed == 0:
-                rates = search
-            elif arm in chosen or arm.partition("@")[0] in chosen:
-                rates = [chosen.get(arm, chosen.get(arm.partition("@")[0]))]
-            else:
-                parser.error(f"no seed-0 search for {arm} in {prefix}.parts/: run --seeds=0 first")
-            jobs += [(arm, seed, rate) for rate in rates]
-    name = part_name(arms, seeds, sorted({rate for _, _, rate in jobs}))
+    if args.run_jobs is not None:  # a worker of --jobs: exactly these runs
+        jobs = [(arm, int(seed), float(rate)) for arm, seed, rate in json.loads(args.run_jobs)]
+    else:
+        jobs = plan_jobs(arms, seeds, rates_flag, search, existing, prefix, parser)
+    todo = [job for job in jobs if job not in existing]
+    if args.jobs > 1 and args.run_jobs is None and len(todo) > 1:
+        run_workers(todo, args.jobs, argv if argv is not None else sys.argv[1:], setup)
+        _, markdown = merge(prefix, args.quick)
+        print(markdown)
+        print(f"Merged every part into {prefix}.json, .png, .md")
+        return
+    name = part_name(
+        list(dict.fromkeys(arm for arm, _, _ in jobs)),
+        sorted({seed for _, seed, _ in jobs}),
+        sorted({rate for _, _, rate in jobs}),
+    )
+    if args.run_jobs is not None:
+        name += f"_worker{args.worker}"
     path = os.path.join(prefix + ".parts", name + ".json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     command = "python benchmarks/growth_vs_scratch_v2.py " + " ".join(
@@ -933,6 +1141,9 @@ def main(argv=None):
             f"{part['minutes']:.1f} min so far)",
             flush=True,
         )
+    if args.run_jobs is not None:
+        print(f"Wrote {path}")
+        return  # the parent merges once every worker is done
     _, markdown = merge(prefix, args.quick)
     print(markdown)
     print(f"Wrote {path}; merged into {prefix}.json, .png, .md")

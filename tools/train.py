@@ -11,7 +11,7 @@ XLA, 100 steps per execution, bfloat16 compute:
     python -m tools.train --recipe=deep_fusion --preset=base --steps=100000 \
         --data=tfds:c4/en --data_dir=gs://BUCKET/tfds --strategy=tpu --tpu=NAME \
         --model_dir=gs://BUCKET/run --optimizer=adafactor --lr_schedule=inverse_sqrt \
-        --warmup_steps=10000 --jit_compile=true --steps_per_execution=100 \
+        --warmup_steps=10000 --jit_compile --steps_per_execution=100 \
         --mixed_precision=mixed_bfloat16 --checkpoint_every=1000
 
 Pre-emption safe: every --checkpoint_every steps the model, its optimizer,
@@ -37,7 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 from keras_fusion import optimizers, recipes, training  # noqa: E402
-from tools import or_exit  # noqa: E402
+from tools import define_auto_bool, or_exit  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("recipe", "deep_fusion", list(recipes.RECIPES), "How the final model is reached.")
@@ -133,11 +133,11 @@ flags.DEFINE_integer(
     "the same command resumes from the newest.",
 )
 flags.DEFINE_bool("fresh", False, "Start over: delete what an earlier run wrote in --model_dir.")
-flags.DEFINE_enum(
+define_auto_bool(
     "jit_compile",
     "auto",
-    list(training.JIT_COMPILE),
-    "XLA for the train step (Keras' jit_compile).",
+    "XLA for the train step (Keras' jit_compile): --jit_compile, --nojit_compile, or auto "
+    "(Keras chooses).",
 )
 flags.DEFINE_integer(
     "steps_per_execution",

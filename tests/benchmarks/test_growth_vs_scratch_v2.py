@@ -57,6 +57,7 @@ def test_fusion_tree_trains_each_node_the_same_steps_and_spends_the_budget():
     [
         "scratch",
         "small_alone",
+        "half_depth_alone",
         "deep_fusion",
         "self_fusion",
         "deepen",
@@ -72,6 +73,7 @@ def test_every_arm_spends_the_common_budget_and_grows_at_its_fraction(arm):
     start = {
         "scratch": TARGET,
         "small_alone": half,
+        "half_depth_alone": dict(TARGET, num_layers=2),
         "deep_fusion": half,
         "self_fusion": half,
         "deepen": dict(TARGET, num_layers=2),
@@ -80,7 +82,7 @@ def test_every_arm_spends_the_common_budget_and_grows_at_its_fraction(arm):
     assert p["start"] == start and p["total"] % s.eval_every == 0
     spent = bench.flops_at(p["levels"], p["total"])
     assert s.budget <= spent < s.budget + s.eval_every * cost(TARGET)
-    if p["mode"] in ("scratch", "small_alone"):
+    if p["mode"] in ("scratch", "small_alone", "half_depth_alone"):
         assert p["growth_steps"] == [] and p["levels"] == [(p["total"], cost(start))]
         return
     models = 2 if p["mode"] == "deep_fusion" else 1
@@ -177,6 +179,62 @@ def test_regime_check_fails_within_twice_the_seed_spread_or_with_one_seed():
         records[::2], 100.0, bench.chosen_rates(records), quick=False, eval_batches=64
     )
     assert one["regime_check"]["passed"] is False  # 4.0 < 4.5, but one seed gives no spread
+
+
+def test_each_growth_mode_is_checked_against_its_own_starting_model():
+    # Scratch 4.1 +- 0.1414. Half width alone 4.5: passes (4.1 < 4.5 - 0.283).
+    # Half depth alone 4.2: fails (4.1 is not below 4.2 - 0.283), so deepen's
+    # saving does not count, however early it reaches scratch's loss.
+    reach = [9.0, 5.0, 4.5, 4.05, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0]
+    records = [
+        record("scratch", 0, CURVE[:-1] + [4.0]),
+        record("scratch", 1, CURVE[:-1] + [4.2]),
+        record("small_alone", 0, CURVE[:-1] + [4.5]),
+        record("small_alone", 1, CURVE[:-1] + [4.5]),
+        record("half_depth_alone", 0, CURVE[:-1] + [4.2]),
+        record("half_depth_alone", 1, CURVE[:-1] + [4.2]),
+        record("deepen", 0, reach, growth_at=20.0),
+        record("deepen", 1, reach, growth_at=20.0),
+        record("deep_fusion@0.1", 0, reach, growth_at=20.0),
+        record("deep_fusion@0.1", 1, reach, growth_at=20.0),
+    ]
+    summary = bench.summarise(
+        records, 100.0, bench.chosen_rates(records), quick=False, eval_batches=64
+    )
+    deepen, fusion = summary["arms"]["deepen"], summary["arms"]["deep_fusion@0.1"]
+    assert deepen["regime_check"]["control"] == "half_depth_alone"
+    assert deepen["regime_check"]["control_loss"] == pytest.approx(4.2)
+    assert deepen["regime_check"]["passed"] is False
+    assert fusion["regime_check"]["control"] == "small_alone"  # a variant takes its mode's
+    assert fusion["regime_check"]["passed"] is True
+    assert summary["regime_check"]["passed"] is True  # the width control, issue 15's field
+    assert "regime_check" not in summary["arms"]["scratch"]
+    # Both cross 4.1 between 20 (4.5) and 30 (4.05) FLOPs, after their growth at
+    # 20: at 20 + 10 * 0.4 / 0.45. Only the fusion's counts.
+    for arm in (deepen, fusion):
+        assert arm["fraction_to_scratch_loss"] == pytest.approx((20 + 10 * 0.4 / 0.45) / 100)
+        assert arm["reached_after_growth"] is True
+    text = " ".join(bench.verdict(summary))
+    assert "small_alone 4.5000 PASSED" in text and "half_depth_alone 4.2000 NOT passed" in text
+    assert "regime check passed: deep_fusion@0.1 at 0.29 of the budget (goal <= 0.5: met)" in text
+    assert "the regime check did not pass (no saving counts): deepen at 0.29" in text
+
+
+def test_time_to_scratch_loss_is_read_off_the_main_lineage_clock():
+    # Evaluations every 10 FLOPs, 6 s apart on the main lineage's clock; the
+    # run crosses 4.1 at 20 + 10 * 0.4 / 0.45 FLOPs, so at 6 * 2.889 s.
+    grower = record("deep_fusion", 0, [9.0, 5.0, 4.5, 4.05] + [4.0] * 7, growth_at=20.0)
+    for i, row in enumerate(grower["rows"]):
+        row["seconds"] = 6.0 * i
+    runs = [record("scratch", 0, CURVE[:-1] + [4.0]), record("scratch", 1, CURVE[:-1] + [4.2])]
+    runs.append(grower)
+    summary = bench.summarise(runs, 100.0, bench.chosen_rates(runs), quick=False, eval_batches=64)
+    fusion = summary["arms"]["deep_fusion"]
+    assert fusion["parallel_minutes_to_scratch_loss"] == pytest.approx(6 * (2 + 0.4 / 0.45) / 60)
+    # Rows from parts without a clock give no time, not a wrong one.
+    assert summary["arms"]["scratch"]["parallel_minutes_to_scratch_loss"] is None
+    assert bench.seconds_at(grower["rows"], 15.0) == pytest.approx(9.0)
+    assert "| 0.3 |" in bench.table(summary)  # the minutes column, to 0.1 min
 
 
 def test_learning_rate_is_chosen_on_seed_zero_and_variants_inherit_their_modes():
@@ -281,12 +339,24 @@ SMOKE_ARGS = [
 
 
 def test_smoke_run_of_two_arms_writes_part_and_merged_result(tmp_path):
-    # The benchmark code end to end on a tiny model, a few steps (~35 s of CPU).
+    # The benchmark code end to end on a tiny model, a few steps (~35 s of CPU),
+    # the two runs in two worker processes (--jobs=2), each with its own part.
     prefix = str(tmp_path / "smoke")
     bench.main(
         SMOKE_ARGS
-        + ["--arms=scratch,deepen", f"--output={prefix}", f"--workdir={tmp_path / 'work'}"]
+        + [
+            "--arms=scratch,deepen",
+            "--jobs=2",
+            f"--output={prefix}",
+            f"--workdir={tmp_path / 'work'}",
+        ]
     )
+    workers = {}
+    for name in os.listdir(prefix + ".parts"):
+        with open(os.path.join(prefix + ".parts", name)) as f:
+            workers[name] = [run["arm"] for run in json.load(f)["runs"]]
+    assert sorted(workers.values()) == [["deepen"], ["scratch"]], workers
+    assert all("_worker" in name for name in workers)
     with open(prefix + ".json") as f:
         result = json.load(f)
     summary = result["summary"]
@@ -297,6 +367,9 @@ def test_smoke_run_of_two_arms_writes_part_and_merged_result(tmp_path):
     assert [e["step"] for e in deepen["growth_events"]] == deepen["growth_steps"] == [2]
     assert deepen["final_parameters"] > deepen["start_parameters"]
     assert all(math.isfinite(r["eval_loss"]) for run in result["runs"] for r in run["rows"])
+    for run in result["runs"]:  # the main lineage's clock, one stamp a row, from 0
+        seconds = [r["seconds"] for r in run["rows"]]
+        assert seconds[0] == 0.0 and seconds == sorted(seconds) and seconds[-1] > 0
     assert result["corpus"]["sha256"] and result["corpus"]["train_tokens"] > 0
     assert os.path.exists(prefix + ".png") and os.path.exists(prefix + ".md")
     # A second invocation of the same part trains nothing: every run is in the part file.
@@ -307,6 +380,20 @@ def test_smoke_run_of_two_arms_writes_part_and_merged_result(tmp_path):
     with open(prefix + ".json") as f:
         assert len(json.load(f)["runs"]) == 2
     assert os.listdir(prefix + ".parts") == parts
+
+
+def test_jobs_are_split_longest_first_and_every_run_lands_once():
+    s = setup()
+    jobs = [
+        (arm, seed, 3e-3) for arm in ("scratch", "small_alone", "deep_fusion") for seed in (0, 1)
+    ]
+    lanes = bench.split_jobs(jobs, 2, s)
+    assert sorted(job for lane in lanes for job in lane) == sorted(jobs)
+    loads = [sum(bench.job_cost(job, s) for job in lane) for lane in lanes]
+    assert abs(loads[0] - loads[1]) <= max(bench.job_cost(job, s) for job in jobs)
+    # small_alone's 3.4x more (cheaper) steps weigh more than scratch's.
+    assert bench.job_cost(("small_alone", 0, 3e-3), s) > bench.job_cost(("scratch", 0, 3e-3), s)
+    assert bench.split_jobs(jobs[:1], 2, s) == [jobs[:1]]  # no idle worker
 
 
 def test_bad_flags_exit_with_a_clear_error():

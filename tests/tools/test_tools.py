@@ -417,3 +417,43 @@ def test_train_flags_default_to_run_config():
 
     for field in dataclasses.fields(training.RunConfig):
         assert train.FLAGS[field.name].default == field.default, field.name
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        ([], "auto"),
+        (["--jit_compile", "--steps_per_execution=4"], "true"),  # the bare flag takes no value
+        (["--nojit_compile", "--steps_per_execution=4"], "false"),
+        (["--jit_compile=auto"], "auto"),
+        (["--jit_compile=false"], "false"),
+        (["--jit_compile=True"], "true"),
+    ],
+)
+def test_jit_compile_is_written_like_a_boolean_and_keeps_auto(argv, expected):
+    from absl import flags
+
+    import tools
+    from tools import train
+
+    assert train.FLAGS["jit_compile"].boolean and train.FLAGS["jit_compile"].default == "auto"
+    values = flags.FlagValues()
+    tools.define_auto_bool("jit_compile", "auto", "XLA", flag_values=values)
+    flags.DEFINE_integer("steps_per_execution", 1, "steps", flag_values=values)
+    values(["train", *argv])
+    assert values.jit_compile == expected
+    assert values.steps_per_execution == (4 if "--steps_per_execution=4" in argv else 1)
+    assert values.jit_compile in training.JIT_COMPILE  # what RunConfig accepts
+
+
+def test_jit_compile_refuses_other_words_naming_the_value():
+    from absl import flags
+
+    import tools
+
+    values = flags.FlagValues()
+    tools.define_auto_bool("jit_compile", "auto", "XLA", flag_values=values)
+    with pytest.raises(flags.IllegalFlagValueError, match="'maybe' is not auto, true or false"):
+        values(["train", "--jit_compile=maybe"])
+    with pytest.raises(ValueError, match="does not take an argument"):
+        values(["train", "--nojit_compile=true"])
