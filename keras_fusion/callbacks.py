@@ -27,6 +27,18 @@ __all__ = [
 ]
 
 
+def first_boundary(at_step, step, steps_per_execution):
+    """The first optimizer step at or after `at_step` that ends a call of the
+    train function, counting calls of `steps_per_execution` steps from
+    `step` (a boundary).
+
+    >>> first_boundary(3, 0, 2), first_boundary(4, 0, 2), first_boundary(5, 1, 4)
+    (4, 4, 5)
+    """
+    calls = max(0, -(-(at_step - step) // steps_per_execution))
+    return step + calls * steps_per_execution
+
+
 class GrowthCallback(keras.callbacks.Callback):
     """Grows a `GrowingT5Seq2SeqLM` at scheduled optimizer steps during fit.
 
@@ -222,8 +234,14 @@ class GrowthCallback(keras.callbacks.Callback):
         scale = self._learning_rate_scale(
             entry, model.backbone.hidden_dim, planned["hidden_dim"], model.optimizer
         )
+        # The growth happens at the first execution boundary at or after its
+        # step (the callback runs between calls of the train function), so
+        # the grown optimizer's config (a re-warm-up's start) is that step's.
         config = optimizer_state.grown_config(
-            model.optimizer, entry.at_step, self.rewarmup_steps, scale
+            model.optimizer,
+            first_boundary(entry.at_step, step, getattr(model, "steps_per_execution", 1) or 1),
+            self.rewarmup_steps,
+            scale,
         )
         self._preparation = growth_ahead.Preparation(model, entry, config).start()
 

@@ -237,9 +237,16 @@ class Preparation:
             model.optimizer.__class__ is not self.optimizer_class
             or optimizer_config != self.optimizer_config
         ):
+            keys = sorted(
+                k
+                for k in set(optimizer_config) | set(self.optimizer_config)
+                if optimizer_config.get(k) != self.optimizer_config.get(k)
+            )
             return (
                 "the grown optimizer's config differs from the prepared one "
-                f"(growth at step {step})"
+                f"(growth at step {step}; differing keys: {keys}; prepared "
+                f"{ {k: self.optimizer_config.get(k) for k in keys} }, needed "
+                f"{ {k: optimizer_config.get(k) for k in keys} })"
             )
         if _compile_config(model) != self.compile_config:
             return "the model was compiled again since preparing"

@@ -496,3 +496,13 @@ def test_a_growth_event_is_reported_once(verbose, capsys, caplog):
     printed = [line for line in capsys.readouterr().out.splitlines() if "Growth at step 2" in line]
     assert len(printed) == verbose
     assert not [r for r in caplog.records if "Growth at step" in r.getMessage()]
+
+
+def test_first_boundary_is_the_step_a_growth_happens_under_steps_per_execution():
+    from keras_fusion.callbacks import first_boundary
+
+    # Calls of 2 steps from step 0 end at 2, 4, 6: an entry at step 3 grows at 4.
+    assert [first_boundary(at, 0, 2) for at in (1, 2, 3, 4)] == [2, 2, 4, 4]
+    # Counted from the current boundary (a resume at step 1, calls of 4: 5, 9).
+    assert [first_boundary(at, 1, 4) for at in (2, 5, 6)] == [5, 5, 9]
+    assert first_boundary(7, 7, 3) == 7 and first_boundary(10, 0, 1) == 10

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_fusion import optimizer_state
+from keras_fusion import optimizer_state, optimizers
 from keras_fusion.callbacks import GrowthCallback
 from keras_fusion.diagnostics import relative_error
 from keras_fusion.growth import Deepen
@@ -76,11 +76,38 @@ def check_growth_keeps_the_function(schedule, grown_at, tolerance):
     fit(model, 10, [growth])
     assert model.jit_compile is True and model.steps_per_execution == 2
     assert [e["step"] for e in growth.events] == grown_at
+    # Each grown model was built and traced ahead (the growth only writes values).
+    assert [e["prepared_ahead"] for e in growth.events] == [True] * len(grown_at), [
+        e["not_prepared_reason"] for e in growth.events
+    ]
     assert model.growth_history == [e.describe() for e in growth.schedule]
     assert model.backbone.count_params() > random_backbone().count_params()
     assert relative_error(logits(model), before) <= tolerance
     assert all(v.dtype == "float32" for v in model.trainable_variables)
     assert model.lm.backbone.dtype_policy.name == keras.mixed_precision.global_policy().name
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16"], indirect=True)
+def test_tpu_settings_with_the_default_optimizer_use_the_growth_prepared_ahead(policy):
+    """`tools.train --recipe=self_fusion --jit_compile --steps_per_execution=4
+    --mixed_precision=mixed_bfloat16` grew synchronously once ("the grown
+    optimizer's config differs from the prepared one"): the stall of a
+    whole pod on a TPU. With the default Adafactor, its warm-up and cosine
+    schedule, the prepared model is the one adopted."""
+    model = GrowingT5Seq2SeqLM(FusionT5Seq2SeqLM(random_backbone(seed=0, cls=FusionT5Backbone)))
+    model.compile(
+        optimizer=optimizers.default_optimizer(total_steps=12),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        jit_compile=True,
+        steps_per_execution=4,
+    )
+    # Calls of 4 steps end at 4, 8, 12: the preparation starts after the
+    # first, and an entry at step 6 grows at step 8.
+    growth = GrowthCallback("self_fuse@6:noise=0.01", verbose=0)
+    fit(model, 12, [growth])
+    (event,) = growth.events
+    assert event["prepared_ahead"] is True, event["not_prepared_reason"]
+    assert event["step"] == 8 and model.backbone.hidden_dim == 2 * random_backbone().hidden_dim
 
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16"], indirect=True)
