@@ -180,6 +180,7 @@ def train_run(run, args, shared, unigram):
         steps_per_epoch=args.steps,
         verbose=0,
         callbacks=[recorder],
+        shuffle=False,  # a dataset, shuffled by its seed
     )
     rows = [dict(vars(row)) for row in recorder.rows]
     use = diagnostics.encoder_use(model.lm, eval_data, unigram)

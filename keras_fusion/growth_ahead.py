@@ -45,6 +45,7 @@ full garbage collection set off by its allocations
 not shorten those stalls, so it is left alone.
 """
 
+import collections.abc
 import copy
 import threading
 import time
@@ -84,6 +85,25 @@ def unsupported_reason(model):
     ):
         return f"the training data is not all numeric dense tensors ({spec})"
     return None
+
+
+def plain_structure(structure):
+    """`structure` with every mapping a `dict`, list a `list`, tuple a `tuple`.
+
+    A Keras layer wraps a dict set as its attribute in a `TrackedDict`
+    (`GrowingT5Seq2SeqLM.train_element_spec` is one). A dataset built from
+    that spec yields `TrackedDict`s, which Keras' functional models take
+    for another structure than the dict they were built on ("The structure
+    of `inputs` doesn't match the expected structure", a `UserWarning` on
+    every grown model's trace).
+    """
+    if isinstance(structure, collections.abc.Mapping):
+        return {key: plain_structure(value) for key, value in structure.items()}
+    if isinstance(structure, tuple) and not hasattr(structure, "_fields"):
+        return tuple(plain_structure(value) for value in structure)
+    if isinstance(structure, list):
+        return [plain_structure(value) for value in structure]
+    return structure
 
 
 def _initial_value(variable):
@@ -143,7 +163,7 @@ class Preparation:
         self.optimizer_class = model.optimizer.__class__
         self.optimizer_config = optimizer_config
         self.compile_config = _compile_config(model)
-        self.element_spec = model.train_element_spec
+        self.element_spec = plain_structure(model.train_element_spec)
         self.preprocessor = model.lm.preprocessor
         # Keras keeps its global dtype policy per thread: the thread takes
         # the caller's (a mixed-precision policy set by the user included).

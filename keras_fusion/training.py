@@ -492,6 +492,7 @@ def _run(config, watch, extra_callbacks):
                     epochs=initial_epoch + -(-(steps - start_step) // epoch_steps),
                     verbose=fit_verbosity(),
                     callbacks=fit_callbacks,
+                    shuffle=False,  # the dataset is shuffled by seed (Keras warns otherwise)
                 )
             watch.stop_if_requested(f"in stage {stage}")
         if checkpoint.last_saved_step != steps:  # a finished stage is recorded

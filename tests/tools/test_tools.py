@@ -4,11 +4,13 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import keras
 import numpy as np
 import pytest
 
+import keras_fusion
 from keras_fusion import data, recipes, training
 from keras_fusion.diagnostics import relative_error
 from t5_test_utils import TOLERANCE
@@ -55,11 +57,32 @@ def run_script(module, *args):
     )
 
 
+FIXTURE_WARNINGS = {}  # the warnings each module fixture's run raised
+
+
 @pytest.fixture(scope="module")
 def deep_fusion_run(tmp_path_factory, tokenizer_path):
     model_dir = tmp_path_factory.mktemp("deep_fusion")
-    summary = tiny_run("deep_fusion", model_dir, tokenizer_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # every warning, from every thread, each time
+        # What a user sees: the library's one filter (keras-hub's T5 warns at
+        # every build that its attention layers drop a mask; keras_fusion/__init__).
+        warnings.filterwarnings(
+            "ignore", message=keras_fusion.KERAS_HUB_MASK_WARNING, category=UserWarning
+        )
+        summary = tiny_run("deep_fusion", model_dir, tokenizer_path)
+    FIXTURE_WARNINGS["deep_fusion"] = caught
     return model_dir, summary
+
+
+def keras_user_warnings(caught):
+    """The `UserWarning`s raised inside Keras or keras-hub."""
+    return [
+        f"{w.filename}:{w.lineno}: {w.message}"
+        for w in caught
+        if issubclass(w.category, UserWarning)
+        and any(f"{os.sep}{package}{os.sep}" in w.filename for package in ("keras", "keras_hub"))
+    ]
 
 
 def assert_artefacts(model_dir, grown):
@@ -85,6 +108,18 @@ def assert_artefacts(model_dir, grown):
     assert (model.backbone.hidden_dim, model.backbone.num_layers) == (32, 2)
     assert not [n for n in os.listdir(model_dir) if n.startswith(".partial")]
     return model
+
+
+@pytest.mark.slow
+def test_a_run_with_a_prepared_growth_gets_no_keras_warning(deep_fusion_run):
+    # Each Keras UserWarning is a sign that the library feeds Keras something
+    # it did not expect: "The structure of `inputs` doesn't match" came from a
+    # TrackedDict data spec in the growth's preparation thread, "`shuffle=True`
+    # was passed, but will be ignored" from fit's default on a dataset.
+    with open(os.path.join(deep_fusion_run[0], "metrics.json")) as f:
+        (event,) = json.load(f)["growth_events"]
+    assert event["prepared_ahead"] is True  # the preparation thread ran
+    assert keras_user_warnings(FIXTURE_WARNINGS["deep_fusion"]) == []
 
 
 @pytest.mark.slow
