@@ -56,25 +56,26 @@ bench: install
 	$(BIN)/python benchmarks/preparation_interference.py
 	$(BIN)/python benchmarks/convert.py
 
-# Growth against training from scratch (v2, issue 15), in parts: each part
+# Growth against training from scratch (v2, issues 15 and 21), in parts: each part
 # appends to benchmarks/results/growth_vs_scratch_v2.parts/ and re-merges
 # benchmarks/results/growth_vs_scratch_v2.{json,png,md}; a finished run is
 # skipped, so the target resumes where a killed run stopped. Seed-0 search
-# of each arm first (scratch and small_alone, the regime check, lead), then
-# seeds 1 and 2 at the chosen rates, then the growth-time sweep of Deep Fusion
-# and SWEEP_MODE (set it to the best other mode of the merged table).
-# V2_FLAGS: every part of one result must share them (XLA, 25 steps a call,
-# gradients clipped to norm 1). Several hours on 2 CPU cores (a scratch run:
-# ~5.6 min at hidden 64 with V2_FLAGS on an idle machine); --quick (14.6 min
-# on an idle machine; the goal is < 10 min):
-# $(BIN)/python benchmarks/growth_vs_scratch_v2.py --quick
-V2_ARMS = scratch small_alone deep_fusion fusion_tree self_fusion deepen stack
-V2_FLAGS ?= --jit_compile --steps_per_execution=25 --global_clipnorm=1.0
-SWEEP_MODE ?= deepen
+# of each arm first (scratch and the two controls, the regime checks, lead),
+# then seeds 1 and 2 at the chosen rates, then the growth-time sweep of Deep
+# Fusion and SWEEP_MODE (set it to the best other mode of the merged table).
+# V2_FLAGS: every part of one result must share them (issue 21's budget of
+# 8,000 target steps, 4x issue 20's 2,000; XLA, 25 steps a call; the
+# library's default Adafactor, unclipped). --jobs=2 trains two runs at once,
+# one thread each. Many hours on 2 CPU cores (a scratch run: 24 min beside
+# another run); --quick: $(BIN)/python benchmarks/growth_vs_scratch_v2.py --quick
+V2_ARMS = scratch small_alone half_depth_alone deep_fusion fusion_tree self_fusion deepen stack
+V2_CONTROLS = scratch small_alone half_depth_alone
+V2_FLAGS ?= --steps=8000 --jit_compile --steps_per_execution=25 --jobs=2
+SWEEP_MODE ?= stack
 bench-vs-scratch: install
-	for arm in scratch small_alone; do $(BIN)/python benchmarks/growth_vs_scratch_v2.py $(V2_FLAGS) --arms=$$arm --seeds=0 || exit 1; \
+	for arm in $(V2_CONTROLS); do $(BIN)/python benchmarks/growth_vs_scratch_v2.py $(V2_FLAGS) --arms=$$arm --seeds=0 || exit 1; \
 		$(BIN)/python benchmarks/growth_vs_scratch_v2.py $(V2_FLAGS) --arms=$$arm --seeds=1,2 --learning_rates=best || exit 1; done
-	for arm in $(filter-out scratch small_alone,$(V2_ARMS)); do \
+	for arm in $(filter-out $(V2_CONTROLS),$(V2_ARMS)); do \
 		$(BIN)/python benchmarks/growth_vs_scratch_v2.py $(V2_FLAGS) --arms=$$arm --seeds=0 || exit 1; \
 		$(BIN)/python benchmarks/growth_vs_scratch_v2.py $(V2_FLAGS) --arms=$$arm --seeds=1,2 --learning_rates=best || exit 1; done
 	for arm in deep_fusion@0.1 deep_fusion@0.5 $(SWEEP_MODE)@0.1 $(SWEEP_MODE)@0.5; do \

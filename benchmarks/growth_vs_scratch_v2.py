@@ -68,13 +68,19 @@ and `<output>.md`. `--merge_only` merges without training.
 
 Run: `python benchmarks/growth_vs_scratch_v2.py --quick` (300-step budget,
 seeds 0 and 1, one rate, no search, no fusion tree, an evaluation every 30
-steps, XLA with 15 steps a call; the goal is under 10 minutes on 2 CPU
-cores, not met: 14.6 min on an idle machine, corpus cached), or the full
-run in parts (benchmarks/README.md, "Growth against scratch"; `make
-bench-vs-scratch`). `--jit_compile --steps_per_execution=25` compiles the
-train step with XLA and runs 25 steps a call, faster on 2 cores in most
-measurements of `benchmarks/step_time.py` (benchmarks/README.md, "Speed");
-the part files record both settings, and parts must agree on them.
+steps, XLA with 15 steps a call, two worker processes; the goal is under 10
+minutes on 2 CPU cores: 14.6 min on an idle machine with one process and
+six arms, not yet re-measured with `--jobs=2` and the seventh arm), or the
+full run in parts (benchmarks/README.md, "Growth against scratch"; `make
+bench-vs-scratch`: 8,000 target steps). `--jit_compile
+--steps_per_execution=25` compiles the train step with XLA and runs 25
+steps a call, faster on 2 cores in most measurements of
+`benchmarks/step_time.py` (benchmarks/README.md, "Speed"); the part files
+record both settings, and parts must agree on them. `--jobs=N` trains N
+runs at once in worker processes of one TensorFlow thread each, each
+writing its own part file (`<part>_worker<K>.json`), and merges when all are
+done; each row's `seconds` (the main lineage's clock) then includes the
+sharing of the cores.
 """
 
 import argparse
