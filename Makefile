@@ -68,6 +68,9 @@ bench: install
 # library's default Adafactor, unclipped). --jobs=2 trains two runs at once,
 # one thread each. Many hours on 2 CPU cores (a scratch run: 24 min beside
 # another run); --quick: $(BIN)/python benchmarks/growth_vs_scratch_v2.py --quick
+# The 16,000-step result (results/growth_vs_scratch_v2_16k, seed 0 of four arms):
+# make bench-vs-scratch V2_FLAGS="--steps=16000 --jit_compile --steps_per_execution=25
+#   --jobs=2 --output benchmarks/results/growth_vs_scratch_v2_16k"
 V2_ARMS = scratch small_alone half_depth_alone deep_fusion fusion_tree self_fusion deepen stack
 V2_CONTROLS = scratch small_alone half_depth_alone
 V2_FLAGS ?= --steps=8000 --jit_compile --steps_per_execution=25 --jobs=2
