@@ -53,7 +53,9 @@ class GrowthCallback(keras.callbacks.Callback):
 
     The whole schedule is checked when training begins, before any step:
     partners must be fusable, the optimizer supported, and the parameter
-    count within `max_parameters`.
+    count within `max_parameters`. An entry due at the step `fit` starts
+    from (the model was trained to it elsewhere) grows then, before the
+    first step; one whose step has passed unapplied is refused.
 
     With no schedule (`GrowthCallback()`), the callback grows once, by
     `growth.DEFAULT_GROWTH_MODE` after `growth.DEFAULT_GROWTH_FRACTION` of
@@ -194,7 +196,7 @@ class GrowthCallback(keras.callbacks.Callback):
         applied = set(model.growth_history)
         self._pending = [e for e in self.schedule if e.describe() not in applied]
         for entry in self._pending:
-            if entry.at_step <= step:
+            if entry.at_step < step:
                 raise ValueError(
                     f"{entry.describe()}: step {entry.at_step} has passed (the optimizer "
                     f"is at step {step}) and the entry was never applied."
@@ -207,6 +209,11 @@ class GrowthCallback(keras.callbacks.Callback):
             self._preparation = None
         if self.log_dir and self._writer is None:
             self._writer = tf.summary.create_file_writer(self.log_dir)
+        # An entry due at the step fit starts from (a model trained to that
+        # step in another fit or process, such as a fusion tree's node that
+        # starts by fusing its inputs) grows now, before the first step.
+        while self._pending and self._pending[0].at_step == step:
+            self.grow(self._pending.pop(0), step)
 
     def _default_entry(self, model):
         steps, epochs = (self.params or {}).get("steps"), (self.params or {}).get("epochs")

@@ -506,3 +506,37 @@ def test_first_boundary_is_the_step_a_growth_happens_under_steps_per_execution()
     # Counted from the current boundary (a resume at step 1, calls of 4: 5, 9).
     assert [first_boundary(at, 1, 4) for at in (2, 5, 6)] == [5, 5, 9]
     assert first_boundary(7, 7, 3) == 7 and first_boundary(10, 0, 1) == 10
+
+
+@pytest.mark.parametrize(
+    "make_entry",
+    [
+        lambda: Deepen(at_step=2, num_new_layers=1),
+        lambda: Fuse(
+            at_step=2, partner=FusionT5Seq2SeqLM(random_backbone(seed=7, cls=FusionT5Backbone))
+        ),
+    ],
+    ids=["deepen", "fuse"],
+)
+def test_an_entry_due_when_fit_starts_grows_before_the_first_step_as_it_would_mid_fit(
+    make_entry,
+):
+    """A model trained to step 2 in one fit and grown when the next fit
+    starts (a fusion tree's node continuing its input) ends where the same
+    growth inside one fit ends: same weights after the next step."""
+    inside = growing_lm(keras.optimizers.Adam(1e-2))
+    fit(inside, 3, [GrowthCallback([make_entry()], verbose=0)])
+    split = growing_lm(keras.optimizers.Adam(1e-2))
+    fit(split, 2)
+    callback = GrowthCallback([make_entry()], verbose=0)
+    fit(split, 1, [callback])
+    assert [e["step"] for e in callback.events] == [2]
+    assert split.growth_history == inside.growth_history
+    assert int(split.optimizer.iterations.numpy()) == 3
+    for a, b in zip(inside.lm.trainable_variables, split.lm.trainable_variables):
+        assert relative_error(a.numpy(), b.numpy()) < 1e-6, a.path
+    # One whose step has passed unapplied is still refused.
+    late = growing_lm(keras.optimizers.Adam(1e-2))
+    fit(late, 3)
+    with pytest.raises(ValueError, match=r"step 2 has passed \(the optimizer is at step 3\)"):
+        fit(late, 1, [GrowthCallback([make_entry()], verbose=0)])
