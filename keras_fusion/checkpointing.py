@@ -22,7 +22,11 @@ model.fit(data, epochs=10, steps_per_epoch=100,
 ```
 """
 
+import os
 import re
+import socket
+import threading
+import time
 
 import keras
 from absl import logging
@@ -163,3 +167,141 @@ def checkpoint_epoch(directory):
     """The epoch count of the newest checkpoint (0 when there is none)."""
     checkpoints = read_index(directory).get("checkpoints", [])
     return checkpoints[-1]["epoch"] if checkpoints else 0
+
+
+# A lease is renewed every LEASE_RENEW_SECONDS and is dead after
+# LEASE_TTL_SECONDS without a renewal (its job was killed or lost its VM).
+LEASE_TTL_SECONDS = 120.0
+LEASE_RENEW_SECONDS = 20.0
+_LEASE_FILE = re.compile(r"^lease-\d+-[0-9a-f]{8}\.json$")
+
+
+class LeaseHeld(ValueError):
+    """Another live job holds the lease (a `ValueError`: the scripts exit 2)."""
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+class Lease:
+    """One job at a time in `directory`, on any TF filesystem, object stores included.
+
+    Object stores have no atomic create-if-absent or rename, so a lease is
+    not one shared lock file: each job writes its own file
+    (`lease-<time>-<8 hex>.json`: host, pid, when taken and last renewed),
+    then lists the folder. If any other *live* lease is there, it deletes
+    its own and raises `LeaseHeld`. Two jobs that start together may both
+    see each other and both refuse (rerun one); they can never both go on,
+    since each writes before it looks. A lease is dead when it has not been
+    renewed for `ttl` seconds, or at once when it names this host and a
+    process that no longer runs (a job killed with SIGKILL and rerun on the
+    same machine resumes at once; on another machine, after `ttl`). A
+    daemon thread renews the lease while the job holds it.
+
+    Example:
+
+    ```python
+    with Lease("gs://bucket/run/nodes/leaf0"):
+        train_the_node()
+    ```
+    """
+
+    def __init__(self, directory, ttl=LEASE_TTL_SECONDS, renew_every=LEASE_RENEW_SECONDS):
+        if not ttl > renew_every > 0:
+            raise ValueError(
+                f"need ttl > renew_every > 0, got ttl={ttl}, renew_every={renew_every}."
+            )
+        self.directory = directory
+        self.ttl = ttl
+        self.renew_every = renew_every
+        self.path = None
+        self._stop = threading.Event()
+        self._thread = None
+
+    def _record(self, taken):
+        return {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "taken": taken,
+            "renewed": time.time(),
+        }
+
+    def is_live(self, record, now=None):
+        """Whether another job's lease `record` still holds."""
+        now = time.time() if now is None else now
+        if record.get("host") == socket.gethostname() and not _pid_alive(record.get("pid", -1)):
+            return False
+        return now - record.get("renewed", 0.0) < self.ttl
+
+    def others(self):
+        """`{file name: record}` of the leases in the folder other than this job's."""
+        found = {}
+        own = None if self.path is None else os.path.basename(self.path)
+        for name in storage.listdir(self.directory):
+            if not _LEASE_FILE.match(name) or name == own:
+                continue
+            try:
+                found[name] = storage.read_json(storage.join(self.directory, name))
+            except Exception:  # deleted between the listing and the read
+                continue
+        return found
+
+    def acquire(self):
+        storage.makedirs(self.directory)
+        taken = time.time()
+        name = storage.unique_name(f"lease-{int(taken * 1e6)}", ".json")
+        self.path = storage.join(self.directory, name)
+        storage.write_json(self.path, self._record(taken))
+        live = {}
+        for other, record in self.others().items():
+            if self.is_live(record):
+                live[other] = record
+            else:  # a dead job's lease: clear it (best effort)
+                try:
+                    storage.remove(storage.join(self.directory, other))
+                except Exception:
+                    pass
+        if live:
+            storage.remove(self.path)
+            self.path = None
+            record = next(iter(live.values()))
+            raise LeaseHeld(
+                f"{self.directory} is in use by another job (host {record.get('host')}, pid "
+                f"{record.get('pid')}, renewed {time.time() - record.get('renewed', 0):.0f} s "
+                f"ago). Two jobs must not train it at once. If that job is dead, its lease "
+                f"expires {self.ttl:.0f} s after its last renewal (at once on its own host); "
+                "then run this command again."
+            )
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._renew, args=(taken,), daemon=True)
+        self._thread.start()
+        return self
+
+    def _renew(self, taken):
+        while not self._stop.wait(self.renew_every):
+            try:
+                storage.write_json(self.path, self._record(taken))
+            except Exception as error:  # keep training; the next renewal may succeed
+                logging.warning("Could not renew the lease %s: %s", self.path, error)
+
+    def release(self):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self.path is not None:
+            storage.remove(self.path)
+            self.path = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()

@@ -2,6 +2,10 @@
 
 import os
 import re
+import socket
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -9,7 +13,10 @@ import pytest
 from keras_fusion import storage
 from keras_fusion.callbacks import GrowthCallback
 from keras_fusion.checkpointing import (
+    LEASE_TTL_SECONDS,
     GrowthCheckpoint,
+    Lease,
+    LeaseHeld,
     checkpoint_epoch,
     latest_checkpoint,
     read_index,
@@ -94,3 +101,68 @@ def test_step_checkpoints_with_state_on_a_remote_filesystem(tmp_path, monkeypatc
 def test_bad_arguments_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         GrowthCheckpoint("unused", **kwargs)
+
+
+def lease_record(host, pid, renewed):
+    return {"host": host, "pid": pid, "taken": renewed, "renewed": renewed}
+
+
+@pytest.mark.parametrize("root", ["local", "ram://lease_test"])
+def test_a_lease_refuses_a_second_job_while_the_first_holds_it(tmp_path, root):
+    directory = str(tmp_path / "node") if root == "local" else f"{root}/{tmp_path.name}/node"
+    first = Lease(directory).acquire()
+    try:
+        (own,) = [n for n in storage.listdir(directory) if n.startswith("lease-")]
+        record = storage.read_json(storage.join(directory, own))
+        assert (record["host"], record["pid"]) == (socket.gethostname(), os.getpid())
+        with pytest.raises(LeaseHeld, match=f"{re.escape(directory)} is in use by another job"):
+            Lease(directory).acquire()
+        # The refused job removed its own file; the holder's is intact.
+        assert [n for n in storage.listdir(directory) if n.startswith("lease-")] == [own]
+    finally:
+        first.release()
+    assert not [n for n in storage.listdir(directory) if n.startswith("lease-")]
+    with Lease(directory):  # free again
+        pass
+
+
+def test_a_dead_jobs_lease_is_taken_over_and_a_live_one_on_another_host_is_not(tmp_path):
+    directory = str(tmp_path / "node")
+    storage.makedirs(directory)
+    now = time.time()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], text=True, capture_output=True
+    ).stdout.strip()
+    storage.write_json(  # this host, a process that has exited: dead at once
+        storage.join(directory, "lease-1-0000000a.json"),
+        lease_record(socket.gethostname(), int(dead), now),
+    )
+    storage.write_json(  # another host, not renewed for longer than the TTL
+        storage.join(directory, "lease-2-0000000b.json"),
+        lease_record("elsewhere", 1, now - LEASE_TTL_SECONDS - 1),
+    )
+    with Lease(directory):
+        names = [n for n in storage.listdir(directory) if n.startswith("lease-")]
+        assert len(names) == 1 and names[0] not in (
+            "lease-1-0000000a.json",
+            "lease-2-0000000b.json",
+        )
+    storage.write_json(  # another host, renewed a second ago: live
+        storage.join(directory, "lease-3-0000000c.json"), lease_record("elsewhere", 1, now - 1)
+    )
+    with pytest.raises(LeaseHeld, match=r"host elsewhere, pid 1, renewed \d+ s ago"):
+        Lease(directory).acquire()
+
+
+def test_a_held_lease_is_renewed():
+    directory = "ram://lease_renew_test/node"
+    with Lease(directory, ttl=1.0, renew_every=0.1) as lease:
+        first = storage.read_json(lease.path)["renewed"]
+        time.sleep(0.5)
+        assert storage.read_json(lease.path)["renewed"] > first
+        # Another job sees it live after its TTL from the start has passed.
+        time.sleep(0.6)
+        with pytest.raises(LeaseHeld):
+            Lease(directory, ttl=1.0, renew_every=0.1).acquire()
+    with pytest.raises(ValueError, match=r"need ttl > renew_every > 0, got ttl=1, renew_every=2"):
+        Lease(directory, ttl=1, renew_every=2)
