@@ -9,6 +9,12 @@ Recipes (the growth happens inside `fit`, through `GrowthCallback`):
 - `self_fusion`: one half-width model, fused with itself at `growth_step`.
 - `deepen`: a model with half the target depth, given identity layers at
   `growth_step`.
+- `fusion_tree`: the paper's tree (its algorithm 4). With `tree_depth=2`,
+  four models of a quarter of the target's width train `growth_step` steps
+  each, are fused in pairs into two half-width models that train
+  `growth_step` more, and those are fused into the target, which trains
+  until `steps`. Every model between two fusions is a `Stage` (a node)
+  that can run as its own job (`fusion_tree_stages`).
 
 ```python
 from keras_fusion import recipes
@@ -19,9 +25,13 @@ model = recipes.compile_model(recipes.build_model(start, seed=0), "adam")
 ```
 """
 
+import dataclasses
+from typing import Optional
+
 import keras
 
 from keras_fusion import storage
+from keras_fusion.growth import Fuse
 from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM, GrowingT5Seq2SeqLM
 
 PRESETS = {
@@ -34,7 +44,9 @@ PRESETS = {
         num_layers=12, num_heads=12, hidden_dim=768, intermediate_dim=3072, key_value_dim=64
     ),
 }
-RECIPES = ("deep_fusion", "self_fusion", "deepen", "scratch")
+RECIPES = ("deep_fusion", "self_fusion", "deepen", "scratch", "fusion_tree")
+# The widths a recipe divides the target's by (fusion_tree: 2 ** tree_depth).
+_WIDTH_KEYS = ("hidden_dim", "num_heads", "intermediate_dim")
 
 
 def target_config(preset, vocabulary_size, **overrides):
@@ -53,20 +65,24 @@ def target_config(preset, vocabulary_size, **overrides):
     return config
 
 
-def start_config(recipe, config):
-    """The config a recipe starts from (before growth)."""
+def start_config(recipe, config, tree_depth=2):
+    """The config a recipe starts from (before growth); `tree_depth` is
+    fusion_tree's (its leaves are `2 ** tree_depth` times narrower)."""
     if recipe not in RECIPES:
         raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}.")
-    if recipe in ("deep_fusion", "self_fusion"):
-        for key in ("hidden_dim", "num_heads", "intermediate_dim"):
-            if config[key] % 2:
-                raise ValueError(f"{recipe} halves {key}, which must be even; got {config[key]}.")
-        return dict(
-            config,
-            hidden_dim=config["hidden_dim"] // 2,
-            num_heads=config["num_heads"] // 2,
-            intermediate_dim=config["intermediate_dim"] // 2,
-        )
+    if recipe in ("deep_fusion", "self_fusion", "fusion_tree"):
+        factor = 2**tree_depth if recipe == "fusion_tree" else 2
+        for key in _WIDTH_KEYS:
+            if config[key] % factor:
+                rule = (
+                    "halves {key}, which must be even"
+                    if factor == 2
+                    else "divides {key} by {factor}, which must be a multiple of {factor}"
+                )
+                raise ValueError(
+                    f"{recipe} {rule.format(key=key, factor=factor)}; got {config[key]}."
+                )
+        return dict(config, **{key: config[key] // factor for key in _WIDTH_KEYS})
     if recipe == "deepen":
         if config["num_layers"] < 2 or config["num_layers"] % 2:
             raise ValueError(
@@ -77,9 +93,110 @@ def start_config(recipe, config):
     return dict(config)
 
 
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One model's training between two growths: a node of a fusion tree.
+
+    Attributes:
+        name: the stage's name (`leaf0`, `fused1_0`, `root`).
+        config: the backbone config it trains (after its growths).
+        seed: the seed of its model's initialisation and data order (a
+            stage that continues another keeps that one's).
+        start_step: the optimizer step it starts at (0, or the step its
+            input was trained to).
+        end_step: the optimizer step it trains to.
+        continues: the stage whose final model (with its optimizer) it
+            starts from, or None (a model built from `config` and `seed`).
+        fuses: the stage whose final model it fuses into the one it
+            continues at `start_step`, or None.
+    """
+
+    name: str
+    config: dict
+    seed: int
+    start_step: int
+    end_step: int
+    continues: Optional[str] = None
+    fuses: Optional[str] = None
+
+    @property
+    def inputs(self):
+        """The stages that must be finished before this one starts."""
+        return tuple(name for name in (self.continues, self.fuses) if name)
+
+    def growths(self, final_model_path):
+        """The stage's growth entries: the fusion at its first step, its
+        partner read from `final_model_path(name)` (which must exist)."""
+        if self.fuses is None:
+            return []
+        return [Fuse(at_step=self.start_step, partner=final_model_path(self.fuses))]
+
+
+def fusion_tree_stages(target, tree_depth, growth_step, steps, seed):
+    """The nodes of a fusion tree, inputs before their users.
+
+    `2 ** tree_depth` leaves of `target`'s width divided by `2 ** tree_depth`
+    (seeds `seed`, `seed + 1`, ...) train steps 0 to `growth_step`. Each node
+    of level `L` (1 to `tree_depth`) continues its first input, fuses the
+    second into it at step `L * growth_step` (`Stage.growths`: `Fuse`),
+    and trains `growth_step` steps; the root
+    (the last level) trains until `steps`. `tree_depth=1` is Deep Fusion's
+    2 -> 1.
+
+    Example:
+
+    ```python
+    target = target_config("tiny", vocabulary_size=1000)
+    stages = fusion_tree_stages(target, tree_depth=2, growth_step=100, steps=400, seed=0)
+    [s.name for s in stages]
+    # ['leaf0', 'leaf1', 'leaf2', 'leaf3', 'fused1_0', 'fused1_1', 'root']
+    ```
+    """
+    if not isinstance(tree_depth, int) or tree_depth < 1:
+        raise ValueError(f"tree_depth must be an int >= 1, got {tree_depth!r}.")
+    if not isinstance(growth_step, int) or growth_step < 1:
+        raise ValueError(f"growth_step must be an int >= 1, got {growth_step!r}.")
+    if not tree_depth * growth_step < steps:
+        raise ValueError(
+            f"a fusion tree of depth {tree_depth} fuses its last pair at step "
+            f"tree_depth * growth_step = {tree_depth * growth_step}, which must be below "
+            f"steps ({steps})."
+        )
+
+    def name(level, index):
+        if level == 0:
+            return f"leaf{index}"
+        return "root" if level == tree_depth else f"fused{level}_{index}"
+
+    leaf = start_config("fusion_tree", target, tree_depth)
+    stages = [Stage(name(0, i), leaf, seed + i, 0, growth_step) for i in range(2**tree_depth)]
+    level_stages = stages
+    for level in range(1, tree_depth + 1):
+        factor = 2 ** (tree_depth - level)
+        config = dict(target, **{key: target[key] // factor for key in _WIDTH_KEYS})
+        at = level * growth_step
+        built = []
+        for i in range(len(level_stages) // 2):
+            first, second = level_stages[2 * i], level_stages[2 * i + 1]
+            built.append(
+                Stage(
+                    name(level, i),
+                    config,
+                    first.seed,
+                    at,
+                    steps if level == tree_depth else at + growth_step,
+                    continues=first.name,
+                    fuses=second.name,
+                )
+            )
+        stages += built
+        level_stages = built
+    return stages
+
+
 def growth_schedule(recipe, config, growth_step, partner_path=None):
     """The schedule string of a recipe."""
-    if recipe == "scratch":
+    if recipe in ("scratch", "fusion_tree"):  # a tree's growths are its stages'
         return ""
     if recipe == "deep_fusion":
         return f"fuse@{growth_step}:partner={partner_path}"
@@ -92,6 +209,8 @@ def grown_config(recipe, start):
     """The config a recipe grows `start` to (the inverse of `start_config`)."""
     if recipe not in RECIPES:
         raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}.")
+    if recipe == "fusion_tree":
+        raise ValueError("fusion_tree trains its leaves from scratch: it has no grown config.")
     if recipe in ("deep_fusion", "self_fusion"):
         return dict(
             start,

@@ -14,14 +14,24 @@ WIDTH = ("hidden_dim", "num_heads", "intermediate_dim")
 def test_start_config_halves_what_the_recipe_grows_and_grown_config_inverts_it(recipe, preset):
     target = recipes.target_config(preset, vocabulary_size=100)
     start = recipes.start_config(recipe, target)
-    halved = {"deep_fusion": WIDTH, "self_fusion": WIDTH, "deepen": ("num_layers",), "scratch": ()}[
-        recipe
-    ]
+    halved = {
+        "deep_fusion": WIDTH,
+        "self_fusion": WIDTH,
+        "deepen": ("num_layers",),
+        "scratch": (),
+        "fusion_tree": WIDTH,  # divided by 4 at the default depth 2
+    }[recipe]
+    factor = 4 if recipe == "fusion_tree" else 2
     for key, value in target.items():
-        assert start[key] == (value // 2 if key in halved else value), key
+        assert start[key] == (value // factor if key in halved else value), key
     for key in halved:
-        assert 2 * start[key] == target[key], key  # the presets are even: nothing is rounded away
-    assert recipes.grown_config(recipe, start) == target
+        # The presets' widths are multiples of 4: nothing is rounded away.
+        assert factor * start[key] == target[key], key
+    if recipe == "fusion_tree":  # its growths are its stages'
+        with pytest.raises(ValueError, match="fusion_tree trains its leaves from scratch"):
+            recipes.grown_config(recipe, start)
+    else:
+        assert recipes.grown_config(recipe, start) == target
 
 
 @pytest.mark.parametrize(
@@ -50,9 +60,61 @@ def test_an_unknown_preset_or_recipe_is_refused_naming_the_allowed_values():
     with pytest.raises(
         ValueError,
         match=r"recipe must be one of \('deep_fusion', 'self_fusion', 'deepen', "
-        r"'scratch'\), got 'bogus'",
+        r"'scratch', 'fusion_tree'\), got 'bogus'",
     ):
         recipes.start_config("bogus", target)
+
+
+def test_fusion_tree_stages_are_the_papers_tree_inputs_first(tmp_path):
+    target = recipes.target_config("tiny", 100)  # hidden 64, 4 heads, feed-forward 128
+    stages = recipes.fusion_tree_stages(target, tree_depth=2, growth_step=100, steps=450, seed=5)
+    names = [s.name for s in stages]
+    assert names == ["leaf0", "leaf1", "leaf2", "leaf3", "fused1_0", "fused1_1", "root"]
+    widths = {s.name: (s.config["hidden_dim"], s.config["num_heads"]) for s in stages}
+    assert widths == dict(
+        leaf0=(16, 1), leaf1=(16, 1), leaf2=(16, 1), leaf3=(16, 1),
+        fused1_0=(32, 2), fused1_1=(32, 2), root=(64, 4),
+    )  # fmt: skip
+    assert stages[-1].config == target
+    steps = {s.name: (s.start_step, s.end_step) for s in stages}
+    assert steps["leaf2"] == (0, 100) and steps["fused1_1"] == (100, 200)
+    assert steps["root"] == (200, 450)
+    seeds = {s.name: s.seed for s in stages}
+    assert [seeds[f"leaf{i}"] for i in range(4)] == [5, 6, 7, 8]
+    assert (seeds["fused1_1"], seeds["root"]) == (7, 5)  # each keeps its first input's
+    by_name = {s.name: s for s in stages}
+    assert by_name["fused1_1"].inputs == ("leaf2", "leaf3")
+    assert by_name["root"].inputs == ("fused1_0", "fused1_1")
+    for stage in stages:  # inputs before their users
+        assert all(names.index(i) < names.index(stage.name) for i in stage.inputs)
+    (tmp_path / "fused1_1.keras").touch()  # a Fuse entry checks that its partner exists
+    (fuse,) = by_name["root"].growths(lambda name: str(tmp_path / f"{name}.keras"))
+    assert (fuse.at_step, fuse.partner) == (200, str(tmp_path / "fused1_1.keras"))
+    assert by_name["leaf0"].growths(lambda name: name) == []
+    # Depth 1 is Deep Fusion's 2 -> 1: half-width leaves fused into the target.
+    depth_1 = recipes.fusion_tree_stages(target, 1, 100, 400, 0)
+    assert [(s.name, s.config["hidden_dim"]) for s in depth_1] == [
+        ("leaf0", 32),
+        ("leaf1", 32),
+        ("root", 64),
+    ]
+    assert depth_1[0].config == recipes.start_config("deep_fusion", target)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(tree_depth=0), r"tree_depth must be an int >= 1, got 0"),
+        (dict(growth_step=0), r"growth_step must be an int >= 1, got 0"),
+        (dict(steps=200), r"tree_depth \* growth_step = 200, which must be below steps \(200\)"),
+        (dict(tree_depth=3), r"fusion_tree divides num_heads by 8, which must be a multiple of 8"),
+    ],
+)
+def test_a_tree_that_cannot_be_built_is_refused(kwargs, message):
+    target = recipes.target_config("tiny", 100)
+    arguments = {**dict(tree_depth=2, growth_step=100, steps=450, seed=0), **kwargs}
+    with pytest.raises(ValueError, match=message):
+        recipes.fusion_tree_stages(target, **arguments)
 
 
 def test_target_config_takes_overrides_and_ignores_none():
