@@ -20,12 +20,14 @@ import time
 
 import keras
 
-from keras_fusion import checkpointing, storage
+from keras_fusion import checkpointing, data, storage
+from keras_fusion.callbacks import GrowthCallback
 from keras_fusion.diagnostics import encoder_use
 from keras_fusion.distribution import check_tpu_reachable, make_strategy
+from keras_fusion.export import export_saved_model
 from keras_fusion.growth import DEFAULT_GROWTH_FRACTION
 from keras_fusion.metrics import MetricsRecorder, MetricsRow, plot_metrics
-from keras_fusion.models import FusionT5Seq2SeqLM, GrowingT5Seq2SeqLM
+from keras_fusion.models import FusionT5Seq2SeqLM, GrowingT5Seq2SeqLM, variable_trees
 from keras_fusion.models.fusion_t5_backbone import backbone_config, backbone_variables
 from keras_fusion.optimizers import (
     DEFAULT_LEARNING_RATE,
@@ -39,6 +41,7 @@ from keras_fusion.recipes import (
     RECIPES,
     build_model,
     compile_model,
+    fusion_tree_stages,
     grown_config,
     growth_schedule,
     init_from,
@@ -109,6 +112,8 @@ class RunConfig:
     steps_per_execution: int = 1
     mixed_precision: str = "float32"
     init_from: str = None
+    tree_depth: int = 2
+    node: str = None
 
     @classmethod
     def from_flags(cls, flag_values):
@@ -136,6 +141,12 @@ class RunConfig:
         step = self.growth_step or max(round(DEFAULT_GROWTH_FRACTION * self.steps), 1)
         if self.recipe != "scratch" and not 1 <= step < self.steps:
             raise ValueError(f"growth_step must be in [1, steps={self.steps}), got {step}.")
+        if self.recipe == "fusion_tree":
+            self._check_tree(step)
+        elif self.node is not None:
+            raise ValueError(
+                f"--node runs one node of --recipe=fusion_tree; the recipe is {self.recipe!r}."
+            )
         warmup = self.warmup_steps
         if warmup is None:
             warmup = default_warmup_steps(self.steps)
@@ -153,6 +164,8 @@ class RunConfig:
         stage_lengths = {"steps": self.steps}
         if self.recipe == "deep_fusion":
             stage_lengths["growth_step (the partner's steps)"] = step
+        if self.recipe == "fusion_tree":
+            stage_lengths["growth_step (each node's steps)"] = step
         for name, length in stage_lengths.items():
             if length % self.steps_per_execution:
                 raise ValueError(
@@ -171,6 +184,27 @@ class RunConfig:
                 "--strategy=tpu needs --tpu (a TPU name, 'local' on a TPU VM, or grpc://HOST:PORT)."
             )
         return dataclasses.replace(self, growth_step=step, warmup_steps=warmup)
+
+    def _check_tree(self, step):
+        if not isinstance(self.tree_depth, int) or not 1 <= self.tree_depth <= 4:
+            raise ValueError(f"tree_depth must be an int in [1, 4], got {self.tree_depth!r}.")
+        if not self.tree_depth * step < self.steps:
+            raise ValueError(
+                f"a fusion tree of depth {self.tree_depth} fuses its last pair at step "
+                f"tree_depth * growth_step = {self.tree_depth * step}, which must be below "
+                f"steps ({self.steps}): lower --growth_step or raise --steps."
+            )
+        for name in ("init_from", "growth_schedule"):
+            if getattr(self, name):
+                raise ValueError(
+                    f"--{name} does not apply to --recipe=fusion_tree: its leaves are "
+                    "trained from scratch and its growths are the fusions of the tree."
+                )
+        if self.node is not None and self.fresh:
+            raise ValueError(
+                "--fresh deletes the whole tree in --model_dir, which other nodes' jobs may be "
+                "training: run it once without --node, then start the nodes."
+            )
 
     def growth_options(self):
         """`GrowthCallback` keyword arguments from the flags."""
@@ -200,14 +234,18 @@ class RunConfig:
 
     def run_flags(self):
         """The flags that define what a run computes (compared on resume)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in RESUMABLE_FLAGS}
+        flags = {k: v for k, v in dataclasses.asdict(self).items() if k not in RESUMABLE_FLAGS}
+        if self.recipe != "fusion_tree":  # as runs before the fusion tree recorded them
+            del flags["tree_depth"]
+        return flags
 
 
 JIT_COMPILE = {"auto": "auto", "true": True, "false": False}
 PRECISIONS = ("float32", "mixed_bfloat16")
 # Flags that may change when a run is resumed: they do not change what it
 # computes (a pre-empted TPU VM may come back under another TPU name).
-RESUMABLE_FLAGS = ("fresh", "tpu", "export_dir", "checkpoint_every")
+# `node` picks which part of the run a job trains, not what the run computes.
+RESUMABLE_FLAGS = ("fresh", "tpu", "export_dir", "checkpoint_every", "node")
 # What `run` writes in model_dir, deleted by `fresh=True`.
 RUN_FILES = (
     "run.json",
@@ -218,7 +256,7 @@ RUN_FILES = (
     "final.keras",
     "loss_vs_flops.png",
 )
-RUN_FOLDERS = ("checkpoints", "logs", "export")
+RUN_FOLDERS = ("checkpoints", "logs", "export", "nodes")
 
 
 class Preempted(Exception):
@@ -289,8 +327,10 @@ class StopAtStep(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def prepare_model_dir(config):
+def prepare_model_dir(config, write=True):
     """Check that `model_dir` holds this run or none, then record the run's flags.
+
+    With `write=False` it only checks (and `fresh` is not applied).
 
     With `config.fresh`, what an earlier run wrote there is deleted first.
     A model_dir that holds a run with other flags is refused (nothing is
@@ -299,12 +339,12 @@ def prepare_model_dir(config):
     model_dir = config.model_dir
     run_path = storage.join(model_dir, "run.json")
     flags = config.run_flags()
-    if config.fresh:
+    if config.fresh and write:
         for name in RUN_FOLDERS:
             storage.rmtree(storage.join(model_dir, name))
         for name in RUN_FILES:
             storage.remove(storage.join(model_dir, name))
-    elif storage.exists(run_path):
+    elif storage.exists(run_path) and not config.fresh:
         saved = storage.read_json(run_path)["flags"]
         differ = [k for k in sorted(set(saved) | set(flags)) if saved.get(k) != flags.get(k)]
         if differ:
@@ -316,7 +356,8 @@ def prepare_model_dir(config):
                 "Give the same flags to "
                 "resume it, --fresh to start over there, or another --model_dir."
             )
-    storage.write_json(run_path, {"flags": flags})
+    if write:
+        storage.write_json(run_path, {"flags": flags})
 
 
 def run(config, callbacks=()):
@@ -343,56 +384,71 @@ def run(config, callbacks=()):
         )
 
 
-def _run(config, watch, extra_callbacks):
-    from keras_fusion import data
-    from keras_fusion.callbacks import GrowthCallback
-    from keras_fusion.export import export_saved_model
-    from keras_fusion.models import variable_trees
+class _Run:
+    """What every stage of one run shares, and the steps of a stage.
 
-    model_dir = config.model_dir
-    checkpoints = storage.join(model_dir, "checkpoints")
-    if config.strategy == "tpu":
-        check_tpu_reachable(config.tpu)  # fail in seconds, before anything is read or written
-    prepare_model_dir(config)
-    keras.mixed_precision.set_global_policy(config.mixed_precision)
-    with timed(f"Loading corpus {config.data!r}"):
-        train_texts = data.load_corpus(config.data, "train", config.data_dir)
-        valid_texts = data.load_corpus(config.data, "validation", config.data_dir)
-    initial = None
-    if config.init_from:
-        with timed(f"Loading the starting model from {config.init_from}"):
-            initial, tokenizer_path = init_from(config.init_from, config.tokenizer, model_dir)
-        start = backbone_config(initial.backbone)
-        target = grown_config(config.recipe, start)
-    else:
-        if config.tokenizer:
-            tokenizer_path = config.tokenizer
-        else:
-            with timed("Tokenizer (SentencePiece, cached by content)"):
-                tokenizer_path = data.train_tokenizer(
-                    train_texts, config.vocabulary_size, storage.join(model_dir, "tokenizer")
+    `_run` below, and the fusion tree's nodes (`_run_tree`), are made of its
+    parts: `prepare` (the corpus, tokenizer and model shapes), `load_data`
+    (after the stage's models are built), `train` (one stage, checkpointed
+    and resumable), `recorder` and `finish` (metrics, plot, final model,
+    SavedModel).
+    """
+
+    def __init__(self, config, watch, extra_callbacks):
+        self.config = config
+        self.watch = watch
+        self.extra_callbacks = extra_callbacks
+        self.model_dir = config.model_dir
+        self.checkpoints = storage.join(self.model_dir, "checkpoints")
+        self.shape = (config.batch_size, config.input_length, config.target_length)
+
+    def prepare(self):
+        """Read the corpus, find or train the tokenizer, fix the model shapes."""
+        config = self.config
+        keras.mixed_precision.set_global_policy(config.mixed_precision)
+        with timed(f"Loading corpus {config.data!r}"):
+            self.train_texts = data.load_corpus(config.data, "train", config.data_dir)
+            self.valid_texts = data.load_corpus(config.data, "validation", config.data_dir)
+        self.initial = None
+        if config.init_from:
+            with timed(f"Loading the starting model from {config.init_from}"):
+                self.initial, tokenizer_path = init_from(
+                    config.init_from, config.tokenizer, self.model_dir
                 )
-        target = target_config(
-            config.preset,
-            data.vocabulary_size(tokenizer_path),
-            num_layers=config.num_layers,
-            num_heads=config.num_heads,
-            hidden_dim=config.hidden_dim,
-            intermediate_dim=config.intermediate_dim,
-            key_value_dim=config.key_value_dim,
-        )
-        start = start_config(config.recipe, target)
-    vocabulary_size = data.vocabulary_size(tokenizer_path)
-    if vocabulary_size != start["vocabulary_size"]:
-        raise ValueError(
-            f"the tokenizer {tokenizer_path} has {vocabulary_size} pieces but the model's "
-            f"vocabulary_size is {start['vocabulary_size']}."
-        )
-    strategy = make_strategy(config.strategy, config.tpu)
-    shape = (config.batch_size, config.input_length, config.target_length)
-    watch.stop_if_requested("before training")
+            self.start = backbone_config(self.initial.backbone)
+            self.target = grown_config(config.recipe, self.start)
+        else:
+            if config.tokenizer:
+                tokenizer_path = config.tokenizer
+            else:
+                with timed("Tokenizer (SentencePiece, cached by content)"):
+                    tokenizer_path = data.train_tokenizer(
+                        self.train_texts,
+                        config.vocabulary_size,
+                        storage.join(self.model_dir, "tokenizer"),
+                    )
+            self.target = target_config(
+                config.preset,
+                data.vocabulary_size(tokenizer_path),
+                num_layers=config.num_layers,
+                num_heads=config.num_heads,
+                hidden_dim=config.hidden_dim,
+                intermediate_dim=config.intermediate_dim,
+                key_value_dim=config.key_value_dim,
+            )
+            self.start = start_config(config.recipe, self.target, config.tree_depth)
+        self.tokenizer_path = tokenizer_path
+        self.vocabulary_size = data.vocabulary_size(tokenizer_path)
+        if self.vocabulary_size != self.start["vocabulary_size"]:
+            raise ValueError(
+                f"the tokenizer {tokenizer_path} has {self.vocabulary_size} pieces but the "
+                f"model's vocabulary_size is {self.start['vocabulary_size']}."
+            )
+        self.strategy = make_strategy(config.strategy, config.tpu)
+        return self
 
-    def compiled(model):
+    def compiled(self, model):
+        config = self.config
         optimizer = make_optimizer(
             config.optimizer,
             config.learning_rate,
@@ -404,42 +460,40 @@ def _run(config, watch, extra_callbacks):
             model, optimizer, JIT_COMPILE[config.jit_compile], config.steps_per_execution
         )
 
-    # Models first: keras.utils.set_random_seed (in build_model) resets
-    # TensorFlow's random state and clears its kernel cache, which also
-    # deletes the SentencePiece resource of an eager tensorflow-text
-    # tokenizer (tensorflow/text#570); seed everything before data exists.
-    # A resumed run builds them too, so that its random state is the same.
-    def built(seed):
-        if initial is None:
-            return build_model(start, seed)
+    def built(self, start, seed):
+        """A new compiled model of `start` (or the `--init_from` model), seeded.
+
+        Models first: keras.utils.set_random_seed (in build_model) resets
+        TensorFlow's random state and clears its kernel cache, which also
+        deletes the SentencePiece resource of an eager tensorflow-text
+        tokenizer (tensorflow/text#570); seed everything before data exists
+        (`load_data` after). A resumed run builds them too, so that its
+        random state is the same.
+        """
+        if self.initial is None:
+            return self.compiled(build_model(start, seed))
         keras.utils.set_random_seed(seed)  # the data order and any noise
-        return GrowingT5Seq2SeqLM(
-            FusionT5Seq2SeqLM.from_parameters(
-                start,
-                variable_trees.read(backbone_variables(initial.backbone)),
-                preprocessor=initial.preprocessor,
+        return self.compiled(
+            GrowingT5Seq2SeqLM(
+                FusionT5Seq2SeqLM.from_parameters(
+                    start,
+                    variable_trees.read(backbone_variables(self.initial.backbone)),
+                    preprocessor=self.initial.preprocessor,
+                )
             )
         )
 
-    with strategy.scope():
-        model = compiled(built(config.seed))
-        partner = compiled(built(config.seed + 1)) if config.recipe == "deep_fusion" else None
-        restored, entry = checkpointing.latest_checkpoint(checkpoints)
-    tokenizer = data.load_tokenizer(tokenizer_path)
-    state = entry["state"] if entry else {"stage": "partner" if partner else "main"}
-    step = entry["step"] if entry else 0
-    if entry:
-        print(
-            f"Resumed from checkpoint {entry['file'] or '(partner done)'} in {checkpoints}: "
-            f"stage {state['stage']}, step {step}",
-            flush=True,
-        )
+    def load_data(self):
+        """The tokenizer and the held-out batches (after the models are built)."""
+        self.tokenizer = data.load_tokenizer(self.tokenizer_path)
+        self.eval_data = self.dataset(self.valid_texts, 0, training_data=False)
 
-    def dataset(texts, seed, training_data=True):
+    def dataset(self, texts, seed, training_data=True):
+        config = self.config
         ds = data.make_dataset(
             texts,
-            tokenizer,
-            vocabulary_size,
+            self.tokenizer,
+            self.vocabulary_size,
             config.batch_size,
             input_length=config.input_length,
             target_length=config.target_length,
@@ -449,11 +503,22 @@ def _run(config, watch, extra_callbacks):
         )
         return ds if training_data else ds.take(config.eval_batches).cache()
 
-    eval_data = dataset(valid_texts, 0, training_data=False)
-
-    def train(model, stage, seed, start_step, steps, recorder, growth=None, run_state=None):
+    def train(
+        self,
+        model,
+        stage,
+        seed,
+        start_step,
+        steps,
+        recorder,
+        growth=None,
+        run_state=None,
+        checkpoints=None,
+    ):
+        """Train `model` (one stage) from `start_step` to `steps`, checkpointed."""
+        config, watch = self.config, self.watch
         checkpoint = checkpointing.GrowthCheckpoint(
-            checkpoints,
+            checkpoints or self.checkpoints,
             every_steps=config.checkpoint_every,
             state=lambda: dict(
                 run_state or {},
@@ -473,20 +538,20 @@ def _run(config, watch, extra_callbacks):
                     checkpoint,
                     StopAtStep(steps),
                     watch,
-                    keras.callbacks.TensorBoard(storage.join(model_dir, "logs", stage)),
+                    keras.callbacks.TensorBoard(storage.join(self.model_dir, "logs", stage)),
                 ]
-                + list(extra_callbacks(stage))
+                + list(self.extra_callbacks(stage))
             )
             epoch_steps = (
                 -(-config.eval_every // config.steps_per_execution) * config.steps_per_execution
             )
             initial_epoch = start_step // epoch_steps
             with timed(
-                f"Training {stage}: steps {start_step}-{steps}, {model.backbone.count_params():,} "
-                "parameters"
+                f"Training {stage}: steps {start_step}-{steps}, "
+                f"{model.backbone.count_params():,} parameters"
             ):
                 model.fit(
-                    dataset(train_texts, seed).skip(start_step),
+                    self.dataset(self.train_texts, seed).skip(start_step),
                     steps_per_epoch=epoch_steps,
                     initial_epoch=initial_epoch,
                     epochs=initial_epoch + -(-(steps - start_step) // epoch_steps),
@@ -499,34 +564,114 @@ def _run(config, watch, extra_callbacks):
             checkpoint.set_model(model)
             checkpoint.save()
 
-    def recorder_for(stage, steps, flops_offset=0.0, growth=None):
+    def recorder(self, stage, steps, state, flops_offset=0.0, growth=None, path=None):
+        """The stage's `MetricsRecorder`, its rows restored from `state` when
+        the checkpoint was saved in that stage."""
         recorder = MetricsRecorder(
-            eval_data,
-            *shape,
-            every=config.eval_every,
+            self.eval_data,
+            *self.shape,
+            every=self.config.eval_every,
             stage=stage,
             final_step=steps,
             flops_offset=flops_offset,
             growth_callback=growth,
-            path=storage.join(model_dir, f"metrics_{stage}.json"),
+            path=path or storage.join(self.model_dir, f"metrics_{stage}.json"),
         )
-        if state["stage"] == stage and "recorder" in state:
+        if state.get("stage") == stage and "recorder" in state:
             recorder.restore(state["recorder"])
         return recorder
 
+    def growth_callback(self, schedule):
+        return GrowthCallback(
+            schedule,
+            log_dir=storage.join(self.model_dir, "logs", "growth"),
+            **self.config.growth_options(),
+        )
+
+    def finish(self, model, curves, growth_events):
+        """Metrics, plot, final model and SavedModel of the trained `model`;
+        returns the run's summary."""
+        config = self.config
+        # Whether the model reads its encoder: the held-out loss with every
+        # example paired with another's input (diagnostics.encoder_use).
+        use = None
+        if config.batch_size >= 2:
+            use = encoder_use(model.lm, self.eval_data)
+            print(
+                f"Encoder check: held-out loss {use['loss']:.4f}, with another example's "
+                f"encoder input {use['mismatched_encoder_loss']:.4f}; on content tokens "
+                f"{use['content_loss']:.4f} and {use['mismatched_encoder_content_loss']:.4f}",
+                flush=True,
+            )
+        metrics_path = storage.join(self.model_dir, "metrics.json")
+        storage.write_json(
+            metrics_path,
+            {
+                "config": dataclasses.asdict(config),
+                "tokenizer": self.tokenizer_path,
+                "encoder_use": use,
+                "growth_events": growth_events,
+                "curves": {
+                    label: [dataclasses.asdict(r) for r in rows] for label, rows in curves.items()
+                },
+            },
+        )
+        plot_path = plot_metrics(curves, storage.join(self.model_dir, "loss_vs_flops.png"))
+        final_path = storage.save_model(model, storage.join(self.model_dir, "final.keras"))
+        export_dir = config.export_dir or storage.join(self.model_dir, "export")
+        with timed(f"Exporting SavedModel to {export_dir}"):
+            export_saved_model(
+                model,
+                export_dir,
+                tokenizer_path=self.tokenizer_path,
+                max_input_length=config.input_length,
+            )
+        last = list(curves.values())[-1][-1]
+        return (
+            f"Artefacts: metrics {metrics_path}, plot {plot_path}, "
+            f"model {final_path}, SavedModel {export_dir}, "
+            f"TensorBoard {storage.join(self.model_dir, 'logs')}\n"
+            f"Final eval loss {last.eval_loss:.4f} (accuracy {last.eval_accuracy:.3f}) after "
+            f"{last.flops:.3e} training FLOPs ({config.recipe}, "
+            f"{model.backbone.count_params():,} parameters)"
+        )
+
+
+def _run(config, watch, extra_callbacks):
+    if config.strategy == "tpu":
+        check_tpu_reachable(config.tpu)  # fail in seconds, before anything is read or written
+    if config.recipe == "fusion_tree":
+        return _run_tree(config, watch, extra_callbacks)
+    prepare_model_dir(config)
+    run = _Run(config, watch, extra_callbacks).prepare()
+    watch.stop_if_requested("before training")
+    with run.strategy.scope():
+        model = run.built(run.start, config.seed)
+        partner = run.built(run.start, config.seed + 1) if config.recipe == "deep_fusion" else None
+        restored, entry = checkpointing.latest_checkpoint(run.checkpoints)
+    run.load_data()
+    state = entry["state"] if entry else {"stage": "partner" if partner else "main"}
+    step = entry["step"] if entry else 0
+    if entry:
+        print(
+            f"Resumed from checkpoint {entry['file'] or '(partner done)'} in {run.checkpoints}: "
+            f"stage {state['stage']}, step {step}",
+            flush=True,
+        )
+
     curves, run_state, partner_path = {}, {}, None
     if partner is not None:
-        partner_path = storage.join(model_dir, "partner.keras")
+        partner_path = storage.join(run.model_dir, "partner.keras")
         if state["stage"] == "partner":
             partner = restored or partner
-            recorder = recorder_for("partner", config.growth_step)
-            train(partner, "partner", config.seed + 1, step, config.growth_step, recorder)
+            recorder = run.recorder("partner", config.growth_step, state)
+            run.train(partner, "partner", config.seed + 1, step, config.growth_step, recorder)
             storage.save_model(partner, partner_path)
             # The partner stage is done: a state-only entry says so (the
             # main model is still the one built above).
             run_state = {"partner_rows": recorder.state()["rows"], "partner_flops": recorder.flops}
             checkpointing.write_entry(
-                checkpoints,
+                run.checkpoints,
                 {"file": None, "step": 0, "epoch": 0, "state": dict(run_state, stage="main")},
             )
             state, step, restored = {"stage": "main"}, 0, None
@@ -537,53 +682,191 @@ def _run(config, watch, extra_callbacks):
         ]
     model = restored or model
     schedule = config.growth_schedule or growth_schedule(
-        config.recipe, target, config.growth_step, partner_path
+        config.recipe, run.target, config.growth_step, partner_path
     )
-    growth = GrowthCallback(
-        schedule, log_dir=storage.join(model_dir, "logs", "growth"), **config.growth_options()
-    )
+    growth = run.growth_callback(schedule)
     growth.events = list(state.get("growth_events", []))
-    recorder = recorder_for("main", config.steps, run_state.get("partner_flops", 0.0), growth)
-    train(model, "main", config.seed, step, config.steps, recorder, growth, run_state)
+    recorder = run.recorder(
+        "main", config.steps, state, run_state.get("partner_flops", 0.0), growth
+    )
+    run.train(model, "main", config.seed, step, config.steps, recorder, growth, run_state)
     curves[config.recipe] = recorder.rows
+    return run.finish(model, curves, growth.events)
 
-    # Whether the model reads its encoder: the held-out loss with every
-    # example paired with another's input (diagnostics.encoder_use).
-    use = None
-    if config.batch_size >= 2:
-        use = encoder_use(model.lm, eval_data)
-        print(
-            f"Encoder check: held-out loss {use['loss']:.4f}, with another example's encoder "
-            f"input {use['mismatched_encoder_loss']:.4f}; on content tokens "
-            f"{use['content_loss']:.4f} and {use['mismatched_encoder_content_loss']:.4f}",
-            flush=True,
-        )
-    metrics_path = storage.join(model_dir, "metrics.json")
-    storage.write_json(
-        metrics_path,
-        {
-            "config": dataclasses.asdict(config),
-            "tokenizer": tokenizer_path,
-            "encoder_use": use,
-            "growth_events": growth.events,
-            "curves": {
-                label: [dataclasses.asdict(r) for r in rows] for label, rows in curves.items()
-            },
-        },
+
+class NodeNotReady(ValueError):
+    """A fusion-tree node was asked for before its inputs finished (the
+    scripts exit 2: a `ValueError`)."""
+
+
+def tree_stages(config):
+    """The nodes of `config`'s fusion tree (`recipes.fusion_tree_stages`), in
+    an order that runs inputs before their users; only the node names and
+    steps are needed before the tokenizer exists, so widths come from the
+    preset and flags (`vocabulary_size` as given)."""
+    config = config.check()
+    target = target_config(
+        config.preset,
+        config.vocabulary_size,
+        num_layers=config.num_layers,
+        num_heads=config.num_heads,
+        hidden_dim=config.hidden_dim,
+        intermediate_dim=config.intermediate_dim,
+        key_value_dim=config.key_value_dim,
     )
-    plot_path = plot_metrics(curves, storage.join(model_dir, "loss_vs_flops.png"))
-    final_path = storage.save_model(model, storage.join(model_dir, "final.keras"))
-    export_dir = config.export_dir or storage.join(model_dir, "export")
-    with timed(f"Exporting SavedModel to {export_dir}"):
-        export_saved_model(
-            model, export_dir, tokenizer_path=tokenizer_path, max_input_length=config.input_length
-        )
-    last = recorder.rows[-1]
-    return (
-        f"Artefacts: metrics {metrics_path}, plot {plot_path}, "
-        f"model {final_path}, SavedModel {export_dir}, "
-        f"TensorBoard {storage.join(model_dir, 'logs')}\n"
-        f"Final eval loss {last.eval_loss:.4f} (accuracy {last.eval_accuracy:.3f}) after "
-        f"{last.flops:.3e} training FLOPs ({config.recipe}, "
-        f"{model.backbone.count_params():,} parameters)"
+    return fusion_tree_stages(
+        target, config.tree_depth, config.growth_step, config.steps, config.seed
     )
+
+
+def node_dir(model_dir, name):
+    """Where a fusion-tree node keeps its checkpoints, lease, final model and `done.json`."""
+    return storage.join(model_dir, "nodes", name)
+
+
+def node_final_path(model_dir, name):
+    return storage.join(node_dir(model_dir, name), "final.keras")
+
+
+def tree_node(config):
+    """The `Stage` of `config.node` (a clear error for a name not in the tree)."""
+    stages = {stage.name: stage for stage in tree_stages(config)}
+    if config.node not in stages:
+        raise ValueError(f"node must be one of {list(stages)}, got {config.node!r}.")
+    return stages[config.node]
+
+
+def missing_inputs(config):
+    """The inputs of `config.node` that are not finished yet (`[]`: it can run)."""
+    return [name for name in tree_node(config).inputs if node_done(config.model_dir, name) is None]
+
+
+def node_done(model_dir, name):
+    """The `done.json` record of a finished node, or None."""
+    path = storage.join(node_dir(model_dir, name), "done.json")
+    return storage.read_json(path) if storage.exists(path) else None
+
+
+def _run_tree(config, watch, extra_callbacks):
+    """Every node of the fusion tree not yet finished, in order (or only
+    `config.node`): the one-machine path, and the job of one node."""
+    if config.node is not None:
+        stage = tree_node(config)
+        done = node_done(config.model_dir, stage.name)
+        if done is not None:
+            message = (
+                f"Node {stage.name} is already finished "
+                f"({node_dir(config.model_dir, stage.name)}/done.json): nothing to do."
+            )
+            print(message, flush=True)
+            return message
+        prepare_model_dir(config, write=False)  # other flags there: refused, nothing written
+        missing = missing_inputs(config)
+        if missing:
+            raise NodeNotReady(
+                f"node {stage.name} needs {', '.join(missing)} finished first (in "
+                f"{storage.join(config.model_dir, 'nodes')}); nothing was written. Run "
+                f"{' and '.join('--node=' + name for name in missing)} first, or wait for "
+                "them (--wait_for_inputs in tools.train)."
+            )
+    prepare_model_dir(config)  # with --fresh, the nodes go too
+    run = _Run(config, watch, extra_callbacks).prepare()
+    # The same nodes, now with the tokenizer's vocabulary size.
+    stages = fusion_tree_stages(
+        run.target, config.tree_depth, config.growth_step, config.steps, config.seed
+    )
+    if config.node is not None:
+        todo = [s for s in stages if s.name == config.node]
+    else:
+        todo = [s for s in stages if node_done(config.model_dir, s.name) is None]
+        for stage in stages:
+            if stage not in todo:
+                print(f"Node {stage.name} is already finished: skipped.", flush=True)
+    watch.stop_if_requested("before training")
+    summary = None
+    for stage in todo:
+        summary = _train_node(run, stage, stages)
+    return summary or f"Every node of the tree in {config.model_dir} is finished."
+
+
+def _train_node(run, stage, stages):
+    """Train one node into `model_dir/nodes/NAME`, resumable; the root also
+    writes the run's artefacts (`_Run.finish`)."""
+    model_dir = run.model_dir
+    folder = node_dir(model_dir, stage.name)
+    checkpoints = storage.join(folder, "checkpoints")
+    final_path = node_final_path(model_dir, stage.name)
+    inputs = {name: node_done(model_dir, name) for name in stage.inputs}
+    with checkpointing.Lease(folder):
+        # The node's result depends only on the flags and its inputs, not
+        # on what ran in this process before: the global seed (which
+        # tf.data's seeded shuffles combine with their own) is the node's.
+        keras.utils.set_random_seed(stage.seed)
+        with run.strategy.scope():
+            restored, entry = checkpointing.latest_checkpoint(checkpoints)
+            if restored is not None:
+                model = restored
+            elif stage.continues:
+                model = storage.load_model(node_final_path(model_dir, stage.continues))
+            else:
+                model = run.built(stage.config, stage.seed)
+        run.load_data()
+        state = entry["state"] if entry else {}
+        step = entry["step"] if entry else stage.start_step
+        if entry:
+            print(
+                f"Resumed node {stage.name} from {entry['file']} in {checkpoints}: step {step}",
+                flush=True,
+            )
+        schedule = stage.growths(lambda name: node_final_path(model_dir, name))
+        growth = run.growth_callback(schedule) if schedule else None
+        if growth is not None:
+            growth.events = list(state.get("growth_events", []))
+        # FLOPs over every node: the node's own, after all its inputs' (the
+        # whole subtree below it).
+        offset = sum(done["flops"] for done in inputs.values())
+        recorder = run.recorder(
+            stage.name,
+            stage.end_step,
+            dict(state, stage=stage.name),
+            offset,
+            growth,
+            path=storage.join(folder, "metrics.json"),
+        )
+        run.train(
+            model,
+            stage.name,
+            stage.seed,
+            step,
+            stage.end_step,
+            recorder,
+            growth,
+            checkpoints=checkpoints,
+        )
+        storage.save_model(model, final_path)
+        done = {
+            "node": stage.name,
+            "step": stage.end_step,
+            "flops": recorder.flops,
+            "rows": [dataclasses.asdict(r) for r in recorder.rows],
+            "growth_events": growth.events if growth else [],
+            "inputs": list(stage.inputs),
+        }
+        summary = None
+        if stage.name == stages[-1].name:  # the root: the run's artefacts, every node's curve
+            curves = {
+                s.name: [MetricsRow(**r) for r in node_done(model_dir, s.name)["rows"]]
+                for s in stages[:-1]
+            }
+            curves[stage.name] = recorder.rows
+            events = [e for s in stages[:-1] for e in node_done(model_dir, s.name)["growth_events"]]
+            summary = run.finish(model, curves, events + done["growth_events"])
+        storage.write_json(storage.join(folder, "done.json"), done)  # last: the node is finished
+        print(f"Node {stage.name} finished: {final_path}", flush=True)
+    if summary is None:
+        last = recorder.rows[-1]
+        summary = (
+            f"Node {stage.name}: eval loss {last.eval_loss:.4f} at step {last.step}, "
+            f"{last.flops:.3e} training FLOPs with its inputs'; model {final_path}"
+        )
+    return summary

@@ -36,6 +36,8 @@ import pytest
 pytestmark = pytest.mark.slow
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+WORKER = os.path.join(HERE, "tools", "train_worker.py")
 PROXY = os.path.join(HERE, "gcs_emulator_proxy.py")
 CHECKS = os.path.join(HERE, "gcs_emulator_checks.py")
 BUCKET = "keras-fusion-test"
@@ -233,6 +235,31 @@ class Emulator:
         ) as r:
             return r.read()
 
+    def object_names(self, prefix):
+        """The names of the objects under `prefix`, read straight from the emulator."""
+        quoted = urllib.request.quote(prefix, safe="")
+        with urllib.request.urlopen(
+            f"{self.url}/storage/v1/b/{BUCKET}/o?prefix={quoted}", timeout=10
+        ) as r:
+            return [item["name"] for item in json.loads(r.read()).get("items", [])]
+
+    def put_object(self, name, data):
+        quoted = urllib.request.quote(name, safe="")
+        request = urllib.request.Request(
+            f"{self.url}/upload/storage/v1/b/{BUCKET}/o?uploadType=media&name={quoted}",
+            method="POST",
+            data=data,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        urllib.request.urlopen(request, timeout=10).read()
+
+    def delete_object(self, name):
+        quoted = urllib.request.quote(name, safe="")
+        request = urllib.request.Request(
+            f"{self.url}/storage/v1/b/{BUCKET}/o/{quoted}", method="DELETE"
+        )
+        urllib.request.urlopen(request, timeout=10).read()
+
     def stop(self):
         for process in reversed(self.processes):
             process.terminate()
@@ -308,3 +335,104 @@ def test_traffic_went_to_the_emulator(checks, emulator):
         "REQUEST PUT www.googleapis.com "
         "/upload/storage/v1/b/keras-fusion-test/o?uploadType=resumable" in proxy_log
     )
+
+
+# Deep Fusion as a depth-1 fusion tree at the tiny sizes: leaves hidden 16
+# (steps 0-4), the root hidden 32 (4-8).
+TREE = dict(
+    recipe="fusion_tree",
+    tree_depth=1,
+    steps=8,
+    growth_step=4,
+    hidden_dim=32,
+    num_heads=4,
+    intermediate_dim=64,
+    key_value_dim=8,
+    eval_every=2,
+    checkpoint_every=2,
+)
+
+
+def tree_job(env, model_dir, tokenizer, node=None, *extra):
+    """tests/tools/train_worker.py: `tools.train`'s run of the tree (or of one node)."""
+    flags = [f"--flag={name}={value}" for name, value in TREE.items()]
+    if node:
+        flags.append(f"--flag=node={node}")
+    return subprocess.Popen(
+        [sys.executable, WORKER, model_dir, tokenizer, *flags, *extra],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def finished(process, returncode=0):
+    out, _ = process.communicate(timeout=600)
+    assert process.returncode == returncode, out[-4000:]
+    return out
+
+
+def test_the_fusion_tree_as_node_jobs_on_gs_ends_as_the_whole_tree_does_locally(emulator, tmp_path):
+    """The nodes as jobs on gs:// (both leaves at once, a node refused while
+    another host's live lease is in its folder, the root SIGKILLed after its
+    fusion and rerun) end with the local one-command tree's curves and model."""
+    import keras
+    import numpy as np
+
+    from keras_fusion import data
+    from keras_fusion.diagnostics import relative_error
+
+    tokenizer = data.train_tokenizer(
+        data.load_corpus("embedded", "train")[:300], 500, str(tmp_path / "tokenizer")
+    )
+    env = emulator.child_env()
+    local_env = dict(os.environ, CUDA_VISIBLE_DEVICES="", KERAS_BACKEND="tensorflow")
+    whole = tree_job(local_env, str(tmp_path / "whole"), tokenizer)
+    gs = f"gs://{BUCKET}/tree"
+
+    # Another host's live lease on leaf0: the job refuses and leaves it there.
+    planted = "tree/nodes/leaf0/lease-1-0123abcd.json"
+    record = {"host": "another-host", "pid": 1, "taken": time.time(), "renewed": time.time()}
+    emulator.put_object(planted, json.dumps(record).encode())
+    refused = finished(tree_job(env, gs, tokenizer, "leaf0"), returncode=2)
+    assert "is in use by another job (host another-host, pid 1" in refused
+    leases = [n for n in emulator.object_names("tree/nodes/leaf0/") if "/lease-" in n]
+    assert leases == [planted]  # its own lease taken back, the other job's kept
+    emulator.delete_object(planted)
+
+    leaves = [tree_job(env, gs, tokenizer, name) for name in ("leaf0", "leaf1")]
+    for process in leaves:
+        finished(process)
+    killed = tree_job(env, gs, tokenizer, "root", "--kill", "root:6")
+    assert "KILLED at root:6" in finished(killed, returncode=-9)
+    assert "tree/nodes/root/done.json" not in emulator.object_names("tree/nodes/root/")
+    resumed = finished(tree_job(env, gs, tokenizer, "root"))
+    assert "Resumed node root from ckpt-000000006" in resumed
+    finished(whole)
+
+    for node in ("leaf0", "leaf1", "root"):
+        on_gs = json.loads(emulator.object_bytes(f"tree/nodes/{node}/done.json"))["rows"]
+        with open(tmp_path / "whole" / "nodes" / node / "done.json") as f:
+            local = json.load(f)["rows"]
+        assert [r["step"] for r in on_gs] == [r["step"] for r in local]
+        assert [r["eval_loss"] for r in on_gs] == pytest.approx(
+            [r["eval_loss"] for r in local], abs=1e-5
+        )
+    assert not [n for n in emulator.object_names("tree/nodes/") if "/lease-" in n]
+    (tmp_path / "gs_final.keras").write_bytes(emulator.object_bytes("tree/final.keras"))
+
+    ids = np.random.default_rng(0).integers(3, 500, (2, 16)).astype("int32")
+    inputs = {
+        "encoder_token_ids": ids,
+        "encoder_padding_mask": np.ones_like(ids),
+        "decoder_token_ids": ids,
+        "decoder_padding_mask": np.ones_like(ids),
+    }
+    a, b = (
+        keras.saving.load_model(str(path), compile=False).lm(inputs)
+        for path in (tmp_path / "gs_final.keras", tmp_path / "whole" / "final.keras")
+    )
+    assert relative_error(a, b) < 1e-5, relative_error(a, b)

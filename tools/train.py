@@ -5,6 +5,15 @@ On a laptop, the embedded corpus and the tiny preset (what `make demo` runs):
     python -m tools.train --recipe=deep_fusion --preset=tiny --steps=1200 \
         --model_dir=runs/demo
 
+The paper's fusion tree (4 -> 2 -> 1), each node runnable as its own job
+(`--list_nodes` prints them, inputs first; `--node=NAME` trains one into the
+shared --model_dir; without --node every unfinished node runs in order):
+
+    python -m tools.train --recipe=fusion_tree --steps=1200 --growth_step=300 \
+        --model_dir=runs/tree --list_nodes
+    python -m tools.train --recipe=fusion_tree --steps=1200 --growth_step=300 \
+        --model_dir=runs/tree --node=leaf0
+
 On Cloud TPU, C4 from a prepared TFDS directory, everything on Cloud Storage,
 XLA, 100 steps per execution, bfloat16 compute:
 
@@ -27,9 +36,11 @@ metrics.json (step, training FLOPs so far, train and eval loss, growth
 events), loss_vs_flops.png, final.keras, and a SavedModel in --export_dir.
 """
 
+import dataclasses
 import os
 import signal
 import sys
+import time
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -47,7 +58,32 @@ flags.DEFINE_string(
     "Overrides the recipe's schedule, e.g. 'self_fuse@1000,deepen@3000:layers=2'.",
 )
 flags.DEFINE_integer(
-    "growth_step", None, "Optimizer step of the recipe's growth (default: steps // 3)."
+    "growth_step",
+    None,
+    "Optimizer step of the recipe's growth; fusion_tree: each node's steps "
+    "(default: a quarter of --steps).",
+)
+flags.DEFINE_integer(
+    "tree_depth",
+    2,
+    "fusion_tree's depth: 2 is the paper's 4 -> 2 -> 1, 1 is Deep Fusion's 2 -> 1.",
+)
+flags.DEFINE_string(
+    "node",
+    None,
+    "fusion_tree: train only this node (see --list_nodes) into the shared --model_dir; "
+    "a node whose inputs are not finished exits 2 and writes nothing.",
+)
+flags.DEFINE_bool(
+    "list_nodes",
+    False,
+    "fusion_tree: print the node names, one a line, inputs before their users; train nothing.",
+)
+flags.DEFINE_integer(
+    "wait_for_inputs",
+    0,
+    "With --node: wait up to this many seconds for the node's inputs to finish "
+    "(checking every 30 s) instead of exiting 2 at once.",
 )
 flags.DEFINE_string("preset", "tiny", f"Size of the final model: {', '.join(recipes.PRESETS)}.")
 flags.DEFINE_integer("num_layers", None, "Overrides the preset.")
@@ -163,9 +199,38 @@ def run_or_exit(config, callbacks=()):
     print(summary)
 
 
+# How often --wait_for_inputs looks at the inputs' done.json files.
+WAIT_POLL_SECONDS = 30.0
+
+
+def wait_for_inputs(config, seconds, poll=None):
+    """Wait until `config.node`'s inputs are finished, at most `seconds`."""
+    poll = WAIT_POLL_SECONDS if poll is None else poll
+    deadline = time.monotonic() + seconds
+    while True:
+        missing = or_exit(training.missing_inputs, config)
+        if not missing or time.monotonic() >= deadline:
+            return
+        print(f"Node {config.node} waits for {', '.join(missing)}...", flush=True)
+        time.sleep(max(0.0, min(poll, deadline - time.monotonic())))
+
+
 def main(argv):
     del argv
-    run_or_exit(training.RunConfig.from_flags(FLAGS))
+    config = training.RunConfig.from_flags(FLAGS)
+    if FLAGS.list_nodes:
+        if config.recipe != "fusion_tree":
+            print("error: --list_nodes lists the nodes of --recipe=fusion_tree.", file=sys.stderr)
+            sys.exit(2)
+        for stage in or_exit(training.tree_stages, dataclasses.replace(config, node=None)):
+            print(stage.name)
+        return
+    if FLAGS.wait_for_inputs:
+        if config.node is None:
+            print("error: --wait_for_inputs needs --node.", file=sys.stderr)
+            sys.exit(2)
+        wait_for_inputs(config, FLAGS.wait_for_inputs)
+    run_or_exit(config)
 
 
 if __name__ == "__main__":
