@@ -3,7 +3,7 @@
 Real processes on a shared local model_dir: the whole tree in one command,
 and the same tree as separate node jobs (the four leaves at once, a
 duplicate job refused by the node's lease, a node killed with SIGKILL and
-rerun), end with the same model.
+one pre-empted with SIGTERM, both rerun), end with the same model.
 """
 
 import json
@@ -162,14 +162,17 @@ def test_the_tree_ends_with_the_same_model_in_one_command_or_as_separate_node_jo
         finish(process)
 
     # fused1_0 killed (SIGKILL) after its fusion at step 4 and the checkpoint
-    # of step 6, beside fused1_1; rerun, it resumes from that checkpoint.
+    # of step 6; beside it fused1_1 gets the pre-emption notice (SIGTERM)
+    # at step 5, saves at the next step and exits 143. Rerun, each resumes
+    # from its checkpoint.
     killed = node_job(nodes, tokenizer_path, "fused1_0", "--kill", "fused1_0:6")
-    other = node_job(nodes, tokenizer_path, "fused1_1")
+    preempted = node_job(nodes, tokenizer_path, "fused1_1", "--sigterm", "fused1_1:5")
     assert "KILLED at fused1_0:6" in finish(killed, returncode=-9)
-    finish(other)
-    assert not os.path.exists(nodes / "nodes" / "fused1_0" / "done.json")
-    resumed = finish(node_job(nodes, tokenizer_path, "fused1_0"))
-    assert "Resumed node fused1_0 from ckpt-000000006" in resumed
+    assert "a checkpoint at step 6 was saved" in finish(preempted, returncode=143)
+    for node in ("fused1_0", "fused1_1"):
+        assert not os.path.exists(nodes / "nodes" / node / "done.json")
+        resumed = finish(node_job(nodes, tokenizer_path, node))
+        assert f"Resumed node {node} from ckpt-000000006" in resumed
 
     # A finished node does nothing and says so.
     done = nodes / "nodes" / "leaf1" / "done.json"
