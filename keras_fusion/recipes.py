@@ -32,7 +32,7 @@ import keras
 
 from keras_fusion import storage
 from keras_fusion.growth import Fuse
-from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM, GrowingT5Seq2SeqLM
+from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM, GrowingT5Seq2SeqLM, load_lm
 
 PRESETS = {
     # T5 shapes; vocabulary_size comes from the tokenizer.
@@ -257,12 +257,10 @@ def init_from(path, tokenizer=None, model_dir=None):
     """The starting LM of `--init_from` and the path of its SentencePiece model.
 
     `path` is a Hugging Face T5 folder, a keras-hub preset directory or a
-    `.keras` file (`keras_fusion.utils.preset_loader.load_lm`). The tokenizer
+    `.keras` file (`keras_fusion.models.load_lm`). The tokenizer
     is the checkpoint's own (written to `model_dir/tokenizer/`), or
     `tokenizer` when the checkpoint has none.
     """
-    from keras_fusion.utils.preset_loader import load_lm
-
     lm, proto = load_lm(path)
     if proto is None:
         if not tokenizer:

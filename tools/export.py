@@ -60,7 +60,7 @@ def export_model(
 ):
     """Load `model_path` and write it to `export_dir` in `format`; returns `export_dir`."""
     from keras_fusion.export import export_saved_model
-    from keras_fusion.utils.preset_loader import load_lm
+    from keras_fusion.models import load_lm
 
     if format not in FORMATS:
         raise ValueError(f"--format must be one of {FORMATS}, got {format!r}.")

@@ -4,7 +4,7 @@
     python -m tools.fuse --models=/hf/t5-a,/hf/t5-b --output=fused.keras   # Hugging Face T5 folders
 
 Each model is a `.keras` file, a keras-hub preset directory or a Hugging
-Face T5 folder (see `keras_fusion.utils.preset_loader.load_lm`).
+Face T5 folder (see `keras_fusion.models.load_lm`).
 
 The fused model's logits are the weighted sum of the inputs' (exact); the
 script prints the measured error on random tokens. The output is written to
@@ -43,9 +43,8 @@ def fuse_files(paths, output, weights=None, norm="grouped"):
 
     from keras_fusion import storage
     from keras_fusion.diagnostics import function_error
-    from keras_fusion.models import FusionT5Seq2SeqLM
+    from keras_fusion.models import FusionT5Seq2SeqLM, load_lm
     from keras_fusion.models.fusion_t5_backbone import check_fusable
-    from keras_fusion.utils.preset_loader import load_lm
 
     if not paths or len(paths) < 2:
         raise ValueError(f"--models needs two or more files, got {paths}.")

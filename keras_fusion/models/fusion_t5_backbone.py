@@ -12,6 +12,8 @@ from keras_fusion.layers.fusion_t5_block import FusionT5Block, block_variables
 from keras_fusion.layers.grouped_rms_norm import GroupedRMSNorm
 from keras_fusion.layers.t5_token_embedding import T5TokenEmbedding
 from keras_fusion.models import variable_trees
+from keras_fusion.utils import preset_loader
+from keras_fusion.utils.transformers import convert_t5, export_t5
 
 NORM_MODES = ("grouped", "global")
 
@@ -76,6 +78,14 @@ def backbone_variables(backbone):
     if not backbone.tie_embedding_weights:
         tree["reverse_embedding"] = backbone.token_embedding.reverse_embeddings
     return tree
+
+
+def as_fusion_backbone(cls, backbone):
+    """A `cls` (a `FusionT5Backbone` class) holding a plain `T5Backbone`'s
+    weights (one norm group)."""
+    return cls.from_parameters(
+        backbone_config(backbone), variable_trees.read(backbone_variables(backbone))
+    )
 
 
 def check_fusable(backbones):
@@ -327,16 +337,19 @@ class FusionT5Backbone(T5Backbone):
         backbone = FusionT5Backbone.from_preset("/path/to/t5-v1_1-small")
         ```
         """
-        from keras_fusion.utils import preset_loader
-
-        backbone = preset_loader.backbone_from_preset(cls, preset, load_weights, **kwargs)
-        if backbone is None:
-            backbone = super().from_preset(preset, load_weights=load_weights, **kwargs)
-        return backbone
+        config = preset_loader.preset_config(preset)
+        if preset_loader.is_hf_t5(config):
+            return convert_t5.load_backbone(
+                cls, preset_loader.hf_folder(preset), load_weights, kwargs.pop("dtype", None)
+            )
+        if preset_loader.is_plain_t5_preset(cls, config):
+            plain = Backbone.from_preset(preset, load_weights=load_weights, **kwargs)
+            return as_fusion_backbone(cls, plain)
+        return super().from_preset(preset, load_weights=load_weights, **kwargs)
 
     def export_to_transformers(self, path):
         """Write a Hugging Face T5 folder of this backbone (see
-        `keras_fusion.utils.transformers.export_t5.export_to_transformers`;
+        `keras_fusion.utils.transformers.export_t5.write_transformers_folder`;
         no tokenizer). Refused, writing nothing, for several norm groups.
 
         Args:
@@ -351,9 +364,9 @@ class FusionT5Backbone(T5Backbone):
         backbone.export_to_transformers("hf_t5")
         ```
         """
-        from keras_fusion.utils.transformers import export_t5
-
-        return export_t5.export_to_transformers(self, path)
+        return export_t5.write_transformers_folder(
+            path, backbone_config(self), backbone_variables(self)
+        )
 
     # --- Growth -----------------------------------------------------------
 

@@ -3,14 +3,20 @@
 import math
 
 import keras
+import keras_hub
 from keras_hub.models import T5Seq2SeqLM
 
-from keras_fusion import growth_maps
+from keras_fusion import growth_maps, storage
 from keras_fusion.models.fusion_t5_backbone import (
     FusionT5Backbone,
+    as_fusion_backbone,
+    backbone_config,
+    backbone_variables,
     grown_by_fuse,
     grown_by_self_fuse,
 )
+from keras_fusion.utils import preset_loader
+from keras_fusion.utils.transformers import convert_t5, export_t5
 
 
 def _check_lms(lms):
@@ -108,12 +114,28 @@ class FusionT5Seq2SeqLM(T5Seq2SeqLM):
         lm.generate(["translate English to German: Thank you."])
         ```
         """
-        from keras_fusion.utils import preset_loader
-
-        lm = preset_loader.lm_from_preset(cls, preset, load_weights, **kwargs)
-        if lm is None:
-            lm = super().from_preset(preset, load_weights=load_weights, **kwargs)
-        return lm
+        options = dict(kwargs)  # keras-hub's loader gets the caller's kwargs
+        dtype = options.pop("dtype", None)
+        config = preset_loader.preset_config(preset)
+        if preset_loader.is_hf_t5(config):
+            folder = preset_loader.hf_folder(preset)
+            backbone = convert_t5.load_backbone(FusionT5Backbone, folder, load_weights, dtype)
+            if "preprocessor" not in options:
+                tokenizer = convert_t5.load_tokenizer(folder)
+                options["preprocessor"] = tokenizer and keras_hub.models.T5Seq2SeqLMPreprocessor(
+                    tokenizer=tokenizer
+                )
+            return cls(backbone=backbone, **options)
+        if preset_loader.is_plain_t5_preset(FusionT5Backbone, config):
+            backbone = FusionT5Backbone.from_preset(preset, load_weights=load_weights, dtype=dtype)
+            if "preprocessor" not in options:
+                options["preprocessor"] = (
+                    keras_hub.models.T5Seq2SeqLMPreprocessor.from_preset(preset)
+                    if preset_loader.has_tokenizer(preset)
+                    else None
+                )
+            return cls(backbone=backbone, **options)
+        return super().from_preset(preset, load_weights=load_weights, **kwargs)
 
     def export_to_transformers(self, path):
         """Write a Hugging Face T5 folder that `T5ForConditionalGeneration`
@@ -140,9 +162,13 @@ class FusionT5Seq2SeqLM(T5Seq2SeqLM):
         FusionT5Seq2SeqLM.self_fuse(lm, norm="global").export_to_transformers("wide")
         ```
         """
-        from keras_fusion.utils.transformers import export_t5
-
-        return export_t5.export_to_transformers(self, path)
+        tokenizer = getattr(self.preprocessor, "tokenizer", None)
+        return export_t5.write_transformers_folder(
+            path,
+            backbone_config(self.backbone),
+            backbone_variables(self.backbone),
+            getattr(tokenizer, "proto", None),
+        )
 
     @classmethod
     def from_parameters(cls, config, parameters, preprocessor=None):
@@ -237,3 +263,51 @@ def grown_lm_by_self_fuse(lm, noise=1e-3, seed=None, norm="grouped"):
     config, parameters = grown_by_self_fuse(lm.backbone, noise, seed, norm)
     d = lm.backbone.hidden_dim
     return _scaled_output(config, parameters, [d, d], [0.5, 0.5])
+
+
+def load_lm(path):
+    """A `FusionT5Seq2SeqLM`, preprocessor attached, from any T5 checkpoint.
+
+    Args:
+        path: a Hugging Face T5 folder (or `hf://` handle), a keras-hub preset
+            directory (saved from `T5Seq2SeqLM`, `T5Backbone` or a keras_fusion
+            model), or a `.keras` file of a T5 LM (a `GrowingT5Seq2SeqLM` gives
+            its inner LM).
+
+    Returns:
+        `(lm, sentencepiece_proto)`: the `FusionT5Seq2SeqLM` (a plain
+        keras-hub T5 is converted, one norm group) and the serialized
+        SentencePiece model (bytes) of its tokenizer, or None when the
+        checkpoint has no tokenizer (then `lm.preprocessor` is None too).
+
+    Raises:
+        ValueError: for a path that is none of these, or a checkpoint that
+            cannot be imported (the error names the field).
+
+    Example:
+
+    ```python
+    lm, proto = load_lm("/path/to/t5-small")
+    lm.generate(["translate English to German: Thank you."])
+    ```
+    """
+    if isinstance(path, str) and path.endswith(".keras"):
+        model = storage.load_model(path, compile=False)
+        lm = getattr(model, "lm", model)
+        if not isinstance(lm, keras_hub.models.T5Seq2SeqLM):
+            raise ValueError(f"{path} holds a {type(lm).__name__}, not a T5 language model.")
+        if not isinstance(lm, FusionT5Seq2SeqLM):
+            lm = FusionT5Seq2SeqLM(
+                as_fusion_backbone(FusionT5Backbone, lm.backbone), preprocessor=lm.preprocessor
+            )
+    elif isinstance(path, str) and (
+        path.startswith(preset_loader.HF_SCHEME) or storage.isdir(path)
+    ):
+        lm = FusionT5Seq2SeqLM.from_preset(path)
+    else:
+        raise ValueError(
+            f"Cannot load {path!r}: expected a Hugging Face T5 folder, a keras-hub preset "
+            "directory or a .keras file."
+        )
+    tokenizer = getattr(lm.preprocessor, "tokenizer", None)
+    return lm, getattr(tokenizer, "proto", None)

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from keras_fusion.diagnostics import relative_error
-from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM
-from keras_fusion.utils.preset_loader import load_lm
+from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM, load_lm
 from t5_test_utils import TOLERANCE, random_backbone, random_inputs
 
 VOCABULARY = 200

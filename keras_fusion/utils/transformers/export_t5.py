@@ -2,7 +2,8 @@
 
 `hf_config` and `state_dict` are the pure parts (a backbone config and a
 parameter tree in, a `config.json` dict and named NumPy arrays out);
-`export_to_transformers` checks, then writes `config.json`,
+`write_transformers_folder` (behind the models' `export_to_transformers`)
+checks, then writes `config.json`,
 `generation_config.json`, `model.safetensors` and, when the model has a
 SentencePiece tokenizer, `spiece.model`, all through `keras_fusion.storage`.
 
@@ -33,14 +34,13 @@ import keras
 
 from keras_fusion import storage
 from keras_fusion._keras_internals import gelu_approximate
+from keras_fusion.data.tokenizer import EOS_ID, PAD_ID
 from keras_fusion.utils.transformers import convert_t5
 from keras_fusion.utils.transformers.safetensors_io import (
     WEIGHTS_FILE,
     LazyArray,
     write_safetensors,
 )
-
-PAD_ID, EOS_ID = 0, 1
 
 
 def _feed_forward_proj(activation, gated):
@@ -157,17 +157,22 @@ def state_dict(config, tree):
     return out
 
 
-def export_to_transformers(model, path):
-    """Write a Hugging Face T5 folder for a T5 backbone or language model.
+def write_transformers_folder(path, config, variables, spm_proto=None):
+    """Write a Hugging Face T5 folder from a backbone config and its variables.
 
-    Everything is checked before anything is written: a refused model leaves
-    no file behind.
+    The models' `export_to_transformers` methods call this with their
+    `backbone_config` and `backbone_variables`. Everything is checked before
+    anything is written: a refused model leaves no file behind.
 
     Args:
-        model: a `T5Seq2SeqLM` (its SentencePiece tokenizer, if any, is
-            written as `spiece.model`) or a `T5Backbone`, plain or
-            `FusionT5*`, with one norm group.
         path: the folder to write (local or `tf.io.gfile`, e.g. `gs://`).
+        config: the backbone's constructor arguments, `key_value_dim` and
+            `norm_groups` explicit (`models.fusion_t5_backbone.backbone_config`).
+        variables: its parameter tree of Keras variables
+            (`models.fusion_t5_backbone.backbone_variables`), each read only
+            when its tensor is written.
+        spm_proto: the serialized SentencePiece model of its tokenizer, written
+            as `spiece.model`, or None.
 
     Returns:
         `path`.
@@ -178,30 +183,22 @@ def export_to_transformers(model, path):
     Example:
 
     ```python
-    export_to_transformers(lm, "exported")
+    lm.export_to_transformers("exported")  # calls this
     transformers.T5ForConditionalGeneration.from_pretrained("exported")
     ```
     """
-    from keras_fusion.models.fusion_t5_backbone import backbone_config, backbone_variables
-
-    backbone = getattr(model, "backbone", model)
-    config = backbone_config(backbone)
     config_json = hf_config(config)
     # Lazy leaves: each variable is copied out only when its tensor is written.
-    tree = keras.tree.map_structure(
-        lambda v: LazyArray(v.shape, lambda: v.numpy()), backbone_variables(backbone)
-    )
+    tree = keras.tree.map_structure(lambda v: LazyArray(v.shape, lambda: v.numpy()), variables)
     tensors = state_dict(config, tree)
-    tokenizer = getattr(getattr(model, "preprocessor", None), "tokenizer", None)
-    proto = getattr(tokenizer, "proto", None)
     storage.makedirs(path)
     _write(path, convert_t5.CONFIG_FILE, json.dumps(config_json, indent=2, sort_keys=True))
     generation = {"decoder_start_token_id": PAD_ID, "eos_token_id": EOS_ID, "pad_token_id": PAD_ID}
     _write(path, "generation_config.json", json.dumps(generation, indent=2))
     write_safetensors(storage.join(path, WEIGHTS_FILE), tensors, metadata={"format": "pt"})
-    if proto:
-        _write(path, convert_t5.SPIECE_FILE, proto)
-        if _piece_count(proto) == config_json["vocab_size"]:
+    if spm_proto:
+        _write(path, convert_t5.SPIECE_FILE, spm_proto)
+        if _piece_count(spm_proto) == config_json["vocab_size"]:
             # The proto holds every id, sentinels included: HF's T5Tokenizer
             # must not add its default 100 <extra_id_*> on top.
             _write(path, "tokenizer_config.json", json.dumps({"extra_ids": 0}))

@@ -169,7 +169,7 @@ def test_greedy_generate_on_strings_matches_transformers(tmp_path):
     generated = lm.generate(prompts, max_length=9)  # the start token and 8 new ones
     assert list(generated) == expected
     # load_lm (what tools.train --init_from uses) returns the SentencePiece model too.
-    from keras_fusion.utils.preset_loader import load_lm
+    from keras_fusion.models import load_lm
 
     loaded, proto = load_lm(folder)
     with open(spm_path, "rb") as f:
