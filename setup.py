@@ -2,7 +2,7 @@
 
 from setuptools import find_packages, setup
 
-# Versions that resolve together (shared/DESIGN.md section 2). GrowthCallback
+# Versions that resolve together (installed and tested together). GrowthCallback
 # relies on private Keras attributes, so Keras is pinned exactly.
 INSTALL_REQUIRES = [
     "tensorflow==2.21.0",

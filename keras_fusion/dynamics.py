@@ -1,7 +1,8 @@
 """DynamicsMonitor: the quantities that govern training after growth.
 
-The paper's backward-error analysis (DESIGN.md section 1): gradient descent
-with step `h` follows the modified loss `L + (h/4)·||∇L||²`, so the implicit
+The paper's backward-error analysis (arXiv 2306.11903, after Barrett and
+Dherin's implicit gradient regularisation): gradient descent with step `h`
+follows the modified loss `L + (h/4)·||∇L||²`, so the implicit
 regulariser `(h/4)·||∇L||²` is what the step size adds to the loss. After
 Deep Fusion the kernels are block-diagonal, one block per source model; the
 gradient in the off-diagonal (cross) blocks is what makes the sources

@@ -46,7 +46,6 @@ from keras_fusion.models.fusion_t5_backbone import (
     grown_by_widen_ffn,
 )
 from keras_fusion.models.fusion_t5_seq2seq_lm import (
-    FusionT5Seq2SeqLM,
     grown_lm_by_fuse,
     grown_lm_by_self_fuse,
     scaled_output_slots,
@@ -90,13 +89,6 @@ class GrowthEntry:
         `map_tree(tree, role, slot_name)`, which maps a parameter-shaped tree
         of `lm` (an optimizer slot) to the grown model's shapes."""
         raise NotImplementedError
-
-    def grow(self, lm):
-        """Returns `(grown_lm, map_tree)` (see `grown_parameters`)."""
-        config, parameters, map_tree = self.grown_parameters(lm)
-        return FusionT5Seq2SeqLM.from_parameters(
-            config, parameters, preprocessor=lm.preprocessor
-        ), map_tree
 
 
 def _check_noise(entry):

@@ -156,8 +156,8 @@ def test_unequal_groups_without_sources_are_refused():
 
 def test_halves_stay_identical_without_noise_and_move_apart_with_noise():
     """Self fusion with noise 0 gives identical halves and identical
-    gradients, so the halves never separate (DESIGN.md section 4); the
-    cancelling noise breaks that symmetry."""
+    gradients, so the halves never separate (docs/growth.md, "Self fusion that
+    trains"); the cancelling noise breaks that symmetry."""
     distances = {}
     for noise in (0.0, 0.05):
         model = compiled(FusionT5Seq2SeqLM.self_fuse(growing_lm().lm, noise=noise, seed=3))

@@ -8,7 +8,7 @@ tiny random model, mapped with the library's slot map (`map_slots` with the
 `map_tree` of a growth entry), must equal the gradient of the grown model on
 the same batch, and the mapped squared gradient its square.
 
-Why the maps hold, from the growth math (DESIGN.md section 4), for noise 0:
+Why the maps hold (docs/growth.md, "Optimizer state across a growth"), for noise 0:
 - `self_fuse`: the fused model's residual stream is `[x; x]` and every kernel
   `W` becomes the 2x2 tiling of `W/2`. Going backwards from the logits, the
   upstream gradient of each half is half the small model's (each half reaches

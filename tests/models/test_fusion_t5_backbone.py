@@ -173,7 +173,7 @@ def test_stack_mode_is_documented_as_not_exact():
 
 def test_self_fuse_noise_makes_the_halves_train_apart():
     """Block-diagonal self fusion (noise=0) keeps the halves identical forever;
-    cancelling noise lets them diverge (shared/DESIGN.md section 4)."""
+    cancelling noise lets them diverge (docs/growth.md, "Self fusion that trains")."""
     a = random_backbone(seed=0)
     labels = np.random.default_rng(0).integers(0, 16, (3, 9)).astype("int32")
 
