@@ -36,8 +36,6 @@ import pytest
 pytestmark = pytest.mark.slow
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-WORKER = os.path.join(HERE, "tools", "train_worker.py")
 PROXY = os.path.join(HERE, "gcs_emulator_proxy.py")
 CHECKS = os.path.join(HERE, "gcs_emulator_checks.py")
 BUCKET = "keras-fusion-test"
@@ -354,36 +352,20 @@ TREE = dict(
 
 
 def tree_job(env, model_dir, tokenizer, node=None, *extra):
-    """tests/tools/train_worker.py: `tools.train`'s run of the tree (or of one node)."""
-    flags = [f"--flag={name}={value}" for name, value in TREE.items()]
-    if node:
-        flags.append(f"--flag=node={node}")
-    return subprocess.Popen(
-        [sys.executable, WORKER, model_dir, tokenizer, *flags, *extra],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
+    """The tree, or one node of it, as a `tools.train` process in the background."""
+    from train_jobs import worker_job  # Keras: imported only by the tests that train
 
-
-def finished(process, returncode=0):
-    out, _ = process.communicate(timeout=600)
-    assert process.returncode == returncode, out[-4000:]
-    return out
+    flags = list(TREE.items()) + ([("node", node)] if node else [])
+    return worker_job(model_dir, tokenizer, *extra, flags=flags, env=env)
 
 
 def test_the_fusion_tree_as_node_jobs_on_gs_ends_as_the_whole_tree_does_locally(emulator, tmp_path):
     """The nodes as jobs on gs:// (both leaves at once, a node refused while
     another host's live lease is in its folder, the root SIGKILLed after its
     fusion and rerun) end with the local one-command tree's curves and model."""
-    import keras
-    import numpy as np
-
     from keras_fusion import data
     from keras_fusion.diagnostics import relative_error
+    from train_jobs import final_logits, finished
 
     tokenizer = data.train_tokenizer(
         data.load_corpus("embedded", "train")[:300], 500, str(tmp_path / "tokenizer")
@@ -424,15 +406,6 @@ def test_the_fusion_tree_as_node_jobs_on_gs_ends_as_the_whole_tree_does_locally(
     assert not [n for n in emulator.object_names("tree/nodes/") if "/lease-" in n]
     (tmp_path / "gs_final.keras").write_bytes(emulator.object_bytes("tree/final.keras"))
 
-    ids = np.random.default_rng(0).integers(3, 500, (2, 16)).astype("int32")
-    inputs = {
-        "encoder_token_ids": ids,
-        "encoder_padding_mask": np.ones_like(ids),
-        "decoder_token_ids": ids,
-        "decoder_padding_mask": np.ones_like(ids),
-    }
-    a, b = (
-        keras.saving.load_model(str(path), compile=False).lm(inputs)
-        for path in (tmp_path / "gs_final.keras", tmp_path / "whole" / "final.keras")
-    )
+    a = final_logits(tmp_path / "gs_final.keras")
+    b = final_logits(tmp_path / "whole" / "final.keras")
     assert relative_error(a, b) < 1e-5, relative_error(a, b)

@@ -11,13 +11,13 @@ import re
 import subprocess
 import sys
 
-import keras
 import numpy as np
 import pytest
 
 from keras_fusion import data
 from keras_fusion.diagnostics import relative_error
 from t5_test_utils import TOLERANCE
+from train_jobs import final_logits
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_worker.py")
 CHECKPOINT_EVERY = 4  # train_worker.CONFIG
@@ -52,22 +52,7 @@ def resumed_from(process):
 
 
 def logits(model_dir):
-    model = keras.saving.load_model(os.path.join(model_dir, "final.keras"), compile=False)
-    ids = (
-        np.random.default_rng(0)
-        .integers(3, model.backbone.vocabulary_size, (2, 16))
-        .astype("int32")
-    )
-    mask = np.ones_like(ids)
-    mask[0, 10:] = 0
-    return model.lm(
-        {
-            "encoder_token_ids": ids * mask,
-            "encoder_padding_mask": mask,
-            "decoder_token_ids": ids,
-            "decoder_padding_mask": np.ones_like(ids),
-        }
-    )
+    return final_logits(os.path.join(model_dir, "final.keras"))
 
 
 def rows(model_dir):

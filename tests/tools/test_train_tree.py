@@ -13,15 +13,13 @@ import subprocess
 import sys
 import time
 
-import keras
-import numpy as np
 import pytest
 
 from keras_fusion import data, training
 from keras_fusion.diagnostics import relative_error
+from train_jobs import final_logits, finished, worker_job
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-WORKER = os.path.join(ROOT, "tests", "tools", "train_worker.py")
 
 # A depth-2 tree at the tiny sizes: leaves hidden 8 (steps 0-4), two fused
 # hidden-16 nodes (4-8), the root hidden 32 (8-12).
@@ -62,40 +60,9 @@ def train(*args):
 
 
 def node_job(model_dir, tokenizer_path, node=None, *extra):
-    """One `tools.train` run (train_worker.py: the same run, with --kill hooks)
-    of the tree, or of one node, in the background."""
-    flags = [f"--flag={name}={value}" for name, value in TREE.items()]
-    if node:
-        flags.append(f"--flag=node={node}")
-    return subprocess.Popen(
-        [sys.executable, WORKER, str(model_dir), tokenizer_path, *flags, *extra],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-def finish(process, returncode=0):
-    out, _ = process.communicate(timeout=600)
-    assert process.returncode == returncode, out[-4000:]
-    return out
-
-
-def logits(path):
-    model = keras.saving.load_model(path, compile=False)
-    ids = np.random.default_rng(0).integers(3, 500, (2, 16)).astype("int32")
-    mask = np.ones_like(ids)
-    mask[0, 10:] = 0
-    return model.lm(
-        {
-            "encoder_token_ids": ids * mask,
-            "encoder_padding_mask": mask,
-            "decoder_token_ids": ids,
-            "decoder_padding_mask": np.ones_like(ids),
-        }
-    )
+    """The tree, or one node of it, as a `tools.train` process in the background."""
+    flags = list(TREE.items()) + ([("node", node)] if node else [])
+    return worker_job(model_dir, tokenizer_path, *extra, flags=flags)
 
 
 def eval_losses(model_dir, node):
@@ -156,10 +123,10 @@ def test_the_tree_ends_with_the_same_model_in_one_command_or_as_separate_node_jo
     # holds it: refused, leaf0's job undisturbed.
     leaves = {name: node_job(nodes, tokenizer_path, name) for name in NODES[:4]}
     wait_for_lease(nodes, "leaf0", leaves["leaf0"])
-    duplicate = finish(node_job(nodes, tokenizer_path, "leaf0"), returncode=2)
+    duplicate = finished(node_job(nodes, tokenizer_path, "leaf0"), returncode=2)
     assert "is in use by another job" in duplicate
     for process in leaves.values():
-        finish(process)
+        finished(process)
 
     # fused1_0 killed (SIGKILL) after its fusion at step 4 and the checkpoint
     # of step 6; beside it fused1_1 gets the pre-emption notice (SIGTERM)
@@ -167,22 +134,22 @@ def test_the_tree_ends_with_the_same_model_in_one_command_or_as_separate_node_jo
     # from its checkpoint.
     killed = node_job(nodes, tokenizer_path, "fused1_0", "--kill", "fused1_0:6")
     preempted = node_job(nodes, tokenizer_path, "fused1_1", "--sigterm", "fused1_1:5")
-    assert "KILLED at fused1_0:6" in finish(killed, returncode=-9)
-    assert "a checkpoint at step 6 was saved" in finish(preempted, returncode=143)
+    assert "KILLED at fused1_0:6" in finished(killed, returncode=-9)
+    assert "a checkpoint at step 6 was saved" in finished(preempted, returncode=143)
     for node in ("fused1_0", "fused1_1"):
         assert not os.path.exists(nodes / "nodes" / node / "done.json")
-        resumed = finish(node_job(nodes, tokenizer_path, node))
+        resumed = finished(node_job(nodes, tokenizer_path, node))
         assert f"Resumed node {node} from ckpt-000000006" in resumed
 
     # A finished node does nothing and says so.
     done = nodes / "nodes" / "leaf1" / "done.json"
     before = done.stat().st_mtime_ns
-    again = finish(node_job(nodes, tokenizer_path, "leaf1"))
+    again = finished(node_job(nodes, tokenizer_path, "leaf1"))
     assert "Node leaf1 is already finished" in again
     assert done.stat().st_mtime_ns == before
 
-    finish(node_job(nodes, tokenizer_path, "root"))
-    out = finish(one_command)
+    finished(node_job(nodes, tokenizer_path, "root"))
+    out = finished(one_command)
     assert len(re.findall(r"^Node \w+ finished", out, flags=re.M)) == len(NODES)
 
     for node in NODES:  # every node's held-out curve, row by row
@@ -191,7 +158,7 @@ def test_the_tree_ends_with_the_same_model_in_one_command_or_as_separate_node_jo
         )
         assert steps == other_steps
         assert losses == pytest.approx(other_losses, abs=1e-5)
-    a, b = logits(str(whole / "final.keras")), logits(str(nodes / "final.keras"))
+    a, b = final_logits(whole / "final.keras"), final_logits(nodes / "final.keras")
     assert relative_error(a, b) < 1e-5, relative_error(a, b)
     with open(nodes / "metrics.json") as f:
         metrics = json.load(f)
