@@ -206,6 +206,18 @@ class RunConfig:
                 "training: run it once without --node, then start the nodes."
             )
 
+    def target(self, vocabulary_size):
+        """The final model's backbone config: the preset and the size flags."""
+        return target_config(
+            self.preset,
+            vocabulary_size,
+            num_layers=self.num_layers,
+            num_heads=self.num_heads,
+            hidden_dim=self.hidden_dim,
+            intermediate_dim=self.intermediate_dim,
+            key_value_dim=self.key_value_dim,
+        )
+
     def growth_options(self):
         """`GrowthCallback` keyword arguments from the flags."""
         scale = self.learning_rate_scale
@@ -427,15 +439,7 @@ class _Run:
                         config.vocabulary_size,
                         storage.join(self.model_dir, "tokenizer"),
                     )
-            self.target = target_config(
-                config.preset,
-                data.vocabulary_size(tokenizer_path),
-                num_layers=config.num_layers,
-                num_heads=config.num_heads,
-                hidden_dim=config.hidden_dim,
-                intermediate_dim=config.intermediate_dim,
-                key_value_dim=config.key_value_dim,
-            )
+            self.target = config.target(data.vocabulary_size(tokenizer_path))
             self.start = start_config(config.recipe, self.target, config.tree_depth)
         self.tokenizer_path = tokenizer_path
         self.vocabulary_size = data.vocabulary_size(tokenizer_path)
@@ -705,17 +709,12 @@ def tree_stages(config):
     steps are needed before the tokenizer exists, so widths come from the
     preset and flags (`vocabulary_size` as given)."""
     config = config.check()
-    target = target_config(
-        config.preset,
-        config.vocabulary_size,
-        num_layers=config.num_layers,
-        num_heads=config.num_heads,
-        hidden_dim=config.hidden_dim,
-        intermediate_dim=config.intermediate_dim,
-        key_value_dim=config.key_value_dim,
-    )
     return fusion_tree_stages(
-        target, config.tree_depth, config.growth_step, config.steps, config.seed
+        config.target(config.vocabulary_size),
+        config.tree_depth,
+        config.growth_step,
+        config.steps,
+        config.seed,
     )
 
 
@@ -854,13 +853,10 @@ def _train_node(run, stage, stages):
         }
         summary = None
         if stage.name == stages[-1].name:  # the root: the run's artefacts, every node's curve
-            curves = {
-                s.name: [MetricsRow(**r) for r in node_done(model_dir, s.name)["rows"]]
-                for s in stages[:-1]
-            }
-            curves[stage.name] = recorder.rows
-            events = [e for s in stages[:-1] for e in node_done(model_dir, s.name)["growth_events"]]
-            summary = run.finish(model, curves, events + done["growth_events"])
+            records = [node_done(model_dir, s.name) for s in stages[:-1]] + [done]
+            curves = {r["node"]: [MetricsRow(**row) for row in r["rows"]] for r in records}
+            events = [event for r in records for event in r["growth_events"]]
+            summary = run.finish(model, curves, events)
         storage.write_json(storage.join(folder, "done.json"), done)  # last: the node is finished
         print(f"Node {stage.name} finished: {final_path}", flush=True)
     if summary is None:
