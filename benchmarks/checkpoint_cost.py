@@ -12,9 +12,10 @@ encoder + 16 decoder) tokens and AdamW, in one fresh process per size:
    checkpointing every N steps is `save / (N x step)`, reported for N = 100.
    Goal (reported, not asserted): at most 5% at T5-small size, N = 100.
 2. the time from process start to the end of the first training step of
-   `keras_fusion.training.run` (the tiny deep_fusion recipe, `tools.train`'s
-   path), started fresh and resumed from a checkpoint in the main stage
-   (after the partner stage and the fusion), each in a fresh process. The
+   `keras_fusion.training.run` (the tiny self_fusion run of the resume
+   tests, `tools.train`'s path; deep_fusion's until 2026-12-04), started
+   fresh and resumed from a checkpoint after the growth, each in a fresh
+   process. The
    resume reads the checkpoint and skips the batches already trained on.
 
 Writes benchmarks/results/checkpoint_cost.json (or --output); prints the
@@ -132,7 +133,7 @@ def resume_times(tokenizer, repeats):
     out = {"fresh": [], "resumed": []}
     with tempfile.TemporaryDirectory() as tmp:
         resumed_dir = os.path.join(tmp, "resumed")
-        # A run killed in its main stage, after the fusion and its step-16 checkpoint.
+        # A run killed after the growth (step 12) and its step-16 checkpoint.
         subprocess.run(
             [sys.executable, worker, resumed_dir, tokenizer, "--kill", "main:17"],
             capture_output=True,
@@ -142,9 +143,8 @@ def resume_times(tokenizer, repeats):
         for i in range(repeats):
             for kind in ("fresh", "resumed"):  # interleaved, under the same load
                 model_dir = os.path.join(tmp, f"fresh{i}") if kind == "fresh" else resumed_dir
-                stage = "partner" if kind == "fresh" else "main"
                 process = subprocess.run(
-                    [sys.executable, "-c", script, model_dir, tokenizer, stage],
+                    [sys.executable, "-c", script, model_dir, tokenizer, "main"],
                     capture_output=True,
                     text=True,
                     check=True,

@@ -5,7 +5,8 @@ Recipes (the growth happens inside `fit`, through `GrowthCallback`):
 - `scratch`: the target model trained from random initialisation.
 - `deep_fusion` (the paper's): two models of half the target width trained
   from different seeds and data orders; at `growth_step` the first is fused
-  with the second and the fused model, of the target size, trains on.
+  with the second and the fused model, of the target size, trains on. It is
+  the fusion tree of depth 1 (`fusion_depth`): nodes `leaf0`, `leaf1`, `root`.
 - `self_fusion`: one half-width model, fused with itself at `growth_step`.
 - `deepen`: a model with half the target depth, given identity layers at
   `growth_step`.
@@ -49,6 +50,12 @@ RECIPES = ("deep_fusion", "self_fusion", "deepen", "scratch", "fusion_tree")
 _WIDTH_KEYS = ("hidden_dim", "num_heads", "intermediate_dim")
 
 
+def _scaled_width(config, factor):
+    """`config` with its widths (`_WIDTH_KEYS`) times `factor` (a power of 2,
+    or its inverse on widths it divides)."""
+    return dict(config, **{key: round(config[key] * factor) for key in _WIDTH_KEYS})
+
+
 def target_config(preset, vocabulary_size, **overrides):
     """The config of the model a recipe ends with."""
     if preset not in PRESETS:
@@ -71,7 +78,7 @@ def start_config(recipe, config, tree_depth=2):
     if recipe not in RECIPES:
         raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}.")
     if recipe in ("deep_fusion", "self_fusion", "fusion_tree"):
-        factor = 2**tree_depth if recipe == "fusion_tree" else 2
+        factor = 2 ** (fusion_depth(recipe, tree_depth) or 1)
         for key in _WIDTH_KEYS:
             if config[key] % factor:
                 rule = (
@@ -82,7 +89,7 @@ def start_config(recipe, config, tree_depth=2):
                 raise ValueError(
                     f"{recipe} {rule.format(key=key, factor=factor)}; got {config[key]}."
                 )
-        return dict(config, **{key: config[key] // factor for key in _WIDTH_KEYS})
+        return _scaled_width(config, 1 / factor)
     if recipe == "deepen":
         if config["num_layers"] < 2 or config["num_layers"] % 2:
             raise ValueError(
@@ -172,8 +179,7 @@ def fusion_tree_stages(target, tree_depth, growth_step, steps, seed):
     stages = [Stage(name(0, i), leaf, seed + i, 0, growth_step) for i in range(2**tree_depth)]
     level_stages = stages
     for level in range(1, tree_depth + 1):
-        factor = 2 ** (tree_depth - level)
-        config = dict(target, **{key: target[key] // factor for key in _WIDTH_KEYS})
+        config = _scaled_width(target, 1 / 2 ** (tree_depth - level))
         at = level * growth_step
         built = []
         for i in range(len(level_stages) // 2):
@@ -194,30 +200,30 @@ def fusion_tree_stages(target, tree_depth, growth_step, steps, seed):
     return stages
 
 
-def growth_schedule(recipe, config, growth_step, partner_path=None):
-    """The schedule string of a recipe."""
-    if recipe in ("scratch", "fusion_tree"):  # a tree's growths are its stages'
+def growth_schedule(recipe, config, growth_step):
+    """The schedule string of a recipe of one model (a fusion tree's growths
+    are its stages': `Stage.growths`)."""
+    if recipe in ("scratch", "deep_fusion", "fusion_tree"):
         return ""
-    if recipe == "deep_fusion":
-        return f"fuse@{growth_step}:partner={partner_path}"
     if recipe == "self_fusion":
         return f"self_fuse@{growth_step}"
     return f"deepen@{growth_step}:layers={config['num_layers'] - config['num_layers'] // 2}"
 
 
-def grown_config(recipe, start):
-    """The config a recipe grows `start` to (the inverse of `start_config`)."""
+def fusion_depth(recipe, tree_depth=2):
+    """The depth of the fusion tree a recipe trains: 1 for `deep_fusion`
+    (2 -> 1), `tree_depth` for `fusion_tree`, None for the recipes of one
+    model."""
+    return {"deep_fusion": 1, "fusion_tree": tree_depth}.get(recipe)
+
+
+def grown_config(recipe, start, tree_depth=2):
+    """The config a recipe grows `start` to (the inverse of `start_config`);
+    a fusion tree's leaves are `2 ** tree_depth` times narrower than its root."""
     if recipe not in RECIPES:
         raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}.")
-    if recipe == "fusion_tree":
-        raise ValueError("fusion_tree trains its leaves from scratch: it has no grown config.")
-    if recipe in ("deep_fusion", "self_fusion"):
-        return dict(
-            start,
-            hidden_dim=2 * start["hidden_dim"],
-            num_heads=2 * start["num_heads"],
-            intermediate_dim=2 * start["intermediate_dim"],
-        )
+    if recipe in ("deep_fusion", "self_fusion", "fusion_tree"):
+        return _scaled_width(start, 2 ** (fusion_depth(recipe, tree_depth) or 1))
     if recipe == "deepen":
         return dict(start, num_layers=2 * start["num_layers"])
     return dict(start)

@@ -3,8 +3,10 @@
 `run(RunConfig(...))` trains a recipe (`keras_fusion.recipes`), growing
 inside `fit` through `GrowthCallback`, checkpoints to `model_dir`, resumes
 from it, and writes metrics, a plot, the final model and a SavedModel.
-Every recipe counts training FLOPs (`keras_fusion.flops`), the partner's
-included, so runs compare at equal compute.
+Every recipe counts training FLOPs (`keras_fusion.flops`), a fusion's
+partners' included, so runs compare at equal compute. `deep_fusion` and
+`fusion_tree` train a fusion tree (depth 1 and `tree_depth`), one node
+after another or one node a job (`RunConfig.node`).
 
 ```python
 from keras_fusion import training
@@ -41,6 +43,7 @@ from keras_fusion.recipes import (
     RECIPES,
     build_model,
     compile_model,
+    fusion_depth,
     fusion_tree_stages,
     grown_config,
     growth_schedule,
@@ -141,11 +144,12 @@ class RunConfig:
         step = self.growth_step or max(round(DEFAULT_GROWTH_FRACTION * self.steps), 1)
         if self.recipe != "scratch" and not 1 <= step < self.steps:
             raise ValueError(f"growth_step must be in [1, steps={self.steps}), got {step}.")
-        if self.recipe == "fusion_tree":
+        if self.fusion_depth is not None:
             self._check_tree(step)
         elif self.node is not None:
             raise ValueError(
-                f"--node runs one node of --recipe=fusion_tree; the recipe is {self.recipe!r}."
+                "--node runs one node of a fusion tree (--recipe=deep_fusion or fusion_tree); "
+                f"the recipe is {self.recipe!r}."
             )
         warmup = self.warmup_steps
         if warmup is None:
@@ -162,9 +166,7 @@ class RunConfig:
             )
         # Keras runs whole executions: a stage must end on an execution boundary.
         stage_lengths = {"steps": self.steps}
-        if self.recipe == "deep_fusion":
-            stage_lengths["growth_step (the partner's steps)"] = step
-        if self.recipe == "fusion_tree":
+        if self.fusion_depth is not None:
             stage_lengths["growth_step (each node's steps)"] = step
         for name, length in stage_lengths.items():
             if length % self.steps_per_execution:
@@ -185,21 +187,29 @@ class RunConfig:
             )
         return dataclasses.replace(self, growth_step=step, warmup_steps=warmup)
 
+    @property
+    def fusion_depth(self):
+        """The depth of the fusion tree the recipe trains (1 for deep_fusion,
+        `tree_depth` for fusion_tree), or None for a recipe of one model."""
+        return fusion_depth(self.recipe, self.tree_depth)
+
     def _check_tree(self, step):
-        if not isinstance(self.tree_depth, int) or not 1 <= self.tree_depth <= 4:
+        if self.recipe == "fusion_tree" and (
+            not isinstance(self.tree_depth, int) or not 1 <= self.tree_depth <= 4
+        ):
             raise ValueError(f"tree_depth must be an int in [1, 4], got {self.tree_depth!r}.")
-        if not self.tree_depth * step < self.steps:
+        depth = self.fusion_depth
+        if not depth * step < self.steps:
             raise ValueError(
-                f"a fusion tree of depth {self.tree_depth} fuses its last pair at step "
-                f"tree_depth * growth_step = {self.tree_depth * step}, which must be below "
-                f"steps ({self.steps}): lower --growth_step or raise --steps."
+                f"a fusion tree of depth {depth} fuses its last pair at step "
+                f"{'tree_depth * ' if depth > 1 else ''}growth_step = {depth * step}, which "
+                f"must be below steps ({self.steps}): lower --growth_step or raise --steps."
             )
-        for name in ("init_from", "growth_schedule"):
-            if getattr(self, name):
-                raise ValueError(
-                    f"--{name} does not apply to --recipe=fusion_tree: its leaves are "
-                    "trained from scratch and its growths are the fusions of the tree."
-                )
+        if self.growth_schedule:
+            raise ValueError(
+                f"--growth_schedule does not apply to --recipe={self.recipe}: its growths are "
+                "the fusions of its tree (--growth_step); give another recipe a schedule."
+            )
         if self.node is not None and self.fresh:
             raise ValueError(
                 "--fresh deletes the whole tree in --model_dir, which other nodes' jobs may be "
@@ -262,8 +272,9 @@ RESUMABLE_FLAGS = ("fresh", "tpu", "export_dir", "checkpoint_every", "node")
 RUN_FILES = (
     "run.json",
     "metrics.json",
-    "metrics_partner.json",
     "metrics_main.json",
+    # What deep_fusion wrote before it ran as a fusion tree of depth 1.
+    "metrics_partner.json",
     "partner.keras",
     "final.keras",
     "loss_vs_flops.png",
@@ -375,9 +386,11 @@ def prepare_model_dir(config, write=True):
 def run(config, callbacks=()):
     """Run one recipe end to end, resuming from model_dir's checkpoints; returns a summary.
 
-    Every `checkpoint_every` steps the model being trained (the partner in
-    deep_fusion's first stage), its optimizer, growth history and the
-    metrics so far are checkpointed in `model_dir/checkpoints`. Started
+    Every `checkpoint_every` steps the model being trained, its optimizer,
+    growth history and the metrics so far are checkpointed in
+    `model_dir/checkpoints` (a fusion tree's node: in
+    `model_dir/nodes/NAME/checkpoints`; `deep_fusion` is the tree of depth
+    1, nodes `leaf0`, `leaf1` and `root`). Started
     again with the same config, `run` resumes from the newest good
     checkpoint: same stage, same step, the growths already applied kept and
     those not yet saved applied, and the data at the same batch (the
@@ -387,7 +400,8 @@ def run(config, callbacks=()):
     Args:
         config: a `RunConfig`.
         callbacks: extra Keras callbacks for every `fit` of the run, or a
-            function of the stage (`"partner"`, `"main"`) returning them.
+            function of the stage (`"main"`, or a tree's node name) returning
+            them.
     """
     config = config.check()
     with PreemptionWatch() as watch:
@@ -428,7 +442,7 @@ class _Run:
                     config.init_from, config.tokenizer, self.model_dir
                 )
             self.start = backbone_config(self.initial.backbone)
-            self.target = grown_config(config.recipe, self.start)
+            self.target = grown_config(config.recipe, self.start, config.tree_depth)
         else:
             if config.tokenizer:
                 tokenizer_path = config.tokenizer
@@ -516,7 +530,6 @@ class _Run:
         steps,
         recorder,
         growth=None,
-        run_state=None,
         checkpoints=None,
     ):
         """Train `model` (one stage) from `start_step` to `steps`, checkpointed."""
@@ -525,7 +538,6 @@ class _Run:
             checkpoints or self.checkpoints,
             every_steps=config.checkpoint_every,
             state=lambda: dict(
-                run_state or {},
                 stage=stage,
                 recorder=recorder.state(),
                 growth_events=list(growth.events) if growth else [],
@@ -644,58 +656,32 @@ class _Run:
 def _run(config, watch, extra_callbacks):
     if config.strategy == "tpu":
         check_tpu_reachable(config.tpu)  # fail in seconds, before anything is read or written
-    if config.recipe == "fusion_tree":
+    if config.fusion_depth is not None:  # deep_fusion and fusion_tree: one job a node
         return _run_tree(config, watch, extra_callbacks)
     prepare_model_dir(config)
     run = _Run(config, watch, extra_callbacks).prepare()
     watch.stop_if_requested("before training")
     with run.strategy.scope():
         model = run.built(run.start, config.seed)
-        partner = run.built(run.start, config.seed + 1) if config.recipe == "deep_fusion" else None
         restored, entry = checkpointing.latest_checkpoint(run.checkpoints)
     run.load_data()
-    state = entry["state"] if entry else {"stage": "partner" if partner else "main"}
+    state = entry["state"] if entry else {"stage": "main"}
     step = entry["step"] if entry else 0
     if entry:
         print(
-            f"Resumed from checkpoint {entry['file'] or '(partner done)'} in {run.checkpoints}: "
+            f"Resumed from checkpoint {entry['file']} in {run.checkpoints}: "
             f"stage {state['stage']}, step {step}",
             flush=True,
         )
-
-    curves, run_state, partner_path = {}, {}, None
-    if partner is not None:
-        partner_path = storage.join(run.model_dir, "partner.keras")
-        if state["stage"] == "partner":
-            partner = restored or partner
-            recorder = run.recorder("partner", config.growth_step, state)
-            run.train(partner, "partner", config.seed + 1, step, config.growth_step, recorder)
-            storage.save_model(partner, partner_path)
-            # The partner stage is done: a state-only entry says so (the
-            # main model is still the one built above).
-            run_state = {"partner_rows": recorder.state()["rows"], "partner_flops": recorder.flops}
-            checkpointing.write_entry(
-                run.checkpoints,
-                {"file": None, "step": 0, "epoch": 0, "state": dict(run_state, stage="main")},
-            )
-            state, step, restored = {"stage": "main"}, 0, None
-        else:
-            run_state = {k: state[k] for k in ("partner_rows", "partner_flops")}
-        curves["partner (fused in at growth)"] = [
-            MetricsRow(**r) for r in run_state["partner_rows"]
-        ]
     model = restored or model
     schedule = config.growth_schedule or growth_schedule(
-        config.recipe, run.target, config.growth_step, partner_path
+        config.recipe, run.target, config.growth_step
     )
     growth = run.growth_callback(schedule)
     growth.events = list(state.get("growth_events", []))
-    recorder = run.recorder(
-        "main", config.steps, state, run_state.get("partner_flops", 0.0), growth
-    )
-    run.train(model, "main", config.seed, step, config.steps, recorder, growth, run_state)
-    curves[config.recipe] = recorder.rows
-    return run.finish(model, curves, growth.events)
+    recorder = run.recorder("main", config.steps, state, 0.0, growth)
+    run.train(model, "main", config.seed, step, config.steps, recorder, growth)
+    return run.finish(model, {config.recipe: recorder.rows}, growth.events)
 
 
 class NodeNotReady(ValueError):
@@ -711,7 +697,7 @@ def tree_stages(config):
     config = config.check()
     return fusion_tree_stages(
         config.target(config.vocabulary_size),
-        config.tree_depth,
+        config.fusion_depth,
         config.growth_step,
         config.steps,
         config.seed,
@@ -768,11 +754,19 @@ def _run_tree(config, watch, extra_callbacks):
                 f"{' and '.join('--node=' + name for name in missing)} first, or wait for "
                 "them (--wait_for_inputs in tools.train)."
             )
+    old = storage.join(config.model_dir, "checkpoints", "checkpoint.json")
+    if not config.fresh and storage.exists(old):
+        raise ValueError(
+            f"--model_dir={config.model_dir} holds a {config.recipe} run in the layout of "
+            f"keras_fusion before deep_fusion trained as a fusion tree ({old}; a tree keeps "
+            "each node in nodes/NAME/): it cannot be resumed here. Give --fresh to start "
+            "over there, or another --model_dir."
+        )
     prepare_model_dir(config)  # with --fresh, the nodes go too
     run = _Run(config, watch, extra_callbacks).prepare()
     # The same nodes, now with the tokenizer's vocabulary size.
     stages = fusion_tree_stages(
-        run.target, config.tree_depth, config.growth_step, config.steps, config.seed
+        run.target, config.fusion_depth, config.growth_step, config.steps, config.seed
     )
     if config.node is not None:
         todo = [s for s in stages if s.name == config.node]

@@ -27,11 +27,15 @@ def test_start_config_halves_what_the_recipe_grows_and_grown_config_inverts_it(r
     for key in halved:
         # The presets' widths are multiples of 4: nothing is rounded away.
         assert factor * start[key] == target[key], key
-    if recipe == "fusion_tree":  # its growths are its stages'
-        with pytest.raises(ValueError, match="fusion_tree trains its leaves from scratch"):
-            recipes.grown_config(recipe, start)
-    else:
-        assert recipes.grown_config(recipe, start) == target
+    assert recipes.grown_config(recipe, start) == target
+    for depth in (1, 2):  # a tree's leaves are 2 ** depth times narrower than its root
+        leaf = recipes.start_config("fusion_tree", target, depth)
+        assert {k: leaf[k] * 2**depth for k in WIDTH} == {k: target[k] for k in WIDTH}
+        assert recipes.grown_config("fusion_tree", leaf, depth) == target
+    # deep_fusion is the fusion tree of depth 1.
+    assert recipes.fusion_depth(recipe, tree_depth=3) == {"deep_fusion": 1, "fusion_tree": 3}.get(
+        recipe
+    )
 
 
 @pytest.mark.parametrize(
@@ -122,19 +126,14 @@ def test_target_config_takes_overrides_and_ignores_none():
     assert (target["hidden_dim"], target["num_layers"], target["vocabulary_size"]) == (256, 6, 300)
 
 
-def test_growth_schedules_parse_into_the_recipes_operator_at_the_growth_step(tmp_path):
-    partner = tmp_path / "partner.keras"
-    partner.write_bytes(
-        b""
-    )  # the schedule checks that the partner exists; it loads it only at growth
+def test_growth_schedules_parse_into_the_recipes_operator_at_the_growth_step():
     target = recipes.target_config("tiny", 100)
 
     def parsed(recipe):
-        return growth.parse_schedule(recipes.growth_schedule(recipe, target, 10, str(partner)))
+        return growth.parse_schedule(recipes.growth_schedule(recipe, target, 10))
 
-    assert parsed("scratch") == []
-    (fuse,) = parsed("deep_fusion")
-    assert (type(fuse), fuse.at_step, fuse.partner) == (growth.Fuse, 10, str(partner))
+    # A fusion tree's growths (deep_fusion's too) are its nodes' (`Stage.growths`).
+    assert parsed("scratch") == parsed("deep_fusion") == parsed("fusion_tree") == []
     (self_fuse,) = parsed("self_fusion")
     assert (type(self_fuse), self_fuse.at_step) == (growth.SelfFuse, 10)
     start = recipes.start_config("self_fusion", target)

@@ -37,7 +37,7 @@ def test_steps_need_no_relation_to_eval_every():
     ):
         training.RunConfig(steps=40, steps_per_execution=16).check()
     with pytest.raises(
-        ValueError, match=r"growth_step \(the partner's steps\) \(6\) must be a multiple"
+        ValueError, match=r"growth_step \(each node's steps\) \(6\) must be a multiple"
     ):
         training.RunConfig(steps=40, growth_step=6, steps_per_execution=4).check()
 

@@ -5,9 +5,11 @@ On a laptop, the embedded corpus and the tiny preset (what `make demo` runs):
     python -m tools.train --recipe=deep_fusion --preset=tiny --steps=1200 \
         --model_dir=runs/demo
 
-The paper's fusion tree (4 -> 2 -> 1), each node runnable as its own job
-(`--list_nodes` prints them, inputs first; `--node=NAME` trains one into the
-shared --model_dir; without --node every unfinished node runs in order):
+Deep Fusion is the fusion tree of depth 1 (nodes leaf0 and leaf1, the two
+half-width partners, then root, their fusion); the paper's tree is 4 -> 2 ->
+1. Each node is runnable as its own job (`--list_nodes` prints them, inputs
+first; `--node=NAME` trains one into the shared --model_dir; without --node
+every unfinished node runs in order):
 
     python -m tools.train --recipe=fusion_tree --steps=1200 --growth_step=300 \
         --model_dir=runs/tree --list_nodes
@@ -24,14 +26,15 @@ XLA, 100 steps per execution, bfloat16 compute:
         --mixed_precision=mixed_bfloat16 --checkpoint_every=1000
 
 Pre-emption safe: every --checkpoint_every steps the model, its optimizer,
-its growth history and the metrics are checkpointed in MODEL_DIR/checkpoints;
+its growth history and the metrics are checkpointed in MODEL_DIR/checkpoints
+(a tree's node: MODEL_DIR/nodes/NAME/checkpoints);
 SIGTERM (the pre-emption notice) saves one more. Run the same command again
 and it resumes from the newest good checkpoint, at the same stage, step and
 data batch. --fresh starts over; a MODEL_DIR of a run with other flags is
 refused.
 
 Writes to --model_dir (any TF filesystem: a local path, gs://, ram://):
-run.json (the flags), checkpoints/, tokenizer/, logs/ (TensorBoard),
+run.json (the flags), checkpoints/ or nodes/, tokenizer/, logs/ (TensorBoard),
 metrics.json (step, training FLOPs so far, train and eval loss, growth
 events), loss_vs_flops.png, final.keras, and a SavedModel in --export_dir.
 """
@@ -55,12 +58,13 @@ flags.DEFINE_enum("recipe", "deep_fusion", list(recipes.RECIPES), "How the final
 flags.DEFINE_string(
     "growth_schedule",
     None,
-    "Overrides the recipe's schedule, e.g. 'self_fuse@1000,deepen@3000:layers=2'.",
+    "Overrides the schedule of self_fusion, deepen or scratch, e.g. "
+    "'self_fuse@1000,deepen@3000:layers=2'.",
 )
 flags.DEFINE_integer(
     "growth_step",
     None,
-    "Optimizer step of the recipe's growth; fusion_tree: each node's steps "
+    "Optimizer step of the recipe's growth; deep_fusion and fusion_tree: each node's steps "
     "(default: a quarter of --steps).",
 )
 flags.DEFINE_integer(
@@ -71,13 +75,15 @@ flags.DEFINE_integer(
 flags.DEFINE_string(
     "node",
     None,
-    "fusion_tree: train only this node (see --list_nodes) into the shared --model_dir; "
+    "deep_fusion, fusion_tree: train only this node (see --list_nodes) into the shared "
+    "--model_dir; "
     "a node whose inputs are not finished exits 2 and writes nothing.",
 )
 flags.DEFINE_bool(
     "list_nodes",
     False,
-    "fusion_tree: print the node names, one a line, inputs before their users; train nothing.",
+    "deep_fusion, fusion_tree: print the node names, one a line, inputs before their users; "
+    "train nothing.",
 )
 flags.DEFINE_integer(
     "wait_for_inputs",
@@ -116,14 +122,17 @@ flags.DEFINE_integer(
 flags.DEFINE_integer(
     "steps",
     1200,
-    "Optimizer steps of the main model (a deep_fusion partner trains growth_step more).",
+    "Optimizer steps of the final model (a fusion tree's root: its leaves and middle nodes "
+    "train growth_step steps each besides).",
 )
 flags.DEFINE_integer("batch_size", 16, "Global batch size.")
 flags.DEFINE_integer("input_length", 64, "Encoder tokens per example.")
 flags.DEFINE_integer("target_length", 16, "Decoder tokens per example.")
 flags.DEFINE_integer("vocabulary_size", 1000, "SentencePiece vocabulary, sentinels included.")
 flags.DEFINE_integer(
-    "seed", 0, "Random seed (a deep_fusion partner uses seed + 1 and its own data order)."
+    "seed",
+    0,
+    "Random seed (a fusion tree's leaf i uses seed + i, and its own data order).",
 )
 flags.DEFINE_string(
     "data", "embedded", "'embedded', a text file glob, or 'tfds:NAME' (e.g. tfds:c4/en)."
@@ -219,8 +228,11 @@ def main(argv):
     del argv
     config = training.RunConfig.from_flags(FLAGS)
     if FLAGS.list_nodes:
-        if config.recipe != "fusion_tree":
-            print("error: --list_nodes lists the nodes of --recipe=fusion_tree.", file=sys.stderr)
+        if config.fusion_depth is None:
+            print(
+                "error: --list_nodes lists the nodes of --recipe=deep_fusion or fusion_tree.",
+                file=sys.stderr,
+            )
             sys.exit(2)
         for stage in or_exit(training.tree_stages, dataclasses.replace(config, node=None)):
             print(stage.name)

@@ -57,12 +57,10 @@ def run_script(module, *args):
     )
 
 
-FIXTURE_WARNINGS = {}  # the warnings each module fixture's run raised
+FIXTURE_WARNINGS = {}  # the warnings each recipe's run raised
 
 
-@pytest.fixture(scope="module")
-def deep_fusion_run(tmp_path_factory, tokenizer_path):
-    model_dir = tmp_path_factory.mktemp("deep_fusion")
+def run_recording_warnings(recipe, model_dir, tokenizer_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")  # every warning, from every thread, each time
         # What a user sees: the library's one filter (keras-hub's T5 warns at
@@ -70,9 +68,15 @@ def deep_fusion_run(tmp_path_factory, tokenizer_path):
         warnings.filterwarnings(
             "ignore", message=keras_fusion.KERAS_HUB_MASK_WARNING, category=UserWarning
         )
-        summary = tiny_run("deep_fusion", model_dir, tokenizer_path)
-    FIXTURE_WARNINGS["deep_fusion"] = caught
-    return model_dir, summary
+        summary = tiny_run(recipe, model_dir, tokenizer_path)
+    FIXTURE_WARNINGS[recipe] = caught
+    return summary
+
+
+@pytest.fixture(scope="module")
+def deep_fusion_run(tmp_path_factory, tokenizer_path):
+    model_dir = tmp_path_factory.mktemp("deep_fusion")
+    return model_dir, run_recording_warnings("deep_fusion", model_dir, tokenizer_path)
 
 
 def keras_user_warnings(caught):
@@ -88,13 +92,18 @@ def keras_user_warnings(caught):
 def assert_artefacts(model_dir, grown):
     with open(os.path.join(model_dir, "metrics.json")) as f:
         metrics = json.load(f)
-    (main,) = [rows for label, rows in metrics["curves"].items() if not label.startswith("partner")]
+    curves = metrics["curves"]
+    # The final model's line: its one curve, or (deep_fusion, a fusion tree of
+    # depth 1) the first leaf's continued by the root that fuses the second in.
+    main = curves["leaf0"] + curves["root"] if "root" in curves else next(iter(curves.values()))
     assert [r["step"] for r in main] == [10, 20]
     assert all(np.isfinite(r["eval_loss"]) and r["flops"] > 0 for r in main)
     assert main[1]["flops"] > main[0]["flops"]
     assert bool(metrics["growth_events"]) == grown
-    if grown:
-        assert main[0]["growth"] == metrics["growth_events"][0]["entry"]
+    # Each growth is marked on the row of the step that saw it.
+    assert [r["growth"] for r in main if r["growth"]] == [
+        e["entry"] for e in metrics["growth_events"]
+    ]
     # The encoder check scores the same held-out batches as the last row.
     use = metrics["encoder_use"]
     assert use["loss"] == pytest.approx(main[-1]["eval_loss"], rel=1e-4)
@@ -111,36 +120,47 @@ def assert_artefacts(model_dir, grown):
 
 
 @pytest.mark.slow
-def test_a_run_with_a_prepared_growth_gets_no_keras_warning(deep_fusion_run):
-    # Each Keras UserWarning is a sign that the library feeds Keras something
-    # it did not expect: "The structure of `inputs` doesn't match" came from a
-    # TrackedDict data spec in the growth's preparation thread, "`shuffle=True`
-    # was passed, but will be ignored" from fit's default on a dataset.
-    with open(os.path.join(deep_fusion_run[0], "metrics.json")) as f:
-        (event,) = json.load(f)["growth_events"]
-    assert event["prepared_ahead"] is True  # the preparation thread ran
-    assert keras_user_warnings(FIXTURE_WARNINGS["deep_fusion"]) == []
-
-
-@pytest.mark.slow
 def test_deep_fusion_recipe(deep_fusion_run):
+    """Deep Fusion is the fusion tree of depth 1: two half-width leaves (the
+    partners, seeds 0 and 1), then the root, which continues leaf0 and fuses
+    leaf1 in at its first step."""
     model_dir, summary = deep_fusion_run
     model = assert_artefacts(model_dir, grown=True)
-    assert os.path.exists(os.path.join(model_dir, "partner.keras"))
     assert model.backbone.norm_groups == [16, 16]
     assert "Final eval loss" in summary and "training FLOPs" in summary
     with open(os.path.join(model_dir, "metrics.json")) as f:
-        curves = json.load(f)["curves"]
-    partner_flops = curves["partner (fused in at growth)"][-1]["flops"]
-    assert curves["deep_fusion"][0]["flops"] > partner_flops  # the partner's compute is counted
+        metrics = json.load(f)
+    curves = metrics["curves"]
+    assert list(curves) == ["leaf0", "leaf1", "root"]
+    (event,) = metrics["growth_events"]
+    assert event["entry"].startswith("fuse@10:partner=") and event["entry"].endswith(
+        os.path.join("nodes", "leaf1", "final.keras") + ":weight=0.5"
+    )
+    # Both partners' compute is counted in the root's FLOPs.
+    partners = curves["leaf0"][-1]["flops"] + curves["leaf1"][-1]["flops"]
+    assert curves["root"][0]["flops"] > partners
+    for node in ("leaf0", "leaf1", "root"):
+        assert os.path.exists(os.path.join(model_dir, "nodes", node, "done.json"))
+    # No Keras UserWarning: each is a sign that the library feeds Keras
+    # something it did not expect ("`shuffle=True` was passed, but will be
+    # ignored" came from fit's default on a dataset).
+    assert keras_user_warnings(FIXTURE_WARNINGS["deep_fusion"]) == []
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["self_fusion", "deepen", "scratch"])
 def test_other_recipes(recipe, tmp_path, tokenizer_path):
-    tiny_run(recipe, tmp_path, tokenizer_path)
+    run_recording_warnings(recipe, tmp_path, tokenizer_path)
     model = assert_artefacts(tmp_path, grown=recipe != "scratch")
     assert len(model.growth_history) == (recipe != "scratch")
+    if recipe == "self_fusion":
+        # A growth inside fit is prepared ahead in a thread, and Keras warns
+        # of nothing: "The structure of `inputs` doesn't match" came from a
+        # TrackedDict data spec in that preparation thread.
+        with open(os.path.join(tmp_path, "metrics.json")) as f:
+            (event,) = json.load(f)["growth_events"]
+        assert event["prepared_ahead"] is True
+    assert keras_user_warnings(FIXTURE_WARNINGS[recipe]) == []
 
 
 @pytest.mark.slow
@@ -222,7 +242,8 @@ def test_train_script_bad_input_exits_with_one_line_and_keeps_existing_model(
 @pytest.mark.slow
 def test_fuse_script(deep_fusion_run, tmp_path):
     model_dir, _ = deep_fusion_run
-    partner, final = str(model_dir / "partner.keras"), str(model_dir / "final.keras")
+    partner = str(model_dir / "nodes" / "leaf1" / "final.keras")  # a Deep Fusion partner
+    final = str(model_dir / "final.keras")
     output = str(tmp_path / "fused.keras")
     process = run_script("tools.fuse", f"--models={partner},{partner}", f"--output={output}")
     assert process.returncode == 0, process.stderr[-2000:]
@@ -302,29 +323,38 @@ def test_every_tool_runs_with_every_path_on_a_remote_filesystem(tmp_path):
     for name in (
         "run/run.json",
         "run/metrics.json",
-        "run/metrics_main.json",
-        "run/metrics_partner.json",
         "run/loss_vs_flops.png",
         "run/final.keras",
-        "run/partner.keras",
-        "run/checkpoints/checkpoint.json",
+        # Deep Fusion is the tree of depth 1: each node in its own folder.
+        *(
+            f"run/nodes/{node}/{name}"
+            for node in ("leaf0", "leaf1", "root")
+            for name in ("metrics.json", "final.keras", "done.json", "checkpoints/checkpoint.json")
+        ),
         "served/saved_model.pb",
         "fused/fused.keras",
         "fused/export/saved_model.pb",
     ):
         assert files.get(name, 0) > 0, name
     assert [n for n in files if n.startswith("run/tokenizer/") and n.endswith(".model")]
-    assert [n for n in files if n.startswith("run/logs/main/")] and [
+    assert [n for n in files if n.startswith("run/logs/root/")] and [
         n for n in files if n.startswith("run/logs/growth/")
     ]
-    assert len([n for n in files if n.startswith("run/checkpoints/ckpt-")]) == 2
-    # --steps=15 with --eval_every=10: rows at 10 and at the last step.
-    (main,) = [
-        rows
-        for label, rows in result["metrics"]["curves"].items()
-        if not label.startswith("partner")
-    ]
-    assert [r["step"] for r in main] == [10, 15]
+    # --checkpoint_every=5, the last two kept: a leaf's at 5 and at its end
+    # (6, --growth_step), the root's at 10 and 15.
+    for node, steps in (("leaf0", (5, 6)), ("leaf1", (5, 6)), ("root", (10, 15))):
+        assert sorted(
+            int(n.split("ckpt-")[1].split("-")[0])
+            for n in files
+            if n.startswith(f"run/nodes/{node}/checkpoints/ckpt-")
+        ) == list(steps)
+    # --eval_every=10: rows at 10 and at each node's last step.
+    curves = result["metrics"]["curves"]
+    assert {node: [r["step"] for r in rows] for node, rows in curves.items()} == {
+        "leaf0": [6],
+        "leaf1": [6],
+        "root": [10, 15],
+    }
     assert os.listdir(work) == []  # no "ram:" folder, no stray file
 
 
@@ -395,9 +425,11 @@ def test_fuse_and_export_scripts_take_hugging_face_folders(tmp_path):
 
 
 @pytest.mark.slow
-def test_init_from_starts_the_recipe_from_a_trained_checkpoint(tmp_path, tokenizer_path):
+@pytest.mark.parametrize("recipe", ["self_fusion", "deep_fusion"])
+def test_init_from_starts_the_recipe_from_a_trained_checkpoint(recipe, tmp_path, tokenizer_path):
     """--init_from: the run's starting model is the checkpoint itself (same
-    logits when fit begins), and the recipe grows it (self fusion: 2x wide)."""
+    logits when fit begins: deep_fusion's both partners, its tree's leaves),
+    and the recipe grows it (both fusions: 2x wide)."""
     from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM
     from t5_test_utils import random_backbone, random_inputs
 
@@ -415,13 +447,18 @@ def test_init_from_starts_the_recipe_from_a_trained_checkpoint(tmp_path, tokeniz
     start.save(path)
     inputs = {k: np.minimum(v, 499) for k, v in random_inputs(seed=3).items()}
 
-    class AtBegin(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            self.logits = np.array(self.model.lm(inputs))
+    at_begin = {}  # stage: its model's logits when its fit begins
 
-    at_begin = AtBegin()
+    class AtBegin(keras.callbacks.Callback):
+        def __init__(self, stage):
+            super().__init__()
+            self.stage = stage
+
+        def on_train_begin(self, logs=None):
+            at_begin[self.stage] = np.array(self.model.lm(inputs))
+
     config = training.RunConfig(
-        recipe="self_fusion",
+        recipe=recipe,
         init_from=path,
         tokenizer=tokenizer_path,
         steps=8,
@@ -433,8 +470,12 @@ def test_init_from_starts_the_recipe_from_a_trained_checkpoint(tmp_path, tokeniz
         target_length=8,
         model_dir=str(tmp_path / "run"),
     )
-    training.run(config, callbacks=lambda stage: [at_begin])
-    assert relative_error(at_begin.logits, start(inputs)) <= TOLERANCE
+    training.run(config, callbacks=lambda stage: [AtBegin(stage)])
+    # The stages that start from the checkpoint (the root starts with the fusion).
+    starting = ["leaf0", "leaf1"] if recipe == "deep_fusion" else ["main"]
+    assert sorted(at_begin) == sorted(starting + (["root"] if recipe == "deep_fusion" else []))
+    for stage in starting:
+        assert relative_error(at_begin[stage], start(inputs)) <= TOLERANCE, stage
     final = keras.saving.load_model(str(tmp_path / "run" / "final.keras"), compile=False)
     assert (final.backbone.hidden_dim, final.backbone.num_layers) == (32, 2)
     with pytest.raises(

@@ -58,24 +58,20 @@ def logits(model_dir):
 def rows(model_dir):
     with open(os.path.join(model_dir, "metrics.json")) as f:
         metrics = json.load(f)
-    # The growth entry names the partner file, which lives in the run's own model_dir.
-    return {
-        label: [dict(r, growth=r["growth"].replace(str(model_dir), "MODEL_DIR")) for r in curve]
-        for label, curve in metrics["curves"].items()
-    }
+    return metrics["curves"]
 
 
 @pytest.mark.slow
 def test_killed_at_every_point_resumes_to_the_uninterrupted_end(tmp_path, tokenizer_path):
-    """deep_fusion, partner 12 steps, fusion at main step 12, 24 steps,
-    checkpoints every 4: SIGKILL in the partner stage (step 6), just before
-    the fusion (11), just after it (12), while the step-16 checkpoint is
-    written, then SIGTERM at 18; each restart uses the same command."""
+    """self_fusion, the growth at step 12 of 24, checkpoints every 4:
+    SIGKILL before the growth (step 6), just before it (11), just after it
+    (12), while the step-16 checkpoint is written, then SIGTERM at 18; each
+    restart uses the same command."""
     reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
     reference = worker(reference_dir, tokenizer_path, background=True)  # runs alongside
     kills = [  # (worker arguments, where it dies, where the restart must resume)
-        (["--kill", "partner:6"], ("partner", 6), None),
-        (["--kill", "main:11"], ("main", 11), ("partner", 4)),
+        (["--kill", "main:6"], ("main", 6), None),
+        (["--kill", "main:11"], ("main", 11), ("main", 4)),
         (["--kill", "main:12"], ("main", 12), ("main", 8)),
         (["--kill_in_checkpoint", "main:16"], ("main", 16), ("main", 12)),
         (["--sigterm", "main:18"], ("main", 19), ("main", 12)),
@@ -132,7 +128,7 @@ def test_killed_at_every_point_resumes_to_the_uninterrupted_end(tmp_path, tokeni
 @pytest.mark.slow
 def test_a_model_dir_of_other_flags_is_refused_and_fresh_starts_over(tmp_path, tokenizer_path):
     model_dir = tmp_path / "run"
-    first = worker(model_dir, tokenizer_path, "--kill", "partner:4")
+    first = worker(model_dir, tokenizer_path, "--kill", "main:4")
     assert first.returncode == -9
     listing = sorted(os.listdir(model_dir)), sorted(os.listdir(model_dir / "checkpoints"))
     with open(model_dir / "run.json") as f:
@@ -155,9 +151,10 @@ def test_a_model_dir_of_other_flags_is_refused_and_fresh_starts_over(tmp_path, t
         "--flag",
         "steps=36",
         "--kill",
-        "partner:1",
+        "main:1",
     )
-    assert resumed_from(fresh) is None and "KILLED at partner:1" in fresh.stdout
+    assert resumed_from(fresh) is None and "KILLED at main:1" in fresh.stdout
     with open(model_dir / "run.json") as f:
         assert json.load(f)["flags"]["steps"] == 36
-    assert not (model_dir / "partner.keras").exists()
+    # The earlier run's step-4 checkpoint went with --fresh; none was saved since.
+    assert not list(model_dir.glob("checkpoints/ckpt-*"))

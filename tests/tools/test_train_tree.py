@@ -75,8 +75,15 @@ def test_list_nodes_prints_the_nodes_inputs_first_and_nothing_else(tmp_path):
     listed = train(*tree_flags(), f"--model_dir={model_dir}", "--list_nodes")
     assert listed.returncode == 0, listed.stderr[-3000:]
     assert listed.stdout == "".join(name + "\n" for name in NODES)
-    deep_fusion = train(*tree_flags(tree_depth=1), f"--model_dir={model_dir}", "--list_nodes")
-    assert deep_fusion.stdout == "leaf0\nleaf1\nroot\n"
+    depth_1 = train(*tree_flags(tree_depth=1), f"--model_dir={model_dir}", "--list_nodes")
+    assert depth_1.stdout == "leaf0\nleaf1\nroot\n"
+    # Deep Fusion is the tree of depth 1, whatever --tree_depth says.
+    deep_fusion = train(
+        *tree_flags(recipe="deep_fusion"), f"--model_dir={model_dir}", "--list_nodes"
+    )
+    assert deep_fusion.stdout == depth_1.stdout, deep_fusion.stderr[-3000:]
+    scratch = train(*tree_flags(recipe="scratch"), f"--model_dir={model_dir}", "--list_nodes")
+    assert scratch.returncode == 2 and "lists the nodes of --recipe=deep_fusion" in scratch.stderr
     assert not model_dir.exists()  # listing writes nothing
 
 
@@ -176,9 +183,9 @@ def test_run_config_refuses_what_a_tree_cannot_do():
     cases = [
         (dict(growth_step=6), r"tree_depth \* growth_step = 12, which must be below steps \(12\)"),
         (dict(tree_depth=0), r"tree_depth must be an int in \[1, 4\], got 0"),
-        (dict(init_from="t5.keras"), r"--init_from does not apply to --recipe=fusion_tree"),
+        (dict(growth_schedule="self_fuse@4"), r"--growth_schedule does not apply to --recipe=fus"),
         (dict(node="leaf0", fresh=True), r"--fresh deletes the whole tree"),
-        (dict(recipe="deep_fusion", node="leaf0"), r"--node runs one node of --recipe=fusion_tree"),
+        (dict(recipe="self_fusion", node="leaf0"), r"--node runs one node of a fusion tree"),
     ]
     for change, message in cases:
         with pytest.raises(ValueError, match=message):

@@ -1,4 +1,4 @@
-"""One `tools.train`-style run of the tiny deep_fusion recipe, killed on request.
+"""One `tools.train`-style run of the tiny self_fusion recipe, killed on request.
 
     python tests/tools/train_worker.py MODEL_DIR TOKENIZER [--kill STAGE:STEP]
         [--kill_in_checkpoint STAGE:STEP] [--sigterm STAGE:STEP] [--flag NAME=VALUE ...]
@@ -20,10 +20,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-# The tiny deep_fusion run of the resume tests: partner 12 steps, fusion at
-# 12, main 24 steps; checkpoints every 4 steps, rows every 6.
+# The tiny run of the resume tests: one fit with a growth inside it (self
+# fusion at step 12 of 24); checkpoints every 4 steps, rows every 6. (A
+# fusion tree's nodes, deep_fusion's, are killed and resumed in
+# test_train_tree.py.)
 CONFIG = dict(
-    recipe="deep_fusion",
+    recipe="self_fusion",
     preset="tiny",
     hidden_dim=32,
     num_heads=2,
