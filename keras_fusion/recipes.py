@@ -32,7 +32,7 @@ from typing import Optional
 import keras
 
 from keras_fusion import storage
-from keras_fusion.growth import Fuse
+from keras_fusion.growth import Deepen, Fuse, SelfFuse
 from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM, GrowingT5Seq2SeqLM, load_lm
 
 PRESETS = {
@@ -200,14 +200,27 @@ def fusion_tree_stages(target, tree_depth, growth_step, steps, seed):
     return stages
 
 
-def growth_schedule(recipe, config, growth_step):
-    """The schedule string of a recipe of one model (a fusion tree's growths
-    are its stages': `Stage.growths`)."""
-    if recipe in ("scratch", "deep_fusion", "fusion_tree"):
-        return ""
+def growth_entries(recipe, config, growth_step):
+    """The growth entries of a recipe of one model, for the target `config`
+    (a fusion tree's, `deep_fusion`'s included, are its stages':
+    `Stage.growths`).
+
+    Example:
+
+    ```python
+    target = target_config("tiny", vocabulary_size=1000)
+    growth_entries("deepen", target, growth_step=300)
+    # [Deepen(at_step=300, num_new_layers=1, mode='identity')]
+    ```
+    """
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}.")
     if recipe == "self_fusion":
-        return f"self_fuse@{growth_step}"
-    return f"deepen@{growth_step}:layers={config['num_layers'] - config['num_layers'] // 2}"
+        return [SelfFuse(at_step=growth_step)]
+    if recipe == "deepen":
+        layers = config["num_layers"]
+        return [Deepen(at_step=growth_step, num_new_layers=layers - layers // 2)]
+    return []
 
 
 def fusion_depth(recipe, tree_depth=2):

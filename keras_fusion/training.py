@@ -46,7 +46,7 @@ from keras_fusion.recipes import (
     fusion_depth,
     fusion_tree_stages,
     grown_config,
-    growth_schedule,
+    growth_entries,
     init_from,
     start_config,
     target_config,
@@ -674,7 +674,7 @@ def _run(config, watch, extra_callbacks):
             flush=True,
         )
     model = restored or model
-    schedule = config.growth_schedule or growth_schedule(
+    schedule = config.growth_schedule or growth_entries(
         config.recipe, run.target, config.growth_step
     )
     growth = run.growth_callback(schedule)

@@ -126,11 +126,14 @@ def test_target_config_takes_overrides_and_ignores_none():
     assert (target["hidden_dim"], target["num_layers"], target["vocabulary_size"]) == (256, 6, 300)
 
 
-def test_growth_schedules_parse_into_the_recipes_operator_at_the_growth_step():
+def test_growth_entries_are_the_recipes_operator_at_the_growth_step():
     target = recipes.target_config("tiny", 100)
 
     def parsed(recipe):
-        return growth.parse_schedule(recipes.growth_schedule(recipe, target, 10))
+        entries = recipes.growth_entries(recipe, target, 10)
+        # The entries are what their schedule text parses back to.
+        assert growth.parse_schedule(",".join(e.describe() for e in entries)) == entries
+        return entries
 
     # A fusion tree's growths (deep_fusion's too) are its nodes' (`Stage.growths`).
     assert parsed("scratch") == parsed("deep_fusion") == parsed("fusion_tree") == []
