@@ -32,10 +32,11 @@ class MetricsRecorder(keras.callbacks.Callback):
     growth event) go to `rows` and, rewritten after each one, to `path` as
     JSON (any TF filesystem). A row is recorded whenever the optimizer step
     reaches a multiple of `every` (with `steps_per_execution > 1`, at the
-    first execution boundary at or after it, where callbacks run) and at
-    `final_step`. FLOPs of the current architecture are counted per step,
-    so they follow each growth; `flops_offset` adds compute spent before this
-    fit (a partner's training).
+    first execution boundary at or after it, where callbacks run), at
+    `final_step`, and as `fit` begins when a growth happened then (its
+    `train_loss` NaN: no step trained since). FLOPs of the current
+    architecture are counted per step, so they follow each growth;
+    `flops_offset` adds compute spent before this fit (a fusion's inputs').
 
     A row's `train_loss` is the mean training loss of the steps since the
     previous row (not Keras' running mean of the epoch), so that a run
@@ -97,6 +98,12 @@ class MetricsRecorder(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._last_step = int(self.model.optimizer.iterations.numpy())
+        # A growth as fit begins (a fusion-tree node fusing its inputs; the
+        # growth callback runs first) gets its row at once: the grown
+        # model's held-out loss before it trains, which no other row shows.
+        events = self.growth_callback.events[self._marked :] if self.growth_callback else []
+        if any(event["step"] == self._last_step for event in events):
+            self.record(self._last_step, float("nan"))  # no training step since
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start, self._epoch_sum = self._last_step, 0.0

@@ -94,11 +94,14 @@ def assert_artefacts(model_dir, grown):
         metrics = json.load(f)
     curves = metrics["curves"]
     # The final model's line: its one curve, or (deep_fusion, a fusion tree of
-    # depth 1) the first leaf's continued by the root that fuses the second in.
-    main = curves["leaf0"] + curves["root"] if "root" in curves else next(iter(curves.values()))
-    assert [r["step"] for r in main] == [10, 20]
+    # depth 1) the first leaf's continued by the root that fuses the second in
+    # (the root's first row is the fused model's, at the fusion).
+    tree = "root" in curves
+    main = curves["leaf0"] + curves["root"] if tree else next(iter(curves.values()))
+    assert [r["step"] for r in main] == ([10, 10, 20] if tree else [10, 20])
     assert all(np.isfinite(r["eval_loss"]) and r["flops"] > 0 for r in main)
-    assert main[1]["flops"] > main[0]["flops"]
+    # FLOPs only grow along the line (the root's first row adds leaf1's).
+    assert all(b["flops"] > a["flops"] for a, b in zip(main, main[1:]))
     assert bool(metrics["growth_events"]) == grown
     # Each growth is marked on the row of the step that saw it.
     assert [r["growth"] for r in main if r["growth"]] == [
@@ -136,9 +139,12 @@ def test_deep_fusion_recipe(deep_fusion_run):
     assert event["entry"].startswith("fuse@10:partner=") and event["entry"].endswith(
         os.path.join("nodes", "leaf1", "final.keras") + ":weight=0.5"
     )
-    # Both partners' compute is counted in the root's FLOPs.
+    # Both partners' compute is counted in the root's FLOPs: at the fusion
+    # (its first row, before it trains) exactly theirs, then more.
     partners = curves["leaf0"][-1]["flops"] + curves["leaf1"][-1]["flops"]
-    assert curves["root"][0]["flops"] > partners
+    first, last = curves["root"]
+    assert (first["step"], first["flops"], first["growth"]) == (10, partners, event["entry"])
+    assert np.isnan(first["train_loss"]) and last["flops"] > partners
     for node in ("leaf0", "leaf1", "root"):
         assert os.path.exists(os.path.join(model_dir, "nodes", node, "done.json"))
     # No Keras UserWarning: each is a sign that the library feeds Keras
@@ -353,7 +359,7 @@ def test_every_tool_runs_with_every_path_on_a_remote_filesystem(tmp_path):
     assert {node: [r["step"] for r in rows] for node, rows in curves.items()} == {
         "leaf0": [6],
         "leaf1": [6],
-        "root": [10, 15],
+        "root": [6, 10, 15],  # 6: the fused model, as the root begins
     }
     assert os.listdir(work) == []  # no "ram:" folder, no stray file
 
