@@ -151,11 +151,11 @@ def _summary(seconds):
 def _model_facts(model):
     import json as json_
 
-    from keras_fusion.models.fusion_t5_backbone import backbone_config, count_parameters
+    from keras_fusion.models.fusion_t5_backbone import backbone_config
 
     return dict(
         backbone_config=json_.loads(json_.dumps(backbone_config(model.backbone))),
-        parameters=int(count_parameters(model.backbone)),
+        parameters=model.backbone.count_params(),
         variables=len(model.variables),
         trainable_variables=len(model.trainable_variables),
         non_trainable_variables=len(model.non_trainable_variables),

@@ -13,7 +13,6 @@ from keras_fusion.memory import release_free_memory
 from keras_fusion.models.fusion_t5_backbone import (
     backbone_config,
     backbone_variables,
-    count_parameters,
 )
 from keras_fusion.models.fusion_t5_seq2seq_lm import FusionT5Seq2SeqLM
 from keras_fusion.models.growing_t5_seq2seq_lm import GrowingT5Seq2SeqLM
@@ -268,7 +267,7 @@ class GrowthCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            logs["num_parameters"] = count_parameters(self.model.backbone)
+            logs["num_parameters"] = self.model.backbone.count_params()
 
     def _learning_rate_scale(self, entry, hidden_dim, grown_hidden_dim, optimizer):
         if self.learning_rate_scale == "auto":
@@ -285,7 +284,7 @@ class GrowthCallback(keras.callbacks.Callback):
         """Apply one entry now (called by the callback at its step)."""
         model = self.model
         start = time.perf_counter()
-        before = count_parameters(model.backbone)
+        before = model.backbone.count_params()
         preparation, self._preparation = self._preparation, None
         if preparation is not None and preparation.entry is not entry:
             preparation.wait()
@@ -364,7 +363,7 @@ class GrowthCallback(keras.callbacks.Callback):
             "step": step,
             "entry": entry.describe(),
             "parameters_before": before,
-            "parameters_after": count_parameters(model.backbone),
+            "parameters_after": model.backbone.count_params(),
             "seconds": round(time.perf_counter() - start, 3),
             "prepared_ahead": reason is None,
             "not_prepared_reason": reason,

@@ -23,7 +23,9 @@ import numpy as np
 import tensorflow as tf
 
 from keras_fusion import growth_maps, storage
-from keras_fusion.models.fusion_t5_backbone import backbone_variables
+from keras_fusion.flops import head_dim
+from keras_fusion.models import inner_lm
+from keras_fusion.models.fusion_t5_backbone import backbone_config, backbone_variables
 
 SOURCE_FIELDS = ("hidden_dim", "num_heads", "intermediate_dim")
 
@@ -269,7 +271,7 @@ class DynamicsMonitor(keras.callbacks.Callback):
         return record
 
     def _function_for(self, model):
-        inner = getattr(model, "lm", model)
+        inner = inner_lm(model)
         if self._traced_for is not inner:
             self._function = self._build_function(model)
             self._traced_for = inner
@@ -281,8 +283,7 @@ class DynamicsMonitor(keras.callbacks.Callback):
         kernels = _named_kernels(backbone_variables(backbone))
         partitions = halves = None
         if sources:
-            key_value_dim = backbone.key_value_dim or backbone.hidden_dim // backbone.num_heads
-            partitions = kernel_partitions(sources, key_value_dim)
+            partitions = kernel_partitions(sources, head_dim(backbone_config(backbone)))
             halves = _halves(sources)
         embedding = backbone.token_embedding.embeddings
         monitor = self

@@ -39,6 +39,7 @@ import keras
 import tensorflow as tf
 
 from keras_fusion import storage
+from keras_fusion.models import inner_lm
 
 PAD_ID, EOS_ID = 0, 1
 INPUT_NAMES = (
@@ -97,7 +98,7 @@ def export_saved_model(lm, path, tokenizer_path=None, max_input_length=128, max_
     export_saved_model(lm, "exported", tokenizer_path="spm.model")
     ```
     """
-    lm = getattr(lm, "lm", lm)  # a GrowingT5Seq2SeqLM exports its inner model
+    lm = inner_lm(lm)  # a GrowingT5Seq2SeqLM exports its inner model
     vocabulary_size = lm.backbone.vocabulary_size
     spec = {name: tf.TensorSpec([None, None], tf.int32, name=name) for name in INPUT_NAMES}
 

@@ -17,6 +17,18 @@ per_step = flops.training_flops(backbone_config, batch_size=16,
 """
 
 
+def head_dim(config):
+    """The size of one attention head of a T5 config: `key_value_dim`, or
+    T5's default `hidden_dim // num_heads` when it is None or 0 (keras-hub's
+    `T5Backbone` and transformers' `d_kv`).
+
+    ```python
+    head_dim({"hidden_dim": 64, "num_heads": 4, "key_value_dim": None})  # 16
+    ```
+    """
+    return config.get("key_value_dim") or config["hidden_dim"] // config["num_heads"]
+
+
 def forward_flops(config, batch_size, encoder_length, decoder_length):
     """FLOPs of one forward pass of a T5 seq2seq LM.
 
@@ -34,7 +46,7 @@ def forward_flops(config, batch_size, encoder_length, decoder_length):
     """
     d, f = config["hidden_dim"], config["intermediate_dim"]
     heads = config["num_heads"]
-    inner = heads * (config.get("key_value_dim") or d // heads)
+    inner = heads * head_dim(config)
     le, ld = encoder_length, decoder_length
     ffn = 2 * d * f * (3 if config["use_gated_activation"] else 2)
     projections = 2 * 4 * d * inner  # q, k, v and output projections

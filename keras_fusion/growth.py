@@ -48,6 +48,7 @@ from keras_fusion.models.fusion_t5_backbone import (
 from keras_fusion.models.fusion_t5_seq2seq_lm import (
     grown_lm_by_fuse,
     grown_lm_by_self_fuse,
+    inner_lm,
     scaled_output_slots,
 )
 
@@ -250,7 +251,7 @@ class Fuse(GrowthEntry):
                     raise ValueError(
                         f"{self.describe()}: cannot load partner {self.partner}: {error}"
                     ) from error
-            lm = getattr(partner, "lm", partner)
+            lm = inner_lm(partner)
             if not isinstance(lm, keras.Model) or not hasattr(lm, "backbone"):
                 raise ValueError(
                     f"{self.describe()}: partner must be a T5 language model, got "
@@ -271,7 +272,7 @@ class Fuse(GrowthEntry):
 
     def grown_parameters(self, lm):
         loaded = self.partner_model()
-        partner = getattr(loaded, "lm", loaded)
+        partner = inner_lm(loaded)
         config, parameters = grown_lm_by_fuse([lm, partner], weights=[self.weight, 1 - self.weight])
         partner_tree = backbone_variables(partner.backbone)
         partner_arrays = variable_trees.read(partner_tree)

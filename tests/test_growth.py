@@ -5,7 +5,7 @@ import pytest
 from keras_fusion import growth
 from keras_fusion.growth import Deepen, Fuse, SelfFuse, WidenFFN, parse_schedule
 from keras_fusion.models import FusionT5Backbone
-from keras_fusion.models.fusion_t5_backbone import backbone_config, count_parameters
+from keras_fusion.models.fusion_t5_backbone import backbone_config
 from t5_test_utils import random_backbone
 
 
@@ -63,7 +63,7 @@ def test_bad_schedules_name_the_entry(text, message):
 def test_parameter_count_matches_built_models():
     for kwargs in (dict(), dict(use_gated_activation=False, tie_embedding_weights=False)):
         backbone = random_backbone(cls=FusionT5Backbone, **kwargs)
-        assert growth.parameter_count(backbone_config(backbone)) == count_parameters(backbone)
+        assert growth.parameter_count(backbone_config(backbone)) == backbone.count_params()
 
 
 def test_plan_schedule_predicts_the_grown_configs():
@@ -85,7 +85,7 @@ def test_plan_schedule_predicts_the_grown_configs():
         FusionT5Backbone.deepen(FusionT5Backbone.self_fuse(grown), 2), 2
     )
     _, config, count = planned[-1]
-    assert count == count_parameters(grown)
+    assert count == grown.count_params()
     for key in ("hidden_dim", "num_heads", "intermediate_dim", "num_layers", "norm_groups"):
         assert config[key] == getattr(grown, key), key
     with pytest.raises(

@@ -8,6 +8,7 @@ from keras_hub.models import Backbone, T5Backbone
 
 from keras_fusion import _keras_internals as internals
 from keras_fusion import growth_maps
+from keras_fusion.flops import head_dim
 from keras_fusion.layers.fusion_t5_block import FusionT5Block, block_variables
 from keras_fusion.layers.grouped_rms_norm import GroupedRMSNorm
 from keras_fusion.layers.t5_token_embedding import T5TokenEmbedding
@@ -59,7 +60,7 @@ def backbone_config(backbone):
             f"{type(backbone).__name__}."
         )
     config = backbone.get_config()
-    config["key_value_dim"] = backbone.key_value_dim or (backbone.hidden_dim // backbone.num_heads)
+    config["key_value_dim"] = head_dim(config)
     config["activation"] = keras.activations.serialize(keras.activations.get(config["activation"]))
     config.setdefault("norm_groups", [backbone.hidden_dim])
     config.setdefault("embeddings_initializer", None)
@@ -185,7 +186,9 @@ class FusionT5Backbone(T5Backbone):
                 f"norm_groups must be positive and add up to hidden_dim="
                 f"{hidden_dim}, got {norm_groups}."
             )
-        head_dim = key_value_dim or hidden_dim // num_heads
+        block_head_dim = head_dim(
+            dict(hidden_dim=hidden_dim, num_heads=num_heads, key_value_dim=key_value_dim)
+        )
 
         # T5Backbone.__init__ instantiates T5TransformerLayer and T5LayerNorm
         # by name, so the functional wiring is restated with our layers.
@@ -204,7 +207,7 @@ class FusionT5Backbone(T5Backbone):
                     is_decoder=is_decoder,
                     hidden_dim=hidden_dim,
                     intermediate_dim=intermediate_dim,
-                    key_value_dim=head_dim,
+                    key_value_dim=block_head_dim,
                     dropout=dropout,
                     activation=activation,
                     layer_norm_epsilon=layer_norm_epsilon,
@@ -588,8 +591,3 @@ def grown_by_widen_ffn(backbone, factor, noise=1e-3, seed=None):
     config = backbone_config(backbone)
     config["intermediate_dim"] *= factor
     return config, growth_maps.widen_ffn_parameters(_read(backbone), factor, noise, seed)
-
-
-def count_parameters(backbone):
-    """Number of scalar weights in a backbone."""
-    return int(sum(np.prod(v.shape) for v in backbone.weights))

@@ -265,6 +265,17 @@ def grown_lm_by_self_fuse(lm, noise=1e-3, seed=None, norm="grouped"):
     return _scaled_output(config, parameters, [d, d], [0.5, 0.5])
 
 
+def inner_lm(model):
+    """The language model a `GrowingT5Seq2SeqLM` wraps (`model.lm`), or
+    `model` itself when it is a language model already.
+
+    ```python
+    lm = inner_lm(keras.saving.load_model("run/final.keras"))
+    ```
+    """
+    return getattr(model, "lm", model)
+
+
 def load_lm(path):
     """A `FusionT5Seq2SeqLM`, preprocessor attached, from any T5 checkpoint.
 
@@ -293,7 +304,7 @@ def load_lm(path):
     """
     if isinstance(path, str) and path.endswith(".keras"):
         model = storage.load_model(path, compile=False)
-        lm = getattr(model, "lm", model)
+        lm = inner_lm(model)
         if not isinstance(lm, keras_hub.models.T5Seq2SeqLM):
             raise ValueError(f"{path} holds a {type(lm).__name__}, not a T5 language model.")
         if not isinstance(lm, FusionT5Seq2SeqLM):

@@ -35,6 +35,7 @@ import keras
 from keras_fusion import storage
 from keras_fusion._keras_internals import gelu_approximate
 from keras_fusion.data.tokenizer import EOS_ID, PAD_ID
+from keras_fusion.flops import head_dim
 from keras_fusion.utils.transformers import convert_t5
 from keras_fusion.utils.transformers.safetensors_io import (
     WEIGHTS_FILE,
@@ -108,7 +109,7 @@ def hf_config(config):
         "model_type": "t5",
         "vocab_size": int(config["vocabulary_size"]),
         "d_model": int(config["hidden_dim"]),
-        "d_kv": int(config["key_value_dim"] or config["hidden_dim"] // config["num_heads"]),
+        "d_kv": int(head_dim(config)),
         "d_ff": int(config["intermediate_dim"]),
         "num_layers": int(config["num_layers"]),
         "num_decoder_layers": int(config["num_layers"]),
