@@ -1,7 +1,10 @@
-"""`tools.train` runs as real processes (tests/tools/train_worker.py), and
-the logits a run's final model gives, for the tests that compare runs."""
+"""`tools.train` runs as real processes (tests/tools/train_worker.py), the
+logits a run's final model gives, for the tests that compare runs, and a
+trained run shared by the pytest-xdist workers (`worker_shared_folder`)."""
 
+import fcntl
 import os
+import shutil
 import subprocess
 import sys
 
@@ -52,3 +55,29 @@ def final_logits(path):
             "decoder_padding_mask": np.ones_like(ids),
         }
     )
+
+
+def worker_shared_folder(tmp_path_factory, worker_id, name, build):
+    """A folder that `build(folder)` fills once per test run, shared by the
+    pytest-xdist workers.
+
+    A module fixture runs once in every worker that runs one of its tests
+    (`make test` has two), so an expensive one (a whole training run) would
+    be built twice. The first worker to ask builds it under a file lock; the
+    others wait for the lock and reuse it. Without xdist (`worker_id` is
+    "master") it is a plain temporary folder.
+    """
+    if worker_id == "master":
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    root = tmp_path_factory.getbasetemp().parent  # this run's, the same for every worker
+    folder = root / name
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released at close, or if the process dies
+        if not (root / f"{name}.built").exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a build that failed part-way
+            folder.mkdir()
+            build(folder)
+            (root / f"{name}.built").touch()
+    return folder

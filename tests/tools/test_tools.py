@@ -14,14 +14,23 @@ import keras_fusion
 from keras_fusion import data, recipes, training
 from keras_fusion.diagnostics import relative_error
 from t5_test_utils import TOLERANCE
+from train_jobs import worker_shared_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
-def tokenizer_path(tmp_path_factory):
+def tokenizer_path(tmp_path_factory, worker_id):
     texts = data.load_corpus("embedded", "train")[:300]
-    return data.train_tokenizer(texts, 500, str(tmp_path_factory.mktemp("tokenizer")))
+    folder = worker_shared_folder(
+        tmp_path_factory,
+        worker_id,
+        "test_tools_tokenizer",
+        lambda folder: data.train_tokenizer(texts, 500, str(folder)),
+    )
+    # The one model the folder holds (train_tokenizer caches it by content).
+    (path,) = [str(p) for p in folder.iterdir() if p.suffix == ".model"]
+    return path
 
 
 def tiny_run(recipe, model_dir, tokenizer_path, **overrides):
@@ -58,6 +67,7 @@ def run_script(module, *args):
 
 
 FIXTURE_WARNINGS = {}  # the warnings each recipe's run raised
+FIXTURE_KERAS_WARNINGS = {}  # what keras_user_warnings made of a shared fixture's
 
 
 def run_recording_warnings(recipe, model_dir, tokenizer_path):
@@ -74,9 +84,19 @@ def run_recording_warnings(recipe, model_dir, tokenizer_path):
 
 
 @pytest.fixture(scope="module")
-def deep_fusion_run(tmp_path_factory, tokenizer_path):
-    model_dir = tmp_path_factory.mktemp("deep_fusion")
-    return model_dir, run_recording_warnings("deep_fusion", model_dir, tokenizer_path)
+def deep_fusion_run(tmp_path_factory, worker_id, tokenizer_path):
+    """The tiny deep_fusion run, trained once for both xdist workers: its
+    summary and the Keras warnings it raised are kept beside it."""
+
+    def build(folder):
+        summary = run_recording_warnings("deep_fusion", folder / "run", tokenizer_path)
+        warned = keras_user_warnings(FIXTURE_WARNINGS["deep_fusion"])
+        (folder / "outcome.json").write_text(json.dumps({"summary": summary, "warned": warned}))
+
+    folder = worker_shared_folder(tmp_path_factory, worker_id, "test_tools_deep_fusion", build)
+    outcome = json.loads((folder / "outcome.json").read_text())
+    FIXTURE_KERAS_WARNINGS["deep_fusion"] = outcome["warned"]
+    return folder / "run", outcome["summary"]
 
 
 def keras_user_warnings(caught):
@@ -150,7 +170,7 @@ def test_deep_fusion_recipe(deep_fusion_run):
     # No Keras UserWarning: each is a sign that the library feeds Keras
     # something it did not expect ("`shuffle=True` was passed, but will be
     # ignored" came from fit's default on a dataset).
-    assert keras_user_warnings(FIXTURE_WARNINGS["deep_fusion"]) == []
+    assert FIXTURE_KERAS_WARNINGS["deep_fusion"] == []
 
 
 @pytest.mark.slow
