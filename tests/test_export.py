@@ -11,24 +11,32 @@ from keras_fusion.diagnostics import relative_error
 from keras_fusion.export import TEXT_DIR, export_saved_model
 from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM
 from t5_test_utils import TOLERANCE, random_backbone, random_inputs
+from train_jobs import worker_shared_folder
 
 VOCABULARY = 200
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    root = tmp_path_factory.mktemp("export")
-    spm = data.train_tokenizer(
-        data.load_corpus("embedded", "train")[:200], VOCABULARY, str(root / "spm"), num_sentinels=10
-    )
-    lm = FusionT5Seq2SeqLM(random_backbone(vocabulary_size=VOCABULARY, cls=FusionT5Backbone))
-    inputs = random_inputs()
-    np.savez(root / "inputs.npz", **inputs)
-    expected = np.asarray(lm(inputs, training=False))
-    export_saved_model(
-        lm, str(root / "model"), tokenizer_path=spm, max_input_length=16, max_new_tokens=4
-    )
-    return root, expected
+def exported(tmp_path_factory, worker_id):
+    """A random LM exported once for both xdist workers, with its Keras logits."""
+
+    def build(root):
+        spm = data.train_tokenizer(
+            data.load_corpus("embedded", "train")[:200],
+            VOCABULARY,
+            str(root / "spm"),
+            num_sentinels=10,
+        )
+        lm = FusionT5Seq2SeqLM(random_backbone(vocabulary_size=VOCABULARY, cls=FusionT5Backbone))
+        inputs = random_inputs()
+        np.savez(root / "inputs.npz", **inputs)
+        np.save(root / "expected.npy", np.asarray(lm(inputs, training=False)))
+        export_saved_model(
+            lm, str(root / "model"), tokenizer_path=spm, max_input_length=16, max_new_tokens=4
+        )
+
+    root = worker_shared_folder(tmp_path_factory, worker_id, "test_export_saved_model", build)
+    return root, np.load(root / "expected.npy")
 
 
 def run_python(script):
