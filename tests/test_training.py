@@ -153,3 +153,16 @@ def test_preemption_watch_turns_sigterm_into_a_request_and_restores_the_handler(
         assert received == [signal.SIGTERM]
     finally:
         signal.signal(signal.SIGTERM, original)
+
+
+def test_a_deep_fusion_run_of_the_layout_before_the_tree_is_refused_and_kept(tmp_path):
+    """deep_fusion trains as a fusion tree (nodes/NAME/); a model_dir where it
+    trained its partner and main model in checkpoints/ cannot be resumed:
+    refused naming --fresh, nothing written or deleted."""
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "checkpoint.json").write_text('{"checkpoints": []}')
+    (tmp_path / "partner.keras").write_bytes(b"an earlier run's partner")
+    before = directory_contents(tmp_path)
+    with pytest.raises(ValueError, match=r"before deep_fusion trained as a fusion tree.*--fresh"):
+        training.run(training.RunConfig(recipe="deep_fusion", model_dir=str(tmp_path), steps=8))
+    assert directory_contents(tmp_path) == before
