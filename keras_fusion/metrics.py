@@ -101,8 +101,7 @@ class MetricsRecorder(keras.callbacks.Callback):
         # A growth as fit begins (a fusion-tree node fusing its inputs; the
         # growth callback runs first) gets its row at once: the grown
         # model's held-out loss before it trains, which no other row shows.
-        events = self.growth_callback.events[self._marked :] if self.growth_callback else []
-        if any(event["step"] == self._last_step for event in events):
+        if any(event["step"] == self._last_step for event in self._unmarked_events()):
             self.record(self._last_step, float("nan"))  # no training step since
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -137,9 +136,13 @@ class MetricsRecorder(keras.callbacks.Callback):
         if getattr(self, "_eval_lm", None) is not None and self._eval_lm is not self.model.lm:
             self._eval_lm = self._batch_sums = None
 
+    def _unmarked_events(self):
+        """The growth events no row has marked yet."""
+        return self.growth_callback.events[self._marked :] if self.growth_callback else []
+
     def record(self, step, train_loss):
         eval_loss, eval_accuracy = self.evaluate()
-        events = self.growth_callback.events[self._marked :] if self.growth_callback else []
+        events = self._unmarked_events()
         self._marked += len(events)
         row = MetricsRow(
             step=step,
