@@ -194,12 +194,13 @@ def step_timer():
 
 
 class Breakdown:
-    """Times the parts of `GrowthCallback.grow` by wrapping what it calls."""
+    """Times the parts of a growth (`keras_fusion.growing.apply_growth`) by
+    wrapping what it calls."""
 
     def __init__(self, entry_class):
         import gc
 
-        from keras_fusion import callbacks, growth_ahead, optimizer_state
+        from keras_fusion import growing, growth_ahead, optimizer_state
         from keras_fusion.models import FusionT5Seq2SeqLM, GrowingT5Seq2SeqLM
 
         self.targets = [
@@ -212,7 +213,7 @@ class Breakdown:
             (optimizer_state, "rebuild", "rebuild optimizer with state (synchronous)"),
             (GrowingT5Seq2SeqLM, "replace_lm", "replace_lm (swap, reset functions)"),
             (gc, "collect", "gc.collect (free the replaced model)"),
-            (callbacks, "release_free_memory", "malloc_trim (free pages to the system)"),
+            (growing, "release_free_memory", "malloc_trim (free pages to the system)"),
         ]
         self.seconds = {}
 

@@ -53,6 +53,7 @@ SUBMODULES = (
     "dynamics",
     "export",
     "flops",
+    "growing",
     "growth",
     "growth_ahead",
     "growth_maps",

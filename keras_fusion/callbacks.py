@@ -1,20 +1,14 @@
 """Callbacks: grow the model inside `model.fit` (checkpoints: `keras_fusion.checkpointing`)."""
 
-import gc
-import time
-
 import keras
 import tensorflow as tf
 
-from keras_fusion import growth, growth_ahead, optimizer_state, optimizers
+from keras_fusion import growing, growth, growth_ahead, optimizer_state, optimizers
 from keras_fusion.checkpointing import GrowthCheckpoint, checkpoint_epoch, restore_latest
 from keras_fusion.dynamics import DynamicsMonitor
-from keras_fusion.memory import release_free_memory
 from keras_fusion.models.fusion_t5_backbone import (
     backbone_config,
-    backbone_variables,
 )
-from keras_fusion.models.fusion_t5_seq2seq_lm import FusionT5Seq2SeqLM
 from keras_fusion.models.growing_t5_seq2seq_lm import GrowingT5Seq2SeqLM
 
 __all__ = [
@@ -136,7 +130,7 @@ class GrowthCallback(keras.callbacks.Callback):
     ```
     """
 
-    OPTIMIZER_SLOTS = ("carry", "reset")
+    OPTIMIZER_SLOTS = growing.OPTIMIZER_SLOTS
 
     def __init__(
         self,
@@ -192,8 +186,7 @@ class GrowthCallback(keras.callbacks.Callback):
         if self.schedule is None:
             self.schedule = [self._default_entry(model)]
         step = int(model.optimizer.iterations.numpy())
-        applied = set(model.growth_history)
-        self._pending = [e for e in self.schedule if e.describe() not in applied]
+        self._pending = self.pending(model)
         for entry in self._pending:
             if entry.at_step < step:
                 raise ValueError(
@@ -213,6 +206,13 @@ class GrowthCallback(keras.callbacks.Callback):
         # starts by fusing its inputs) grows now, before the first step.
         while self._pending and self._pending[0].at_step == step:
             self.grow(self._pending.pop(0), step)
+
+    def pending(self, model):
+        """The schedule's entries that `model` has not applied yet (not in
+        its `growth_history`), in order; [] while the schedule is the
+        default one that `fit` has not made yet."""
+        applied = set(model.growth_history)
+        return [e for e in (self.schedule or []) if e.describe() not in applied]
 
     def _default_entry(self, model):
         steps, epochs = (self.params or {}).get("steps"), (self.params or {}).get("epochs")
@@ -281,101 +281,59 @@ class GrowthCallback(keras.callbacks.Callback):
         return float(self.learning_rate_scale)
 
     def grow(self, entry, step):
-        """Apply one entry now (called by the callback at its step)."""
+        """Apply one entry now (called by the callback at its step), through
+        `keras_fusion.growing.apply_growth`; record, print and log it."""
         model = self.model
-        start = time.perf_counter()
-        before = model.backbone.count_params()
         preparation, self._preparation = self._preparation, None
         if preparation is not None and preparation.entry is not entry:
             preparation.wait()
+            preparation.discard()
             preparation = None
-        waited = 0.0
         if not self.prepare_ahead:
             reason = "prepare_ahead=False"
         elif self._not_prepared and self._not_prepared[0] is entry:
             reason = self._not_prepared[1]
         else:
             reason = "due before a preparation could start"
-        with model.distribute_strategy.scope():
-            old_lm, old_optimizer = model.lm, model.optimizer
-            slots = optimizer_state.read_slots(old_optimizer, backbone_variables(old_lm.backbone))
-            config, parameters, map_tree = entry.grown_parameters(old_lm)
-            mapped = (
-                optimizer_state.map_slots(slots, map_tree)
-                if self.optimizer_slots == "carry"
-                else {}
-            )
-            scale = self._learning_rate_scale(
-                entry, old_lm.backbone.hidden_dim, config["hidden_dim"], old_optimizer
-            )
-            if preparation is not None:
-                waited = preparation.wait()
-                reason = preparation.mismatch(
-                    model,
-                    step,
-                    optimizer_state.grown_config(old_optimizer, step, self.rewarmup_steps, scale),
-                )
-                if reason is not None:
-                    growth_ahead.log_refusal(entry, reason)
-            if reason is None:
-                prepared = preparation.adopt(parameters, mapped, old_optimizer.iterations)
-                grown, optimizer = prepared.lm, prepared.optimizer
-                model.replace_lm(grown, optimizer, prepared=prepared)
-                del prepared
-            else:
-                grown = FusionT5Seq2SeqLM.from_parameters(
-                    config, parameters, preprocessor=old_lm.preprocessor
-                )
-                optimizer = optimizer_state.rebuild(
-                    old_optimizer,
-                    grown.trainable_variables,
-                    backbone_variables(grown.backbone),
-                    mapped,
-                    rewarmup_steps=self.rewarmup_steps,
-                    learning_rate_scale=scale,
-                )
-                model.replace_lm(grown, optimizer)
-        prepare_seconds = None if preparation is None else preparation.seconds
-        # Free the replaced model and optimizer now. They sit in reference
-        # cycles (Keras layers, trackers and bound methods refer back to
-        # their owners), so dropping the last outside reference does not free
-        # them: only a full cyclic collection does, possibly many steps later,
-        # after the grown model's training has already taken fresh memory
-        # from the allocator, which then keeps both (resident memory after
-        # five growths was ~13% above the final model built directly,
-        # `benchmarks/growth_memory.py`). This frame's locals would keep them
-        # alive through the collection: drop them first.
-        del (
-            old_lm,
-            old_optimizer,
-            slots,
-            mapped,
-            map_tree,
-            grown,
-            optimizer,
-            parameters,
-            preparation,
+        outcome = growing.apply_growth(
+            model,
+            entry,
+            step,
+            learning_rate_scale=self._learning_rate_scale(
+                entry,
+                model.backbone.hidden_dim,
+                entry.grown_config(backbone_config(model.backbone))["hidden_dim"],
+                model.optimizer,
+            ),
+            rewarmup_steps=self.rewarmup_steps,
+            optimizer_slots=self.optimizer_slots,
+            preparation=preparation,
+            not_prepared_reason=reason,
         )
-        gc.collect()
-        release_free_memory()
+        del preparation
         model.growth_history.append(entry.describe())
         event = {
             "step": step,
             "entry": entry.describe(),
-            "parameters_before": before,
-            "parameters_after": model.backbone.count_params(),
-            "seconds": round(time.perf_counter() - start, 3),
-            "prepared_ahead": reason is None,
-            "not_prepared_reason": reason,
-            "prepare_seconds": None if prepare_seconds is None else round(prepare_seconds, 3),
-            "waited_seconds": round(waited, 3),
+            "parameters_before": outcome.parameters_before,
+            "parameters_after": outcome.parameters_after,
+            "seconds": outcome.seconds,
+            "prepared_ahead": outcome.prepared_ahead,
+            "not_prepared_reason": outcome.not_prepared_reason,
+            "prepare_seconds": outcome.prepare_seconds,
+            "waited_seconds": outcome.waited_seconds,
         }
         self.events.append(event)
         if self.verbose:
             message = (
                 f"Growth at step {step}: {event['entry']}, parameters "
-                f"{before:,} -> {event['parameters_after']:,} ({event['seconds']:.2f} s"
-                + (", prepared ahead)" if reason is None else f"; not prepared ahead: {reason})")
+                f"{outcome.parameters_before:,} -> {outcome.parameters_after:,} "
+                f"({outcome.seconds:.2f} s"
+                + (
+                    ", prepared ahead)"
+                    if outcome.prepared_ahead
+                    else f"; not prepared ahead: {outcome.not_prepared_reason})"
+                )
             )
             print(message, flush=True)  # once: not also to the log
         if self._writer is not None:

@@ -286,8 +286,7 @@ class Preparation:
             iterations: the optimizer step to continue from.
 
         Returns:
-            The prepared `GrowingT5Seq2SeqLM`, for
-            `model.replace_lm(prepared.lm, prepared.optimizer, prepared=...)`,
+            The prepared `GrowingT5Seq2SeqLM`, for `model.replace_lm(prepared)`,
             which writes everything into the model being fit.
 
         Raises:
@@ -304,6 +303,11 @@ class Preparation:
         optimizer_state.write_state(wrapper.optimizer, tree, slots, iterations)
         self._wrapper = self._initial = None
         return wrapper
+
+    def discard(self):
+        """Drop the prepared model (its memory is freed at the next
+        collection): for a preparation that did not match its growth."""
+        self._wrapper = self._initial = None
 
 
 def log_refusal(entry, reason):

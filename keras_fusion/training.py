@@ -562,11 +562,8 @@ class _Run:
                 -(-config.eval_every // config.steps_per_execution) * config.steps_per_execution
             )
             initial_epoch = start_step // epoch_steps
-            applied = {event["entry"] for event in growth.events} if growth else set()
             growths = [  # still to come in this stage: the count printed is before them
-                e.describe()
-                for e in ((growth.schedule if growth else None) or [])
-                if e.at_step < steps and e.describe() not in applied
+                e.describe() for e in (growth.pending(model) if growth else []) if e.at_step < steps
             ]
             with timed(
                 f"Training {stage}: steps {start_step}-{steps}, "

@@ -84,7 +84,7 @@ class GrowingT5Seq2SeqLM(keras.Model):
 
         return train_function
 
-    def replace_lm(self, lm, optimizer=None, prepared=None):
+    def replace_lm(self, grown, optimizer=None):
         """Swap in a grown inner model (and its optimizer): the one place
         where a growth writes into the model being fit.
 
@@ -101,20 +101,30 @@ class GrowingT5Seq2SeqLM(keras.Model):
         records the layers it saw; that record is refreshed here.
 
         Args:
-            lm: the grown `FusionT5Seq2SeqLM`.
-            optimizer: its optimizer (built on its variables), or None to
-                keep the current one.
-            prepared: a `GrowingT5Seq2SeqLM` around `lm`, compiled with
-                `optimizer` and traced ahead of time
-                (`keras_fusion.growth_ahead`). Its train function becomes
-                this model's, with the loss tracker, compiled loss and
-                metrics it updates; those take this model's current values
-                first, so the epoch's running metrics go on.
+            grown: the grown `FusionT5Seq2SeqLM`; or a `GrowingT5Seq2SeqLM`
+                around it, compiled with its optimizer and traced ahead of
+                time (`keras_fusion.growth_ahead`), whose inner model,
+                optimizer and train function (with the loss tracker,
+                compiled loss and metrics it updates) become this model's;
+                those take this model's current values first, so the
+                epoch's running metrics go on.
+            optimizer: the grown inner model's optimizer (built on its
+                variables), or None to keep the current one; must be None
+                with a prepared `GrowingT5Seq2SeqLM`, which brings its own.
+
+        Raises:
+            ValueError: an optimizer given with a prepared model.
         """
-        if prepared is not None and (prepared.lm is not lm or prepared.optimizer is not optimizer):
-            raise ValueError("replace_lm: `prepared` must hold `lm` and `optimizer`.")
+        prepared = grown if isinstance(grown, GrowingT5Seq2SeqLM) else None
+        if prepared is not None:
+            if optimizer is not None:
+                raise ValueError(
+                    "replace_lm: a prepared GrowingT5Seq2SeqLM brings its own optimizer; "
+                    f"got optimizer={optimizer!r} as well."
+                )
+            grown, optimizer = prepared.lm, prepared.optimizer
         with internals.untracking(self, self.lm):
-            self.lm = lm
+            self.lm = grown
             internals.refresh_compiled_trainable_state(self)
             if optimizer is not None:
                 self.optimizer = optimizer
