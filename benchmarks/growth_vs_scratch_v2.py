@@ -100,8 +100,8 @@ from benchmark_utils import machine_info, script_setup, versions
 
 ROOT = script_setup(__file__)
 
-import growth_vs_scratch  # noqa: E402
-from growth_vs_scratch import flops_to_reach, interpolate, plot  # noqa: E402
+import protocol  # noqa: E402
+from protocol import divide_width, flops_to_reach, halve_depth, interpolate, plot  # noqa: E402
 
 MODES = (
     "scratch",
@@ -153,26 +153,6 @@ def parse_arm(arm, default_fraction):
     if mode in GROWING and not 0 < fraction < 1:
         raise ValueError(f"arm {arm!r}: the growth fraction must be in (0, 1)")
     return mode, fraction
-
-
-def divide_width(config, parts):
-    """The config of one of `parts` models whose fusion is `config`."""
-    for key in ("hidden_dim", "num_heads", "intermediate_dim"):
-        if config[key] % parts:
-            raise ValueError(f"{key}={config[key]} does not split into {parts} models")
-    return dict(
-        config,
-        hidden_dim=config["hidden_dim"] // parts,
-        num_heads=config["num_heads"] // parts,
-        intermediate_dim=config["intermediate_dim"] // parts,
-    )
-
-
-def halve_depth(config):
-    """The config of the half-depth model that `deepen` and `stack` start from."""
-    if config["num_layers"] % 2:
-        raise ValueError(f"num_layers={config['num_layers']} does not halve")
-    return dict(config, num_layers=config["num_layers"] // 2)
 
 
 def arm_budget(arm, setup):
@@ -230,7 +210,7 @@ def flops_at(levels, step):
     return spent
 
 
-class Setup(growth_vs_scratch.Setup):
+class Setup(protocol.Setup):
     """The settings every arm shares (and every part file must agree on):
     v1's, without its re-warm-up ablation."""
 
@@ -281,7 +261,7 @@ class Setup(growth_vs_scratch.Setup):
         return dict(fields, budget=self.budget)
 
 
-class Data(growth_vs_scratch.Data):
+class Data(protocol.Data):
     """v1's shared data, with a held-out set that samples the whole validation split.
 
     The validation documents are sorted (the corpus is), so v1's held-out

@@ -38,7 +38,7 @@ DEFAULT_MODELS = ("d64_target", "d64_half", "d32_target")
 
 
 def config(name):
-    import growth_vs_scratch_v2
+    from protocol import divide_width
 
     from keras_fusion import recipes
 
@@ -46,7 +46,7 @@ def config(name):
     target = recipes.target_config(
         "tiny", 1000, num_layers=4, hidden_dim=hidden, intermediate_dim=2 * hidden
     )
-    return growth_vs_scratch_v2.divide_width(target, parts) if parts > 1 else target
+    return divide_width(target, parts) if parts > 1 else target
 
 
 def batches(batch_size=16, input_length=64, target_length=16):
