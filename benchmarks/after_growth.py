@@ -17,7 +17,8 @@ growth step, and one named setting of what happens at the growth
   variable's RMS, and a fused kernel's zero off-diagonal blocks lower that
   RMS by sqrt(2) (two of four blocks are zero), so its first steps after
   Deep Fusion are sqrt(2) smaller than its partners' were; this restores
-  them for the kernels (norm scales and embeddings keep their RMS).
+  them for the kernels (norm scales and embeddings keep their RMS);
+- `reset_rate_x1.41`: both of the two above.
 
 A run is `(recipe, setting, growth_step, seed)`, the grid the product of
 `--recipes`, `--settings`, `--growth_steps` and `--seeds`. Per run the
@@ -59,6 +60,7 @@ SETTINGS = {
     "rewarm": dict(rewarmup_steps=None),  # None: --rewarmup_steps
     "rate_x0.5": dict(learning_rate_scale="0.5"),
     "rate_x1.41": dict(learning_rate_scale="1.41"),
+    "reset_rate_x1.41": dict(growth_optimizer_state="reset", learning_rate_scale="1.41"),
 }
 SETUP_FIELDS = (
     "preset",

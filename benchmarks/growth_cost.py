@@ -255,8 +255,9 @@ def worker_scratch(config, fused_config, repeats):
 def worker_breakdown(config):
     """One `fuse`, step by step, as `FusionT5Backbone.fuse` does it."""
     a, b = _setup(config)
+    from keras_fusion import operators
     from keras_fusion.models import FusionT5Backbone
-    from keras_fusion.models.fusion_t5_backbone import grown_by_fuse
+    from keras_fusion.models.fusion_t5_backbone import grown
 
     steps = []
     start_rss = _rss()
@@ -277,8 +278,8 @@ def worker_breakdown(config):
         return out
 
     config_, parameters = step(
-        "read inputs + fused parameters in NumPy (grown_by_fuse)",
-        lambda: grown_by_fuse([a, b]),
+        "read inputs + fused parameters in NumPy (grown_by_fuse)",  # grown(operators.Fuse()) now
+        lambda: grown(operators.Fuse(), [a, b]),
     )
     step(
         "build from them (from_parameters, no random init)",

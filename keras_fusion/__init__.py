@@ -61,6 +61,7 @@ SUBMODULES = (
     "memory",
     "metrics",
     "models",
+    "operators",
     "optimizer_state",
     "optimizers",
     "recipes",

@@ -20,12 +20,14 @@ String form, for command-line flags: entries separated by commas, each
 | `self_fuse` | `noise=F` (1e-3), `seed=N` (0) |
 | `deepen` | `layers=N` (1), `mode=identity|stack` (identity) |
 | `widen_ffn` | `factor=N` (2), `noise=F` (1e-3), `seed=N` (0) |
+| `random_widen_ffn` | `factor=N` (2), `seed=N` (0); a control, NOT function preserving |
 
-Each entry gives its `grown_config` without building anything (used to
-check a whole schedule before the first training step), compute the grown
-model's `grown_parameters` (arrays, nothing built) and `grow` a language
-model, returning the grown model and the map that carries optimizer state
-(see `optimizer_state`).
+An entry is a record: its step and its operator's options. The operator
+(`entry.growth_operator()`, a `keras_fusion.operators` object) owns the
+validation, the `grown_config` (used to check a whole schedule before the
+first training step, nothing built) and the one parameter map that
+`grown_parameters` applies to the weights and, through the map it returns,
+to each optimizer slot (see `optimizer_state`).
 """
 
 import dataclasses
@@ -36,21 +38,10 @@ from typing import Any, Optional
 import keras
 import numpy as np
 
-from keras_fusion import growth_maps, optimizer_state, storage
+from keras_fusion import operators, optimizer_state, storage
 from keras_fusion.models import variable_trees
-from keras_fusion.models.fusion_t5_backbone import (
-    FUSE_FIELDS,
-    backbone_config,
-    backbone_variables,
-    grown_by_deepen,
-    grown_by_widen_ffn,
-)
-from keras_fusion.models.fusion_t5_seq2seq_lm import (
-    grown_lm_by_fuse,
-    grown_lm_by_self_fuse,
-    inner_lm,
-    scaled_output_slots,
-)
+from keras_fusion.models.fusion_t5_backbone import backbone_config, backbone_variables
+from keras_fusion.models.fusion_t5_seq2seq_lm import grown_lm, inner_lm
 
 
 def _check_step(entry, at_step):
@@ -60,17 +51,34 @@ def _check_step(entry, at_step):
 
 @dataclasses.dataclass(frozen=True)
 class GrowthEntry:
-    """Base class: one growth event at optimizer step `at_step`."""
+    """Base class: one growth event at optimizer step `at_step`.
+
+    An entry is a record: the step, and the options of its operator (a
+    `keras_fusion.operators` object, `growth_operator()`), which owns the
+    validation, the grown config and the parameter map, weights and
+    optimizer slots alike.
+    """
 
     at_step: int
 
-    operator = None
-    # How the operator scales kernel entries; GrowthCallback's default
-    # learning_rate_scale="auto" multiplies the learning rate by it.
-    weight_scale = 1.0
+    operator = None  # the operator's name (`OPERATORS`)
 
     def __post_init__(self):
         _check_step(self.operator, self.at_step)
+        try:
+            self.growth_operator()
+        except ValueError as error:
+            raise ValueError(f"{self.describe()}: {error}") from None
+
+    def growth_operator(self):
+        """The `keras_fusion.operators` object this entry applies."""
+        raise NotImplementedError
+
+    @property
+    def weight_scale(self):
+        """How the operator scales kernel entries; GrowthCallback's default
+        learning_rate_scale="auto" multiplies an Adam rate by it."""
+        return self.growth_operator().weight_scale
 
     def describe(self):
         """The entry in schedule-string form (also its identity in history)."""
@@ -80,132 +88,107 @@ class GrowthEntry:
     def _options(self):
         return {}
 
+    def _inputs(self, lm):
+        """The language models the operator reads (Fuse: `lm` and the partner)."""
+        return [lm]
+
+    def _input_configs(self, config):
+        return [config]
+
+    def _other_slots(self):
+        """`slots(tree, role, slot_name)`: the slot trees of the inputs
+        after the growing model's, for its slot `tree` (Fuse: the
+        partner's)."""
+        return lambda tree, role, slot_name: []
+
     def grown_config(self, config):
         """The backbone config after this growth (nothing is built)."""
-        raise NotImplementedError
+        return self.growth_operator().grown_config(self._input_configs(config))
 
     def grown_parameters(self, lm):
         """Returns `(config, parameters, map_tree)` of the grown model, built
         from nothing: its backbone config, its parameter tree (arrays), and
         `map_tree(tree, role, slot_name)`, which maps a parameter-shaped tree
-        of `lm` (an optimizer slot) to the grown model's shapes."""
-        raise NotImplementedError
+        of `lm` (an optimizer slot) to the grown model's shapes by the same
+        operator."""
+        operator = self.growth_operator()
+        lms = self._inputs(lm)
+        config, parameters = grown_lm(operator, lms)
+        configs = [backbone_config(x.backbone) for x in lms]
+        other_slots = self._other_slots()
 
-
-def _check_noise(entry):
-    noise = entry.noise
-    if not isinstance(noise, (int, float)) or not math.isfinite(noise) or noise < 0:
-        raise ValueError(f"{entry.describe()}: noise must be a finite number >= 0, got {noise!r}.")
-
-
-@dataclasses.dataclass(frozen=True)
-class SelfFuse(GrowthEntry):
-    """Self fusion (`FusionT5Seq2SeqLM.self_fuse`): twice the width."""
-
-    noise: float = 1e-3
-    seed: int = 0
-    operator = "self_fuse"
-    weight_scale = 0.5  # every kernel entry becomes W/2 (plus cancelling noise)
-
-    def __post_init__(self):
-        super().__post_init__()
-        _check_noise(self)
-
-    def _options(self):
-        return {"noise": self.noise, "seed": self.seed}
-
-    def grown_config(self, config):
-        return growth_maps.fused_config([config, config])
-
-    def grown_parameters(self, lm):
-        config, parameters = grown_lm_by_self_fuse(lm, noise=self.noise, seed=self.seed)
-        d, tied = lm.backbone.hidden_dim, config["tie_embedding_weights"]
-
-        def map_tree(tree, role, _):
-            # The backbone's map, then the output norm's rescaling (the fused
-            # logits equal the model's only with the norm scaled).
-            fused = growth_maps.self_fuse_parameters(tree, role=role)
-            return scaled_output_slots(fused, role, [d, d], [0.5, 0.5], tied)
+        def map_tree(tree, role, slot_name):
+            trees = [tree] + other_slots(tree, role, slot_name)
+            return operator.map(trees, configs, role=role, lm=True)
 
         return config, parameters, map_tree
 
 
 @dataclasses.dataclass(frozen=True)
+class SelfFuse(GrowthEntry):
+    """Self fusion (`operators.SelfFuse`, `FusionT5Seq2SeqLM.self_fuse`): twice the width."""
+
+    noise: float = 1e-3
+    seed: int = 0
+    operator = "self_fuse"
+
+    def growth_operator(self):
+        return operators.SelfFuse(noise=self.noise, seed=self.seed)
+
+    def _options(self):
+        return {"noise": self.noise, "seed": self.seed}
+
+
+@dataclasses.dataclass(frozen=True)
 class Deepen(GrowthEntry):
-    """More layers (`FusionT5Seq2SeqLM.deepen`); `mode="stack"` is not exact."""
+    """More layers (`operators.Deepen`); `mode="stack"` is not exact."""
 
     num_new_layers: int = 1
     mode: str = "identity"
     operator = "deepen"
 
-    def __post_init__(self):
-        super().__post_init__()
-        if (
-            isinstance(self.num_new_layers, bool)
-            or not isinstance(self.num_new_layers, int)
-            or self.num_new_layers < 1
-        ):
-            raise ValueError(
-                f"{self.describe()}: layers must be an int >= 1, got {self.num_new_layers!r}."
-            )
-        if self.mode not in growth_maps.DEEPEN_MODES:
-            raise ValueError(
-                f"{self.describe()}: mode must be one of {growth_maps.DEEPEN_MODES}, "
-                f"got {self.mode!r}."
-            )
+    def growth_operator(self):
+        return operators.Deepen(num_new_layers=self.num_new_layers, mode=self.mode)
 
     def _options(self):
         return {"layers": self.num_new_layers, "mode": self.mode}
 
-    def grown_config(self, config):
-        return dict(config, num_layers=config["num_layers"] + self.num_new_layers)
-
-    def grown_parameters(self, lm):
-        config, parameters = grown_by_deepen(lm.backbone, self.num_new_layers, mode=self.mode)
-        return (
-            config,
-            parameters,
-            lambda tree, role, _: growth_maps.deepen_parameters(
-                tree, self.num_new_layers, self.mode, role=role
-            ),
-        )
-
 
 @dataclasses.dataclass(frozen=True)
 class WidenFFN(GrowthEntry):
-    """Wider feed-forward blocks (`FusionT5Seq2SeqLM.widen_ffn`)."""
+    """Wider feed-forward blocks (`operators.WidenFFN`)."""
 
     factor: int = 2
     noise: float = 1e-3
     seed: int = 0
     operator = "widen_ffn"
 
-    def __post_init__(self):
-        super().__post_init__()
-        if isinstance(self.factor, bool) or not isinstance(self.factor, int) or self.factor < 2:
-            raise ValueError(f"{self.describe()}: factor must be an int >= 2, got {self.factor!r}.")
-        _check_noise(self)
+    def growth_operator(self):
+        return operators.WidenFFN(factor=self.factor, noise=self.noise, seed=self.seed)
 
     def _options(self):
         return {"factor": self.factor, "noise": self.noise, "seed": self.seed}
 
-    def grown_config(self, config):
-        return dict(config, intermediate_dim=config["intermediate_dim"] * self.factor)
 
-    def grown_parameters(self, lm):
-        config, parameters = grown_by_widen_ffn(
-            lm.backbone, self.factor, noise=self.noise, seed=self.seed
-        )
-        return (
-            config,
-            parameters,
-            lambda tree, role, _: growth_maps.widen_ffn_parameters(tree, self.factor, role=role),
-        )
+@dataclasses.dataclass(frozen=True)
+class RandomWidenFFN(GrowthEntry):
+    """Feed-forward blocks widened with random new units (`operators.RandomWidenFFN`):
+    a control, NOT function preserving."""
+
+    factor: int = 2
+    seed: int = 0
+    operator = "random_widen_ffn"
+
+    def growth_operator(self):
+        return operators.RandomWidenFFN(factor=self.factor, seed=self.seed)
+
+    def _options(self):
+        return {"factor": self.factor, "seed": self.seed}
 
 
 @dataclasses.dataclass(frozen=True)
 class Fuse(GrowthEntry):
-    """Deep Fusion with a trained partner (`FusionT5Seq2SeqLM.fuse`).
+    """Deep Fusion with a trained partner (`operators.Fuse`).
 
     The growing model is model 0 of the fusion, the partner model 1; the
     fused logits are `weight * logits + (1 - weight) * partner_logits`.
@@ -224,7 +207,7 @@ class Fuse(GrowthEntry):
     operator = "fuse"
 
     def __post_init__(self):
-        super().__post_init__()
+        _check_step(self.operator, self.at_step)
         if self.partner is None:
             raise ValueError(f"{self.describe()}: partner is required (a model or a .keras path).")
         if isinstance(self.partner, str) and not storage.exists(self.partner):
@@ -233,6 +216,9 @@ class Fuse(GrowthEntry):
             raise ValueError(
                 f"{self.describe()}: weight must be a finite number, got {self.weight!r}."
             )
+
+    def growth_operator(self):
+        return operators.Fuse(weights=(self.weight, 1 - self.weight))
 
     def _options(self):
         partner = self.partner if isinstance(self.partner, str) else type(self.partner).__name__
@@ -260,42 +246,38 @@ class Fuse(GrowthEntry):
             cache["model"] = partner
         return cache["model"]
 
-    def grown_config(self, config):
-        partner = backbone_config(self.partner_model().backbone)
-        for field in FUSE_FIELDS:
-            if config[field] != partner[field]:
-                raise ValueError(
-                    f"{self.describe()}: partner cannot be fused with the model: "
-                    f"{field} differs: {config[field]} vs {partner[field]}."
-                )
-        return growth_maps.fused_config([config, partner])
+    def _inputs(self, lm):
+        return [lm, inner_lm(self.partner_model())]
 
-    def grown_parameters(self, lm):
+    def _input_configs(self, config):
+        return [config, backbone_config(self.partner_model().backbone)]
+
+    def grown_config(self, config):
+        try:
+            return super().grown_config(config)
+        except ValueError as error:
+            raise ValueError(
+                f"{self.describe()}: partner cannot be fused with the model: {error}"
+            ) from None
+
+    def _other_slots(self):
+        """The partner's slots: from its optimizer when it brings one of the
+        same kind, else the moments of a model that never trained."""
         loaded = self.partner_model()
-        partner = inner_lm(loaded)
-        config, parameters = grown_lm_by_fuse([lm, partner], weights=[self.weight, 1 - self.weight])
-        partner_tree = backbone_variables(partner.backbone)
+        partner_tree = backbone_variables(inner_lm(loaded).backbone)
         partner_arrays = variable_trees.read(partner_tree)
         partner_slots = {}
         optimizer = getattr(loaded, "optimizer", None)
         if isinstance(optimizer, optimizer_state.SUPPORTED) and optimizer.built:
             partner_slots = optimizer_state.read_slots(optimizer, partner_tree)
 
-        def map_tree(tree, role, slot_name):
+        def slots(tree, role, slot_name):
             if slot_name in partner_slots:
-                other = partner_slots[slot_name][1]
-            else:
-                other = optimizer_state.moments_for_new_model(
-                    {slot_name: (role, tree)}, partner_arrays
-                )[slot_name][1]
-            fused = growth_maps.fuse_parameters([tree, other], role=role)
-            return scaled_output_slots(
-                fused, role, hidden_dims, [self.weight, 1 - self.weight], tied
-            )
+                return [partner_slots[slot_name][1]]
+            new = optimizer_state.moments_for_new_model({slot_name: (role, tree)}, partner_arrays)
+            return [new[slot_name][1]]
 
-        hidden_dims = [lm.backbone.hidden_dim, partner.backbone.hidden_dim]
-        tied = config["tie_embedding_weights"]
-        return config, parameters, map_tree
+        return slots
 
 
 # The growth `GrowthCallback()` applies when given no schedule, and the
@@ -363,6 +345,7 @@ OPERATORS = {
         WidenFFN,
         {"factor": ("factor", int), "noise": ("noise", float), "seed": ("seed", int)},
     ),
+    "random_widen_ffn": (RandomWidenFFN, {"factor": ("factor", int), "seed": ("seed", int)}),
 }
 
 
@@ -473,6 +456,7 @@ __all__ = [
     "Deepen",
     "Fuse",
     "GrowthEntry",
+    "RandomWidenFFN",
     "SelfFuse",
     "WidenFFN",
     "default_entry",

@@ -37,7 +37,7 @@ def test_a_partner_on_a_remote_filesystem_keeps_its_scheme():
         (
             "grow@10",
             r"Schedule entry 'grow@10': unknown operator 'grow'; "
-            r"allowed: deepen, fuse, self_fuse, widen_ffn",
+            r"allowed: deepen, fuse, random_widen_ffn, self_fuse, widen_ffn",
         ),
         ("deepen", r"Schedule entry 'deepen': expected OPERATOR@STEP"),
         ("deepen@ten", r"'deepen@ten': step 'ten' is not an integer"),

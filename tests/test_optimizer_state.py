@@ -27,7 +27,8 @@ Why the maps hold (docs/growth.md, "Optimizer state across a growth"), for noise
   duplication's `1/2`, so its gradient is `G / sqrt(2)` (tied) or `G`
   (untied), not `G/2`. `test_self_fuse_decoder_norm_gradient` checks that
   from the math, `test_self_fuse_map_of_decoder_norm_moments` the library's
-  map (`scaled_output_slots`; it gave `G/2` before this test found it).
+  map (`operators.rescale_output`, then `scaled_output_slots`; it gave `G/2`
+  before this test found it).
 
 Tolerance (float32): every entry within `ATOL_SHARE` of the largest gradient
 entry of the grown model, `G` (for squared gradients: of `G**2`). Measured on

@@ -1,33 +1,19 @@
 """FusionT5Backbone: a keras-hub T5 backbone that can be grown."""
 
-import math
-
 import keras
 import numpy as np
 from keras_hub.models import Backbone, T5Backbone
 
 from keras_fusion import _keras_internals as internals
-from keras_fusion import growth_maps
+from keras_fusion import growth_maps, operators
 from keras_fusion.flops import head_dim
 from keras_fusion.layers.fusion_t5_block import FusionT5Block, block_variables
 from keras_fusion.layers.grouped_rms_norm import GroupedRMSNorm
 from keras_fusion.layers.t5_token_embedding import T5TokenEmbedding
 from keras_fusion.models import variable_trees
+from keras_fusion.operators import FUSE_FIELDS, NORM_MODES  # noqa: F401 (re-exported)
 from keras_fusion.utils import preset_loader
 from keras_fusion.utils.transformers import convert_t5, export_t5
-
-NORM_MODES = ("grouped", "global")
-
-# Fields two backbones must share to be fused.
-FUSE_FIELDS = (
-    "vocabulary_size",
-    "num_layers",
-    "key_value_dim",
-    "activation",
-    "use_gated_activation",
-    "tie_embedding_weights",
-    "layer_norm_epsilon",
-)
 
 _CONSTRUCTOR_ARGS = (
     "vocabulary_size",
@@ -94,18 +80,6 @@ def check_fusable(backbones):
     configs = [backbone_config(b) for b in backbones]
     growth_maps.check_same(configs, FUSE_FIELDS)
     return configs
-
-
-def _check_finite(name, value, minimum=None):
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}.")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}.")
-
-
-def _check_norm(norm):
-    if norm not in NORM_MODES:
-        raise ValueError(f"norm must be one of {NORM_MODES}, got {norm!r}.")
 
 
 @keras.saving.register_keras_serializable(package="keras_fusion")
@@ -436,7 +410,7 @@ class FusionT5Backbone(T5Backbone):
         Returns:
             A `FusionT5Backbone`.
         """
-        return cls.from_parameters(*grown_by_fuse(backbones, norm))
+        return cls.from_parameters(*grown(operators.Fuse(norm=norm), backbones))
 
     @classmethod
     def self_fuse(cls, backbone, noise=1e-3, seed=None, norm="grouped"):
@@ -460,7 +434,7 @@ class FusionT5Backbone(T5Backbone):
                 also exact, since `[x; x]` has the RMS of `x`, but only for
                 a model with one group).
         """
-        return cls.from_parameters(*grown_by_self_fuse(backbone, noise, seed, norm))
+        return cls.from_parameters(*grown(operators.SelfFuse(noise, seed, norm), [backbone]))
 
     @classmethod
     def deepen(cls, backbone, num_new_layers, mode="identity"):
@@ -475,7 +449,7 @@ class FusionT5Backbone(T5Backbone):
                 `"stack"`: copies of layers 0, 1, ... appended (G_stack
                 style); NOT function-preserving.
         """
-        return cls.from_parameters(*grown_by_deepen(backbone, num_new_layers, mode))
+        return cls.from_parameters(*grown(operators.Deepen(num_new_layers, mode), [backbone]))
 
     @classmethod
     def widen_ffn(cls, backbone, factor, noise=1e-3, seed=None):
@@ -489,7 +463,7 @@ class FusionT5Backbone(T5Backbone):
                 of a hidden unit train apart.
             seed: int or None.
         """
-        return cls.from_parameters(*grown_by_widen_ffn(backbone, factor, noise, seed))
+        return cls.from_parameters(*grown(operators.WidenFFN(factor, noise, seed), [backbone]))
 
 
 # Building a model directly with given values (FusionT5Backbone.from_parameters),
@@ -533,14 +507,8 @@ def _build_with_values(cls, config, parameters):
     return backbone
 
 
-# Plans: validate the arguments and compute (config, parameters) of the grown
-# model, building nothing. The class methods above and FusionT5Seq2SeqLM
-# build from them.
-
-
-def _check_int(name, value, minimum):
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}.")
+# Plans: compute (config, parameters) of a grown model, building nothing.
+# The class methods above and FusionT5Seq2SeqLM's build from them.
 
 
 def _read(backbone, what="the model"):
@@ -549,45 +517,18 @@ def _read(backbone, what="the model"):
     return tree
 
 
-def grown_by_fuse(backbones, norm="grouped"):
-    """Config and parameters of `FusionT5Backbone.fuse(*backbones)`."""
-    _check_norm(norm)
-    if len(backbones) < 2:
-        raise ValueError(f"fuse needs at least two backbones, got {len(backbones)}.")
-    config = growth_maps.fused_config(check_fusable(backbones), grouped=norm == "grouped")
-    trees = [_read(b, f"model {i}") for i, b in enumerate(backbones)]
-    return config, growth_maps.fuse_parameters(trees)
+def grown(operator, backbones, lm=False):
+    """Config and parameters of `operator` (a `keras_fusion.operators`
+    object) applied to `backbones`, nothing built; `lm`: the backbones are
+    language models' (a fusion rescales the final decoder norm so that the
+    logits are kept).
 
-
-def grown_by_self_fuse(backbone, noise=1e-3, seed=None, norm="grouped"):
-    """Config and parameters of `FusionT5Backbone.self_fuse(backbone)`."""
-    _check_norm(norm)
-    _check_finite("noise", noise, minimum=0)
-    config = backbone_config(backbone)
-    groups = config["norm_groups"]
-    if norm == "global" and len(groups) > 1:
-        raise ValueError(
-            "norm='global' is exact for self fusion only when the model has one "
-            f"norm group; this one has norm_groups={groups}. Use norm='grouped'."
-        )
-    config = growth_maps.fused_config([config, config], grouped=norm == "grouped")
-    return config, growth_maps.self_fuse_parameters(_read(backbone), noise, seed)
-
-
-def grown_by_deepen(backbone, num_new_layers, mode="identity"):
-    """Config and parameters of `FusionT5Backbone.deepen(backbone, ...)`."""
-    if mode not in growth_maps.DEEPEN_MODES:
-        raise ValueError(f"mode must be one of {growth_maps.DEEPEN_MODES}, got {mode!r}.")
-    _check_int("num_new_layers", num_new_layers, 1)
-    config = backbone_config(backbone)
-    config["num_layers"] += num_new_layers
-    return config, growth_maps.deepen_parameters(_read(backbone), num_new_layers, mode)
-
-
-def grown_by_widen_ffn(backbone, factor, noise=1e-3, seed=None):
-    """Config and parameters of `FusionT5Backbone.widen_ffn(backbone, ...)`."""
-    _check_int("factor", factor, 2)
-    _check_finite("noise", noise, minimum=0)
-    config = backbone_config(backbone)
-    config["intermediate_dim"] *= factor
-    return config, growth_maps.widen_ffn_parameters(_read(backbone), factor, noise, seed)
+    Raises:
+        ValueError: the backbones cannot be grown so (the first field on
+            which fused models disagree, a non-finite weight, ...).
+    """
+    configs = [backbone_config(b) for b in backbones]
+    config = operator.grown_config(configs)
+    names = ["the model"] if len(backbones) == 1 else [f"model {i}" for i in range(len(backbones))]
+    trees = [_read(b, name) for b, name in zip(backbones, names)]
+    return config, operator.map(trees, configs, lm=lm)

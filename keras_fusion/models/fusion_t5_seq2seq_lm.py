@@ -1,19 +1,16 @@
 """FusionT5Seq2SeqLM: keras-hub's T5 language model, growable."""
 
-import math
-
 import keras
 import keras_hub
 from keras_hub.models import T5Seq2SeqLM
 
-from keras_fusion import growth_maps, storage
+from keras_fusion import operators, storage
 from keras_fusion.models.fusion_t5_backbone import (
     FusionT5Backbone,
     as_fusion_backbone,
     backbone_config,
     backbone_variables,
-    grown_by_fuse,
-    grown_by_self_fuse,
+    grown,
 )
 from keras_fusion.utils import preset_loader
 from keras_fusion.utils.transformers import convert_t5, export_t5
@@ -26,18 +23,6 @@ def _check_lms(lms):
                 f"Expected keras_hub.models.T5Seq2SeqLM models; argument {i} is a "
                 f"{type(lm).__name__}."
             )
-
-
-def _check_weights(weights, count):
-    if weights is None:
-        return [1.0 / count] * count
-    weights = list(weights)
-    if len(weights) != count:
-        raise ValueError(f"weights has {len(weights)} entries but {count} models were given.")
-    for w in weights:
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
-            raise ValueError(f"weights must be finite numbers, got {weights}.")
-    return [float(w) for w in weights]
 
 
 @keras.saving.register_keras_serializable(package="keras_fusion")
@@ -192,29 +177,29 @@ class FusionT5Seq2SeqLM(T5Seq2SeqLM):
             preprocessor.
         """
         return cls.from_parameters(
-            *grown_lm_by_fuse(lms, weights, norm), preprocessor=lms[0].preprocessor
+            *grown_lm(operators.Fuse(weights, norm), lms), preprocessor=lms[0].preprocessor
         )
 
     @classmethod
     def self_fuse(cls, lm, noise=1e-3, seed=None, norm="grouped"):
         """Self fusion (see `FusionT5Backbone.self_fuse`), logits unchanged."""
         return cls.from_parameters(
-            *grown_lm_by_self_fuse(lm, noise, seed, norm), preprocessor=lm.preprocessor
+            *grown_lm(operators.SelfFuse(noise, seed, norm), [lm]), preprocessor=lm.preprocessor
         )
 
     @classmethod
     def deepen(cls, lm, num_new_layers, mode="identity"):
         """More layers (see `FusionT5Backbone.deepen`), logits unchanged."""
-        _check_lms([lm])
-        backbone = FusionT5Backbone.deepen(lm.backbone, num_new_layers, mode=mode)
-        return cls(backbone=backbone, preprocessor=lm.preprocessor)
+        return cls.from_parameters(
+            *grown_lm(operators.Deepen(num_new_layers, mode), [lm]), preprocessor=lm.preprocessor
+        )
 
     @classmethod
     def widen_ffn(cls, lm, factor, noise=1e-3, seed=None):
         """Wider feed-forward blocks (see `FusionT5Backbone.widen_ffn`)."""
-        _check_lms([lm])
-        backbone = FusionT5Backbone.widen_ffn(lm.backbone, factor, noise=noise, seed=seed)
-        return cls(backbone=backbone, preprocessor=lm.preprocessor)
+        return cls.from_parameters(
+            *grown_lm(operators.WidenFFN(factor, noise, seed), [lm]), preprocessor=lm.preprocessor
+        )
 
 
 # (config, parameters) of a grown LM, nothing built. The class methods above
@@ -222,47 +207,12 @@ class FusionT5Seq2SeqLM(T5Seq2SeqLM):
 # prepared ahead of time (`keras_fusion.growth_ahead`).
 
 
-def _scaled_output(config, parameters, hidden_dims, weights):
-    # Rescale each source's block of the final decoder norm so that the
-    # logits come out as the weighted sum (growth_maps.output_scale).
-    parameters["decoder_norm"] = parameters["decoder_norm"] * growth_maps.output_scale(
-        hidden_dims, weights, config["tie_embedding_weights"]
-    )
-    return config, parameters
-
-
-def scaled_output_slots(tree, role, hidden_dims, weights, tied):
-    """Map the final decoder norm's optimizer slots as `_scaled_output` maps
-    its weights.
-
-    The fused norm holds `s * w` (`s = growth_maps.output_scale(...)`): a
-    weight scaled by `s` gets its gradient divided by `s`, so its first
-    moment is divided by `s` and its second by `s ** 2`.
-    `tree` is a slot tree already mapped by the backbone's operator.
-    """
-    if role == growth_maps.WEIGHT:
-        raise ValueError("scaled_output_slots maps optimizer slots, not weights.")
-    scale = growth_maps.output_scale(hidden_dims, weights, tied)
-    tree = dict(tree)
-    tree["decoder_norm"] = tree["decoder_norm"] * growth_maps.gradient_scale(role, 1.0 / scale)
-    return tree
-
-
-def grown_lm_by_fuse(lms, weights=None, norm="grouped"):
-    """Config and parameters of `FusionT5Seq2SeqLM.fuse(*lms, weights=...)`."""
+def grown_lm(operator, lms):
+    """Config and parameters of `operator` (a `keras_fusion.operators`
+    object) applied to the language models `lms`, their logits kept (a
+    fusion's are the weighted sum), nothing built."""
     _check_lms(lms)
-    weights = _check_weights(weights, len(lms))
-    backbones = [lm.backbone for lm in lms]
-    config, parameters = grown_by_fuse(backbones, norm)
-    return _scaled_output(config, parameters, [b.hidden_dim for b in backbones], weights)
-
-
-def grown_lm_by_self_fuse(lm, noise=1e-3, seed=None, norm="grouped"):
-    """Config and parameters of `FusionT5Seq2SeqLM.self_fuse(lm, ...)`."""
-    _check_lms([lm])
-    config, parameters = grown_by_self_fuse(lm.backbone, noise, seed, norm)
-    d = lm.backbone.hidden_dim
-    return _scaled_output(config, parameters, [d, d], [0.5, 0.5])
+    return grown(operator, [lm.backbone for lm in lms], lm=True)
 
 
 def inner_lm(model):

@@ -239,7 +239,7 @@ def test_fuse_rejects_mismatched_models_naming_field_and_values(field, change, v
 @pytest.mark.parametrize(
     "call,message",
     [
-        (lambda a: FusionT5Backbone.fuse(a), "at least two backbones"),
+        (lambda a: FusionT5Backbone.fuse(a), "fuse needs at least two models, got 1"),
         (
             lambda a: FusionT5Backbone.fuse(a, a, norm="layer"),
             r"norm must be one of \('grouped', 'global'\), got 'layer'",
@@ -248,7 +248,10 @@ def test_fuse_rejects_mismatched_models_naming_field_and_values(field, change, v
             lambda a: FusionT5Backbone.fuse(a, "model.keras"),
             "Expected a keras_hub.models.T5Backbone",
         ),
-        (lambda a: FusionT5Backbone.self_fuse(a, noise=-1.0), "noise must be >= 0, got -1.0"),
+        (
+            lambda a: FusionT5Backbone.self_fuse(a, noise=-1.0),
+            "noise must be a finite number >= 0, got -1.0",
+        ),
         (
             lambda a: FusionT5Backbone.self_fuse(a, noise=float("nan")),
             "noise must be a finite number",
