@@ -18,7 +18,10 @@ growth step, and one named setting of what happens at the growth
   RMS by sqrt(2) (two of four blocks are zero), so its first steps after
   Deep Fusion are sqrt(2) smaller than its partners' were; this restores
   them for the kernels (norm scales and embeddings keep their RMS);
-- `reset_rate_x1.41`: both of the two above.
+- `reset_rate_x1.41`: both of the two above;
+- `rate_x2`: the rate doubles. Self fusion halves every kernel entry (each
+  input half carries `W/2`), so a self-fused kernel's RMS, and with it
+  Adafactor's step, is half the model's: this restores it.
 
 A run is `(recipe, setting, growth_step, seed)`, the grid the product of
 `--recipes`, `--settings`, `--growth_steps` and `--seeds`. Per run the
@@ -61,6 +64,7 @@ SETTINGS = {
     "rate_x0.5": dict(learning_rate_scale="0.5"),
     "rate_x1.41": dict(learning_rate_scale="1.41"),
     "reset_rate_x1.41": dict(growth_optimizer_state="reset", learning_rate_scale="1.41"),
+    "rate_x2": dict(learning_rate_scale="2"),
 }
 SETUP_FIELDS = (
     "preset",

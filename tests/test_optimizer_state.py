@@ -27,7 +27,7 @@ Why the maps hold (docs/growth.md, "Optimizer state across a growth"), for noise
   duplication's `1/2`, so its gradient is `G / sqrt(2)` (tied) or `G`
   (untied), not `G/2`. `test_self_fuse_decoder_norm_gradient` checks that
   from the math, `test_self_fuse_map_of_decoder_norm_moments` the library's
-  map (`operators.rescale_output`, then `scaled_output_slots`; it gave `G/2`
+  map (`operators.rescale_output`; the map before it gave `G/2`
   before this test found it).
 
 Tolerance (float32): every entry within `ATOL_SHARE` of the largest gradient
