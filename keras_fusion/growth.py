@@ -294,6 +294,7 @@ class Fuse(GrowthEntry):
 # passes chooses; 0.25 is the only growth time measured so far.
 DEFAULT_GROWTH_MODE = "deepen"
 DEFAULT_GROWTH_FRACTION = 0.25
+# The recipes (`keras_fusion.recipes.RECIPES`) that grow without a partner.
 DEFAULT_MODES = ("self_fusion", "deepen", "stack")
 
 

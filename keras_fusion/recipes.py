@@ -10,6 +10,8 @@ Recipes (the growth happens inside `fit`, through `GrowthCallback`):
 - `self_fusion`: one half-width model, fused with itself at `growth_step`.
 - `deepen`: a model with half the target depth, given identity layers at
   `growth_step`.
+- `stack`: as `deepen`, but the new layers are copies of the trained ones
+  (G_stack style; NOT function preserving).
 - `fusion_tree`: the paper's tree (its algorithm 4). With `tree_depth=2`,
   four models of a quarter of the target's width train `growth_step` steps
   each, are fused in pairs into two half-width models that train
@@ -45,7 +47,14 @@ PRESETS = {
         num_layers=12, num_heads=12, hidden_dim=768, intermediate_dim=3072, key_value_dim=64
     ),
 }
-RECIPES = ("deep_fusion", "self_fusion", "deepen", "scratch", "fusion_tree")
+# One vocabulary for the ways to reach a target: the recipes of
+# `tools/train`, `GrowthCallback()`'s default modes (`growth.DEFAULT_MODES`,
+# the growing recipes that need no partner) and the growing arms of
+# `benchmarks/growth_vs_scratch_v2.py` are these names; the operators
+# (`keras_fusion.operators`: fuse, self_fuse, deepen, widen_ffn) are the
+# steps they take.
+RECIPES = ("deep_fusion", "self_fusion", "deepen", "stack", "scratch", "fusion_tree")
+_DEPTH_RECIPES = ("deepen", "stack")
 # The widths a recipe divides the target's by (fusion_tree: 2 ** tree_depth).
 _WIDTH_KEYS = ("hidden_dim", "num_heads", "intermediate_dim")
 
@@ -90,10 +99,10 @@ def start_config(recipe, config, tree_depth=2):
                     f"{recipe} {rule.format(key=key, factor=factor)}; got {config[key]}."
                 )
         return _scaled_width(config, 1 / factor)
-    if recipe == "deepen":
+    if recipe in _DEPTH_RECIPES:
         if config["num_layers"] < 2 or config["num_layers"] % 2:
             raise ValueError(
-                "deepen halves num_layers, which must be even and >= 2; "
+                f"{recipe} halves num_layers, which must be even and >= 2; "
                 f"got {config['num_layers']}."
             )
         return dict(config, num_layers=config["num_layers"] // 2)
@@ -217,9 +226,10 @@ def growth_entries(recipe, config, growth_step):
         raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}.")
     if recipe == "self_fusion":
         return [SelfFuse(at_step=growth_step)]
-    if recipe == "deepen":
+    if recipe in _DEPTH_RECIPES:
         layers = config["num_layers"]
-        return [Deepen(at_step=growth_step, num_new_layers=layers - layers // 2)]
+        mode = "stack" if recipe == "stack" else "identity"
+        return [Deepen(at_step=growth_step, num_new_layers=layers - layers // 2, mode=mode)]
     return []
 
 
@@ -237,7 +247,7 @@ def grown_config(recipe, start, tree_depth=2):
         raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}.")
     if recipe in ("deep_fusion", "self_fusion", "fusion_tree"):
         return _scaled_width(start, 2 ** (fusion_depth(recipe, tree_depth) or 1))
-    if recipe == "deepen":
+    if recipe in _DEPTH_RECIPES:
         return dict(start, num_layers=2 * start["num_layers"])
     return dict(start)
 

@@ -18,6 +18,7 @@ def test_start_config_halves_what_the_recipe_grows_and_grown_config_inverts_it(r
         "deep_fusion": WIDTH,
         "self_fusion": WIDTH,
         "deepen": ("num_layers",),
+        "stack": ("num_layers",),
         "scratch": (),
         "fusion_tree": WIDTH,  # divided by 4 at the default depth 2
     }[recipe]
@@ -45,6 +46,7 @@ def test_start_config_halves_what_the_recipe_grows_and_grown_config_inverts_it(r
         ("deep_fusion", "num_heads", 3),
         ("deep_fusion", "intermediate_dim", 127),
         ("deepen", "num_layers", 1),
+        ("stack", "num_layers", 3),
     ],
 )
 def test_a_size_a_recipe_cannot_halve_is_refused_naming_the_key_and_value(recipe, key, value):
@@ -63,7 +65,7 @@ def test_an_unknown_preset_or_recipe_is_refused_naming_the_allowed_values():
     target = recipes.target_config("tiny", 100)
     with pytest.raises(
         ValueError,
-        match=r"recipe must be one of \('deep_fusion', 'self_fusion', 'deepen', "
+        match=r"recipe must be one of \('deep_fusion', 'self_fusion', 'deepen', 'stack', "
         r"'scratch', 'fusion_tree'\), got 'bogus'",
     ):
         recipes.start_config("bogus", target)
@@ -149,6 +151,16 @@ def test_growth_entries_are_the_recipes_operator_at_the_growth_step():
         deepen.grown_config(recipes.start_config("deepen", target))["num_layers"]
         == target["num_layers"]
     )
+    assert deepen.mode == "identity"
+    # stack is deepen whose new layers copy the trained ones.
+    (stack,) = parsed("stack")
+    assert stack == growth.Deepen(at_step=10, num_new_layers=deepen.num_new_layers, mode="stack")
+
+
+def test_the_growth_modes_are_recipe_names():
+    # GrowthCallback()'s default modes are the recipes that need no partner.
+    assert set(growth.DEFAULT_MODES) <= set(recipes.RECIPES)
+    assert growth.DEFAULT_GROWTH_MODE in growth.DEFAULT_MODES
 
 
 def numpy_token_losses(logits, labels):

@@ -58,7 +58,7 @@ flags.DEFINE_enum("recipe", "deep_fusion", list(recipes.RECIPES), "How the final
 flags.DEFINE_string(
     "growth_schedule",
     None,
-    "Overrides the schedule of self_fusion, deepen or scratch, e.g. "
+    "Overrides the schedule of self_fusion, deepen, stack or scratch, e.g. "
     "'self_fuse@1000,deepen@3000:layers=2'.",
 )
 flags.DEFINE_integer(

@@ -453,3 +453,12 @@ def test_optimizer_is_recorded_in_the_setup_only_when_not_adamw():
 
     assert "optimizer" not in setup().as_dict()  # older parts still merge
     assert setup(optimizer="adafactor").as_dict()["optimizer"] == "adafactor"
+
+
+def test_the_arms_are_the_recipes_and_their_controls():
+    # One vocabulary: every arm but the two controls is a recipe of
+    # tools.train, and every growing recipe is an arm.
+    controls = {"small_alone", "half_depth_alone"}
+    assert set(bench.MODES) - controls == set(recipes.RECIPES)
+    assert set(bench.CONTROLS.values()) == controls
+    assert set(bench.CONTROLS) == set(recipes.RECIPES) - {"scratch"}
