@@ -843,7 +843,136 @@ def part_name(arms, seeds, rates):
     return f"{label(arms)}_s{label(seeds)}_lr{label(rates)}".replace("@", "at").replace("/", "-")
 
 
-def main(argv=None):
+def check_flags(args, parser):
+    """Check the flags and fill in the quick mode's and the optimizer's
+    defaults (in `args`); returns `(arms, seeds, steps, eval_every,
+    rate_search, learning_rates_flag)`. Exits through `parser.error`."""
+    arms = [
+        a
+        for a in (
+            args.arms or ",".join(m for m in MODES if not (args.quick and m == "fusion_tree"))
+        ).split(",")
+        if a
+    ]
+    seeds = [int(s) for s in (args.seeds or ("0,1" if args.quick else "0,1,2")).split(",")]
+    for arm in arms:
+        try:
+            parse_arm(arm, args.growth_fraction)
+        except ValueError as error:
+            parser.error(f"--arms: {error}")
+    if not 0 < args.growth_fraction < 1:
+        parser.error("--growth_fraction must be in (0, 1)")
+    if args.eval_batches < 1 or args.batch_size < 1 or (args.steps is not None and args.steps < 1):
+        parser.error("--steps, --eval_batches and --batch_size must be >= 1")
+    steps = args.steps or (300 if args.quick else 7000)
+    every = args.eval_every or max(steps // (10 if args.quick else 40), 1)
+    if args.quick and args.steps_per_execution is None:
+        args.steps_per_execution, args.jit_compile = math.gcd(every, 15), True
+    if args.steps_per_execution is None:
+        args.steps_per_execution = 1
+    if args.steps_per_execution < 1 or every % args.steps_per_execution:
+        parser.error(
+            f"--steps_per_execution={args.steps_per_execution} must be >= 1 and divide the "
+            f"evaluation interval ({every} steps): growth and evaluation happen between calls"
+        )
+    from keras_fusion import optimizers
+
+    args.optimizer = args.optimizer or optimizers.DEFAULT_OPTIMIZER
+    if args.optimizer not in optimizers.OPTIMIZERS:
+        parser.error(
+            f"--optimizer: unknown {args.optimizer!r}; allowed: {', '.join(optimizers.OPTIMIZERS)}"
+        )
+    search = RATE_SEARCH.get(args.optimizer, RATE_SEARCH["adafactor"])
+    rates_flag = args.learning_rates or (f"{search[0]:g}" if args.quick else None)
+
+    if args.threads < 0:
+        parser.error(f"--threads={args.threads}: must be >= 0 (0: all)")
+    if args.jobs is None:
+        args.jobs = 2 if args.quick else 1
+    if args.jobs < 1:
+        parser.error(f"--jobs={args.jobs}: must be >= 1")
+    if args.threads:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+
+    return arms, seeds, steps, every, search, rates_flag
+
+
+def load_corpus(args, setup, earlier_parts):
+    """The shared tokenizer, corpus and held-out documents (`Data`), and the
+    corpus record of the part file. The installed corpus of the parts
+    already run is kept, should a package have been installed since (the
+    installed corpus follows the environment)."""
+    from keras_fusion import data
+
+    corpus_started = time.perf_counter()
+    key = next(
+        (
+            part["corpus"].get("environment_key")
+            for _, part in earlier_parts
+            if part["corpus"]["spec"] == args.corpus
+        ),
+        None,
+    )
+    spec = args.corpus
+    if args.corpus == "installed":
+        spec = lambda split: data.installed_corpus(split, environment_key=key)  # noqa: E731
+    shared = Data(args.vocabulary_size, args.workdir, setup, corpus=spec)
+    corpus = {
+        "spec": args.corpus,
+        "documents": len(shared.train_texts) + len(shared.valid_texts),
+        "characters": sum(map(len, shared.train_texts)) + sum(map(len, shared.valid_texts)),
+        "sha256": data.corpus_fingerprint(
+            shared.train_texts + shared.valid_texts
+        ),  # train, then validation
+        "train_tokens": shared.train_tokens(),
+        "seconds": round(time.perf_counter() - corpus_started, 1),
+    }
+    if args.corpus == "installed":
+        info = data.installed_corpus_info(environment_key=key)
+        corpus.update(
+            environment_key=info["environment_key"],
+            build_seconds=info["build_seconds"],
+            installed_sha256=info["sha256"],
+        )
+    return shared, corpus
+
+
+def new_part(args, argv, setup, shared, corpus, machine, path):
+    """The part file's record for this invocation, with the runs and minutes
+    of the part file at `path` when it exists (a killed part resumes);
+    returns `(part, minutes_before)`."""
+    from keras_fusion.data.span_corruption import random_spans_helper
+    from keras_fusion.growth import parameter_count
+
+    command = "python benchmarks/growth_vs_scratch_v2.py " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    part = {
+        "command": command.strip(),
+        "setup": setup.as_dict(),
+        "corpus": corpus,
+        "tokenizer_vocabulary": shared.vocabulary_size,
+        "chunk_length": random_spans_helper(setup.input_length, 0.15, 3.0, setup.target_length)[0],
+        "target_parameters": parameter_count(setup.target),
+        "machine": machine,
+        "versions": versions(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "minutes": 0.0,
+        "runs": [],
+    }
+    earlier = 0.0
+    if os.path.exists(path):
+        with open(path) as f:
+            previous = json.load(f)
+        part["runs"], earlier = previous["runs"], previous["minutes"]
+    return part, earlier
+
+
+def build_parser():
+    """The command line of the benchmark."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--quick",
@@ -942,6 +1071,11 @@ def main(argv=None):
     parser.add_argument(
         "--merge_only", action="store_true", help="merge the part files, train nothing"
     )
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     prefix = args.output or DEFAULT_OUTPUT + ("_quick" if args.quick else "")
@@ -950,58 +1084,8 @@ def main(argv=None):
         print(markdown)
         print(f"Wrote {prefix}.json, .png, .md")
         return
-    arms = [
-        a
-        for a in (
-            args.arms or ",".join(m for m in MODES if not (args.quick and m == "fusion_tree"))
-        ).split(",")
-        if a
-    ]
-    seeds = [int(s) for s in (args.seeds or ("0,1" if args.quick else "0,1,2")).split(",")]
-    for arm in arms:
-        try:
-            parse_arm(arm, args.growth_fraction)
-        except ValueError as error:
-            parser.error(f"--arms: {error}")
-    if not 0 < args.growth_fraction < 1:
-        parser.error("--growth_fraction must be in (0, 1)")
-    if args.eval_batches < 1 or args.batch_size < 1 or (args.steps is not None and args.steps < 1):
-        parser.error("--steps, --eval_batches and --batch_size must be >= 1")
-    steps = args.steps or (300 if args.quick else 7000)
-    every = args.eval_every or max(steps // (10 if args.quick else 40), 1)
-    if args.quick and args.steps_per_execution is None:
-        args.steps_per_execution, args.jit_compile = math.gcd(every, 15), True
-    if args.steps_per_execution is None:
-        args.steps_per_execution = 1
-    if args.steps_per_execution < 1 or every % args.steps_per_execution:
-        parser.error(
-            f"--steps_per_execution={args.steps_per_execution} must be >= 1 and divide the "
-            f"evaluation interval ({every} steps): growth and evaluation happen between calls"
-        )
-    from keras_fusion import optimizers
-
-    args.optimizer = args.optimizer or optimizers.DEFAULT_OPTIMIZER
-    if args.optimizer not in optimizers.OPTIMIZERS:
-        parser.error(
-            f"--optimizer: unknown {args.optimizer!r}; allowed: {', '.join(optimizers.OPTIMIZERS)}"
-        )
-    search = RATE_SEARCH.get(args.optimizer, RATE_SEARCH["adafactor"])
-    rates_flag = args.learning_rates or (f"{search[0]:g}" if args.quick else None)
-
-    if args.threads < 0:
-        parser.error(f"--threads={args.threads}: must be >= 0 (0: all)")
-    if args.jobs is None:
-        args.jobs = 2 if args.quick else 1
-    if args.jobs < 1:
-        parser.error(f"--jobs={args.jobs}: must be >= 1")
-    if args.threads:
-        import tensorflow as tf
-
-        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-
-    from keras_fusion import data, recipes, storage
-    from keras_fusion.data.span_corruption import random_spans_helper
+    arms, seeds, steps, every, search, rates_flag = check_flags(args, parser)
+    from keras_fusion import recipes, storage
 
     setup = Setup(
         target={},
@@ -1016,39 +1100,8 @@ def main(argv=None):
         optimizer=args.optimizer,
     )
     os.makedirs(args.workdir, exist_ok=True)
-    corpus_started = time.perf_counter()
     earlier_parts = read_parts(prefix)
-    # Keep the corpus of the parts already run, should a package have been
-    # installed since (the installed corpus follows the environment).
-    key = next(
-        (
-            part["corpus"].get("environment_key")
-            for _, part in earlier_parts
-            if part["corpus"]["spec"] == args.corpus
-        ),
-        None,
-    )
-    spec = args.corpus
-    if args.corpus == "installed":
-        spec = lambda split: data.installed_corpus(split, environment_key=key)  # noqa: E731
-    shared = Data(args.vocabulary_size, args.workdir, setup, corpus=spec)
-    corpus = {
-        "spec": args.corpus,
-        "documents": len(shared.train_texts) + len(shared.valid_texts),
-        "characters": sum(map(len, shared.train_texts)) + sum(map(len, shared.valid_texts)),
-        "sha256": data.corpus_fingerprint(
-            shared.train_texts + shared.valid_texts
-        ),  # train, then validation
-        "train_tokens": shared.train_tokens(),
-        "seconds": round(time.perf_counter() - corpus_started, 1),
-    }
-    if args.corpus == "installed":
-        info = data.installed_corpus_info(environment_key=key)
-        corpus.update(
-            environment_key=info["environment_key"],
-            build_seconds=info["build_seconds"],
-            installed_sha256=info["sha256"],
-        )
+    shared, corpus = load_corpus(args, setup, earlier_parts)
     setup.target = recipes.target_config(
         "tiny",
         shared.vocabulary_size,
@@ -1091,27 +1144,7 @@ def main(argv=None):
         name += f"_worker{args.worker}"
     path = os.path.join(prefix + ".parts", name + ".json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    command = "python benchmarks/growth_vs_scratch_v2.py " + " ".join(
-        argv if argv is not None else sys.argv[1:]
-    )
-    part = {
-        "command": command.strip(),
-        "setup": setup.as_dict(),
-        "corpus": corpus,
-        "tokenizer_vocabulary": shared.vocabulary_size,
-        "chunk_length": random_spans_helper(setup.input_length, 0.15, 3.0, setup.target_length)[0],
-        "target_parameters": parameter_count(setup.target),
-        "machine": machine,
-        "versions": versions(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "minutes": 0.0,
-        "runs": [],
-    }
-    earlier = 0.0
-    if os.path.exists(path):
-        with open(path) as f:
-            previous = json.load(f)
-        part["runs"], earlier = previous["runs"], previous["minutes"]
+    part, earlier = new_part(args, argv, setup, shared, corpus, machine, path)
     started = time.perf_counter()
     for arm, seed, rate in jobs:
         if (arm, seed, rate) in existing:
