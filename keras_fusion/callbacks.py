@@ -99,19 +99,21 @@ class GrowthCallback(keras.callbacks.Callback):
         learning_rate_scale: `"auto"` (the default), `"width"` or a number
             > 0. The learning rate from each growth on is multiplied by it
             (scales of successive growths compound). `"auto"` follows the
-            size of the weights the operator writes: self fusion halves
-            every kernel entry (each input half carries `W/2`), and Adam's
-            steps have a fixed size whatever the weight's size, so they
-            would move those entries twice as far relative to their size:
-            the rate is halved. Fuse, Deepen and WidenFFN keep most entry
-            sizes: scale 1. Under Adafactor or `AdamWScale`, whose steps
-            are relative to each parameter's RMS, the steps shrink with the
-            entries already: scale 1 after every operator. `"width"` uses
-            `hidden_dim` before/after (muP's 1/width rule for Adam).
-            Measured with the default Adafactor (benchmarks/README.md,
-            "Learning rate after a width growth"): scale 1 ended 0.065
-            lower than 0.5 after Deep Fusion and 0.053 lower after self
-            fusion.
+            size of the weights the operator writes. Under Adafactor or
+            `AdamWScale`, whose steps are relative to each parameter's RMS,
+            a fusion shrinks the grown kernels' steps with their RMS: Deep
+            Fusion's zero off-diagonal blocks divide it by sqrt(2), self
+            fusion's `W/2` entries by 2. "auto" multiplies the rate by that
+            factor (`entry.kernel_rms_scale`; 1 after deepen and
+            widen_ffn), which restores the kernels' steps. Measured on the
+            tiny preset with the default Adafactor, 2,400 steps, growth at
+            600 (benchmarks/README.md, "After a growth"): sqrt(2) ended
+            Deep Fusion 0.022 lower than 1 on two seeds, and 2 ended self
+            fusion lower than 1 as well. Adam's steps have a fixed size
+            whatever the weight's size, so there "auto" is the operator's
+            `weight_scale` instead: 0.5 after self fusion (its entries are
+            halved), 1 after the others. `"width"` uses `hidden_dim`
+            before/after (muP's 1/width rule for Adam).
         prepare_ahead: bool (default True). Build the grown model and trace
             its train step in a background thread while the current model
             trains (`keras_fusion.growth_ahead`), starting after the first
@@ -279,10 +281,11 @@ class GrowthCallback(keras.callbacks.Callback):
 
     def _learning_rate_scale(self, entry, hidden_dim, grown_hidden_dim, optimizer):
         if self.learning_rate_scale == "auto":
-            # Steps relative to each parameter's RMS shrink with the
-            # parameters already; fixed-size (Adam) steps must be scaled.
+            # Steps relative to each parameter's RMS shrink with the grown
+            # kernels' RMS: restore them. Fixed-size (Adam) steps must
+            # instead shrink with the entries.
             if optimizers.steps_follow_parameter_scale(optimizer):
-                return 1.0
+                return entry.kernel_rms_scale
             return entry.weight_scale
         if self.learning_rate_scale == "width":
             return hidden_dim / grown_hidden_dim

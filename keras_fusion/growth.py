@@ -80,6 +80,13 @@ class GrowthEntry:
         learning_rate_scale="auto" multiplies an Adam rate by it."""
         return self.growth_operator().weight_scale
 
+    @property
+    def kernel_rms_scale(self):
+        """How many times smaller the operator makes a kernel's RMS;
+        GrowthCallback's default learning_rate_scale="auto" multiplies an
+        Adafactor (RMS-relative) rate by it."""
+        return self.growth_operator().kernel_rms_scale
+
     def describe(self):
         """The entry in schedule-string form (also its identity in history)."""
         options = "".join(f":{k}={v}" for k, v in self._options().items())

@@ -103,6 +103,12 @@ class Operator:
     # How the operator scales kernel entries; GrowthCallback's default
     # learning_rate_scale="auto" multiplies an Adam learning rate by it.
     weight_scale: ClassVar[float] = 1.0
+    # How many times smaller the operator makes a kernel's RMS. Adafactor's
+    # (and AdamWScale's) steps are relative to a variable's RMS, so the
+    # grown kernels' steps shrink by this factor; GrowthCallback's default
+    # learning_rate_scale="auto" multiplies such a rate by it, which
+    # restores them (benchmarks/README.md, "After a growth").
+    kernel_rms_scale: ClassVar[float] = 1.0
     # How many models the operator reads (None: two or more).
     num_inputs: ClassVar[Optional[int]] = 1
 
@@ -156,6 +162,9 @@ class Fuse(Operator):
     norm: str = "grouped"
     name: ClassVar[str] = "fuse"
     num_inputs: ClassVar[Optional[int]] = None
+    # Two of a fused kernel's four blocks are zero: for two inputs of one
+    # size and RMS (Deep Fusion's) its RMS is the inputs' over sqrt(2).
+    kernel_rms_scale: ClassVar[float] = math.sqrt(2)
 
     def __post_init__(self):
         check_choice("norm", self.norm, NORM_MODES)
@@ -207,6 +216,7 @@ class SelfFuse(Operator):
     norm: str = "grouped"
     name: ClassVar[str] = "self_fuse"
     weight_scale: ClassVar[float] = 0.5  # every kernel entry becomes W/2 (plus cancelling noise)
+    kernel_rms_scale: ClassVar[float] = 2.0  # so the kernels' RMS halves
 
     def __post_init__(self):
         check_choice("norm", self.norm, NORM_MODES)

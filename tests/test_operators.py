@@ -7,13 +7,14 @@ draws the new ones by its seed, maps optimizer slots by role, and is, as
 documented, not function preserving where `WidenFFN` is.
 """
 
+import keras
 import numpy as np
 import pytest
 
 from keras_fusion import growth_maps, operators
 from keras_fusion.callbacks import GrowthCallback
 from keras_fusion.diagnostics import relative_error
-from keras_fusion.growth import RandomWidenFFN, WidenFFN, parse_schedule
+from keras_fusion.growth import Deepen, Fuse, RandomWidenFFN, SelfFuse, WidenFFN, parse_schedule
 from keras_fusion.growth_maps import FIRST_MOMENT, SECOND_MOMENT, WEIGHT
 from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM, variable_trees
 from keras_fusion.models.fusion_t5_backbone import backbone_config, backbone_variables
@@ -153,3 +154,60 @@ def test_random_widening_from_a_schedule_string_grows_inside_fit():
     assert model.growth_history == [entry.describe()]
     assert model.backbone.intermediate_dim == 3 * f
     assert int(model.optimizer.iterations.numpy()) == 4
+
+
+def kernel_rms(lm):
+    """The RMS of every kernel of the backbone (the leaves that operators
+    place block-diagonally or duplicate), as one number."""
+    tree = variable_trees.read(backbone_variables(lm.backbone))
+    squares, count = 0.0, 0
+
+    def add(name, leaves):
+        nonlocal squares, count
+        if name in growth_maps.KERNELS:
+            squares += float(np.sum(np.square(leaves[0])))
+            count += np.size(leaves[0])
+        return leaves[0]
+
+    growth_maps.map_leaves(add, [tree])
+    return np.sqrt(squares / count)
+
+
+@pytest.mark.parametrize(
+    "entry, tolerance",
+    [
+        # Two random models of one config: their kernels' RMS agree to a
+        # few percent, so the fused kernels' is theirs over ~sqrt(2).
+        ("fuse", 0.05),
+        ("self_fuse", 1e-6),  # no noise: every entry is exactly W/2
+        ("deepen", 0.0),  # no measurement: the new layers copy the last one
+    ],
+)
+def test_kernel_rms_scale_is_how_much_the_kernels_rms_falls(entry, tolerance):
+    lm = FusionT5Seq2SeqLM(random_backbone(cls=FusionT5Backbone, seed=11))
+    if entry == "fuse":
+        partner = FusionT5Seq2SeqLM(random_backbone(cls=FusionT5Backbone, seed=12))
+        made = Fuse(at_step=1, partner=partner)
+        before = np.sqrt((kernel_rms(lm) ** 2 + kernel_rms(partner) ** 2) / 2)
+    else:
+        made = SelfFuse(at_step=1, noise=0.0) if entry == "self_fuse" else Deepen(at_step=1)
+        before = kernel_rms(lm)
+    if entry == "deepen":
+        assert made.kernel_rms_scale == 1.0
+        return
+    grown = FusionT5Seq2SeqLM.from_parameters(*made.grown_parameters(lm)[:2])
+    ratio = before / kernel_rms(grown)
+    assert made.kernel_rms_scale == {"fuse": np.sqrt(2), "self_fuse": 2.0}[entry]
+    assert abs(ratio / made.kernel_rms_scale - 1) <= tolerance, ratio
+
+
+def test_auto_learning_rate_scale_under_adafactor_restores_the_kernels_steps():
+    schedule = keras.optimizers.schedules.CosineDecay(3e-2, decay_steps=20)
+    x, y = random_inputs(batch_size=4, seed=13), random_labels(batch_size=4, seed=14)
+    for schedule_text, factor in (("self_fuse@2", 2.0), ("deepen@2", 1.0)):
+        model = growing_lm(optimizer=keras.optimizers.Adafactor(learning_rate=schedule))
+        fit_steps(model, x, y, 4, callbacks=[GrowthCallback(schedule_text, verbose=0)])
+        assert int(model.optimizer.iterations.numpy()) == 4
+        np.testing.assert_allclose(
+            float(model.optimizer.learning_rate), factor * float(schedule(4)), rtol=1e-6
+        )

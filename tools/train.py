@@ -157,8 +157,9 @@ flags.DEFINE_string("tpu", None, "TPU name or address, for --strategy=tpu.")
 flags.DEFINE_string(
     "learning_rate_scale",
     "auto",
-    "Learning-rate factor after each growth: 'auto' (1 under Adafactor and adamw_scale; "
-    "under AdamW 0.5 after self fusion, else 1), 'width', or a number.",
+    "Learning-rate factor after each growth: 'auto' (under Adafactor and adamw_scale the "
+    "factor the operator divides a kernel's RMS by: sqrt(2) after fuse, 2 after self fusion, "
+    "else 1; under AdamW 0.5 after self fusion, else 1), 'width', or a number.",
 )
 flags.DEFINE_integer(
     "rewarmup_steps", 0, "Ramp the learning rate again over N steps after each growth (0: off)."

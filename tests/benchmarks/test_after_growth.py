@@ -113,9 +113,15 @@ def test_rewarm_takes_its_steps_from_the_flag():
     class Args:
         rewarmup_steps = 40
 
-    assert bench.overrides("rewarm", Args) == {"rewarmup_steps": 40}
-    assert bench.overrides("reset", Args) == {"growth_optimizer_state": "reset"}
-    assert bench.overrides("carry", Args) == {}
+    assert bench.overrides("rewarm", Args) == {"rewarmup_steps": 40, "learning_rate_scale": "1"}
+    assert bench.overrides("reset", Args) == {
+        "growth_optimizer_state": "reset",
+        "learning_rate_scale": "1",
+    }
+    # Every setting pins its rate scale: "auto" is whatever the library's
+    # default is now, not what was measured.
+    for setting in bench.SETTINGS:
+        assert bench.overrides(setting, Args)["learning_rate_scale"] not in (None, "auto")
 
 
 @pytest.mark.parametrize(
