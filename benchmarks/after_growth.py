@@ -44,7 +44,6 @@ run on one core).
 """
 
 import argparse
-import datetime
 import glob
 import itertools
 import json
@@ -53,7 +52,7 @@ import statistics
 import sys
 import time
 
-from benchmark_utils import machine_info, save_json, script_setup, versions
+from benchmark_utils import machine_info, open_part, save_json, script_setup
 
 ROOT = script_setup(__file__)
 DEFAULT_OUTPUT = os.path.join(ROOT, "benchmarks", "results", "after_growth")
@@ -290,20 +289,7 @@ def main(argv=None):
         ]
     )
     path = os.path.join(args.output + ".parts", name + ".json")
-    part = (
-        json.load(open(path))
-        if os.path.exists(path)
-        else dict(
-            name=name,
-            date=datetime.date.today().isoformat(),
-            machine=machine_info(),
-            versions=versions(),
-            setup=setup,
-            threads=args.threads,
-            seconds=0.0,
-            runs=[],
-        )
-    )
+    part = open_part(path, setup=setup, threads=args.threads)
     if part["setup"] != setup:
         parser.error(f"{path} was measured with another setup: {part['setup']}.")
     for run in todo:

@@ -2,6 +2,7 @@
 fresh process per measured operation."""
 
 import concurrent.futures
+import datetime
 import importlib.metadata
 import json
 import multiprocessing
@@ -124,3 +125,21 @@ def corpus_batches(texts, tokenizer_path, vocabulary_size, shape, seed, training
         repeat=training,
     )
     return ds if training else ds.take(eval_batches).cache()
+
+
+def open_part(path, **fields):
+    """The part file at `path` when it exists (a killed part resumes), else
+    a new one: its name, today's date, the machine, the versions, `fields`,
+    0 seconds and no runs yet."""
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    return dict(
+        name=os.path.splitext(os.path.basename(path))[0],
+        date=datetime.date.today().isoformat(),
+        machine=machine_info(),
+        versions=versions(),
+        **fields,
+        seconds=0.0,
+        runs=[],
+    )

@@ -52,7 +52,6 @@ by side on two cores (losses do not depend on it; the time does).
 """
 
 import argparse
-import datetime
 import glob
 import itertools
 import json
@@ -63,7 +62,13 @@ import statistics
 import sys
 import time
 
-from benchmark_utils import corpus_batches, machine_info, save_json, script_setup, versions
+from benchmark_utils import (
+    corpus_batches,
+    machine_info,
+    open_part,
+    save_json,
+    script_setup,
+)
 
 ROOT = script_setup(__file__)
 
@@ -446,21 +451,7 @@ def main(argv=None):
         ]
     )
     path = os.path.join(args.output + ".parts", name + ".json")
-    part = (
-        json.load(open(path))
-        if os.path.exists(path)
-        else dict(
-            name=name,
-            date=datetime.date.today().isoformat(),
-            machine=machine_info(),
-            versions=versions(),
-            setup=setup,
-            corpus=shared.info,
-            threads=args.threads,
-            seconds=0.0,
-            runs=[],
-        )
-    )
+    part = open_part(path, setup=setup, corpus=shared.info, threads=args.threads)
     for run in todo:
         record = train_run(run, args, shared, unigram)
         part["runs"].append(record)

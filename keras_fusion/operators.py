@@ -330,10 +330,7 @@ class RandomWidenFFN(Operator):
     def __post_init__(self):
         check_int("factor", self.factor, 2)
 
-    def grown_config(self, configs):
-        self._check_inputs(configs)
-        (config,) = configs
-        return dict(config, intermediate_dim=config["intermediate_dim"] * self.factor)
+    grown_config = WidenFFN.grown_config  # the same shapes as the exact widening
 
     def map(self, trees, configs, role=WEIGHT, lm=False):
         (tree,) = trees
