@@ -220,16 +220,19 @@ def test_iterations_schedule_and_history_continue():
     "make_optimizer, scale",
     [
         (lambda rate: keras.optimizers.AdamW(rate), 0.5),
-        (lambda rate: keras.optimizers.Adafactor(rate), 1.0),
-        (lambda rate: optimizers.AdamWScale(rate), 1.0),
+        (lambda rate: keras.optimizers.Adafactor(rate), 2.0),
+        (lambda rate: optimizers.AdamWScale(rate), 2.0),
     ],
     ids=["adamw", "adafactor", "adamw_scale"],
 )
 def test_auto_rate_after_self_fusion_follows_how_the_optimizer_steps(make_optimizer, scale):
     # Self fusion halves every kernel entry. Adam's fixed-size steps would
     # move them twice as far relative to their size, so "auto" halves the
-    # rate; Adafactor's and AdamWScale's steps are relative to each
-    # parameter's RMS, which halves with the entries: the rate is kept.
+    # rate. Adafactor's and AdamWScale's steps are relative to each
+    # parameter's RMS, which halves with the entries, so the kernels' steps
+    # halve: "auto" doubles the rate to restore them (measured better than
+    # keeping it: benchmarks/README.md, "After a growth";
+    # test_operators.py checks the RMS ratio itself).
     model = growing_lm(make_optimizer(1e-2))
     fit(model, 4, [GrowthCallback("self_fuse@2", verbose=0)])
     assert float(model.optimizer.learning_rate) == pytest.approx(scale * 1e-2, rel=1e-6)
