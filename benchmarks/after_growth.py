@@ -44,7 +44,6 @@ run on one core).
 """
 
 import argparse
-import glob
 import itertools
 import json
 import os
@@ -52,7 +51,7 @@ import statistics
 import sys
 import time
 
-from benchmark_utils import machine_info, open_part, save_json, script_setup
+from benchmark_utils import machine_info, mean_std, open_part, read_parts, save_json, script_setup
 
 ROOT = script_setup(__file__)
 DEFAULT_OUTPUT = os.path.join(ROOT, "benchmarks", "results", "after_growth")
@@ -145,11 +144,6 @@ def one_run(run, args):
     )
 
 
-def _mean_std(values):
-    mean = statistics.fmean(values)
-    return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def table(runs):
     """Markdown rows of mean ± sample std over seeds per (recipe, setting,
     growth step), the lowest final mean per recipe in bold, and the best
@@ -169,7 +163,7 @@ def table(runs):
     for (recipe, setting, growth_step), group in sorted(groups.items()):
         cells = []
         for field in ("at_growth", "highest_after", "final"):
-            mean, std = _mean_std([r[field] for r in group])
+            mean, std = mean_std([r[field] for r in group])
             cells.append(f"{mean:.4f} ± {std:.4f}")
         if best[recipe][0] == (setting, growth_step):
             cells[-1] = f"**{cells[-1]}**"
@@ -177,14 +171,6 @@ def table(runs):
             f"| {recipe} | {setting} | {growth_step} | {len(group)} | " + " | ".join(cells) + " |"
         )
     return "\n".join(lines), {recipe: list(choice) for recipe, (choice, _) in best.items()}
-
-
-def read_parts(output):
-    parts = []
-    for path in sorted(glob.glob(os.path.join(output + ".parts", "*.json"))):
-        with open(path) as f:
-            parts.append(json.load(f))
-    return parts
 
 
 def merge(output):

@@ -3,11 +3,13 @@ fresh process per measured operation."""
 
 import concurrent.futures
 import datetime
+import glob
 import importlib.metadata
 import json
 import multiprocessing
 import os
 import platform
+import statistics
 import sys
 
 
@@ -143,3 +145,18 @@ def open_part(path, **fields):
         seconds=0.0,
         runs=[],
     )
+
+
+def read_parts(prefix):
+    """Every part file under `<prefix>.parts/`, in name order."""
+    parts = []
+    for path in sorted(glob.glob(os.path.join(prefix + ".parts", "*.json"))):
+        with open(path) as f:
+            parts.append(json.load(f))
+    return parts
+
+
+def mean_std(values):
+    """Mean and sample standard deviation (0 for one value)."""
+    values = list(values)
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0

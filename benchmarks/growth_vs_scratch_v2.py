@@ -96,7 +96,7 @@ import subprocess
 import sys
 import time
 
-from benchmark_utils import machine_info, script_setup, versions
+from benchmark_utils import machine_info, mean_std, script_setup, versions
 
 ROOT = script_setup(__file__)
 
@@ -482,11 +482,6 @@ def chosen_rates(records):
         if arm not in rates and mode in rates:
             rates[arm] = rates[mode]
     return rates
-
-
-def mean_std(values):
-    """Mean and sample standard deviation (0 for one value)."""
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def summarise(records, budget, rates, quick, eval_batches):

@@ -52,7 +52,6 @@ by side on two cores (losses do not depend on it; the time does).
 """
 
 import argparse
-import glob
 import itertools
 import json
 import math
@@ -66,6 +65,7 @@ from benchmark_utils import (
     corpus_batches,
     machine_info,
     open_part,
+    read_parts,
     save_json,
     script_setup,
 )
@@ -199,14 +199,6 @@ def train_run(run, args, shared, unigram):
         encoder_use=use,
         seconds=round(time.perf_counter() - started, 1),
     )
-
-
-def read_parts(prefix):
-    parts = []
-    for path in sorted(glob.glob(os.path.join(prefix + ".parts", "*.json"))):
-        with open(path) as f:
-            parts.append(json.load(f))
-    return parts
 
 
 def check_compatible(parts):
