@@ -253,10 +253,7 @@ class GrowthCallback(keras.callbacks.Callback):
             growth_ahead.log_refusal(entry, reason)
             return
         model = self.model
-        planned = entry.grown_config(backbone_config(model.backbone))
-        scale = self._learning_rate_scale(
-            entry, model.backbone.hidden_dim, planned["hidden_dim"], model.optimizer
-        )
+        scale = self._learning_rate_scale(entry, model)
         # The growth happens at the first execution boundary at or after its
         # step (the callback runs between calls of the train function), so
         # the grown optimizer's config (a re-warm-up's start) is that step's.
@@ -279,7 +276,9 @@ class GrowthCallback(keras.callbacks.Callback):
         if logs is not None:
             logs["num_parameters"] = self.model.backbone.count_params()
 
-    def _learning_rate_scale(self, entry, hidden_dim, grown_hidden_dim, optimizer):
+    def _learning_rate_scale(self, entry, model):
+        """The factor on the rate from `entry`'s growth of `model` on."""
+        optimizer = model.optimizer
         if self.learning_rate_scale == "auto":
             # Steps relative to each parameter's RMS shrink with the grown
             # kernels' RMS: restore them. Fixed-size (Adam) steps must
@@ -288,7 +287,8 @@ class GrowthCallback(keras.callbacks.Callback):
                 return entry.kernel_rms_scale
             return entry.weight_scale
         if self.learning_rate_scale == "width":
-            return hidden_dim / grown_hidden_dim
+            config = backbone_config(model.backbone)
+            return config["hidden_dim"] / entry.grown_config(config)["hidden_dim"]
         return float(self.learning_rate_scale)
 
     def grow(self, entry, step):
@@ -310,12 +310,7 @@ class GrowthCallback(keras.callbacks.Callback):
             model,
             entry,
             step,
-            learning_rate_scale=self._learning_rate_scale(
-                entry,
-                model.backbone.hidden_dim,
-                entry.grown_config(backbone_config(model.backbone))["hidden_dim"],
-                model.optimizer,
-            ),
+            learning_rate_scale=self._learning_rate_scale(entry, model),
             rewarmup_steps=self.rewarmup_steps,
             optimizer_slots=self.optimizer_slots,
             preparation=preparation,

@@ -31,7 +31,6 @@ to each optimizer slot (see `optimizer_state`).
 """
 
 import dataclasses
-import math
 import re
 from typing import Any, Optional
 
@@ -219,10 +218,10 @@ class Fuse(GrowthEntry):
             raise ValueError(f"{self.describe()}: partner is required (a model or a .keras path).")
         if isinstance(self.partner, str) and not storage.exists(self.partner):
             raise ValueError(f"{self.describe()}: partner file not found: {self.partner}")
-        if not isinstance(self.weight, (int, float)) or not math.isfinite(self.weight):
-            raise ValueError(
-                f"{self.describe()}: weight must be a finite number, got {self.weight!r}."
-            )
+        try:
+            operators.check_number("weight", self.weight)
+        except ValueError as error:
+            raise ValueError(f"{self.describe()}: {error}") from None
 
     def growth_operator(self):
         return operators.Fuse(weights=(self.weight, 1 - self.weight))

@@ -211,3 +211,10 @@ def test_auto_learning_rate_scale_under_adafactor_restores_the_kernels_steps():
         np.testing.assert_allclose(
             float(model.optimizer.learning_rate), factor * float(schedule(4)), rtol=1e-6
         )
+
+
+def test_a_fuse_entry_names_its_bad_weight():
+    partner = FusionT5Seq2SeqLM(random_backbone(cls=FusionT5Backbone, seed=15))
+    for weight in (float("nan"), "0.5"):
+        with pytest.raises(ValueError, match=f"weight must be a finite number, got {weight!r}"):
+            Fuse(at_step=3, partner=partner, weight=weight)
