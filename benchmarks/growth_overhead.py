@@ -172,7 +172,16 @@ def worker(operator, settings, prepare_ahead=True):
     """Grow a tiny model with `operator` inside fit; time it against a direct build.
 
     With `prepare_ahead=False` (the synchronous growth, for comparison) only
-    the growth fit runs (no steady-state rounds)."""
+    the growth fit runs (no steady-state rounds). `record` trains and clocks;
+    `analyse` turns its step records into the figures (no TensorFlow)."""
+    return analyse(record(operator, settings, prepare_ahead))
+
+
+def record(operator, settings, prepare_ahead=True):
+    """Train, grow and alternate the grown and direct models; return the raw records.
+
+    Every step is a dict of `instruments.step_timer` (begin, end, cpu, gc,
+    trace, function, traces, inner_traces)."""
     import warnings
 
     warnings.filterwarnings("ignore", message=".*does not support masking.*")
@@ -225,8 +234,7 @@ def worker(operator, settings, prepare_ahead=True):
             data, epochs=1, steps_per_epoch=grow_at + post, verbose=0, callbacks=[timer, growth]
         )
     event = dict(growth.events[0])
-    growth_fit = timer.steps
-    assert len(growth_fit) == grow_at + post
+    assert len(timer.steps) == grow_at + post
     assert event["prepared_ahead"] == prepare_ahead, event
     if not prepare_ahead:
         rounds = 0
@@ -244,97 +252,208 @@ def worker(operator, settings, prepare_ahead=True):
             m.fit(data, epochs=1, steps_per_epoch=chunk, verbose=0, callbacks=[t])
             chunks[name].append(t.steps)
 
-    def durations(steps, key=None):
-        return [s[key] if key else s["end"] - s["begin"] for s in steps]
-
-    def steady(name, key=None):
-        return [d for c in chunks[name] for d in durations(c, key)[skip:]]
-
-    fit_durations = durations(growth_fit)
-    if not rounds:  # synchronous growth: the growth fit's own steps
-        chunks["grown"] = [growth_fit[grow_at + 10 :]]
-        chunks["direct"] = [warmup.steps]
-    grown_steady = _summary(steady("grown"))
-    direct_steady = _summary(steady("direct"))
-    per_round = []
-    for r in range(rounds):
-        g = statistics.median(durations(chunks["grown"][r])[skip:])
-        d = statistics.median(durations(chunks["direct"][r])[skip:])
-        per_round.append(dict(grown_median_seconds=g, direct_median_seconds=d, speed_ratio=d / g))
-    paired_ratio = statistics.median(x["speed_ratio"] for x in per_round) if per_round else None
-    cpu = {name: statistics.median(steady(name, "cpu")) for name in chunks}
-    gc_seconds = {name: sum(steady(name, "gc")) for name in chunks}
-
-    gaps = [growth_fit[i + 1]["begin"] - growth_fit[i]["end"] for i in range(len(growth_fit) - 1)]
-    # The preparation (prepared growth) runs in a thread during steps
-    # 2..k of the tiny model: the tiny model's own speed is taken from the
-    # steps after it finished (from all steps without one).
-    window = None
+    # The preparation (prepared growth) runs in a thread while the tiny model trains.
+    preparation = None
     if preparations.started and preparations.started[0].finished_at is not None:
         p = preparations.started[0]
-        window = (p.started_at, p.finished_at)
+        preparation = dict(
+            window=(p.started_at, p.finished_at), phase_seconds=dict(p.phase_seconds)
+        )
+    return dict(
+        operator=operator,
+        prepare_ahead=prepare_ahead,
+        settings=settings,
+        rounds=rounds,
+        event=event,
+        breakdown_seconds=breakdown.seconds,
+        preparation=preparation,
+        growth_fit=timer.steps,
+        direct_warmup=warmup.steps,
+        chunks=chunks,
+        direct_build_seconds=direct_build_seconds,
+        base=base_facts,
+        grown=_model_facts(model),
+        direct=_model_facts(direct),
+        same_architecture=backbone_config(model.backbone) == backbone_config(direct.backbone),
+    )
+
+
+def _durations(steps, key=None):
+    return [s[key] if key else s["end"] - s["begin"] for s in steps]
+
+
+def _gaps(steps):
+    """The time between each step's end and the next step's begin."""
+    return [steps[i + 1]["begin"] - steps[i]["end"] for i in range(len(steps) - 1)]
+
+
+def steady_speed(chunks, skip, rounds):
+    """Steady-state figures of the grown and direct models' alternating fit calls.
+
+    The speed ratio is the median over rounds of (direct median step / grown
+    median step) in that round; the first `skip` steps of every call are left out."""
+
+    def steady(name, key=None):
+        return [d for c in chunks[name] for d in _durations(c, key)[skip:]]
+
+    grown, direct = _summary(steady("grown")), _summary(steady("direct"))
+    per_round = []
+    for r in range(rounds):
+        g = statistics.median(_durations(chunks["grown"][r])[skip:])
+        d = statistics.median(_durations(chunks["direct"][r])[skip:])
+        per_round.append(dict(grown_median_seconds=g, direct_median_seconds=d, speed_ratio=d / g))
+    cpu = {name: statistics.median(steady(name, "cpu")) for name in chunks}
+
+    def pooled(key):
+        return direct[key] / grown[key] if rounds else None
+
+    return dict(
+        grown_steady=grown,
+        direct_steady=direct,
+        speed_ratio=statistics.median(x["speed_ratio"] for x in per_round) if per_round else None,
+        speed_ratio_pooled_median=pooled("median_seconds"),
+        speed_ratio_pooled_mean=pooled("mean_seconds"),
+        speed_ratio_p10=pooled("p10_seconds"),
+        cpu_seconds_per_step_median=cpu,
+        cpu_speed_ratio=(cpu["direct"] / cpu["grown"]) if rounds else None,
+        gc_seconds_in_steady_steps={name: sum(steady(name, "gc")) for name in chunks},
+        speed_ratio_per_round=per_round,
+    )
+
+
+def tiny_steady(growth_fit, grow_at, skip, window):
+    """The tiny model's own step time: its steps after the preparation
+    finished (all its steps without one, or when fewer than 10 are left)."""
     clean = [
         i for i in range(skip, grow_at) if window is None or growth_fit[i]["begin"] > window[1]
     ]
     if len(clean) < 10:
         clean = list(range(skip, grow_at))
-    base_steady = _summary([fit_durations[i] for i in clean])
-    median_step = grown_steady["median_seconds"]
+    fit_durations = _durations(growth_fit)
+    return _summary([fit_durations[i] for i in clean])
+
+
+def event_cost(growth_fit, grow_at, skip, callback_seconds, median_step, tiny_step):
+    """The growth event's cost: the callback's own time plus the retrace's
+    excess on the first step after it; and the same from the wall clock (end
+    of step grow_at to end of step grow_at + 1, less one ordinary step and
+    one ordinary callback gap)."""
+    fit_durations, gaps = _durations(growth_fit), _gaps(growth_fit)
     after = growth_fit[grow_at]  # step grow_at + 1: the retrace
     first_after = fit_durations[grow_at]
     growth_gap = gaps[grow_at - 1]  # between step grow_at's end and the next begin
     ordinary_gap = statistics.median(gaps[skip : grow_at - 1] + gaps[grow_at + 1 :])
     retrace_extra = first_after - median_step
-    callback_seconds = event["seconds"]
     cost = callback_seconds + retrace_extra
-    # The same from the wall clock: end of step grow_at to end of step
-    # grow_at + 1, less one ordinary step and one ordinary callback gap.
-    wall_cost = growth_gap + first_after - median_step - ordinary_gap
-    # What the preparation cost the tiny model's training: the excess of its
-    # steps (and of the gaps between them) that overlap the thread's run.
-    preparation = None
-    if window is not None:
-        overlap = [
-            i
-            for i in range(skip, grow_at)
-            if growth_fit[i]["end"] > window[0] and growth_fit[i]["begin"] < window[1]
-        ]
-        excess = sum(fit_durations[i] - base_steady["median_seconds"] for i in overlap)
-        excess += sum(gaps[i] - ordinary_gap for i in overlap if i < grow_at - 1)
-        preparation = dict(
-            seconds_in_thread=window[1] - window[0],
-            phase_seconds=dict(preparations.started[0].phase_seconds),
-            steps_overlapped=len(overlap),
-            first_overlapped_step=overlap[0] + 1 if overlap else None,
-            tiny_steps_slowed_by_seconds=excess,
-            # Python's garbage collector (either thread: a collection holds
-            # the GIL, so the training's host thread waits through it).
-            python_gc_seconds_in_overlapped_steps=sum(growth_fit[i]["gc"] for i in overlap),
-            tiny_steps_slowed_by_grown_steps=excess / median_step,
-        )
-    total_cost = wall_cost + (preparation["tiny_steps_slowed_by_seconds"] if preparation else 0.0)
+    return dict(
+        callback_seconds=callback_seconds,
+        first_step_after_growth_seconds=first_after,
+        first_step_after_growth_cpu_seconds=after["cpu"],
+        first_step_after_growth_gc_seconds=after["gc"],
+        first_step_after_growth_python_trace_seconds=after["trace"],
+        retrace_extra_seconds=retrace_extra,
+        cost_seconds=cost,
+        cost_in_grown_steps=cost / median_step,
+        cost_in_tiny_steps=cost / tiny_step,
+        wall_clock_cost_seconds=growth_gap + first_after - median_step - ordinary_gap,
+        growth_gap_seconds=growth_gap,
+        ordinary_gap_seconds=ordinary_gap,
+        steps_2_to_10_after_growth_excess_seconds=sum(
+            d - median_step for d in fit_durations[grow_at + 1 : grow_at + 10]
+        ),
+        first_steps_after_growth_seconds=fit_durations[grow_at : grow_at + 5],
+    )
 
-    def trace_info(steps):
-        functions = []
-        for s in steps:
-            if not functions or functions[-1]["function"] != s["function"]:
-                functions.append(
-                    dict(
-                        function=s["function"],
-                        steps=0,
-                        traces_after_first_step=s["traces"],
-                        inner_traces_after_first_step=s["inner_traces"],
-                    )
+
+def preparation_cost(growth_fit, grow_at, skip, preparation, tiny_step, ordinary_gap, median_step):
+    """What the preparation cost the tiny model's training: the excess of
+    its steps (and of the gaps between them) that overlap the thread's run."""
+    if preparation is None:
+        return None
+    window = preparation["window"]
+    fit_durations, gaps = _durations(growth_fit), _gaps(growth_fit)
+    overlap = [
+        i
+        for i in range(skip, grow_at)
+        if growth_fit[i]["end"] > window[0] and growth_fit[i]["begin"] < window[1]
+    ]
+    excess = sum(fit_durations[i] - tiny_step for i in overlap)
+    excess += sum(gaps[i] - ordinary_gap for i in overlap if i < grow_at - 1)
+    return dict(
+        seconds_in_thread=window[1] - window[0],
+        phase_seconds=preparation["phase_seconds"],
+        steps_overlapped=len(overlap),
+        first_overlapped_step=overlap[0] + 1 if overlap else None,
+        tiny_steps_slowed_by_seconds=excess,
+        # Python's garbage collector (either thread: a collection holds
+        # the GIL, so the training's host thread waits through it).
+        python_gc_seconds_in_overlapped_steps=sum(growth_fit[i]["gc"] for i in overlap),
+        tiny_steps_slowed_by_grown_steps=excess / median_step,
+    )
+
+
+def trace_info(steps):
+    """Per train function, in order: its steps and its trace counts after the first and last."""
+    functions = []
+    for s in steps:
+        if not functions or functions[-1]["function"] != s["function"]:
+            functions.append(
+                dict(
+                    function=s["function"],
+                    steps=0,
+                    traces_after_first_step=s["traces"],
+                    inner_traces_after_first_step=s["inner_traces"],
                 )
-            functions[-1]["traces_after_last_step"] = s["traces"]
-            functions[-1]["inner_traces_after_last_step"] = s["inner_traces"]
-            functions[-1]["steps"] += 1
-        for f in functions:
-            del f["function"]
-        return functions
+            )
+        functions[-1]["traces_after_last_step"] = s["traces"]
+        functions[-1]["inner_traces_after_last_step"] = s["inner_traces"]
+        functions[-1]["steps"] += 1
+    for f in functions:
+        del f["function"]
+    return functions
 
+
+def analyse(recorded):
+    """The figures of one `record` run (see the module docstring)."""
+    settings, rounds = recorded["settings"], recorded["rounds"]
+    grow_at, post, skip = (settings[k] for k in ("grow_at", "post_steps", "skip"))
+    growth_fit, warmup, event = recorded["growth_fit"], recorded["direct_warmup"], recorded["event"]
+    chunks = recorded["chunks"]
+    if not rounds:  # synchronous growth: the growth fit's own steps
+        chunks = {"grown": [growth_fit[grow_at + 10 :]], "direct": [warmup]}
+    speed = steady_speed(chunks, skip, rounds)
+    median_step = speed["grown_steady"]["median_seconds"]
+    window = recorded["preparation"]["window"] if recorded["preparation"] else None
+    base_steady = tiny_steady(growth_fit, grow_at, skip, window)
+    tiny_step = base_steady["median_seconds"]
+    cost = event_cost(growth_fit, grow_at, skip, event["seconds"], median_step, tiny_step)
+    preparation = preparation_cost(
+        growth_fit,
+        grow_at,
+        skip,
+        recorded["preparation"],
+        tiny_step,
+        cost["ordinary_gap_seconds"],
+        median_step,
+    )
+    total_cost = cost["wall_clock_cost_seconds"] + (
+        preparation["tiny_steps_slowed_by_seconds"] if preparation else 0.0
+    )
+    fit_durations = _durations(growth_fit)
+    growth_event = dict(
+        step=event["step"],
+        parameters_before=event["parameters_before"],
+        parameters_after=event["parameters_after"],
+        callback_breakdown_seconds=recorded["breakdown_seconds"],
+        **cost,
+        prepared_ahead=event["prepared_ahead"],
+        waited_for_preparation_seconds=event["waited_seconds"],
+        preparation=preparation,
+        total_cost_seconds=total_cost,
+        total_cost_in_grown_steps=total_cost / median_step,
+    )
     grown_all = growth_fit + [s for c in chunks["grown"] for s in c]
-    direct_all = warmup.steps + [s for c in chunks["direct"] for s in c]
+    direct_all = warmup + [s for c in chunks["direct"] for s in c]
     first_of_chunk = {
         name: [
             dict(
@@ -347,75 +466,36 @@ def worker(operator, settings, prepare_ahead=True):
         for name in chunks
     }
     return dict(
-        operator=operator,
-        prepare_ahead=prepare_ahead,
+        operator=recorded["operator"],
+        prepare_ahead=recorded["prepare_ahead"],
         entry=event["entry"],
         settings=settings,
-        base=base_facts,
-        grown=_model_facts(model),
-        direct=_model_facts(direct),
-        same_architecture=backbone_config(model.backbone) == backbone_config(direct.backbone),
-        growth_event=dict(
-            step=event["step"],
-            parameters_before=event["parameters_before"],
-            parameters_after=event["parameters_after"],
-            callback_seconds=callback_seconds,
-            callback_breakdown_seconds=breakdown.seconds,
-            first_step_after_growth_seconds=first_after,
-            first_step_after_growth_cpu_seconds=after["cpu"],
-            first_step_after_growth_gc_seconds=after["gc"],
-            first_step_after_growth_python_trace_seconds=after["trace"],
-            retrace_extra_seconds=retrace_extra,
-            cost_seconds=cost,
-            cost_in_grown_steps=cost / median_step,
-            cost_in_tiny_steps=cost / base_steady["median_seconds"],
-            wall_clock_cost_seconds=wall_cost,
-            growth_gap_seconds=growth_gap,
-            ordinary_gap_seconds=ordinary_gap,
-            steps_2_to_10_after_growth_excess_seconds=sum(
-                d - median_step for d in fit_durations[grow_at + 1 : grow_at + 10]
-            ),
-            first_steps_after_growth_seconds=fit_durations[grow_at : grow_at + 5],
-            prepared_ahead=event["prepared_ahead"],
-            waited_for_preparation_seconds=event["waited_seconds"],
-            preparation=preparation,
-            total_cost_seconds=total_cost,
-            total_cost_in_grown_steps=total_cost / median_step,
-        ),
+        base=recorded["base"],
+        grown=recorded["grown"],
+        direct=recorded["direct"],
+        same_architecture=recorded["same_architecture"],
+        growth_event=growth_event,
         comparison_seconds=dict(
             tiny_model_first_step=fit_durations[0],
             tiny_model_first_step_python_trace=growth_fit[0]["trace"],
-            direct_model_first_step=durations(warmup.steps)[0],
-            direct_model_first_step_python_trace=warmup.steps[0]["trace"],
-            direct_model_construction=direct_build_seconds,
+            direct_model_first_step=_durations(warmup)[0],
+            direct_model_first_step_python_trace=warmup[0]["trace"],
+            direct_model_construction=recorded["direct_build_seconds"],
         ),
         first_step_of_each_fit_call=first_of_chunk,
         tiny_steady=base_steady,
-        grown_steady=grown_steady,
-        direct_steady=direct_steady,
+        grown_steady=speed.pop("grown_steady"),
+        direct_steady=speed.pop("direct_steady"),
         grown_after_growth_in_growth_fit=_summary(fit_durations[grow_at + 10 :])
         if post > 12
         else None,
-        speed_ratio=paired_ratio,
-        speed_ratio_pooled_median=(direct_steady["median_seconds"] / grown_steady["median_seconds"])
-        if rounds
-        else None,
-        speed_ratio_pooled_mean=(direct_steady["mean_seconds"] / grown_steady["mean_seconds"])
-        if rounds
-        else None,
-        speed_ratio_p10=(direct_steady["p10_seconds"] / grown_steady["p10_seconds"])
-        if rounds
-        else None,
-        cpu_seconds_per_step_median=cpu,
-        cpu_speed_ratio=(cpu["direct"] / cpu["grown"]) if rounds else None,
-        gc_seconds_in_steady_steps=gc_seconds,
-        speed_ratio_per_round=per_round,
+        **speed,
         traces=dict(grown=trace_info(grown_all), direct=trace_info(direct_all)),
         step_seconds=dict(
             growth_fit=fit_durations,
-            grown_chunks=[durations(c) for c in chunks["grown"]],
-            direct_chunks=[durations(c) for c in chunks["direct"]],
-            direct_warmup=durations(warmup.steps),
+            grown_chunks=[_durations(c) for c in chunks["grown"]],
+            direct_chunks=[_durations(c) for c in chunks["direct"]],
+            direct_warmup=_durations(warmup),
         ),
     )
 
@@ -600,7 +680,7 @@ def _print_operator(r):
     )
 
 
-def main(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps, for a fast check")
     parser.add_argument(
@@ -639,6 +719,11 @@ def main(argv=None):
         help="JSON path (default benchmarks/results/growth_overhead.json, "
         "growth_overhead_quick.json with --quick)",
     )
+    return parser
+
+
+def parse_flags(parser, argv):
+    """(args, settings, operators, output) from the command line; bad flags exit with an error."""
     args = parser.parse_args(argv)
     settings = dict(QUICK if args.quick else DEFAULTS)
     for name in settings:
@@ -660,7 +745,66 @@ def main(argv=None):
         "results",
         "growth_overhead_quick.json" if args.quick else "growth_overhead.json",
     )
+    return args, settings, operators, output
 
+
+def with_goals(r):
+    """`r` (one worker's result) with its goals marked."""
+    r["grown_summary"] = _short_config(r["grown"]["backbone_config"], r["base"]["backbone_config"])
+    e = r["growth_event"]
+    r["event_goal_met"] = e["cost_in_grown_steps"] <= EVENT_GOAL_STEPS
+    r["event_goal_met_tiny_steps"] = e["cost_in_tiny_steps"] <= EVENT_GOAL_STEPS
+    r["total_goal_met"] = e["total_cost_in_grown_steps"] <= EVENT_GOAL_STEPS
+    r["speed_goal_met"] = r["speed_ratio"] >= SPEED_GOAL if r["speed_ratio"] else None
+    return r
+
+
+def measure(operator, settings, prepared_only=False):
+    """One operator: the prepared growth, then (unless `prepared_only`) the
+    synchronous one, each in a fresh process; the synchronous figures nest
+    under the prepared result's "synchronous"."""
+    print(f"\nMeasuring {operator} ...", flush=True)
+    pair = []
+    for prepare_ahead in (True,) if prepared_only else (True, False):
+        load_before = os.getloadavg()
+        r = in_fresh_process(worker, operator, settings, prepare_ahead)
+        r["load_average_before_after"] = [load_before, os.getloadavg()]
+        _print_operator(with_goals(r))
+        pair.append(r)
+    r = pair[0]
+    if len(pair) > 1:
+        keys = ("growth_event", "tiny_steady", "grown_steady", "event_goal_met", "total_goal_met")
+        r["synchronous"] = {k: pair[1][k] for k in keys}
+    else:
+        r["synchronous"] = {
+            "growth_event": dict.fromkeys(
+                ("cost_seconds", "cost_in_grown_steps", "retrace_extra_seconds"), float("nan")
+            ),
+            "not_measured": "--prepared-only",
+        }
+    return r
+
+
+def print_summary(results):
+    print("\nSummary:")
+    for r in results:
+        e = r["growth_event"]
+        se = r["synchronous"]["growth_event"]
+        print(
+            f"  {r['operator']:10s} prepared ahead: event {e['cost_seconds']:5.2f} s = "
+            f"{e['cost_in_grown_steps']:5.1f} grown steps "
+            f"[{'met' if r['event_goal_met'] else 'MISSED'}], "
+            f"with the preparation's slowdown {e['total_cost_seconds']:5.2f} s = "
+            f"{e['total_cost_in_grown_steps']:5.1f} "
+            f"[{'met' if r['total_goal_met'] else 'MISSED'}]; "
+            f"synchronous: {se['cost_seconds']:5.2f} s = {se['cost_in_grown_steps']:5.1f}; "
+            f"speed grown/direct {r['speed_ratio']:.3f} "
+            f"[{'met' if r['speed_goal_met'] else 'MISSED'}]"
+        )
+
+
+def main(argv=None):
+    args, settings, operators, output = parse_flags(build_parser(), argv)
     machine, vers = machine_info(), versions()
     print(
         "Machine:",
@@ -687,48 +831,7 @@ def main(argv=None):
     )
 
     start = time.perf_counter()
-    results = []
-    for operator in operators:
-        print(f"\nMeasuring {operator} ...", flush=True)
-        pair = []
-        for prepare_ahead in (
-            (True,) if args.prepared_only else (True, False)
-        ):  # default, then synchronous
-            load_before = os.getloadavg()
-            r = in_fresh_process(worker, operator, settings, prepare_ahead)
-            r["load_average_before_after"] = [load_before, os.getloadavg()]
-            r["grown_summary"] = _short_config(
-                r["grown"]["backbone_config"], r["base"]["backbone_config"]
-            )
-            e = r["growth_event"]
-            r["event_goal_met"] = e["cost_in_grown_steps"] <= EVENT_GOAL_STEPS
-            r["event_goal_met_tiny_steps"] = e["cost_in_tiny_steps"] <= EVENT_GOAL_STEPS
-            r["total_goal_met"] = e["total_cost_in_grown_steps"] <= EVENT_GOAL_STEPS
-            r["speed_goal_met"] = r["speed_ratio"] >= SPEED_GOAL if r["speed_ratio"] else None
-            _print_operator(r)
-            pair.append(r)
-        r = pair[0]
-        r["synchronous"] = (
-            {
-                k: pair[1][k]
-                for k in (
-                    "growth_event",
-                    "tiny_steady",
-                    "grown_steady",
-                    "event_goal_met",
-                    "total_goal_met",
-                )
-            }
-            if len(pair) > 1
-            else {
-                "growth_event": dict.fromkeys(
-                    ("cost_seconds", "cost_in_grown_steps", "retrace_extra_seconds"), float("nan")
-                ),
-                "not_measured": "--prepared-only",
-            }
-        )
-        results.append(r)
-
+    results = [measure(o, settings, args.prepared_only) for o in operators]
     tiny_ms = 1e3 * statistics.median(r["tiny_steady"]["median_seconds"] for r in results)
     result = dict(
         benchmark="growth_overhead",
@@ -758,24 +861,9 @@ def main(argv=None):
         ),
         benchmark_wall_seconds=time.perf_counter() - start,
     )
-    print("\nSummary:")
-    for r in results:
-        e = r["growth_event"]
-        se = r["synchronous"]["growth_event"]
-        print(
-            f"  {r['operator']:10s} prepared ahead: event {e['cost_seconds']:5.2f} s = "
-            f"{e['cost_in_grown_steps']:5.1f} grown steps "
-            f"[{'met' if r['event_goal_met'] else 'MISSED'}], "
-            f"with the preparation's slowdown {e['total_cost_seconds']:5.2f} s = "
-            f"{e['total_cost_in_grown_steps']:5.1f} "
-            f"[{'met' if r['total_goal_met'] else 'MISSED'}]; "
-            f"synchronous: {se['cost_seconds']:5.2f} s = {se['cost_in_grown_steps']:5.1f}; "
-            f"speed grown/direct {r['speed_ratio']:.3f} "
-            f"[{'met' if r['speed_goal_met'] else 'MISSED'}]"
-        )
+    print_summary(results)
     print()
     print(markdown_table(result))
-
     save_json(result, output)
 
 
