@@ -335,11 +335,29 @@ def default_entry(config, total_steps, mode=DEFAULT_GROWTH_MODE, fraction=DEFAUL
     ):
         raise ValueError(f"total_steps must be an int >= 2, got {total_steps!r}.")
     at_step = max(1, round(fraction * int(total_steps)))
+    return doubling_entry(mode, at_step, num_new_layers=config["num_layers"])
+
+
+def doubling_entry(mode, at_step, num_new_layers):
+    """The entry of a growth mode of one model (`DEFAULT_MODES`): self fusion
+    doubles the width; "deepen" adds `num_new_layers` identity layers,
+    "stack" copies the top layers. `default_entry` and the recipes
+    (`recipes.growth_entries`) both build their entries here.
+
+    Example:
+
+    ```python
+    doubling_entry("stack", at_step=300, num_new_layers=2)
+    # Deepen(at_step=300, num_new_layers=2, mode='stack')
+    ```
+    """
+    if mode not in DEFAULT_MODES:
+        raise ValueError(f"mode must be one of {DEFAULT_MODES}, got {mode!r}.")
     if mode == "self_fusion":
         return SelfFuse(at_step=at_step)
     return Deepen(
         at_step=at_step,
-        num_new_layers=config["num_layers"],
+        num_new_layers=num_new_layers,
         mode="stack" if mode == "stack" else "identity",
     )
 
@@ -467,6 +485,7 @@ __all__ = [
     "SelfFuse",
     "WidenFFN",
     "default_entry",
+    "doubling_entry",
     "parameter_count",
     "parse_schedule",
     "grown_configs",

@@ -33,8 +33,8 @@ from typing import Optional
 
 import keras
 
-from keras_fusion import storage
-from keras_fusion.growth import Deepen, Fuse, SelfFuse
+from keras_fusion import growth, storage
+from keras_fusion.growth import Fuse
 from keras_fusion.models import FusionT5Backbone, FusionT5Seq2SeqLM, GrowingT5Seq2SeqLM, load_lm
 
 PRESETS = {
@@ -224,12 +224,9 @@ def growth_entries(recipe, config, growth_step):
     """
     if recipe not in RECIPES:
         raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}.")
-    if recipe == "self_fusion":
-        return [SelfFuse(at_step=growth_step)]
-    if recipe in _DEPTH_RECIPES:
+    if recipe in growth.DEFAULT_MODES:
         layers = config["num_layers"]
-        mode = "stack" if recipe == "stack" else "identity"
-        return [Deepen(at_step=growth_step, num_new_layers=layers - layers // 2, mode=mode)]
+        return [growth.doubling_entry(recipe, growth_step, num_new_layers=layers - layers // 2)]
     return []
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 from keras_fusion import growth
-from keras_fusion.growth import Deepen, Fuse, SelfFuse, WidenFFN, parse_schedule
+from keras_fusion.growth import Deepen, Fuse, SelfFuse, WidenFFN, doubling_entry, parse_schedule
 from keras_fusion.models import FusionT5Backbone
 from keras_fusion.models.fusion_t5_backbone import backbone_config
 from t5_test_utils import random_backbone
@@ -105,3 +105,13 @@ def test_plan_rejects_partner_that_cannot_be_fused():
         match=r"fuse@7.*partner cannot be fused with the model: num_layers differs: 2 vs 3",
     ):
         growth.grown_configs([Fuse(at_step=7, partner=partner)], backbone_config(a))
+
+
+def test_doubling_entry_is_the_one_rule_for_the_modes_of_one_model():
+    # self fusion doubles the width (no layers added); the depth modes add the
+    # layers asked for, "stack" copying the top ones, "deepen" as identities.
+    assert doubling_entry("self_fusion", 7, num_new_layers=3) == SelfFuse(at_step=7)
+    assert doubling_entry("deepen", 7, 3) == Deepen(at_step=7, num_new_layers=3, mode="identity")
+    assert doubling_entry("stack", 7, 3) == Deepen(at_step=7, num_new_layers=3, mode="stack")
+    with pytest.raises(ValueError, match="mode must be one of .*'deep_fusion'"):
+        doubling_entry("deep_fusion", 7, 3)
