@@ -296,7 +296,7 @@ def train_arm(arm, seed, learning_rate, setup, shared):
 
     from keras_fusion import metrics, optimizers, recipes
     from keras_fusion.callbacks import GrowthCallback
-    from keras_fusion.growth import Deepen, Fuse, SelfFuse
+    from keras_fusion.growth import DEFAULT_MODES, Fuse, doubling_entry
 
     started = time.perf_counter()
     keras.backend.clear_session()
@@ -356,16 +356,9 @@ def train_arm(arm, seed, learning_rate, setup, shared):
         middle2 = partner(start, seed + 2000, 2 * node, [Fuse(at_step=node, partner=leaf3)])
         leaf1 = partner(start, seed + 1000, node)
         schedule = [Fuse(at_step=node, partner=leaf1), Fuse(at_step=2 * node, partner=middle2)]
-    elif mode == "self_fusion":
-        schedule = [SelfFuse(at_step=growth_steps[0])]
-    elif mode in ("deepen", "stack"):
-        schedule = [
-            Deepen(
-                at_step=growth_steps[0],
-                num_new_layers=setup.target["num_layers"] - start["num_layers"],
-                mode="stack" if mode == "stack" else "identity",
-            )
-        ]
+    elif mode in DEFAULT_MODES:  # self_fusion, deepen, stack: the library's own rule
+        new_layers = setup.target["num_layers"] - start["num_layers"]
+        schedule = [doubling_entry(mode, growth_steps[0], num_new_layers=new_layers)]
     main = model(start, seed)
     growth = GrowthCallback(schedule, verbose=0) if schedule else None
     recorder = metrics.MetricsRecorder(
@@ -373,7 +366,7 @@ def train_arm(arm, seed, learning_rate, setup, shared):
     )
     recorder.set_model(main)
     recorder.record(0, math.nan)
-    clock = row_clock(recorder)
+    clock = row_clock(recorder, f"{arm} seed {seed} lr {learning_rate:g}", total)
     main_seconds = fit(main, seed, total, ([growth] if growth else []) + [recorder, clock])
     rows = []
     for row, seconds in zip(recorder.rows, clock.seconds):
@@ -403,13 +396,15 @@ def train_arm(arm, seed, learning_rate, setup, shared):
     }
 
 
-def row_clock(recorder):
+def row_clock(recorder, label=None, total_steps=None):
     """A Keras callback, placed after `recorder`, that stamps each of its rows
     with the main lineage's training seconds.
 
     When a batch end has added a row, it records the seconds since the fit
     began (evaluations included, as in every arm) in `.seconds`; row 0,
-    recorded before the fit, is at 0.
+    recorded before the fit, is at 0. With a `label` it prints a progress
+    line per row: `label`, the step of `total_steps`, the held-out loss and
+    the seconds.
     """
     import keras
 
@@ -424,6 +419,13 @@ def row_clock(recorder):
         def on_train_batch_end(self, batch, logs=None):
             while len(self.seconds) < len(recorder.rows):
                 self.seconds.append(round(time.perf_counter() - self.began, 2))
+                row = recorder.rows[len(self.seconds) - 1]
+                if label:
+                    print(
+                        f"  {label}: step {row.step}/{total_steps}, held-out loss "
+                        f"{row.eval_loss:.4f}, {self.seconds[-1]:.0f} s",
+                        flush=True,
+                    )
 
     return RowClock()
 

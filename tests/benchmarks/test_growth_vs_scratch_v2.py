@@ -8,6 +8,7 @@ training, the part file and the merge fit together.
 import json
 import math
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -338,7 +339,7 @@ SMOKE_ARGS = [
 ]
 
 
-def test_smoke_run_of_two_arms_writes_part_and_merged_result(tmp_path):
+def test_smoke_run_of_two_arms_writes_part_and_merged_result(tmp_path, capfd):
     # The benchmark code end to end on a tiny model, a few steps (~35 s of CPU),
     # the two runs in two worker processes (--jobs=2), each with its own part.
     prefix = str(tmp_path / "smoke")
@@ -356,6 +357,10 @@ def test_smoke_run_of_two_arms_writes_part_and_merged_result(tmp_path):
         with open(os.path.join(prefix + ".parts", name)) as f:
             workers[name] = [run["arm"] for run in json.load(f)["runs"]]
     assert sorted(workers.values()) == [["deepen"], ["scratch"]], workers
+    # Each worker reports its progress at every evaluation (the runs last up to an hour).
+    out = capfd.readouterr().out
+    assert re.search(r"scratch seed 0 lr \S+: step \d+/\d+, held-out loss \d+\.\d{4}", out), out
+    assert re.search(r"deepen seed 0 lr \S+: step \d+/\d+, held-out loss", out), out
     assert all("_worker" in name for name in workers)
     with open(prefix + ".json") as f:
         result = json.load(f)
