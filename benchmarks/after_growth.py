@@ -23,6 +23,8 @@ growth step, and one named setting of what happens at the growth
 - `rate_x2`: the rate doubles. Self fusion halves every kernel entry (each
   input half carries `W/2`), so a self-fused kernel's RMS, and with it
   Adafactor's step, is half the model's: this restores it.
+- `noise_0`, `noise_0.01`: self fusion (only) with no symmetry-breaking
+  noise, or ten times the default 1e-3, at `rate_x2`'s rate.
 
 A run is `(recipe, setting, growth_step, seed)`, the grid the product of
 `--recipes`, `--settings`, `--growth_steps` and `--seeds`. Per run the
@@ -66,7 +68,12 @@ SETTINGS = {
     "rate_x1.41": dict(learning_rate_scale="1.41"),
     "reset_rate_x1.41": dict(growth_optimizer_state="reset", learning_rate_scale="1.41"),
     "rate_x2": dict(learning_rate_scale="2"),
+    # Self fusion's symmetry-breaking noise (the library's default 1e-3),
+    # at the rate its "auto" scale gives (x2); self_fusion only.
+    "noise_0": dict(learning_rate_scale="2", self_fuse_noise=0.0),
+    "noise_0.01": dict(learning_rate_scale="2", self_fuse_noise=0.01),
 }
+NOISE_RECIPES = ("self_fusion",)
 SETUP_FIELDS = (
     "preset",
     "steps",
@@ -96,12 +103,25 @@ def run_key(run):
     return (run["recipe"], run["setting"], run["growth_step"], run["seed"])
 
 
-def overrides(setting, args):
-    """RunConfig keyword arguments of a named setting."""
+def overrides(setting, args, growth_step=None):
+    """RunConfig keyword arguments of a named setting (a noise setting is
+    self fusion's schedule at `growth_step`, as `--growth_schedule` gives it)."""
     changes = dict(SETTINGS[setting])
     if "rewarmup_steps" in changes:
         changes["rewarmup_steps"] = args.rewarmup_steps
+    if "self_fuse_noise" in changes:
+        noise = changes.pop("self_fuse_noise")
+        changes["growth_schedule"] = f"self_fuse@{growth_step}:noise={noise:g}"
     return changes
+
+
+def make_grid(recipes, settings, growth_steps, seeds):
+    """The runs of the product, less a noise setting's runs of recipes that do not self-fuse."""
+    return [
+        dict(recipe=r, setting=s, growth_step=g, seed=int(seed))
+        for r, s, g, seed in itertools.product(recipes, settings, growth_steps, seeds)
+        if r in NOISE_RECIPES or "self_fuse_noise" not in SETTINGS[s]
+    ]
 
 
 def one_run(run, args):
@@ -123,7 +143,7 @@ def one_run(run, args):
         steps_per_execution=args.steps_per_execution,
         model_dir=model_dir,
         fresh=True,
-        **overrides(setting, args),
+        **overrides(setting, args, growth_step),
     )
     started = time.perf_counter()
     training.run(config)
@@ -242,6 +262,13 @@ def main(argv=None):
     for setting in settings:
         if setting not in SETTINGS:
             parser.error(f"--settings: unknown {setting!r}; allowed: {', '.join(SETTINGS)}.")
+        if "self_fuse_noise" in SETTINGS[setting] and not any(
+            recipe in NOISE_RECIPES for recipe in args.recipes.split(",")
+        ):
+            parser.error(
+                f"--settings: {setting!r} sets self fusion's noise; --recipes={args.recipes!r} "
+                f"has no recipe that self-fuses (it applies to: {', '.join(NOISE_RECIPES)})."
+            )
     growth_steps = [int(s) for s in args.growth_steps.split(",")]
     for growth_step in growth_steps:
         if not 0 < growth_step < args.steps:
@@ -251,12 +278,7 @@ def main(argv=None):
                 f"--growth_steps: {growth_step} is not a multiple of --steps_per_execution="
                 f"{args.steps_per_execution}."
             )
-    grid = [
-        dict(recipe=r, setting=s, growth_step=g, seed=int(seed))
-        for r, s, g, seed in itertools.product(
-            args.recipes.split(","), settings, growth_steps, args.seeds.split(",")
-        )
-    ]
+    grid = make_grid(args.recipes.split(","), settings, growth_steps, args.seeds.split(","))
     if args.threads:
         import tensorflow as tf
 

@@ -8,6 +8,7 @@ import os
 import pytest
 
 from benchmark_test_utils import load_benchmark
+from keras_fusion import growth
 
 bench = load_benchmark("after_growth")
 
@@ -121,7 +122,24 @@ def test_rewarm_takes_its_steps_from_the_flag():
     # Every setting pins its rate scale: "auto" is whatever the library's
     # default is now, not what was measured.
     for setting in bench.SETTINGS:
-        assert bench.overrides(setting, Args)["learning_rate_scale"] not in (None, "auto")
+        assert bench.overrides(setting, Args, 600)["learning_rate_scale"] not in (None, "auto")
+
+
+def test_noise_settings_give_self_fusion_its_noise_at_the_growth_step():
+    changes = bench.overrides("noise_0.01", None, growth_step=600)
+    assert changes == {"learning_rate_scale": "2", "growth_schedule": "self_fuse@600:noise=0.01"}
+    # The schedule text is what tools.train parses: the entry has the noise.
+    (entry,) = growth.parse_schedule(changes["growth_schedule"])
+    assert entry == growth.SelfFuse(at_step=600, noise=0.01)
+    (entry,) = growth.parse_schedule(bench.overrides("noise_0", None, 300)["growth_schedule"])
+    assert entry == growth.SelfFuse(at_step=300, noise=0.0)
+    # In a grid, Deep Fusion runs every setting but the noise ones.
+    grid = bench.make_grid(["deep_fusion", "self_fusion"], ["carry", "noise_0"], [600], ["0"])
+    assert [(r["recipe"], r["setting"]) for r in grid] == [
+        ("deep_fusion", "carry"),
+        ("self_fusion", "carry"),
+        ("self_fusion", "noise_0"),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -130,6 +148,10 @@ def test_rewarm_takes_its_steps_from_the_flag():
         (["--steps=100", "--growth_steps=100"], "--growth_step=100 must be in (0, --steps=100)"),
         (["--growth_steps=610"], "610 is not a multiple of --steps_per_execution=25"),
         (["--settings=carry,halve"], "--settings: unknown 'halve'; allowed: carry, reset"),
+        (
+            ["--recipes=deep_fusion", "--settings=noise_0"],
+            "'noise_0' sets self fusion's noise; --recipes='deep_fusion' has no recipe that",
+        ),
     ],
 )
 def test_bad_flags_are_refused(flags, message, capsys, tmp_path):
