@@ -446,8 +446,10 @@ def read_parts(prefix):
 # The fields every part of one result must share.
 SHARED_FIELDS = ("setup", "corpus", "tokenizer_vocabulary")
 # What a part records of its own invocation, not of the shared setting: the
-# corpus's `seconds` is how long that invocation took to load it.
-PER_INVOCATION = {"corpus": ("seconds",)}
+# corpus's `seconds` is how long that invocation took to load it, and
+# `build_seconds` how long this environment took to build the installed
+# corpus once (a new environment rebuilds the same corpus: same sha256).
+PER_INVOCATION = {"corpus": ("seconds", "build_seconds")}
 
 
 def shared_value(part, field):

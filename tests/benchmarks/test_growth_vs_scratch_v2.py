@@ -311,10 +311,17 @@ def test_parts_that_loaded_the_corpus_in_different_times_merge(tmp_path):
     prefix = str(tmp_path / "result")
     corpus = {"spec": "installed", "characters": 10, "sha256": "ab" * 32, "train_tokens": 1000}
     write_part(
-        prefix + ".parts", "a", [record("scratch", 0, CURVE)], corpus=dict(corpus, seconds=118.6)
+        prefix + ".parts",
+        "a",
+        [record("scratch", 0, CURVE)],
+        corpus=dict(corpus, seconds=118.6, build_seconds=155.5),
     )
+    # A new environment rebuilds the same installed corpus (same sha256) in its own time.
     write_part(
-        prefix + ".parts", "b", [record("scratch", 1, CURVE)], corpus=dict(corpus, seconds=1.6)
+        prefix + ".parts",
+        "b",
+        [record("scratch", 1, CURVE)],
+        corpus=dict(corpus, seconds=1.6, build_seconds=91.6),
     )
     result, _ = bench.merge(prefix, quick=False)
     assert result["summary"]["arms"]["scratch"]["seeds"] == [0, 1]
