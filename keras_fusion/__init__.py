@@ -66,6 +66,7 @@ SUBMODULES = (
     "optimizers",
     "recipes",
     "storage",
+    "token_ids",
     "training",
     "utils",
     "weight_maps",

@@ -11,6 +11,8 @@ import keras
 import numpy as np
 from keras_hub.models import T5Backbone, T5Seq2SeqLM
 
+from keras_fusion.token_ids import EOS_ID, PAD_ID
+
 
 def relative_error(output, reference):
     """`||output - reference|| / ||reference||` over all entries."""
@@ -63,10 +65,6 @@ def function_error(grown, sources, inputs, weights=None):
     raise ValueError(f"grown must be a T5Backbone or T5Seq2SeqLM, got {type(grown).__name__}.")
 
 
-# T5's reserved ids: padding, end of sequence (keras_fusion.data.tokenizer).
-_PAD_ID, _EOS_ID = 0, 1
-
-
 def content_mask(targets, weights, vocabulary_size, num_sentinels=100):
     """Which target positions hold text: weighted, not EOS, not a sentinel.
 
@@ -78,8 +76,8 @@ def content_mask(targets, weights, vocabulary_size, num_sentinels=100):
     targets = np.asarray(targets)
     return (
         (np.asarray(weights) > 0)
-        & (targets != _EOS_ID)
-        & (targets != _PAD_ID)
+        & (targets != EOS_ID)
+        & (targets != PAD_ID)
         & (targets < vocabulary_size - num_sentinels)
     )
 

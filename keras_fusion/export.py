@@ -40,8 +40,8 @@ import tensorflow as tf
 
 from keras_fusion import storage
 from keras_fusion.models import inner_lm
+from keras_fusion.token_ids import EOS_ID, PAD_ID
 
-PAD_ID, EOS_ID = 0, 1
 INPUT_NAMES = (
     "encoder_token_ids",
     "encoder_padding_mask",

@@ -19,7 +19,8 @@ import tensorflow as tf
 import tensorflow_text
 
 from keras_fusion.data.span_corruption import random_spans_helper, span_corruption
-from keras_fusion.data.tokenizer import PAD_ID, sentinel_id
+from keras_fusion.data.tokenizer import sentinel_id
+from keras_fusion.token_ids import PAD_ID
 
 # Chunks of one document come out together; mixing 1,000 (documents of
 # ~4 chunks) breaks that up, and fills in a fraction of a second.

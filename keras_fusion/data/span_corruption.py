@@ -26,7 +26,8 @@ inputs, targets = span_corruption(tf.range(3, 40), vocabulary_size=1000, seed=[0
 import numpy as np
 import tensorflow as tf
 
-from keras_fusion.data.tokenizer import EOS_ID, sentinel_id
+from keras_fusion.data.tokenizer import sentinel_id
+from keras_fusion.token_ids import EOS_ID
 
 
 def span_corruption(

@@ -35,10 +35,8 @@ from absl import logging
 from sentencepiece import sentencepiece_model_pb2
 
 from keras_fusion import storage
+from keras_fusion.token_ids import EOS_ID, PAD_ID, UNK_ID
 
-PAD_ID = 0
-EOS_ID = 1
-UNK_ID = 2
 DEFAULT_MODEL_DIR = os.path.join(
     os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "keras_fusion", "tokenizers"
 )

@@ -14,6 +14,7 @@ from data_test_utils import (
     small_texts,
     train_small_tokenizer,
 )
+from keras_fusion import token_ids
 from keras_fusion.data import (
     embedded_corpus,
     load_tokenizer,
@@ -35,6 +36,9 @@ def processor(model_path):
 
 def test_t5_special_ids(processor):
     assert (processor.pad_id(), processor.eos_id(), processor.unk_id()) == (0, 1, 2)
+    # The ids the rest of the library reads (export, pipeline, diagnostics) are the model's.
+    ids = (token_ids.PAD_ID, token_ids.EOS_ID, token_ids.UNK_ID)
+    assert (processor.pad_id(), processor.eos_id(), processor.unk_id()) == ids
     assert processor.bos_id() == -1
     assert [processor.id_to_piece(i) for i in range(3)] == ["<pad>", "</s>", "<unk>"]
 

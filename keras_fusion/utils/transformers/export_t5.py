@@ -34,8 +34,8 @@ import keras
 
 from keras_fusion import storage
 from keras_fusion._keras_internals import gelu_approximate
-from keras_fusion.data.tokenizer import EOS_ID, PAD_ID
 from keras_fusion.flops import head_dim
+from keras_fusion.token_ids import EOS_ID, PAD_ID
 from keras_fusion.utils.transformers import convert_t5
 from keras_fusion.utils.transformers.safetensors_io import (
     WEIGHTS_FILE,
