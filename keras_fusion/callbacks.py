@@ -72,11 +72,12 @@ class GrowthCallback(keras.callbacks.Callback):
     parameter), and passed for width at 32,000 (90 tokens per parameter:
     scratch 2.044, the half-width model alone 2.301). There Deep Fusion
     ended 0.236 below its starting model alone but 0.021 above scratch:
-    it did not save compute. So
-    the default below (deepen after 0.25 of the steps) is not backed by a
-    measured saving, and on a budget like that one a user saves more by
-    training the smaller model alone than by growing it:
-    benchmarks/README.md ("Growth against scratch") has the figures. Grow
+    it did not save compute. So the default below (deepen after 0.25 of
+    the steps) is not backed by a measured saving: below the budget where
+    the check passes a user does better training the smaller model alone,
+    and at the one budget where it passed, training the target from
+    scratch did slightly better than Deep Fusion. benchmarks/README.md
+    ("Growth against scratch") has the figures. Grow
     when the target is the model you need at the end (for its quality
     at a budget where it beats its half-size model alone, or for its size
     in deployment) and a trained smaller model is already at hand: then
