@@ -66,7 +66,7 @@ How it measures:
   step: a count that grows during steady state means retracing per step),
   the number of model, trainable and optimizer variables, the parameter
   count, and the backbone configs of the grown and direct models.
-- Breakdown of the callback's time: the operator (`entry.grow`), reading,
+- Breakdown of the callback's time: the operator (`entry.grown_parameters`), reading,
   mapping and writing the optimizer state, and `replace_lm`, timed by
   wrapping those functions for the run (the library is not modified). For
   comparison: the time to construct the direct model, and the first

@@ -220,6 +220,8 @@ class Breakdown:
     def __enter__(self):
         self.saved = []
         for owner, name, label in self.targets:
+            if isinstance(owner, type):  # the class that defines it (an entry's base class)
+                owner = next(c for c in owner.__mro__ if name in c.__dict__)
             self.saved.append((owner, name, owner.__dict__[name]))
             original = getattr(owner, name)  # bound, for a classmethod
 

@@ -152,3 +152,19 @@ def test_bad_flags_exit_with_a_clear_error(flag, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         bench.main([flag])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_breakdown_wraps_what_an_entry_inherits_and_restores_it():
+    # SelfFuse inherits grown_parameters from GrowthEntry: the breakdown times
+    # it there (it once looked only in SelfFuse's own namespace and failed).
+    import instruments
+
+    from keras_fusion import growth
+
+    original = growth.GrowthEntry.__dict__["grown_parameters"]
+    with instruments.Breakdown(growth.SelfFuse) as breakdown:
+        assert growth.GrowthEntry.__dict__["grown_parameters"] is not original
+        growth.SelfFuse(at_step=1).grown_parameters  # noqa: B018 (the wrapped attribute resolves)
+    assert growth.GrowthEntry.__dict__["grown_parameters"] is original
+    assert "grown_parameters" not in growth.SelfFuse.__dict__
+    assert breakdown.seconds == {}
