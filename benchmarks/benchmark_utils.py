@@ -147,13 +147,18 @@ def open_part(path, **fields):
     )
 
 
-def read_parts(prefix):
-    """Every part file under `<prefix>.parts/`, in name order."""
+def part_files(prefix):
+    """Every part file under `<prefix>.parts/`: a list of `(path, part)`, in name order."""
     parts = []
     for path in sorted(glob.glob(os.path.join(prefix + ".parts", "*.json"))):
         with open(path) as f:
-            parts.append(json.load(f))
+            parts.append((path, json.load(f)))
     return parts
+
+
+def read_parts(prefix):
+    """Every part file under `<prefix>.parts/`, in name order."""
+    return [part for _, part in part_files(prefix)]
 
 
 def mean_std(values):

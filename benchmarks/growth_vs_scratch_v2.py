@@ -86,7 +86,6 @@ sharing of the cores.
 import argparse
 import dataclasses
 import datetime
-import glob
 import json
 import math
 import os
@@ -96,7 +95,7 @@ import subprocess
 import sys
 import time
 
-from benchmark_utils import machine_info, mean_std, script_setup, versions
+from benchmark_utils import machine_info, mean_std, part_files, script_setup, versions
 
 ROOT = script_setup(__file__)
 
@@ -434,15 +433,6 @@ def run_key(record):
     return (record["arm"], record["seed"], float(record["learning_rate"]))
 
 
-def read_parts(prefix):
-    """Every part file of `prefix`: a list of `(path, part)`, sorted by path."""
-    parts = []
-    for path in sorted(glob.glob(prefix + ".parts/*.json")):
-        with open(path) as f:
-            parts.append((path, json.load(f)))
-    return parts
-
-
 # The fields every part of one result must share.
 SHARED_FIELDS = ("setup", "corpus", "tokenizer_vocabulary")
 # What a part records of its own invocation, not of the shared setting: the
@@ -713,7 +703,7 @@ def merge(prefix, quick):
     """Merge every part file of `prefix` into `<prefix>.json`, `.png`, `.md`; returns the result."""
     from keras_fusion import storage
 
-    parts = read_parts(prefix)
+    parts = part_files(prefix)
     if not parts:
         raise ValueError(f"no part files under {prefix}.parts/")
     check_compatible(parts)
@@ -1099,7 +1089,7 @@ def main(argv=None):
         optimizer=args.optimizer,
     )
     os.makedirs(args.workdir, exist_ok=True)
-    earlier_parts = read_parts(prefix)
+    earlier_parts = part_files(prefix)
     shared, corpus = load_corpus(args, setup, earlier_parts)
     setup.target = recipes.target_config(
         "tiny",

@@ -324,8 +324,6 @@ def default_entry(config, total_steps, mode=DEFAULT_GROWTH_MODE, fraction=DEFAUL
     entry = default_entry(backbone_config(lm.backbone), total_steps=10_000)
     ```
     """
-    if mode not in DEFAULT_MODES:
-        raise ValueError(f"mode must be one of {DEFAULT_MODES}, got {mode!r}.")
     if not 0 < fraction < 1:
         raise ValueError(f"fraction must be in (0, 1), got {fraction!r}.")
     if (
