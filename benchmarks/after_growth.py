@@ -20,6 +20,9 @@ growth step, and one named setting of what happens at the growth
   Deep Fusion are sqrt(2) smaller than its partners' were; this restores
   them for the kernels (norm scales and embeddings keep their RMS);
 - `reset_rate_x1.41`: both of the two above;
+- `reset_new`, `reset_new_rate_x1.41`: the slots carried, but zero on the
+  entries the growth creates (`optimizer_slots="reset_new"`, SPARKLING's
+  choice: a fusion's off-diagonal blocks), at scale 1 and sqrt(2);
 - `rate_x2`: the rate doubles. Self fusion halves every kernel entry (each
   input half carries `W/2`), so a self-fused kernel's RMS, and with it
   Adafactor's step, is half the model's: this restores it.
@@ -67,6 +70,8 @@ SETTINGS = {
     "rate_x0.5": dict(learning_rate_scale="0.5"),
     "rate_x1.41": dict(learning_rate_scale="1.41"),
     "reset_rate_x1.41": dict(growth_optimizer_state="reset", learning_rate_scale="1.41"),
+    "reset_new": dict(growth_optimizer_state="reset_new", learning_rate_scale="1"),
+    "reset_new_rate_x1.41": dict(growth_optimizer_state="reset_new", learning_rate_scale="1.41"),
     "rate_x2": dict(learning_rate_scale="2"),
     # Self fusion's symmetry-breaking noise (the library's default 1e-3),
     # at the rate its "auto" scale gives (x2); self_fusion only.

@@ -96,9 +96,11 @@ class GrowthCallback(keras.callbacks.Callback):
             linearly from zero again over this many steps after each growth
             (`optimizer_state.Rewarmup`, saved with the optimizer).
         optimizer_slots: `"carry"` (the default: every slot mapped with its
-            variable) or `"reset"` (slots start from zero, as when a grown
-            model gets a fresh optimizer; `iterations` still continues).
-            `benchmarks/growth_vs_scratch.py --ablations` measures both.
+            variable), `"reset"` (slots start from zero, as when a grown
+            model gets a fresh optimizer; `iterations` still continues) or
+            `"reset_new"` (carried, but zero on the entries the growth
+            creates: a fusion's off-diagonal blocks, new layers).
+            `benchmarks/after_growth.py` measures them.
         learning_rate_scale: `"auto"` (the default), `"width"` or a number
             > 0. The learning rate from each growth on is multiplied by it
             (scales of successive growths compound). `"auto"` follows the

@@ -20,7 +20,7 @@ from keras_fusion.memory import release_free_memory
 from keras_fusion.models.fusion_t5_backbone import backbone_variables
 from keras_fusion.models.fusion_t5_seq2seq_lm import FusionT5Seq2SeqLM
 
-OPTIMIZER_SLOTS = ("carry", "reset")
+OPTIMIZER_SLOTS = ("carry", "reset", "reset_new")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,8 +72,12 @@ def apply_growth(
             growth on.
         rewarmup_steps: int >= 0; the rate ramps from zero again over this
             many steps (0: off).
-        optimizer_slots: `"carry"` (each slot mapped with its variable) or
-            `"reset"` (the grown optimizer starts from zero slots).
+        optimizer_slots: `"carry"` (each slot mapped with its variable),
+            `"reset"` (the grown optimizer starts from zero slots) or
+            `"reset_new"` (carried, but zero on the entries the growth
+            creates, `GrowthEntry.new_entries`: SPARKLING's choice, where
+            `"carry"` gives a new kernel entry's second moment its source
+            blocks' mean).
         preparation: `entry`'s `growth_ahead.Preparation`, started earlier,
             or None. It is adopted when it still matches the model (else
             the growth says why in its outcome and builds synchronously).
@@ -105,10 +109,12 @@ def apply_growth(
         old_lm, old_optimizer = model.lm, model.optimizer
         config, parameters, map_tree = entry.grown_parameters(old_lm)
         slots = {}
-        if optimizer_slots == "carry":
+        if optimizer_slots != "reset":
             read = optimizer_state.read_slots(old_optimizer, backbone_variables(old_lm.backbone))
             slots = optimizer_state.map_slots(read, map_tree)
             del read
+        if optimizer_slots == "reset_new":
+            slots = optimizer_state.zero_entries(slots, entry.new_entries(old_lm))
         if preparation is not None:
             waited = preparation.wait()
             not_prepared_reason = preparation.mismatch(

@@ -38,6 +38,7 @@ import keras
 import numpy as np
 
 from keras_fusion import operators, optimizer_state, storage
+from keras_fusion.growth_maps import FIRST_MOMENT
 from keras_fusion.models import variable_trees
 from keras_fusion.models.fusion_t5_backbone import backbone_config, backbone_variables
 from keras_fusion.models.fusion_t5_seq2seq_lm import grown_lm, inner_lm
@@ -128,6 +129,32 @@ class GrowthEntry:
             return operator.map(trees, configs, role=role, lm=True)
 
         return config, parameters, map_tree
+
+    def new_entries(self, lm):
+        """Which entries of the grown model the growth creates, as a tree of
+        boolean arrays in the grown backbone's parameter layout: True where
+        no input model's entry maps there (a fusion's off-diagonal blocks, a
+        deepened model's new layers, a widened FFN's new units), False
+        where one does (copies and rescaled copies included).
+
+        It is the operator's first-moment map applied to inputs of ones: a
+        first moment starts at zero exactly where an entry is new.
+
+        ```python
+        mask = Fuse(at_step=100, partner="partner.keras").new_entries(lm)
+        ```
+        """
+        operator = self.growth_operator()
+        lms = self._inputs(lm)
+        ones = [
+            keras.tree.map_structure(
+                lambda v: np.ones(v.shape, np.float32), backbone_variables(x.backbone)
+            )
+            for x in lms
+        ]
+        configs = [backbone_config(x.backbone) for x in lms]
+        mapped = operator.map(ones, configs, role=FIRST_MOMENT, lm=True)
+        return keras.tree.map_structure(lambda a: np.asarray(a) == 0, mapped)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -187,6 +187,20 @@ def map_slots(slots, map_tree):
     return {name: (role, map_tree(tree, role, name)) for name, (role, tree) in slots.items()}
 
 
+def zero_entries(slots, mask):
+    """`slots` (`{slot_name: (role, tree)}`) with every entry where the
+    boolean tree `mask` is True set to zero."""
+    return {
+        name: (
+            role,
+            keras.tree.map_structure(
+                lambda a, m: np.where(m, 0.0, a).astype(np.float32), tree, mask
+            ),
+        )
+        for name, (role, tree) in slots.items()
+    }
+
+
 def moments_for_new_model(slots, partner):
     """Slot trees for a partner model that brings no optimizer state.
 

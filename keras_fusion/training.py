@@ -243,9 +243,9 @@ class RunConfig:
                 )
         if self.rewarmup_steps < 0:
             raise ValueError(f"rewarmup_steps must be >= 0, got {self.rewarmup_steps}.")
-        if self.growth_optimizer_state not in ("carry", "reset"):
+        if self.growth_optimizer_state not in GrowthCallback.OPTIMIZER_SLOTS:
             raise ValueError(
-                "growth_optimizer_state must be one of ('carry', 'reset'), "
+                f"growth_optimizer_state must be one of {GrowthCallback.OPTIMIZER_SLOTS}, "
                 f"got {self.growth_optimizer_state!r}."
             )
         return dict(

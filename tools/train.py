@@ -167,8 +167,9 @@ flags.DEFINE_integer(
 flags.DEFINE_enum(
     "growth_optimizer_state",
     "carry",
-    ["carry", "reset"],
-    "Optimizer slots across a growth: mapped with the weights (carry) or zeroed (reset).",
+    list(training.GrowthCallback.OPTIMIZER_SLOTS),
+    "Optimizer slots across a growth: mapped with the weights (carry), zeroed (reset), or "
+    "mapped but zero on the entries the growth creates (reset_new).",
 )
 flags.DEFINE_integer("eval_every", 100, "Evaluate every N steps (and at the last step).")
 flags.DEFINE_integer("eval_batches", 8, "Held-out batches per evaluation.")
