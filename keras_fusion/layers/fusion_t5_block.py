@@ -2,7 +2,7 @@
 
 The growth operators act on whole backbones (`FusionT5Backbone.fuse`, ...),
 through the pure maps of `growth_maps`; a block contributes its variables as
-a tree (`block_variables`) and its configuration (`block_config`).
+a tree (`block_variables`).
 """
 
 import inspect
@@ -12,30 +12,6 @@ import keras
 from keras_fusion._keras_internals import T5MultiHeadAttention, T5TransformerLayer
 from keras_fusion.layers.grouped_rms_norm import GroupedRMSNorm
 from keras_fusion.layers.t5_token_embedding import attention_initializers, dense_initializer
-
-
-def block_config(block):
-    """Constructor arguments of a built or unbuilt T5 layer.
-
-    Works for keras-hub's `T5TransformerLayer` (which has no `get_config`)
-    by reading the sub-layers, and for `FusionT5Block`.
-    """
-    if isinstance(block, FusionT5Block):
-        return block.get_config()
-    attention = block.self_attention
-    return {
-        "is_decoder": block.is_decoder,
-        "hidden_dim": attention.hidden_dim,
-        "intermediate_dim": block.input_projector.units,
-        "key_value_dim": attention.key_value_dim,
-        "dropout": block.dropout_layer.rate,
-        "activation": keras.activations.serialize(block.input_projector.activation),
-        "layer_norm_epsilon": block.layer_norm.epsilon,
-        "num_heads": attention.num_heads,
-        "use_gated_activation": block.use_gated_activation,
-        "use_relative_attention_bias": attention.use_relative_attention_bias,
-        "norm_groups": [attention.hidden_dim],
-    }
 
 
 def _attention_variables(attention):

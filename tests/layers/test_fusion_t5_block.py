@@ -13,7 +13,7 @@ from keras_hub.src.tests.test_case import TestCase
 from keras_fusion import growth_maps
 from keras_fusion.diagnostics import relative_error
 from keras_fusion.layers import FusionT5Block
-from keras_fusion.layers.fusion_t5_block import block_config, block_variables
+from keras_fusion.layers.fusion_t5_block import block_variables
 from keras_fusion.models import variable_trees
 from t5_test_utils import TOLERANCE
 
@@ -38,6 +38,31 @@ BLOCK_FIELDS = (
     "layer_norm_epsilon",
     "use_relative_attention_bias",
 )
+
+
+def block_config(block):
+    """Constructor arguments of a built or unbuilt T5 layer (the library
+    reads whole backbones' configs; the block tests need a block's).
+
+    Works for keras-hub's `T5TransformerLayer` (which has no `get_config`)
+    by reading the sub-layers, and for `FusionT5Block`.
+    """
+    if isinstance(block, FusionT5Block):
+        return block.get_config()
+    attention = block.self_attention
+    return {
+        "is_decoder": block.is_decoder,
+        "hidden_dim": attention.hidden_dim,
+        "intermediate_dim": block.input_projector.units,
+        "key_value_dim": attention.key_value_dim,
+        "dropout": block.dropout_layer.rate,
+        "activation": keras.activations.serialize(block.input_projector.activation),
+        "layer_norm_epsilon": block.layer_norm.epsilon,
+        "num_heads": attention.num_heads,
+        "use_gated_activation": block.use_gated_activation,
+        "use_relative_attention_bias": attention.use_relative_attention_bias,
+        "norm_groups": [attention.hidden_dim],
+    }
 
 
 def block_from(config, parameters):
