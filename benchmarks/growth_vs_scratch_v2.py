@@ -341,6 +341,11 @@ def train_arm(arm, seed, learning_rate, setup, shared):
         network = model(config, model_seed)
         callbacks = [GrowthCallback(list(schedule), verbose=0)] if schedule else []
         partner_seconds.append(fit(network, model_seed, steps, callbacks))
+        print(
+            f"  {arm} seed {seed}: partner (hidden {config['hidden_dim']}, seed {model_seed}) "
+            f"trained {steps} steps in {partner_seconds[-1]:.0f} s",
+            flush=True,
+        )
         return network
 
     start = budget_split["start"]

@@ -353,7 +353,7 @@ def test_smoke_run_of_two_arms_writes_part_and_merged_result(tmp_path, capfd):
     bench.main(
         SMOKE_ARGS
         + [
-            "--arms=scratch,deepen",
+            "--arms=scratch,deep_fusion",
             "--jobs=2",
             f"--output={prefix}",
             f"--workdir={tmp_path / 'work'}",
@@ -363,21 +363,26 @@ def test_smoke_run_of_two_arms_writes_part_and_merged_result(tmp_path, capfd):
     for name in os.listdir(prefix + ".parts"):
         with open(os.path.join(prefix + ".parts", name)) as f:
             workers[name] = [run["arm"] for run in json.load(f)["runs"]]
-    assert sorted(workers.values()) == [["deepen"], ["scratch"]], workers
+    assert sorted(workers.values()) == [["deep_fusion"], ["scratch"]], workers
     # Each worker reports its progress at every evaluation (the runs last up to an hour).
     out = capfd.readouterr().out
     assert re.search(r"scratch seed 0 lr \S+: step \d+/\d+, held-out loss \d+\.\d{4}", out), out
-    assert re.search(r"deepen seed 0 lr \S+: step \d+/\d+, held-out loss", out), out
+    assert re.search(r"deep_fusion seed 0 lr \S+: step \d+/\d+, held-out loss", out), out
+    # and says when a partner has trained (the fusion tree trains three first).
+    assert re.search(
+        r"deep_fusion seed 0: partner \(hidden \d+, seed 1000\) trained \d+ steps", out
+    )
     assert all("_worker" in name for name in workers)
     with open(prefix + ".json") as f:
         result = json.load(f)
     summary = result["summary"]
-    assert set(summary["arms"]) == {"scratch", "deepen"}
+    assert set(summary["arms"]) == {"scratch", "deep_fusion"}
     assert set(summary["regime_check"]) >= {"scratch_loss", "small_loss", "passed"}
     assert summary["regime_check"]["passed"] is False  # no small_alone arm to check against
-    deepen = [r for r in result["runs"] if r["arm"] == "deepen"][0]
-    assert [e["step"] for e in deepen["growth_events"]] == deepen["growth_steps"] == [2]
-    assert deepen["final_parameters"] > deepen["start_parameters"]
+    fused = [r for r in result["runs"] if r["arm"] == "deep_fusion"][0]
+    assert [e["step"] for e in fused["growth_events"]] == fused["growth_steps"]
+    assert len(fused["growth_steps"]) == 1
+    assert fused["final_parameters"] > fused["start_parameters"]
     assert all(math.isfinite(r["eval_loss"]) for run in result["runs"] for r in run["rows"])
     for run in result["runs"]:  # the main lineage's clock, one stamp a row, from 0
         seconds = [r["seconds"] for r in run["rows"]]
