@@ -69,14 +69,18 @@ class GrowthCallback(keras.callbacks.Callback):
     `benchmarks/growth_vs_scratch_v2.py` measures this "regime check" per
     mode. On this project's 2-core benchmark (a 4-layer hidden-64 T5) it
     did not pass at 8,000 and 16,000 steps (22 and 45 tokens per
-    parameter), and passed for width at 32,000 (90 tokens per parameter:
-    scratch 2.044, the half-width model alone 2.301). There Deep Fusion
-    ended 0.236 below its starting model alone but 0.021 above scratch:
-    it did not save compute. So the default below (deepen after 0.25 of
-    the steps) is not backed by a measured saving: below the budget where
-    the check passes a user does better training the smaller model alone,
-    and at the one budget where it passed, training the target from
-    scratch did slightly better than Deep Fusion. benchmarks/README.md
+    parameter). At 32,000 (90 tokens per parameter) it passed for width
+    (scratch 2.040, the half-width model alone 2.301) and not for depth
+    (the 2-layer model alone 2.046: at that budget depth does not pay per
+    FLOP). There no growth reached scratch's final loss: Deep Fusion ended
+    0.229 below its starting model alone but 0.031 above scratch, the
+    fusion tree 0.198 above, and deepen (the default below, after 0.25 of
+    the steps) and self fusion ended worse than their starting models
+    trained alone. So the default is not backed by a measured saving:
+    below the budget where the check passes a user does better training
+    the smaller model alone, and at the one budget where it passed,
+    training the target from scratch did better than every growth.
+    benchmarks/README.md
     ("Growth against scratch") has the figures. Grow
     when the target is the model you need at the end (for its quality
     at a budget where it beats its half-size model alone, or for its size
