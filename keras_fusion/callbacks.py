@@ -80,8 +80,7 @@ class GrowthCallback(keras.callbacks.Callback):
     below the budget where the check passes a user does better training
     the smaller model alone, and at the one budget where it passed,
     training the target from scratch did better than every growth.
-    benchmarks/README.md
-    ("Growth against scratch") has the figures. Grow
+    benchmarks/README.md ("Growth against scratch") has the figures. Grow
     when the target is the model you need at the end (for its quality
     at a budget where it beats its half-size model alone, or for its size
     in deployment) and a trained smaller model is already at hand: then
