@@ -70,9 +70,9 @@ class GrowthCallback(keras.callbacks.Callback):
     mode. On this project's 2-core benchmark (a 4-layer hidden-64 T5) it
     did not pass at 8,000 and 16,000 steps (22 and 45 tokens per
     parameter). At 32,000 (90 tokens per parameter) it passed for width
-    (scratch 2.040, the half-width model alone 2.301) and not for depth
+    (scratch 2.040, the half-width model alone 2.320) and not for depth
     (the 2-layer model alone 2.056: at that budget depth does not pay per
-    FLOP). There Deep Fusion ended 0.229 below its starting model alone but
+    FLOP). There Deep Fusion ended 0.249 below its starting model alone but
     0.031 above scratch, the fusion tree 0.198 above, and deepen and self
     fusion ended worse than their starting models trained alone. Stack,
     the default below (the layers copied on top, after 0.25 of the steps),
