@@ -325,10 +325,9 @@ class Fuse(GrowthEntry):
 # seeds) and stack reaches scratch's final loss after its growth at 0.97
 # of the budget (1.883 +- 0.002): a 3% saving, inside scratch's seed
 # spread, the only one measured. Stack is the best measured mode at 32,000
-# too: it ends
-# at 2.033 +- 0.006 (3 seeds), below scratch's 2.040 +- 0.012 and its
-# starting 2-layer model alone (2.056 +- 0.019), and reaches scratch's loss
-# at 0.92-0.97 of the budget on every seed. Deepen (identity layers, the
+# too: it ends at 2.033 +- 0.006 (3 seeds), below scratch's 2.040 +- 0.012
+# and its starting 2-layer model alone (2.056 +- 0.019), and reaches
+# scratch's loss at 0.92-0.97 of the budget on every seed. Deepen (identity layers, the
 # exact alternative and the default until then) ends at 2.148 +- 0.028
 # (3 seeds), worse than its start alone; Deep Fusion 2.072 +- 0.012 (and
 # needs a partner), self fusion 2.401 (seed 0). Stack is not function
