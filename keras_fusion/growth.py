@@ -337,8 +337,8 @@ class Fuse(GrowthEntry):
 # the growth at the next score.
 # The growth time: stack at 0.1 ended at 2.021 +- 0.007 (3 seeds), lower
 # than 0.25 on every seed (by 0.005, 0.008 and 0.025), at the 32,000-step
-# budget whose depth check fails;
-# Deep Fusion's 0.1 and 0.25 are within theirs (2.056 +- 0.026 against
+# budget whose depth check fails; Deep Fusion's 0.1 and 0.25 are within
+# their seed spreads (2.056 +- 0.026 against
 # 2.072 +- 0.012, 3 seeds each); 0.5 ends worst for both (stack 2.163,
 # Deep Fusion 2.140, seed 0). So 0.25 stays until stack at 0.1 is
 # measured at 64,000 steps, where the depth check passes.
