@@ -30,8 +30,8 @@ def test_growth_flags_become_callback_options():
 
 def test_steps_need_no_relation_to_eval_every():
     config = training.RunConfig(steps=40, eval_every=100).check()
-    # The default growth time: DEFAULT_GROWTH_FRACTION (0.25) of the steps.
-    assert (config.steps, config.growth_step) == (40, 10)
+    # The default growth time: DEFAULT_GROWTH_FRACTION (0.1) of the steps.
+    assert (config.steps, config.growth_step) == (40, 4)
     with pytest.raises(
         ValueError, match=r"steps \(40\) must be a multiple of steps_per_execution \(16\)"
     ):

@@ -50,7 +50,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
-from keras_fusion import optimizers, recipes, training  # noqa: E402
+from keras_fusion import growth, optimizers, recipes, training  # noqa: E402
 from tools import define_auto_bool, or_exit  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -65,7 +65,7 @@ flags.DEFINE_integer(
     "growth_step",
     None,
     "Optimizer step of the recipe's growth; deep_fusion and fusion_tree: each node's steps "
-    "(default: a quarter of --steps).",
+    f"(default: {growth.DEFAULT_GROWTH_FRACTION} of --steps, growth.DEFAULT_GROWTH_FRACTION).",
 )
 flags.DEFINE_integer(
     "tree_depth",
