@@ -73,12 +73,12 @@ class GrowthCallback(keras.callbacks.Callback):
     with training from scratch: it reached scratch's mean final loss at
     about 0.95 of the compute, a margin smaller than scratch's seed
     spread. Expect growth to match training from scratch for the same
-    compute, not to save half of it. benchmarks/README.md ("Growth against scratch") has
-    the figures for every mode and budget. Grow when the target is the
-    model you need at the end (for its quality at a budget where it beats
-    its half-size model alone, or for its size in deployment) and a
-    trained smaller model is already at hand: then the growth reuses what
-    that model learned.
+    compute, not to save half of it. benchmarks/README.md ("Growth
+    against scratch") has the figures for every mode and budget. Grow
+    when the target is the model you need at the end (for its quality at
+    a budget where it beats its half-size model alone, or for its size in
+    deployment) and a trained smaller model is already at hand: then the
+    growth reuses what that model learned.
 
     Args:
         schedule: a list of `keras_fusion.growth` entries, a schedule

@@ -329,13 +329,16 @@ class Fuse(GrowthEntry):
 #   preserving: the held-out loss jumps at the growth and is back below its
 #   level before the growth by the next score.
 # - Deepen (identity layers, exact) ends worse than its start trained
-#   alone; self fusion ends worst; Deep Fusion needs a partner and ends
-#   behind stack.
+#   alone and self fusion worst (32,000 steps); Deep Fusion needs a
+#   partner and ends behind stack.
 # - The fraction: stack grown after 0.1 of the steps ended lower than
 #   after 0.25 on every seed at both budgets (3 seeds each; at 64,000 steps
 #   by more than twice the seed spread), and Deep Fusion's 0.1 and 0.25
 #   are within their seed spreads at 32,000 steps; 0.5 ended worst for
-#   both. Earlier than 0.1 is not yet measured.
+#   both. Earlier than 0.1 is not yet measured. `training.RunConfig`'s
+#   default `growth_step` follows the fraction for every recipe; for
+#   deep_fusion and fusion_tree it is each node's steps, and the fusion
+#   tree was measured at 0.25 only.
 DEFAULT_GROWTH_MODE = "stack"
 DEFAULT_GROWTH_FRACTION = 0.1
 # The recipes (`keras_fusion.recipes.RECIPES`) that grow without a partner.
