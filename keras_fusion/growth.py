@@ -345,6 +345,22 @@ DEFAULT_GROWTH_FRACTION = 0.1
 DEFAULT_MODES = ("self_fusion", "deepen", "stack")
 
 
+def default_growth_step(total_steps, fraction=DEFAULT_GROWTH_FRACTION):
+    """The step after `fraction` of `total_steps`: `max(1, round(fraction * total_steps))`.
+
+    The one rounding rule of the default growth time, shared by
+    `default_entry` (`GrowthCallback()`) and `training.RunConfig` (the
+    recipes' default `growth_step`). The callers check their arguments.
+
+    Example:
+
+    ```python
+    default_growth_step(40)  # 4 with DEFAULT_GROWTH_FRACTION = 0.1
+    ```
+    """
+    return max(1, round(fraction * int(total_steps)))
+
+
 def default_entry(config, total_steps, mode=DEFAULT_GROWTH_MODE, fraction=DEFAULT_GROWTH_FRACTION):
     """The growth entry for a run of `total_steps` steps of a model of `config`.
 
@@ -373,7 +389,7 @@ def default_entry(config, total_steps, mode=DEFAULT_GROWTH_MODE, fraction=DEFAUL
         or total_steps < 2
     ):
         raise ValueError(f"total_steps must be an int >= 2, got {total_steps!r}.")
-    at_step = max(1, round(fraction * int(total_steps)))
+    at_step = default_growth_step(total_steps, fraction)
     return doubling_entry(mode, at_step, num_new_layers=config["num_layers"])
 
 
@@ -524,6 +540,7 @@ __all__ = [
     "SelfFuse",
     "WidenFFN",
     "default_entry",
+    "default_growth_step",
     "doubling_entry",
     "parameter_count",
     "parse_schedule",

@@ -468,6 +468,15 @@ def test_default_entry_grows_at_the_fraction_of_the_run(mode, fraction, total, e
     assert growth.default_entry(config, total, mode, fraction).describe() == expected
 
 
+@pytest.mark.parametrize(
+    "total, fraction, expected",
+    # Rounded to the nearest step, never before step 1.
+    [(400, 0.25, 100), (1000, 0.1, 100), (3, 0.5, 2), (7, 0.1, 1), (1, 0.1, 1)],
+)
+def test_default_growth_step_rounds_and_never_precedes_step_one(total, fraction, expected):
+    assert growth.default_growth_step(total, fraction) == expected
+
+
 def test_no_schedule_needs_fit_to_know_its_steps():
     model = growing_lm()
     data = tf.data.Dataset.from_tensors((X, Y)).repeat()  # unknown length
