@@ -11,10 +11,13 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: install demo lint format test test-fast bench bench-vs-scratch clean
 
-$(STAMP): setup.py
+# constraints.txt pins every package, pip included, to the versions the
+# benchmarks were measured with (their training corpus is this environment's
+# docstrings).
+$(STAMP): setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q --upgrade pip -c constraints.txt
+	$(BIN)/python -m pip install -q -e ".[test]" -c constraints.txt
 	touch $(STAMP)
 
 install: $(STAMP)

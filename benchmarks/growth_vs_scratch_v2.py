@@ -443,8 +443,10 @@ SHARED_FIELDS = ("setup", "corpus", "tokenizer_vocabulary")
 # What a part records of its own invocation, not of the shared setting: the
 # corpus's `seconds` is how long that invocation took to load it, and
 # `build_seconds` how long this environment took to build the installed
-# corpus once (a new environment rebuilds the same corpus: same sha256).
-PER_INVOCATION = {"corpus": ("seconds", "build_seconds")}
+# corpus once, and `environment_key` names the environment it was read in (a
+# new environment with the same docstrings rebuilds the same corpus: the same
+# `installed_sha256`, which every part must share).
+PER_INVOCATION = {"corpus": ("seconds", "build_seconds", "environment_key")}
 
 
 def shared_value(part, field):
@@ -898,18 +900,28 @@ def load_corpus(args, setup, earlier_parts):
     """The shared tokenizer, corpus and held-out documents (`Data`), and the
     corpus record of the part file. The installed corpus of the parts
     already run is kept, should a package have been installed since (the
-    installed corpus follows the environment)."""
+    installed corpus follows the environment); on a fresh machine, where
+    their environment's cache is gone, this environment's serves when it
+    holds the same documents (`data.installed_corpus_environment`)."""
     from keras_fusion import data
 
     corpus_started = time.perf_counter()
-    key = next(
-        (
-            part["corpus"].get("environment_key")
-            for _, part in earlier_parts
-            if part["corpus"]["spec"] == args.corpus
-        ),
-        None,
+    earlier = next(
+        (part["corpus"] for _, part in earlier_parts if part["corpus"]["spec"] == args.corpus),
+        {},
     )
+    key = earlier.get("environment_key")
+    if args.corpus == "installed" and earlier.get("installed_sha256"):
+        # On a fresh machine the earlier environment's cache is gone; this
+        # environment's corpus serves when it holds the same documents.
+        key = data.installed_corpus_environment(
+            earlier["installed_sha256"], earlier.get("environment_key")
+        )
+        if key != earlier.get("environment_key"):
+            print(
+                f"corpus: environment {earlier.get('environment_key')!r} is not cached here; "
+                f"this environment ({key!r}) holds the same documents"
+            )
     spec = args.corpus
     if args.corpus == "installed":
         spec = lambda split: data.installed_corpus(split, environment_key=key)  # noqa: E731

@@ -182,6 +182,57 @@ def installed_corpus_info(cache_dir=None, environment_key=None):
     return {k: v for k, v in entry.items() if k != "documents"}
 
 
+def installed_corpus_environment(sha256, environment_key=None, cache_dir=None):
+    """The environment to read an earlier run's installed corpus from.
+
+    A run records the `environment_key` and `sha256` of
+    `installed_corpus_info`. On a fresh machine that environment's cache is
+    gone, but an environment with the same docstrings rebuilds the same
+    documents: this returns `environment_key` when its corpus is cached,
+    else this environment's key when its corpus has the same `sha256`.
+
+    Args:
+        sha256: the `sha256` the earlier run recorded.
+        environment_key: the `environment_key` it recorded (`None`: look
+            only at this environment).
+        cache_dir: the cache folder, as for `installed_corpus`.
+
+    Returns:
+        An `environment_key` for `installed_corpus(environment_key=...)`.
+
+    Raises:
+        ValueError: when neither holds those documents; it names both
+            corpora (this environment's is built and cached on the way).
+
+    Example:
+
+    ```python
+    info = installed_corpus_info()
+    key = installed_corpus_environment(info["sha256"], info["environment_key"])
+    documents = installed_corpus("train", environment_key=key)
+    ```
+    """
+    cache_dir = cache_dir or INSTALLED_CACHE_DIR
+    if environment_key:
+        try:
+            entry = _installed_documents(cache_dir, environment_key)
+        except ValueError:
+            pass
+        else:
+            if entry["sha256"] == sha256:
+                return environment_key
+    here = _installed_documents(cache_dir)
+    if here["sha256"] != sha256:
+        raise ValueError(
+            f"No installed corpus with sha256 {sha256} here: environment "
+            f"{environment_key!r} is not cached in {cache_dir!r} (or holds other documents), "
+            f"and this environment ({here['environment_key']!r}) holds other documents "
+            f"(sha256 {here['sha256']}, {here['num_documents']} documents). Install the "
+            "package versions of the earlier run (the repository's constraints.txt pins them)."
+        )
+    return here["environment_key"]
+
+
 def corpus_fingerprint(documents):
     """SHA-256 of the documents, in order, each followed by a NUL byte."""
     digest = hashlib.sha256()

@@ -316,12 +316,13 @@ def test_parts_that_loaded_the_corpus_in_different_times_merge(tmp_path):
         [record("scratch", 0, CURVE)],
         corpus=dict(corpus, seconds=118.6, build_seconds=155.5),
     )
-    # A new environment rebuilds the same installed corpus (same sha256) in its own time.
+    # A new environment (a fresh machine) rebuilds the same installed corpus
+    # (same sha256) in its own time, under its own environment key.
     write_part(
         prefix + ".parts",
         "b",
         [record("scratch", 1, CURVE)],
-        corpus=dict(corpus, seconds=1.6, build_seconds=91.6),
+        corpus=dict(corpus, seconds=1.6, build_seconds=91.6, environment_key="another"),
     )
     result, _ = bench.merge(prefix, quick=False)
     assert result["summary"]["arms"]["scratch"]["seeds"] == [0, 1]

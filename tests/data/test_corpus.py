@@ -340,6 +340,36 @@ def test_installed_corpus_of_an_earlier_environment_stays_readable(fake_environm
         corpus.installed_corpus("train", cache_dir=str(cache), environment_key="0123456789abcdef")
 
 
+def test_an_earlier_runs_corpus_is_found_in_a_fresh_environment_with_the_same_documents(
+    fake_environment, monkeypatch, tmp_path
+):
+    cache, _ = fake_environment
+    before = corpus.installed_corpus_info(cache_dir=str(cache))
+    key, sha256 = before["environment_key"], before["sha256"]
+    assert corpus.installed_corpus_environment(sha256, key, cache_dir=str(cache)) == key
+    # A fresh machine: the earlier cache is gone, the environment has another
+    # key (another pip, say) but the same docstrings.
+    fresh = str(tmp_path / "fresh-cache")
+    monkeypatch.setattr(corpus, "_environment_key", lambda: "fresh-environment")
+    corpus._installed_documents.cache_clear()
+    found = corpus.installed_corpus_environment(sha256, key, cache_dir=fresh)
+    assert found == "fresh-environment"
+    assert corpus.installed_corpus("train", 0.0, cache_dir=fresh, environment_key=found) == (
+        corpus.installed_corpus("train", 0.0, cache_dir=str(cache), environment_key=key)
+    )
+    # Other docstrings: refused, naming both corpora; the earlier cache is untouched.
+    site = corpus._source_roots()[1]
+    with open(os.path.join(site, "extra.py"), "w") as f:
+        f.write(f'"""Extra {LONG}"""\n')
+    monkeypatch.setattr(corpus, "_environment_key", lambda: "changed-environment")
+    corpus._installed_documents.cache_clear()
+    with pytest.raises(ValueError, match=f"sha256 {sha256}.*not cached.*changed-environment"):
+        corpus.installed_corpus_environment(sha256, key, cache_dir=fresh)
+    assert corpus.installed_corpus_info(cache_dir=str(cache), environment_key=key)["sha256"] == (
+        sha256
+    )
+
+
 def test_methods_other_packages_attach_to_stdlib_classes_are_not_embedded(monkeypatch):
     """transformers adds `logging.Logger.warning_once` when imported; the
     embedded corpus must not change with what else the process imported."""
