@@ -1063,6 +1063,13 @@ def build_parser():
         help="TensorFlow threads (0: all); 1 lets two parts run side by side on 2 cores",
     )
     parser.add_argument(
+        "--retain_freed_memory",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep freed memory in the process between steps (glibc's mallopt; "
+        "memory.retain_freed_memory): steps stop page-faulting their buffers in again",
+    )
+    parser.add_argument(
         "--corpus", default="installed", help="'installed' (the benchmark's) or 'embedded' (tests)"
     )
     parser.add_argument("--vocabulary_size", type=int, default=1000)
@@ -1091,7 +1098,9 @@ def main(argv=None):
         print(f"Wrote {prefix}.json, .png, .md")
         return
     arms, seeds, steps, every, search, rates_flag = check_flags(args, parser)
-    from keras_fusion import recipes, storage
+    from keras_fusion import memory, recipes, storage
+
+    retained = args.retain_freed_memory and memory.retain_freed_memory()
 
     setup = Setup(
         target={},
@@ -1117,9 +1126,13 @@ def main(argv=None):
     )
     shared.eval_data = shared.dataset(0, training=False)
     machine = machine_info()
+    machine["malloc"] = "freed memory retained" if retained else "default"
     from keras_fusion.growth import parameter_count
 
-    print(f"Machine: {machine['cpu_model']}, {machine['cpu_count']} CPUs; {versions()}")
+    print(
+        f"Machine: {machine['cpu_model']}, {machine['cpu_count']} CPUs, "
+        f"malloc {machine['malloc']}; {versions()}"
+    )
     print(
         f"Target {setup.target} ({parameter_count(setup.target):,} parameters); "
         f"batch {setup.batch_size} x "
