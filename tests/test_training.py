@@ -30,8 +30,12 @@ def test_growth_flags_become_callback_options():
 
 def test_steps_need_no_relation_to_eval_every():
     config = training.RunConfig(steps=40, eval_every=100).check()
-    # The default growth time: DEFAULT_GROWTH_FRACTION (0.1) of the steps.
-    assert (config.steps, config.growth_step) == (40, 4)
+    # The default growth time: DEFAULT_GROWTH_FRACTION (0.05) of the steps,
+    # and FUSION_GROWTH_FRACTION (0.1) for the recipes that fuse partners.
+    assert (config.recipe, config.steps, config.growth_step) == ("deep_fusion", 40, 4)
+    for recipe in ("stack", "deepen", "self_fusion"):
+        assert training.RunConfig(recipe=recipe, steps=40).check().growth_step == 2
+    assert training.RunConfig(recipe="fusion_tree", steps=40).check().growth_step == 4
     with pytest.raises(
         ValueError, match=r"steps \(40\) must be a multiple of steps_per_execution \(16\)"
     ):

@@ -65,7 +65,9 @@ flags.DEFINE_integer(
     "growth_step",
     None,
     "Optimizer step of the recipe's growth; deep_fusion and fusion_tree: each node's steps "
-    f"(default: {growth.DEFAULT_GROWTH_FRACTION} of --steps, growth.DEFAULT_GROWTH_FRACTION).",
+    f"(default: {growth.DEFAULT_GROWTH_FRACTION} of --steps, growth.DEFAULT_GROWTH_FRACTION; "
+    f"deep_fusion and fusion_tree: {growth.FUSION_GROWTH_FRACTION}, "
+    "growth.FUSION_GROWTH_FRACTION).",
 )
 flags.DEFINE_integer(
     "tree_depth",
