@@ -69,10 +69,10 @@ class GrowthCallback(keras.callbacks.Callback):
     `benchmarks/growth_vs_scratch_v2.py` measures this "regime check" per
     mode. On this project's 2-core benchmark (a 4-layer hidden-64 T5) the
     depth check passed only at 64,000 steps (180 tokens per parameter);
-    there stack, the default (grown after 0.1 of the steps), ended level
+    there stack, the default (grown after 0.05 of the steps), ended level
     with training from scratch: it reached scratch's mean final loss at
-    about 0.95 of the compute, a margin smaller than scratch's seed
-    spread. Expect growth to match training from scratch for the same
+    0.91 of the compute on each of 3 seeds, a margin smaller than
+    scratch's seed spread. Expect growth to match training from scratch for the same
     compute, not to save half of it. benchmarks/README.md ("Growth
     against scratch") has the figures for every mode and budget. Grow
     when the target is the model you need at the end (for its quality at
