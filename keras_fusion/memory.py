@@ -90,24 +90,22 @@ def _mallopt():
     """glibc's `mallopt`, or None where there is none (or it is not glibc's)."""
     if platform.libc_ver()[0] != "glibc":
         return None
-    name = ctypes.util.find_library("c")
-    try:
-        function = getattr(ctypes.CDLL(name), "mallopt", None) if name else None
-    except OSError:
-        return None
-    if function is not None:
-        function.argtypes, function.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return function
+    return _c_function("mallopt", [ctypes.c_int, ctypes.c_int])
 
 
 @functools.cache
 def _malloc_trim():
     """glibc's `malloc_trim`, or None where there is none."""
-    name = ctypes.util.find_library("c")
+    return _c_function("malloc_trim", [ctypes.c_size_t])
+
+
+def _c_function(name, argtypes):
+    """The C library's function `name` returning an int, or None where there is none."""
+    library = ctypes.util.find_library("c")
     try:
-        function = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+        function = getattr(ctypes.CDLL(library), name, None) if library else None
     except OSError:
         return None
     if function is not None:
-        function.argtypes, function.restype = [ctypes.c_size_t], ctypes.c_int
+        function.argtypes, function.restype = argtypes, ctypes.c_int
     return function
