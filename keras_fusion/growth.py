@@ -339,14 +339,12 @@ class Fuse(GrowthEntry):
 #   steps, and 0.5 ended worst for both; Deep Fusion earlier than 0.1 is
 #   not measured, so the partner recipes keep 0.1
 #   (`FUSION_GROWTH_FRACTION`). `training.RunConfig`'s default
-#   `growth_step` follows `default_growth_fraction(recipe)`; for
+#   `growth_step` follows `recipes.default_growth_fraction(recipe)`; for
 #   deep_fusion and fusion_tree it is each node's steps, and the fusion
 #   tree was measured at 0.25 only.
 DEFAULT_GROWTH_MODE = "stack"
 DEFAULT_GROWTH_FRACTION = 0.05
 FUSION_GROWTH_FRACTION = 0.1
-# The recipes whose growth fuses partners trained for the growth step.
-FUSION_RECIPES = ("deep_fusion", "fusion_tree")
 # The recipes (`keras_fusion.recipes.RECIPES`) that grow without a partner.
 DEFAULT_MODES = ("self_fusion", "deepen", "stack")
 
@@ -365,22 +363,6 @@ def default_growth_step(total_steps, fraction=DEFAULT_GROWTH_FRACTION):
     ```
     """
     return max(1, round(fraction * int(total_steps)))
-
-
-def default_growth_fraction(recipe):
-    """The default growth time of a `keras_fusion.recipes` recipe, as a
-    fraction of the run's steps: `FUSION_GROWTH_FRACTION` (0.1) for the
-    recipes that fuse partners (deep_fusion, fusion_tree: each node's
-    steps), `DEFAULT_GROWTH_FRACTION` (0.05) for the others.
-
-    Example:
-
-    ```python
-    default_growth_fraction("stack")  # 0.05
-    default_growth_fraction("deep_fusion")  # 0.1
-    ```
-    """
-    return FUSION_GROWTH_FRACTION if recipe in FUSION_RECIPES else DEFAULT_GROWTH_FRACTION
 
 
 def default_entry(config, total_steps, mode=DEFAULT_GROWTH_MODE, fraction=DEFAULT_GROWTH_FRACTION):
@@ -563,7 +545,6 @@ __all__ = [
     "SelfFuse",
     "WidenFFN",
     "default_entry",
-    "default_growth_fraction",
     "default_growth_step",
     "doubling_entry",
     "parameter_count",

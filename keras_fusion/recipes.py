@@ -237,6 +237,24 @@ def fusion_depth(recipe, tree_depth=2):
     return {"deep_fusion": 1, "fusion_tree": tree_depth}.get(recipe)
 
 
+def default_growth_fraction(recipe):
+    """The default growth time of a recipe, as a fraction of the run's steps:
+    `growth.FUSION_GROWTH_FRACTION` (0.1) for the recipes that fuse partners
+    (those with a `fusion_depth`: deep_fusion, fusion_tree; each node's
+    steps), `growth.DEFAULT_GROWTH_FRACTION` (0.05) for the others.
+
+    Example:
+
+    ```python
+    default_growth_fraction("stack")  # 0.05
+    default_growth_fraction("deep_fusion")  # 0.1
+    ```
+    """
+    if fusion_depth(recipe) is not None:
+        return growth.FUSION_GROWTH_FRACTION
+    return growth.DEFAULT_GROWTH_FRACTION
+
+
 def grown_config(recipe, start, tree_depth=2):
     """The config a recipe grows `start` to (the inverse of `start_config`);
     a fusion tree's leaves are `2 ** tree_depth` times narrower than its root."""

@@ -27,7 +27,7 @@ from keras_fusion.callbacks import GrowthCallback
 from keras_fusion.diagnostics import encoder_use
 from keras_fusion.distribution import check_tpu_reachable, make_strategy
 from keras_fusion.export import export_saved_model
-from keras_fusion.growth import default_growth_fraction, default_growth_step
+from keras_fusion.growth import default_growth_step
 from keras_fusion.metrics import MetricsRecorder, MetricsRow, plot_metrics
 from keras_fusion.models import FusionT5Seq2SeqLM, GrowingT5Seq2SeqLM, variable_trees
 from keras_fusion.models.fusion_t5_backbone import backbone_config, backbone_variables
@@ -43,6 +43,7 @@ from keras_fusion.recipes import (
     RECIPES,
     build_model,
     compile_model,
+    default_growth_fraction,
     fusion_depth,
     fusion_tree_stages,
     grown_config,
@@ -139,7 +140,7 @@ class RunConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        # The default growth time: `growth.default_growth_fraction` of the
+        # The default growth time: `recipes.default_growth_fraction` of the
         # run (benchmarks/growth_vs_scratch_v2.py; benchmarks/README.md, "Growth against scratch").
         step = self.growth_step or default_growth_step(
             self.steps, default_growth_fraction(self.recipe)
