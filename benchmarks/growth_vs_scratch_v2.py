@@ -48,6 +48,10 @@ Arms (`--arms`, comma-separated):
 - `MODE@F` (e.g. `deep_fusion@0.1`): a growth-time variant, the growth after
   the fraction F of the budget (plain names grow at `--growth_fraction`,
   0.25).
+- `ARM/reset`, `ARM/reset_new` (e.g. `deep_fusion@0.1/reset`): the growth
+  with the optimizer's slots restarted from zero, or zero on the entries the
+  growth creates (`GrowthCallback(optimizer_slots=...)`); plain arms carry
+  the slots, the callback's default.
 
 FLOPs are counted in lockstep: at each step of the arm's main lineage every
 model of that level is counted (a Deep Fusion partner trains alongside the
@@ -113,6 +117,9 @@ MODES = (
     "stack",
 )
 GROWING = ("deep_fusion", "self_fusion", "deepen", "stack")  # the modes with a growth time
+# What an arm's `/SLOTS` suffix may ask of `GrowthCallback(optimizer_slots=...)`
+# (`keras_fusion.growing.OPTIMIZER_SLOTS` but the default, "carry").
+SLOT_VARIANTS = ("reset", "reset_new")
 # Each growth mode's regime check is against the model it starts from,
 # trained alone for the whole budget (the tree's leaves are a quarter
 # wide, its middle nodes half: it is held to the width control).
@@ -136,12 +143,34 @@ EVAL_SAMPLE = "validation documents shuffled by random.Random(0), first eval_bat
 DEFAULT_OUTPUT = os.path.join(ROOT, "benchmarks", "results", "growth_vs_scratch_v2")
 
 
+def arm_mode(arm):
+    """`"deep_fusion@0.1/reset"` -> `"deep_fusion"`: the mode an arm runs."""
+    return arm.partition("/")[0].partition("@")[0]
+
+
+def arm_slots(arm):
+    """`"deep_fusion@0.1/reset"` -> `"reset"`: what the growth does with the
+    optimizer's slots (`"carry"` without a suffix)."""
+    return arm.partition("/")[2] or "carry"
+
+
 def parse_arm(arm, default_fraction):
-    """`"deep_fusion@0.1"` -> `("deep_fusion", 0.1)`; plain names get the default."""
-    mode, at, fraction = arm.partition("@")
+    """`"deep_fusion@0.1"` -> `("deep_fusion", 0.1)`; plain names get the default.
+
+    A `/SLOTS` suffix (`"stack@0.05/reset"`) is checked here and read by
+    `arm_slots`.
+    """
+    name, slash, slots = arm.partition("/")
+    mode, at, fraction = name.partition("@")
     if mode not in MODES:
         raise ValueError(
-            f"unknown arm {arm!r}; modes: {', '.join(MODES)} (optionally MODE@FRACTION)"
+            f"unknown arm {arm!r}; modes: {', '.join(MODES)} "
+            "(optionally MODE@FRACTION, and /reset or /reset_new)"
+        )
+    if slash and (mode not in GROWING + ("fusion_tree",) or slots not in SLOT_VARIANTS):
+        raise ValueError(
+            f"arm {arm!r}: a /SLOTS suffix is one of {', '.join(SLOT_VARIANTS)}, "
+            f"on a mode that grows ({', '.join(GROWING + ('fusion_tree',))})"
         )
     if at and mode not in GROWING:
         raise ValueError(f"arm {arm!r}: only {', '.join(GROWING)} take a growth fraction")
@@ -306,6 +335,7 @@ def train_arm(arm, seed, learning_rate, setup, shared):
         budget_split["growth_steps"],
     )
     warmup = max(1, round(WARMUP_FRACTION * total))
+    slots = arm_slots(arm)
 
     def model(config, model_seed):
         optimizer = optimizers.make_optimizer(
@@ -339,7 +369,8 @@ def train_arm(arm, seed, learning_rate, setup, shared):
 
     def partner(config, model_seed, steps, schedule=()):
         network = model(config, model_seed)
-        callbacks = [GrowthCallback(list(schedule), verbose=0)] if schedule else []
+        callbacks = [GrowthCallback(list(schedule), verbose=0, optimizer_slots=slots)]
+        callbacks = callbacks if schedule else []
         partner_seconds.append(fit(network, model_seed, steps, callbacks))
         print(
             f"  {arm} seed {seed}: partner (hidden {config['hidden_dim']}, seed {model_seed}) "
@@ -364,7 +395,7 @@ def train_arm(arm, seed, learning_rate, setup, shared):
         new_layers = setup.target["num_layers"] - start["num_layers"]
         schedule = [doubling_entry(mode, growth_steps[0], num_new_layers=new_layers)]
     main = model(start, seed)
-    growth = GrowthCallback(schedule, verbose=0) if schedule else None
+    growth = GrowthCallback(schedule, verbose=0, optimizer_slots=slots) if schedule else None
     recorder = metrics.MetricsRecorder(
         shared.eval_data, *setup.shape, every=setup.eval_every, growth_callback=growth
     )
@@ -384,6 +415,7 @@ def train_arm(arm, seed, learning_rate, setup, shared):
         "seed": seed,
         "learning_rate": learning_rate,
         "growth_fraction": budget_split["fraction"],
+        "optimizer_slots": slots,
         "growth_steps": growth_steps,
         "steps": total,
         "warmup_steps": warmup,
@@ -479,7 +511,7 @@ def chosen_rates(records):
                 best[record["arm"]] = record
     rates = {arm: r["learning_rate"] for arm, r in best.items()}
     for record in records:
-        arm, mode = record["arm"], record["arm"].partition("@")[0]
+        arm, mode = record["arm"], arm_mode(record["arm"])
         if arm not in rates and mode in rates:
             rates[arm] = rates[mode]
     return rates
@@ -524,7 +556,7 @@ def summarise(records, budget, rates, quick, eval_batches):
         summary["arms"][arm] = entry
     summary["regime_check"] = regime_check(summary["arms"], "small_alone")
     for arm, entry in summary["arms"].items():
-        control = CONTROLS.get(arm.partition("@")[0])
+        control = CONTROLS.get(arm_mode(arm))
         if control:
             entry["regime_check"] = regime_check(summary["arms"], control)
     return summary
@@ -790,8 +822,8 @@ def plan_jobs(arms, seeds, rates_flag, search, existing, prefix, parser):
                 rates = [float(r) for r in rates_flag.split(",")]
             elif rates_flag is None and seed == 0:
                 rates = search
-            elif arm in chosen or arm.partition("@")[0] in chosen:
-                rates = [chosen.get(arm, chosen.get(arm.partition("@")[0]))]
+            elif arm in chosen or arm_mode(arm) in chosen:
+                rates = [chosen.get(arm, chosen.get(arm_mode(arm)))]
             else:
                 parser.error(f"no seed-0 search for {arm} in {prefix}.parts/: run --seeds=0 first")
             jobs += [(arm, seed, rate) for rate in rates]
@@ -990,8 +1022,9 @@ def build_parser():
     parser.add_argument(
         "--arms",
         default=None,
-        help="comma-separated arms (MODE or MODE@FRACTION); default every mode (quick: all but "
-        "fusion_tree, whose seven models cost ~2 min of building and tracing a seed)",
+        help="comma-separated arms (MODE or MODE@FRACTION, either with /reset or "
+        "/reset_new); default every mode (quick: all but fusion_tree, whose seven models "
+        "cost ~2 min of building and tracing a seed)",
     )
     parser.add_argument(
         "--seeds", default=None, help="comma-separated seeds (default 0,1,2; quick 0,1)"

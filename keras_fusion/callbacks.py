@@ -129,7 +129,8 @@ class GrowthCallback(keras.callbacks.Callback):
             growth is done synchronously (logged).
 
     Each event is logged, appended to `events` (a list of dicts: step,
-    entry, parameters before/after, seconds, whether it was prepared ahead
+    entry, parameters before/after, seconds, what was done with the
+    optimizer's slots (`optimizer_slots`), whether it was prepared ahead
     and if not why, the preparation's seconds in its thread and the seconds
     waited for it), written to TensorBoard when
     `log_dir` is set, and reported in the epoch logs as `num_parameters`
@@ -326,6 +327,7 @@ class GrowthCallback(keras.callbacks.Callback):
             "parameters_before": outcome.parameters_before,
             "parameters_after": outcome.parameters_after,
             "seconds": outcome.seconds,
+            "optimizer_slots": self.optimizer_slots,
             "prepared_ahead": outcome.prepared_ahead,
             "not_prepared_reason": outcome.not_prepared_reason,
             "prepare_seconds": outcome.prepare_seconds,

@@ -213,6 +213,7 @@ def test_iterations_schedule_and_history_continue():
     assert (
         callback.events[0]["step"] == 2
         and callback.events[0]["parameters_after"] == model.backbone.count_params()
+        and callback.events[0]["optimizer_slots"] == "carry"  # the default
     )
 
 

@@ -101,9 +101,37 @@ def test_bad_arms_are_refused():
         ("scratch@0.1", "only"),
         ("deepen@1.5", "in \\(0, 1\\)"),
         ("deepen@x", "not a number"),
+        ("scratch/reset", "SLOTS"),
+        ("small_alone/reset", "SLOTS"),
+        ("deep_fusion@0.1/carry", "SLOTS"),  # carry is the plain arm
+        ("stack/zero", "SLOTS"),
     ]:
         with pytest.raises(ValueError, match=message):
             bench.parse_arm(arm, 0.25)
+
+
+def test_a_slots_suffix_names_the_optimizer_state_and_keeps_the_mode_and_fraction():
+    from keras_fusion import growing
+
+    # The suffixes are the library's choices but its default (the plain arm).
+    assert set(bench.SLOT_VARIANTS) == set(growing.OPTIMIZER_SLOTS) - {"carry"}
+    s = setup()
+    for arm, mode, slots in [
+        ("deep_fusion@0.1/reset", "deep_fusion", "reset"),
+        ("stack/reset_new", "stack", "reset_new"),
+        ("fusion_tree/reset", "fusion_tree", "reset"),
+        ("stack@0.05", "stack", "carry"),
+    ]:
+        assert (bench.arm_mode(arm), bench.arm_slots(arm)) == (mode, slots)
+        plain = arm.partition("/")[0]
+        # Same budget split as the arm without the suffix: only the slots differ.
+        assert bench.arm_budget(arm, s) == bench.arm_budget(plain, s)
+    assert bench.part_name(["deep_fusion@0.1/reset"], [0], [0.03]) == (
+        "deep_fusionat0.1-reset_s0_lr0.03"
+    )
+    # A variant is held to its mode's control and inherits its mode's rate.
+    records = [record("stack", 0, CURVE, rate=1e-2), record("stack@0.05/reset", 1, CURVE)]
+    assert bench.chosen_rates(records)["stack@0.05/reset"] == 1e-2
 
 
 def record(arm, seed, losses, growth_at=None, rate=3e-3, budget=100.0):
@@ -349,12 +377,13 @@ SMOKE_ARGS = [
 
 def test_smoke_run_of_two_arms_writes_part_and_merged_result(tmp_path, capfd):
     # The benchmark code end to end on a tiny model, a few steps (~35 s of CPU),
-    # the two runs in two worker processes (--jobs=2), each with its own part.
+    # the two runs in two worker processes (--jobs=2), each with its own part;
+    # the fusion restarts the optimizer's slots (the `/reset` variant).
     prefix = str(tmp_path / "smoke")
     bench.main(
         SMOKE_ARGS
         + [
-            "--arms=scratch,deep_fusion",
+            "--arms=scratch,deep_fusion/reset",
             "--jobs=2",
             f"--output={prefix}",
             f"--workdir={tmp_path / 'work'}",
@@ -364,23 +393,25 @@ def test_smoke_run_of_two_arms_writes_part_and_merged_result(tmp_path, capfd):
     for name in os.listdir(prefix + ".parts"):
         with open(os.path.join(prefix + ".parts", name)) as f:
             workers[name] = [run["arm"] for run in json.load(f)["runs"]]
-    assert sorted(workers.values()) == [["deep_fusion"], ["scratch"]], workers
+    assert sorted(workers.values()) == [["deep_fusion/reset"], ["scratch"]], workers
     # Each worker reports its progress at every evaluation (the runs last up to an hour).
     out = capfd.readouterr().out
     assert re.search(r"scratch seed 0 lr \S+: step \d+/\d+, held-out loss \d+\.\d{4}", out), out
-    assert re.search(r"deep_fusion seed 0 lr \S+: step \d+/\d+, held-out loss", out), out
+    assert re.search(r"deep_fusion/reset seed 0 lr \S+: step \d+/\d+, held-out loss", out), out
     # and says when a partner has trained (the fusion tree trains three first).
     assert re.search(
-        r"deep_fusion seed 0: partner \(hidden \d+, seed 1000\) trained \d+ steps", out
+        r"deep_fusion/reset seed 0: partner \(hidden \d+, seed 1000\) trained \d+ steps", out
     )
     assert all("_worker" in name for name in workers)
     with open(prefix + ".json") as f:
         result = json.load(f)
     summary = result["summary"]
-    assert set(summary["arms"]) == {"scratch", "deep_fusion"}
+    assert set(summary["arms"]) == {"scratch", "deep_fusion/reset"}
     assert set(summary["regime_check"]) >= {"scratch_loss", "small_loss", "passed"}
     assert summary["regime_check"]["passed"] is False  # no small_alone arm to check against
-    fused = [r for r in result["runs"] if r["arm"] == "deep_fusion"][0]
+    fused = [r for r in result["runs"] if r["arm"] == "deep_fusion/reset"][0]
+    assert fused["optimizer_slots"] == "reset"
+    assert [e["optimizer_slots"] for e in fused["growth_events"]] == ["reset"]
     assert [e["step"] for e in fused["growth_events"]] == fused["growth_steps"]
     assert len(fused["growth_steps"]) == 1
     assert fused["final_parameters"] > fused["start_parameters"]
