@@ -117,6 +117,7 @@ MODES = (
     "stack",
 )
 GROWING = ("deep_fusion", "self_fusion", "deepen", "stack")  # the modes with a growth time
+GROWS = GROWING + ("fusion_tree",)  # every mode that grows (the tree at fixed node steps)
 # What an arm's `/SLOTS` suffix may ask of `GrowthCallback(optimizer_slots=...)`
 # (`keras_fusion.growing.OPTIMIZER_SLOTS` but the default, "carry").
 SLOT_VARIANTS = ("reset", "reset_new")
@@ -167,10 +168,10 @@ def parse_arm(arm, default_fraction):
             f"unknown arm {arm!r}; modes: {', '.join(MODES)} "
             "(optionally MODE@FRACTION, and /reset or /reset_new)"
         )
-    if slash and (mode not in GROWING + ("fusion_tree",) or slots not in SLOT_VARIANTS):
+    if slash and (mode not in GROWS or slots not in SLOT_VARIANTS):
         raise ValueError(
             f"arm {arm!r}: a /SLOTS suffix is one of {', '.join(SLOT_VARIANTS)}, "
-            f"on a mode that grows ({', '.join(GROWING + ('fusion_tree',))})"
+            f"on a mode that grows ({', '.join(GROWS)})"
         )
     if at and mode not in GROWING:
         raise ValueError(f"arm {arm!r}: only {', '.join(GROWING)} take a growth fraction")
@@ -369,8 +370,9 @@ def train_arm(arm, seed, learning_rate, setup, shared):
 
     def partner(config, model_seed, steps, schedule=()):
         network = model(config, model_seed)
-        callbacks = [GrowthCallback(list(schedule), verbose=0, optimizer_slots=slots)]
-        callbacks = callbacks if schedule else []
+        callbacks = []
+        if schedule:
+            callbacks.append(GrowthCallback(list(schedule), verbose=0, optimizer_slots=slots))
         partner_seconds.append(fit(network, model_seed, steps, callbacks))
         print(
             f"  {arm} seed {seed}: partner (hidden {config['hidden_dim']}, seed {model_seed}) "
