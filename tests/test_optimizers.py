@@ -174,3 +174,61 @@ def test_default_optimizer_is_the_measured_default_with_five_percent_warm_up():
     # Warming up linearly over 50 steps: about half the peak at step 25.
     assert rate_at(optimizer, 25) == pytest.approx(peak / 2, rel=0.05)
     assert rate_at(optimizer, 0) < peak / 40
+
+
+def adafactor_step(optimizer, iterations):
+    """How far one Adafactor step moves an all-ones 4x4 kernel on an
+    all-ones gradient after `iterations` earlier steps.
+
+    By hand: the factored second moment of a constant gradient is constant,
+    so the update direction u is constant and at least 1, and clipping at
+    RMS 1 makes it exactly 1; the kernel's RMS is 1 (above epsilon_2). The
+    step is then the relative step rho_t itself.
+    """
+    kernel = keras.Variable(np.ones((4, 4), "float32"))
+    optimizer.build([kernel])
+    optimizer.iterations.assign(iterations)
+    optimizer.apply_gradients([(np.ones((4, 4), "float32"), kernel)])
+    moved = 1.0 - kernel.numpy()
+    np.testing.assert_allclose(moved, moved[0, 0])  # the same for every entry
+    return float(moved[0, 0])
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: optimizers.make_optimizer("adafactor", 0.03),
+        lambda: optimizers.make_optimizer("adafactor", 0.03, "cosine", 0, 10**9),
+        lambda: keras.optimizers.Adafactor(0.03, relative_step=False),
+    ],
+    ids=["constant", "cosine schedule", "relative_step=False"],
+)
+def test_keras_adafactor_caps_every_rate_at_one_over_sqrt_of_the_step(make):
+    """A Keras fact the growth benchmarks depend on: Adafactor's relative
+    step is min(rate, 1 / sqrt(t)) with t = iterations + 1, for a constant
+    rate, a schedule, and with relative_step=False alike (T5's and Hugging
+    Face's Adafactor cap only their default rate). So at rate 3e-2 the rate
+    stops mattering after step 1/0.03^2, about 1,111, until a decaying
+    schedule falls below the cap."""
+    assert adafactor_step(make(), 0) == pytest.approx(0.03, rel=1e-5)
+    assert adafactor_step(make(), 99) == pytest.approx(0.03, rel=1e-5)  # cap 0.1
+    assert adafactor_step(make(), 9999) == pytest.approx(0.01, rel=1e-5)  # cap 1/sqrt(10^4)
+    assert adafactor_step(make(), 3599) == pytest.approx(1 / 60, rel=1e-5)
+
+
+def test_a_growths_rate_scale_is_capped_out_under_adafactor_past_the_crossover():
+    """GrowthCallback's learning_rate_scale reaches Adafactor through the
+    rate (`optimizer_state.Rewarmup`); where the scaled rate is above
+    1 / sqrt(t), the cap makes the scale a no-op, and it acts only where
+    the rate is below the cap (early, or in a decayed tail)."""
+    from keras_fusion.optimizer_state import Rewarmup
+
+    def scaled(scale, rate=0.03):
+        return keras.optimizers.Adafactor(Rewarmup(rate, start_step=0, warmup_steps=0, scale=scale))
+
+    # Step 9,999: the cap is 0.01; 0.03 and 2 x 0.03 both move 0.01.
+    assert adafactor_step(scaled(2.0), 9999) == pytest.approx(0.01, rel=1e-5)
+    assert adafactor_step(scaled(1.0), 9999) == pytest.approx(0.01, rel=1e-5)
+    # A rate decayed to 0.004 is below the cap: the scale doubles the step.
+    assert adafactor_step(scaled(1.0, 0.004), 9999) == pytest.approx(0.004, rel=1e-5)
+    assert adafactor_step(scaled(2.0, 0.004), 9999) == pytest.approx(0.008, rel=1e-5)
