@@ -112,12 +112,11 @@ class GrowthCallback(keras.callbacks.Callback):
             600 (benchmarks/README.md, "After a growth"): sqrt(2) ended
             Deep Fusion 0.022 lower than 1 on two seeds, and 2 ended self
             fusion lower than 1 as well. Keras' Adafactor caps its step at
-            1/sqrt(t) whatever the rate (t: the optimizer step; see
-            `optimizers.make_optimizer`), so a scaled rate above the cap
-            changes nothing: on the tiny preset the cap never binds, but
-            at 64,000 steps at 3e-2 it binds from about 0.035 to 0.76 of
-            the run, so a fusion there is followed by unchanged steps and
-            "auto" only raises the schedule's decayed tail. Adam's steps have a fixed size
+            1/sqrt(t) whatever the rate, so a scaled rate above the cap
+            changes nothing: the cap never binds on the tiny preset, but
+            over most of a long run it does, and there "auto" only raises
+            the schedule's decayed tail (where, in
+            `optimizers.make_optimizer`). Adam's steps have a fixed size
             whatever the weight's size, so there "auto" is the operator's
             `weight_scale` instead: 0.5 after self fusion (its entries are
             halved), 1 after the others. `"width"` uses `hidden_dim`

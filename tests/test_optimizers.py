@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from keras_fusion import optimizers
+from keras_fusion.optimizer_state import Rewarmup
 
 
 def rate_at(optimizer, step):
@@ -221,7 +222,6 @@ def test_a_growths_rate_scale_is_capped_out_under_adafactor_past_the_crossover()
     rate (`optimizer_state.Rewarmup`); where the scaled rate is above
     1 / sqrt(t), the cap makes the scale a no-op, and it acts only where
     the rate is below the cap (early, or in a decayed tail)."""
-    from keras_fusion.optimizer_state import Rewarmup
 
     def scaled(scale, rate=0.03):
         return keras.optimizers.Adafactor(Rewarmup(rate, start_step=0, warmup_steps=0, scale=scale))
