@@ -2,7 +2,8 @@
 
 `run(RunConfig(...))` trains a recipe (`keras_fusion.recipes`), growing
 inside `fit` through `GrowthCallback`, checkpoints to `model_dir`, resumes
-from it, and writes metrics, a plot, the final model and a SavedModel.
+from it, and writes metrics, a plot, the final model and a SavedModel
+(unless `export=False`).
 Every recipe counts training FLOPs (`keras_fusion.flops`), a fusion's
 partners' included, so runs compare at equal compute. `deep_fusion` and
 `fusion_tree` train a fusion tree (depth 1 and `tree_depth`), one node
@@ -103,6 +104,7 @@ class RunConfig:
     tokenizer: str = None
     model_dir: str = "runs/latest"
     export_dir: str = None
+    export: bool = True
     strategy: str = "default"
     tpu: str = None
     eval_every: int = 100
@@ -184,6 +186,11 @@ class RunConfig:
                 "(a Keras bug, with or without growth); use steps_per_execution=1 there."
             )
         self.growth_options()  # raises on a bad value
+        if self.export_dir and not self.export:
+            raise ValueError(
+                f"--export_dir={self.export_dir} names where the SavedModel goes, but --noexport "
+                "writes none: drop one of them."
+            )
         if self.strategy == "tpu" and not self.tpu:
             raise ValueError(
                 "--strategy=tpu needs --tpu (a TPU name, 'local' on a TPU VM, or grpc://HOST:PORT)."
@@ -270,7 +277,7 @@ PRECISIONS = ("float32", "mixed_bfloat16")
 # Flags that may change when a run is resumed: they do not change what it
 # computes (a pre-empted TPU VM may come back under another TPU name).
 # `node` picks which part of the run a job trains, not what the run computes.
-RESUMABLE_FLAGS = ("fresh", "tpu", "export_dir", "checkpoint_every", "node")
+RESUMABLE_FLAGS = ("fresh", "tpu", "export_dir", "export", "checkpoint_every", "node")
 # What `run` writes in model_dir, deleted by `fresh=True`.
 RUN_FILES = (
     "run.json",
@@ -612,7 +619,7 @@ class _Run:
         )
 
     def finish(self, model, curves, growth_events):
-        """Metrics, plot, final model and SavedModel of the trained `model`;
+        """Metrics, plot, final model and (`config.export`) SavedModel of the trained `model`;
         returns the run's summary."""
         config = self.config
         # Whether the model reads its encoder: the held-out loss with every
@@ -641,18 +648,20 @@ class _Run:
         )
         plot_path = plot_metrics(curves, storage.join(self.model_dir, "loss_vs_flops.png"))
         final_path = storage.save_model(model, storage.join(self.model_dir, "final.keras"))
-        export_dir = config.export_dir or storage.join(self.model_dir, "export")
-        with timed(f"Exporting SavedModel to {export_dir}"):
-            export_saved_model(
-                model,
-                export_dir,
-                tokenizer_path=self.tokenizer_path,
-                max_input_length=config.input_length,
-            )
+        saved_model = "not written (--noexport)"
+        if config.export:
+            saved_model = config.export_dir or storage.join(self.model_dir, "export")
+            with timed(f"Exporting SavedModel to {saved_model}"):
+                export_saved_model(
+                    model,
+                    saved_model,
+                    tokenizer_path=self.tokenizer_path,
+                    max_input_length=config.input_length,
+                )
         last = list(curves.values())[-1][-1]
         return (
             f"Artefacts: metrics {metrics_path}, plot {plot_path}, "
-            f"model {final_path}, SavedModel {export_dir}, "
+            f"model {final_path}, SavedModel {saved_model}, "
             f"TensorBoard {storage.join(self.model_dir, 'logs')}\n"
             f"Final eval loss {last.eval_loss:.4f} (accuracy {last.eval_accuracy:.3f}) after "
             f"{last.flops:.3e} training FLOPs ({config.recipe}, "

@@ -348,6 +348,7 @@ TREE = dict(
     key_value_dim=8,
     eval_every=2,
     checkpoint_every=2,
+    export=False,  # the final models are compared; the SavedModel is test_tools.py's
 )
 
 

@@ -23,6 +23,10 @@ def test_growth_flags_become_callback_options():
         (dict(learning_rate_scale="-1"), "learning_rate_scale"),
         (dict(rewarmup_steps=-5), "rewarmup_steps"),
         (dict(growth_optimizer_state="fresh"), "growth_optimizer_state"),
+        (
+            dict(export=False, export_dir="served"),
+            r"--export_dir=served names where the SavedModel goes, but --noexport writes none",
+        ),
     ]:
         with pytest.raises(ValueError, match=message):
             training.RunConfig(**bad).check()
@@ -79,7 +83,8 @@ def test_the_same_flags_resume_and_resumable_flags_may_change(tmp_path):
     training.prepare_model_dir(first)
     training.prepare_model_dir(first)  # the same run: accepted
     # RESUMABLE_FLAGS: a pre-empted TPU VM may come back under another name,
-    # the export may go elsewhere, checkpoints may come more or less often.
+    # the export may go elsewhere (or be skipped), checkpoints may come more
+    # or less often.
     training.prepare_model_dir(
         training.RunConfig(
             model_dir=str(tmp_path),
@@ -89,10 +94,11 @@ def test_the_same_flags_resume_and_resumable_flags_may_change(tmp_path):
             checkpoint_every=7,
         )
     )
+    training.prepare_model_dir(training.RunConfig(model_dir=str(tmp_path), steps=100, export=False))
     with open(tmp_path / "run.json") as f:
         flags = json.load(f)["flags"]
     assert flags["steps"] == 100
-    assert not {"tpu", "export_dir", "checkpoint_every", "fresh"} & set(flags)
+    assert not {"tpu", "export_dir", "export", "checkpoint_every", "fresh"} & set(flags)
 
 
 def test_fresh_deletes_what_an_earlier_run_wrote(tmp_path):

@@ -36,7 +36,8 @@ refused.
 Writes to --model_dir (any TF filesystem: a local path, gs://, ram://):
 run.json (the flags), checkpoints/ or nodes/, tokenizer/, logs/ (TensorBoard),
 metrics.json (step, training FLOPs so far, train and eval loss, growth
-events), loss_vs_flops.png, final.keras, and a SavedModel in --export_dir.
+events), loss_vs_flops.png, final.keras, and a SavedModel in --export_dir
+(none with --noexport).
 """
 
 import dataclasses
@@ -152,6 +153,12 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string("model_dir", "runs/latest", "Where models, logs, metrics and plots go.")
 flags.DEFINE_string("export_dir", None, "SavedModel directory (default: MODEL_DIR/export).")
+flags.DEFINE_bool(
+    "export",
+    True,
+    "Write the SavedModel at the end (about 10 s for the tiny preset, tracing two graphs). "
+    "--noexport skips it: for sweeps, or runs whose final.keras only feeds another run.",
+)
 flags.DEFINE_enum(
     "strategy", "default", ["default", "mirrored", "multi_worker", "tpu"], "tf.distribute strategy."
 )

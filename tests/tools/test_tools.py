@@ -495,8 +495,11 @@ def test_init_from_starts_the_recipe_from_a_trained_checkpoint(recipe, tmp_path,
         input_length=32,
         target_length=8,
         model_dir=str(tmp_path / "run"),
+        export=False,  # the SavedModel is other tests' subject
     )
-    training.run(config, callbacks=lambda stage: [AtBegin(stage)])
+    summary = training.run(config, callbacks=lambda stage: [AtBegin(stage)])
+    assert "SavedModel not written (--noexport)" in summary
+    assert not os.path.exists(tmp_path / "run" / "export")
     # The stages that start from the checkpoint (the root starts with the fusion).
     starting = ["leaf0", "leaf1"] if recipe == "deep_fusion" else ["main"]
     assert sorted(at_begin) == sorted(starting + (["root"] if recipe == "deep_fusion" else []))

@@ -95,9 +95,12 @@ def test_killed_at_every_point_resumes_to_the_uninterrupted_end(tmp_path, tokeni
             assert [
                 n for n in os.listdir(killed_dir / "checkpoints") if n.startswith("ckpt-000000016-")
             ]
-    # A flag that does not change what is computed may differ on resume.
+    # Flags that do not change what is computed may differ on resume: the
+    # runs so far wrote no SavedModel (train_worker's export=False), the last writes one.
     served = tmp_path / "served"
-    final = worker(killed_dir, tokenizer_path, "--flag", f"export_dir={served}")
+    final = worker(
+        killed_dir, tokenizer_path, "--flag", "export=true", "--flag", f"export_dir={served}"
+    )
     assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
     assert resumed_from(final) == ("main", 19)
     assert (served / "saved_model.pb").exists()

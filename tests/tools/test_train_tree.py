@@ -34,6 +34,7 @@ TREE = dict(
     key_value_dim=8,
     eval_every=2,
     checkpoint_every=2,
+    export=False,  # the final models are compared; the SavedModel is test_tools.py's
 )
 NODES = ["leaf0", "leaf1", "leaf2", "leaf3", "fused1_0", "fused1_1", "root"]
 

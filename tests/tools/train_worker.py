@@ -39,6 +39,7 @@ CONFIG = dict(
     batch_size=8,
     input_length=32,
     target_length=8,
+    export=False,  # what --flag export=true turns back on
 )
 
 
