@@ -52,6 +52,10 @@ Arms (`--arms`, comma-separated):
   with the optimizer's slots restarted from zero, or zero on the entries the
   growth creates (`GrowthCallback(optimizer_slots=...)`); plain arms carry
   the slots, the callback's default.
+- `ARM/no_rate_scale` (e.g. `deep_fusion@0.05/no_rate_scale`): the growth
+  keeps the learning rate as it was (`GrowthCallback(learning_rate_scale=1.0)`);
+  plain arms use the callback's default, `"auto"` (x sqrt(2) after Deep
+  Fusion, x 2 after self fusion, under Adafactor; keras_fusion.operators).
 
 FLOPs are counted in lockstep: at each step of the arm's main lineage every
 model of that level is counted (a Deep Fusion partner trains alongside the
@@ -121,6 +125,9 @@ GROWS = GROWING + ("fusion_tree",)  # every mode that grows (the tree at fixed n
 # What an arm's `/SLOTS` suffix may ask of `GrowthCallback(optimizer_slots=...)`
 # (`keras_fusion.growing.OPTIMIZER_SLOTS` but the default, "carry").
 SLOT_VARIANTS = ("reset", "reset_new")
+# What an arm's `/no_rate_scale` suffix asks of `GrowthCallback(learning_rate_scale=...)`.
+RATE_VARIANTS = {"no_rate_scale": 1.0}
+VARIANTS = SLOT_VARIANTS + tuple(RATE_VARIANTS)  # one suffix an arm
 # Each growth mode's regime check is against the model it starts from,
 # trained alone for the whole budget (the tree's leaves are a quarter
 # wide, its middle nodes half: it is held to the width control).
@@ -151,26 +158,33 @@ def arm_mode(arm):
 
 def arm_slots(arm):
     """`"deep_fusion@0.1/reset"` -> `"reset"`: what the growth does with the
-    optimizer's slots (`"carry"` without a suffix)."""
-    return arm.partition("/")[2] or "carry"
+    optimizer's slots (`"carry"` without a slots suffix)."""
+    suffix = arm.partition("/")[2]
+    return suffix if suffix in SLOT_VARIANTS else "carry"
+
+
+def arm_rate_scale(arm):
+    """`"deep_fusion@0.05/no_rate_scale"` -> `1.0`: the growth's
+    `learning_rate_scale` (`"auto"`, the callback's default, without that suffix)."""
+    return RATE_VARIANTS.get(arm.partition("/")[2], "auto")
 
 
 def parse_arm(arm, default_fraction):
     """`"deep_fusion@0.1"` -> `("deep_fusion", 0.1)`; plain names get the default.
 
-    A `/SLOTS` suffix (`"stack@0.05/reset"`) is checked here and read by
-    `arm_slots`.
+    A `/VARIANT` suffix (`"stack@0.05/reset"`, `"deep_fusion/no_rate_scale"`)
+    is checked here and read by `arm_slots` and `arm_rate_scale`.
     """
     name, slash, slots = arm.partition("/")
     mode, at, fraction = name.partition("@")
     if mode not in MODES:
         raise ValueError(
             f"unknown arm {arm!r}; modes: {', '.join(MODES)} "
-            "(optionally MODE@FRACTION, and /reset or /reset_new)"
+            f"(optionally MODE@FRACTION, and one of /{', /'.join(VARIANTS)})"
         )
-    if slash and (mode not in GROWS or slots not in SLOT_VARIANTS):
+    if slash and (mode not in GROWS or slots not in VARIANTS):
         raise ValueError(
-            f"arm {arm!r}: a /SLOTS suffix is one of {', '.join(SLOT_VARIANTS)}, "
+            f"arm {arm!r}: a /VARIANT suffix is one of {', '.join(VARIANTS)}, "
             f"on a mode that grows ({', '.join(GROWS)})"
         )
     if at and mode not in GROWING:
@@ -336,7 +350,7 @@ def train_arm(arm, seed, learning_rate, setup, shared):
         budget_split["growth_steps"],
     )
     warmup = max(1, round(WARMUP_FRACTION * total))
-    slots = arm_slots(arm)
+    slots, rate_scale = arm_slots(arm), arm_rate_scale(arm)
 
     def model(config, model_seed):
         optimizer = optimizers.make_optimizer(
@@ -372,7 +386,14 @@ def train_arm(arm, seed, learning_rate, setup, shared):
         network = model(config, model_seed)
         callbacks = []
         if schedule:
-            callbacks.append(GrowthCallback(list(schedule), verbose=0, optimizer_slots=slots))
+            callbacks.append(
+                GrowthCallback(
+                    list(schedule),
+                    verbose=0,
+                    optimizer_slots=slots,
+                    learning_rate_scale=rate_scale,
+                )
+            )
         partner_seconds.append(fit(network, model_seed, steps, callbacks))
         print(
             f"  {arm} seed {seed}: partner (hidden {config['hidden_dim']}, seed {model_seed}) "
@@ -397,7 +418,11 @@ def train_arm(arm, seed, learning_rate, setup, shared):
         new_layers = setup.target["num_layers"] - start["num_layers"]
         schedule = [doubling_entry(mode, growth_steps[0], num_new_layers=new_layers)]
     main = model(start, seed)
-    growth = GrowthCallback(schedule, verbose=0, optimizer_slots=slots) if schedule else None
+    growth = None
+    if schedule:
+        growth = GrowthCallback(
+            schedule, verbose=0, optimizer_slots=slots, learning_rate_scale=rate_scale
+        )
     recorder = metrics.MetricsRecorder(
         shared.eval_data, *setup.shape, every=setup.eval_every, growth_callback=growth
     )
@@ -418,6 +443,7 @@ def train_arm(arm, seed, learning_rate, setup, shared):
         "learning_rate": learning_rate,
         "growth_fraction": budget_split["fraction"],
         "optimizer_slots": slots,
+        "learning_rate_scale": rate_scale,
         "growth_steps": growth_steps,
         "steps": total,
         "warmup_steps": warmup,
@@ -1024,9 +1050,9 @@ def build_parser():
     parser.add_argument(
         "--arms",
         default=None,
-        help="comma-separated arms (MODE or MODE@FRACTION, either with /reset or "
-        "/reset_new); default every mode (quick: all but fusion_tree, whose seven models "
-        "cost ~2 min of building and tracing a seed)",
+        help="comma-separated arms (MODE or MODE@FRACTION, either with /reset, "
+        "/reset_new or /no_rate_scale); default every mode (quick: all but fusion_tree, "
+        "whose seven models cost ~2 min of building and tracing a seed)",
     )
     parser.add_argument(
         "--seeds", default=None, help="comma-separated seeds (default 0,1,2; quick 0,1)"

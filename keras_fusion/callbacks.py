@@ -135,7 +135,8 @@ class GrowthCallback(keras.callbacks.Callback):
 
     Each event is logged, appended to `events` (a list of dicts: step,
     entry, parameters before/after, seconds, what was done with the
-    optimizer's slots (`optimizer_slots`), whether it was prepared ahead
+    optimizer's slots (`optimizer_slots`), the factor the learning rate was
+    scaled by (`learning_rate_scale`, "auto" resolved), whether it was prepared ahead
     and if not why, the preparation's seconds in its thread and the seconds
     waited for it), written to TensorBoard when
     `log_dir` is set, and reported in the epoch logs as `num_parameters`
@@ -314,11 +315,12 @@ class GrowthCallback(keras.callbacks.Callback):
             reason = self._not_prepared[1]
         else:
             reason = "due before a preparation could start"
+        scale = self._learning_rate_scale(entry, model)
         outcome = growing.apply_growth(
             model,
             entry,
             step,
-            learning_rate_scale=self._learning_rate_scale(entry, model),
+            learning_rate_scale=scale,
             rewarmup_steps=self.rewarmup_steps,
             optimizer_slots=self.optimizer_slots,
             preparation=preparation,
@@ -333,6 +335,7 @@ class GrowthCallback(keras.callbacks.Callback):
             "parameters_after": outcome.parameters_after,
             "seconds": outcome.seconds,
             "optimizer_slots": self.optimizer_slots,
+            "learning_rate_scale": float(scale),
             "prepared_ahead": outcome.prepared_ahead,
             "not_prepared_reason": outcome.not_prepared_reason,
             "prepare_seconds": outcome.prepare_seconds,

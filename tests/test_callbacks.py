@@ -235,8 +235,11 @@ def test_auto_rate_after_self_fusion_follows_how_the_optimizer_steps(make_optimi
     # keeping it: benchmarks/README.md, "After a growth";
     # test_operators.py checks the RMS ratio itself).
     model = growing_lm(make_optimizer(1e-2))
-    fit(model, 4, [GrowthCallback("self_fuse@2", verbose=0)])
+    growth = GrowthCallback("self_fuse@2", verbose=0)
+    fit(model, 4, [growth])
     assert float(model.optimizer.learning_rate) == pytest.approx(scale * 1e-2, rel=1e-6)
+    (event,) = growth.events  # the factor "auto" came to, recorded
+    assert event["learning_rate_scale"] == scale
 
 
 def test_adafactor_state_is_carried():

@@ -101,10 +101,12 @@ def test_bad_arms_are_refused():
         ("scratch@0.1", "only"),
         ("deepen@1.5", "in \\(0, 1\\)"),
         ("deepen@x", "not a number"),
-        ("scratch/reset", "SLOTS"),
-        ("small_alone/reset", "SLOTS"),
-        ("deep_fusion@0.1/carry", "SLOTS"),  # carry is the plain arm
-        ("stack/zero", "SLOTS"),
+        ("scratch/reset", "VARIANT"),
+        ("small_alone/reset", "VARIANT"),
+        ("small_alone/no_rate_scale", "VARIANT"),
+        ("deep_fusion@0.1/carry", "VARIANT"),  # carry is the plain arm
+        ("stack/zero", "VARIANT"),
+        ("deep_fusion/reset/no_rate_scale", "VARIANT"),  # one suffix an arm
     ]:
         with pytest.raises(ValueError, match=message):
             bench.parse_arm(arm, 0.25)
@@ -126,12 +128,34 @@ def test_a_slots_suffix_names_the_optimizer_state_and_keeps_the_mode_and_fractio
         plain = arm.partition("/")[0]
         # Same budget split as the arm without the suffix: only the slots differ.
         assert bench.arm_budget(arm, s) == bench.arm_budget(plain, s)
+        assert bench.arm_rate_scale(arm) == "auto"  # GrowthCallback's default
     assert bench.part_name(["deep_fusion@0.1/reset"], [0], [0.03]) == (
         "deep_fusionat0.1-reset_s0_lr0.03"
     )
     # A variant is held to its mode's control and inherits its mode's rate.
     records = [record("stack", 0, CURVE, rate=1e-2), record("stack@0.05/reset", 1, CURVE)]
     assert bench.chosen_rates(records)["stack@0.05/reset"] == 1e-2
+
+
+def test_a_no_rate_scale_suffix_keeps_the_rate_and_the_slots_carried():
+    import inspect
+
+    from keras_fusion.callbacks import GrowthCallback
+
+    # Plain arms use the callback's default: "auto".
+    assert inspect.signature(GrowthCallback).parameters["learning_rate_scale"].default == "auto"
+    s = setup()
+    for arm, mode in [
+        ("deep_fusion@0.05/no_rate_scale", "deep_fusion"),
+        ("self_fusion/no_rate_scale", "self_fusion"),
+    ]:
+        assert bench.parse_arm(arm, 0.25) == bench.parse_arm(arm.partition("/")[0], 0.25)
+        assert (bench.arm_mode(arm), bench.arm_slots(arm)) == (mode, "carry")
+        assert bench.arm_rate_scale(arm) == 1.0
+        assert bench.arm_budget(arm, s) == bench.arm_budget(arm.partition("/")[0], s)
+    records = [record("deep_fusion", 0, CURVE, rate=1e-2)]
+    records.append(record("deep_fusion@0.05/no_rate_scale", 1, CURVE))
+    assert bench.chosen_rates(records)["deep_fusion@0.05/no_rate_scale"] == 1e-2
 
 
 def record(arm, seed, losses, growth_at=None, rate=3e-3, budget=100.0):
@@ -412,6 +436,12 @@ def test_smoke_run_of_two_arms_writes_part_and_merged_result(tmp_path, capfd):
     fused = [r for r in result["runs"] if r["arm"] == "deep_fusion/reset"][0]
     assert fused["optimizer_slots"] == "reset"
     assert [e["optimizer_slots"] for e in fused["growth_events"]] == ["reset"]
+    # The rate scale is the callback's "auto": under the default Adafactor a
+    # fusion's kernels' RMS falls by sqrt(2) (the zero blocks), so the rate rises by it.
+    assert fused["learning_rate_scale"] == "auto"
+    assert [e["learning_rate_scale"] for e in fused["growth_events"]] == [
+        pytest.approx(math.sqrt(2))
+    ]
     assert [e["step"] for e in fused["growth_events"]] == fused["growth_steps"]
     assert len(fused["growth_steps"]) == 1
     assert fused["final_parameters"] > fused["start_parameters"]
