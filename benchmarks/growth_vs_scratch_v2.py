@@ -145,7 +145,13 @@ REGIME_RULE = (
 WARMUP_FRACTION = 0.05
 # Seed 0's rate search per optimizer, the likeliest first
 # (benchmarks/README.md, "Training defaults").
-RATE_SEARCH = {"adafactor": [3e-2, 1e-2, 1e-1], "adamw": [3e-3, 1e-3, 1e-2]}
+# Uncapped Adafactor steps at its rate all run long, where Keras' capped one
+# stepped at most 1/sqrt(t) (1e-2 at t = 10,000): its search starts there.
+RATE_SEARCH = {
+    "adafactor": [3e-2, 1e-2, 1e-1],
+    "adafactor_uncapped": [1e-2, 3e-3, 3e-2],
+    "adamw": [3e-3, 1e-3, 1e-2],
+}
 # How the held-out batches are drawn from the validation documents (`Data`).
 EVAL_SAMPLE = "validation documents shuffled by random.Random(0), first eval_batches batches"
 DEFAULT_OUTPUT = os.path.join(ROOT, "benchmarks", "results", "growth_vs_scratch_v2")

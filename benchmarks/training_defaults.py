@@ -26,7 +26,9 @@ Every run trains one model from scratch, the same way:
 A run is `(hidden, optimizer, rate, schedule, seed)`; the grid is the product
 of `--widths`, `--optimizers`, `--learning_rates`, `--schedules` and
 `--seeds`. Optimizers: `adamw`, `adafactor` (Keras' with relative steps and
-parameter scaling, T5's: its rate is capped at 1/sqrt(step)), `adamw_scale`
+parameter scaling, T5's: its rate is capped at 1/sqrt(step)),
+`adafactor_uncapped` (`keras_fusion.optimizers.UncappedAdafactor`: the same
+steps at the rate given), `adamw_scale`
 (`keras_fusion.optimizers.AdamWScale`, nanoT5's). Schedules: `cosine`
 (linear warm-up over 5% of the steps, cosine decay to 0), `wsd` (the same
 warm-up, constant, a linear decay to 0 over the last 20%), `constant` (the
@@ -362,7 +364,9 @@ def merge(prefix):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--widths", default="32,64", help="hidden widths, comma-separated")
-    parser.add_argument("--optimizers", default="adamw", help="adamw, adafactor, adamw_scale")
+    parser.add_argument(
+        "--optimizers", default="adamw", help="adamw, adafactor, adafactor_uncapped, adamw_scale"
+    )
     parser.add_argument("--learning_rates", default="3e-3", help="peak rates, comma-separated")
     parser.add_argument("--schedules", default="cosine", help="cosine, wsd, constant")
     parser.add_argument("--seeds", default="0", help="seeds, comma-separated")

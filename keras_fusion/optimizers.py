@@ -1,5 +1,5 @@
 """Optimizers and learning-rate schedules for the recipes (AdamW, Adafactor,
-AdamW scaled by each parameter's RMS).
+Adafactor without Keras' cap on its rate, AdamW scaled by each parameter's RMS).
 
 ```python
 from keras_fusion import optimizers
@@ -10,7 +10,9 @@ optimizer = optimizers.make_optimizer("adamw", 3e-3, "cosine", warmup_steps=50, 
 
 import keras
 
-OPTIMIZERS = ("adafactor", "adamw", "adamw_scale")
+from keras_fusion import _keras_internals
+
+OPTIMIZERS = ("adafactor", "adafactor_uncapped", "adamw", "adamw_scale")
 LR_SCHEDULES = ("constant", "inverse_sqrt", "cosine", "wsd")
 
 # The defaults of the recipes and of tools.train, measured by
@@ -60,7 +62,8 @@ def default_optimizer(total_steps, warmup_steps=None):
 def make_optimizer(
     name, learning_rate, schedule="constant", warmup_steps=0, total_steps=1, global_clipnorm=None
 ):
-    """Adafactor (T5's), AdamW or `AdamWScale`, with a learning-rate schedule.
+    """Adafactor (T5's), `UncappedAdafactor`, AdamW or `AdamWScale`, with a
+    learning-rate schedule.
 
     Schedules: `constant` (after `warmup_steps` of linear warm-up when
     given), `inverse_sqrt` (T5's), `cosine` (linear warm-up, then cosine
@@ -79,6 +82,7 @@ def make_optimizer(
     square root, then the cosine's tail once it falls below the cap: over
     64,000 steps the cap binds from about 0.035 to 0.76 of the run, over
     32,000 from 0.044 to 0.70, and never over the tiny preset's 2,400.
+    `"adafactor_uncapped"` (`UncappedAdafactor`) steps at the rate given.
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}.")
@@ -106,6 +110,8 @@ def make_optimizer(
         return keras.optimizers.AdamW(rate, weight_decay=0.0, global_clipnorm=global_clipnorm)
     if name == "adamw_scale":
         return AdamWScale(rate, weight_decay=0.0, global_clipnorm=global_clipnorm)
+    if name == "adafactor_uncapped":
+        return UncappedAdafactor(rate, global_clipnorm=global_clipnorm)
     return keras.optimizers.Adafactor(rate, global_clipnorm=global_clipnorm)
 
 
@@ -191,3 +197,72 @@ class AdamWScale(keras.optimizers.AdamW):
         scale = keras.ops.maximum(keras.ops.cast(1e-3, variable.dtype), rms)
         rate = keras.ops.cast(learning_rate, variable.dtype) * scale
         super().update_step(gradient, variable, rate)
+
+
+@keras.saving.register_keras_serializable(package="keras_fusion")
+class UncappedAdafactor(keras.optimizers.Adafactor):
+    """Keras' Adafactor, stepping at the rate it is given.
+
+    Keras' Adafactor moves each parameter by min(rate, 1/sqrt(t)) times its
+    RMS (at least `epsilon_2`) at optimizer step t, whatever the rate and
+    `relative_step` (`make_optimizer`'s docstring says where that binds).
+    This one moves it by the rate times its RMS, as Hugging Face's
+    `Adafactor(relative_step=False)` and T5's Adafactor with an explicit
+    rate do: a schedule then shapes the whole run, and a growth's
+    `learning_rate_scale` acts at once. Everything else is Keras' update
+    (factored second moments, the decay 1 - t^beta_2_decay, update
+    clipping), and its slots are Keras' Adafactor's, so growth carries them
+    the same way. `tests/test_optimizers.py` checks its steps against
+    Hugging Face's.
+
+    Args:
+        As `keras.optimizers.Adafactor` (`relative_step` has no effect).
+
+    Example:
+
+    ```python
+    optimizer = UncappedAdafactor(learning_rate=1e-2)
+    # or: make_optimizer("adafactor_uncapped", 1e-2, "cosine", 100, 2000)
+    ```
+    """
+
+    def update_step(self, gradient, variable, learning_rate):
+        # keras.src.optimizers.adafactor.Adafactor.update_step (Keras 3.15),
+        # with the relative step rho_t the rate itself.
+        ops = keras.ops
+        rho_t = ops.cast(learning_rate, variable.dtype)
+        gradient = ops.cast(gradient, variable.dtype)
+        epsilon_2 = ops.cast(self.epsilon_2, variable.dtype)
+        one = ops.cast(1.0, variable.dtype)
+        local_step = ops.cast(self.iterations + 1, variable.dtype)
+        v_list, r_list, c_list = _keras_internals.adafactor_slots(self)
+        index = _keras_internals.variable_index(self, variable)
+        r, c, v = r_list[index], c_list[index], v_list[index]
+
+        alpha_t = ops.maximum(epsilon_2, _rms(variable)) * rho_t
+        regulated_grad_square = ops.add(ops.square(gradient), self.epsilon_1)
+        beta_2_t = ops.subtract(1, ops.power(local_step, self.beta_2_decay))
+        if len(variable.shape) >= 2:
+            # r drops the gradient's last axis, c its second last.
+            self.assign(
+                r,
+                beta_2_t * r + (1 - beta_2_t) * ops.mean(regulated_grad_square, axis=-1),
+            )
+            self.assign(
+                c,
+                beta_2_t * c + (1 - beta_2_t) * ops.mean(regulated_grad_square, axis=-2),
+            )
+            self.assign(
+                v,
+                ops.expand_dims(r / ops.mean(r, axis=-1, keepdims=True), axis=-1)
+                * ops.expand_dims(c, -2),
+            )
+        else:
+            self.assign(v, beta_2_t * v + (1 - beta_2_t) * regulated_grad_square)
+        u_t = gradient / ops.sqrt(v)
+        u_t_hat = u_t / ops.maximum(one, _rms(u_t) / self.clip_threshold)
+        self.assign_sub(variable, alpha_t * u_t_hat)
+
+
+def _rms(x):
+    return keras.ops.sqrt(keras.ops.mean(keras.ops.square(x)))

@@ -223,8 +223,9 @@ def test_iterations_schedule_and_history_continue():
         (lambda rate: keras.optimizers.AdamW(rate), 0.5),
         (lambda rate: keras.optimizers.Adafactor(rate), 2.0),
         (lambda rate: optimizers.AdamWScale(rate), 2.0),
+        (lambda rate: optimizers.UncappedAdafactor(rate), 2.0),
     ],
-    ids=["adamw", "adafactor", "adamw_scale"],
+    ids=["adamw", "adafactor", "adamw_scale", "adafactor_uncapped"],
 )
 def test_auto_rate_after_self_fusion_follows_how_the_optimizer_steps(make_optimizer, scale):
     # Self fusion halves every kernel entry. Adam's fixed-size steps would
@@ -235,8 +236,10 @@ def test_auto_rate_after_self_fusion_follows_how_the_optimizer_steps(make_optimi
     # keeping it: benchmarks/README.md, "After a growth";
     # test_operators.py checks the RMS ratio itself).
     model = growing_lm(make_optimizer(1e-2))
+    kind = type(model.optimizer)
     growth = GrowthCallback("self_fuse@2", verbose=0)
     fit(model, 4, [growth])
+    assert type(model.optimizer) is kind  # the grown optimizer is rebuilt from its config
     assert float(model.optimizer.learning_rate) == pytest.approx(scale * 1e-2, rel=1e-6)
     (event,) = growth.events  # the factor "auto" came to, recorded
     assert event["learning_rate_scale"] == scale

@@ -69,7 +69,8 @@ def test_constant_is_constant():
     [
         (
             ("sgd", 1e-3),
-            r"optimizer must be one of \('adafactor', 'adamw', 'adamw_scale'\), got 'sgd'",
+            r"optimizer must be one of \('adafactor', 'adafactor_uncapped', 'adamw', "
+            r"'adamw_scale'\), got 'sgd'",
         ),
         (
             ("adamw", 1e-3, "linear"),
@@ -87,7 +88,9 @@ def test_bad_input_is_refused_naming_the_argument_the_value_and_what_is_allowed(
 
 
 def test_the_optimizers_by_name():
-    assert isinstance(optimizers.make_optimizer("adafactor", 1e-3), keras.optimizers.Adafactor)
+    assert type(optimizers.make_optimizer("adafactor", 1e-3)) is keras.optimizers.Adafactor
+    uncapped = optimizers.make_optimizer("adafactor_uncapped", 1e-3)
+    assert type(uncapped) is optimizers.UncappedAdafactor
     adamw = optimizers.make_optimizer("adamw", 1e-3)
     assert isinstance(adamw, keras.optimizers.AdamW)
     # make_optimizer's choice (its docstring and docs/ do not say why): no
@@ -96,7 +99,7 @@ def test_the_optimizers_by_name():
     assert keras.optimizers.AdamW(1e-3).weight_decay != 0.0  # so 0 is a choice, not Keras' default
 
 
-@pytest.mark.parametrize("name", ["adamw", "adafactor"])
+@pytest.mark.parametrize("name", ["adamw", "adafactor", "adafactor_uncapped"])
 def test_global_clipnorm_is_keras_own_and_survives_a_config_round_trip(name):
     """The option is Keras' (`global_clipnorm`), so a grown optimizer, rebuilt
     from the config (`optimizer_state.rebuild`), keeps it."""
@@ -232,3 +235,67 @@ def test_a_growths_rate_scale_is_capped_out_under_adafactor_past_the_crossover()
     # A rate decayed to 0.004 is below the cap: the scale doubles the step.
     assert adafactor_step(scaled(1.0, 0.004), 9999) == pytest.approx(0.004, rel=1e-5)
     assert adafactor_step(scaled(2.0, 0.004), 9999) == pytest.approx(0.008, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda rate: optimizers.make_optimizer("adafactor_uncapped", rate),
+        lambda rate: optimizers.UncappedAdafactor(Rewarmup(rate, 0, 0, scale=1.0)),
+    ],
+    ids=["constant", "schedule"],
+)
+def test_uncapped_adafactor_steps_at_the_rate_it_is_given(make):
+    # By hand (adafactor_step): the step is the relative step, here the rate
+    # at every t; Keras' Adafactor would move 0.01 at t = 10,000 and 1/60 at 3,600.
+    for iterations in (0, 99, 3599, 9999):
+        assert adafactor_step(make(0.03), iterations) == pytest.approx(0.03, rel=1e-5)
+    # So a growth's rate scale acts past the crossover too.
+    assert adafactor_step(make(0.06), 9999) == pytest.approx(0.06, rel=1e-5)
+
+
+def test_uncapped_adafactor_matches_hugging_faces_adafactor_with_relative_step_false():
+    """An independent implementation: transformers' Adafactor with an
+    explicit rate (relative_step=False, scale_parameter=True), whose defaults
+    (eps (1e-30, 1e-3), clip 1, decay -0.8) are Keras'. Rate 0.9 puts Keras'
+    cap (1/sqrt(t) < 0.9 from t = 2) in play within the 6 steps compared,
+    on a 6x5 kernel (factored moments) and a 5-vector (full moment)."""
+    torch = pytest.importorskip("torch", reason="the HF oracle needs the test extra")
+    transformers = pytest.importorskip("transformers", reason="the HF oracle needs the test extra")
+    rng = np.random.default_rng(0)
+    initial = [rng.normal(size=(6, 5)).astype("float32"), rng.normal(size=5).astype("float32")]
+    gradients = [[rng.normal(size=p.shape).astype("float32") for p in initial] for _ in range(6)]
+
+    def keras_run(optimizer):
+        variables = [keras.Variable(p) for p in initial]
+        optimizer.build(variables)
+        for step in gradients:
+            optimizer.apply_gradients(zip(step, variables))
+        return [v.numpy() for v in variables]
+
+    parameters = [torch.nn.Parameter(torch.tensor(p)) for p in initial]
+    hf = transformers.optimization.Adafactor(
+        parameters, lr=0.9, relative_step=False, scale_parameter=True, warmup_init=False
+    )
+    for step in gradients:
+        for parameter, gradient in zip(parameters, step):
+            parameter.grad = torch.tensor(gradient)
+        hf.step()
+    expected = [p.detach().numpy() for p in parameters]
+
+    uncapped = keras_run(optimizers.UncappedAdafactor(0.9))
+    capped = keras_run(keras.optimizers.Adafactor(0.9, relative_step=False))
+    for got, want, other, start in zip(uncapped, expected, capped, initial):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        # Keras' own Adafactor moves less: by min(0.9, 1/sqrt(t)) from t = 2.
+        assert np.abs(other - start).sum() < 0.8 * np.abs(want - start).sum()
+
+
+def test_uncapped_adafactor_round_trips_and_keeps_adafactors_slots():
+    optimizer = optimizers.make_optimizer("adafactor_uncapped", 1e-2, "cosine", 10, 100)
+    again = keras.optimizers.deserialize(keras.optimizers.serialize(optimizer))
+    assert type(again) is optimizers.UncappedAdafactor
+    assert again.get_config() == optimizer.get_config()
+    # What growth relies on: Adafactor's slots, and steps relative to the RMS.
+    assert isinstance(again, keras.optimizers.Adafactor)
+    assert optimizers.steps_follow_parameter_scale(again)

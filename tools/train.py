@@ -107,8 +107,9 @@ flags.DEFINE_enum(
     "optimizer",
     DEFAULTS.optimizer,
     list(optimizers.OPTIMIZERS),
-    "Optimizer: adafactor (T5's), adamw, or adamw_scale (AdamW scaled by each "
-    "parameter's RMS, nanoT5's).",
+    "Optimizer: adafactor (T5's; Keras caps its rate at 1/sqrt(step)), adafactor_uncapped "
+    "(steps at the rate given), adamw, or adamw_scale (AdamW scaled by each parameter's RMS, "
+    "nanoT5's).",
 )
 flags.DEFINE_float("learning_rate", DEFAULTS.learning_rate, "Peak learning rate.")
 flags.DEFINE_enum(

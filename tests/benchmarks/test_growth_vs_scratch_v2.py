@@ -516,7 +516,10 @@ def test_unknown_optimizer_is_refused_naming_the_allowed_ones(capsys):
         bench.main(["--optimizer=sgd"])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2
-    assert "--optimizer: unknown 'sgd'; allowed: adafactor, adamw, adamw_scale" in err
+    assert (
+        "--optimizer: unknown 'sgd'; allowed: adafactor, adafactor_uncapped, adamw, adamw_scale"
+        in err
+    )
 
 
 def test_optimizer_is_recorded_in_the_setup_only_when_not_adamw():
