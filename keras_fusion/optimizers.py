@@ -193,8 +193,7 @@ class AdamWScale(keras.optimizers.AdamW):
     """
 
     def update_step(self, gradient, variable, learning_rate):
-        rms = keras.ops.sqrt(keras.ops.mean(keras.ops.square(variable)))
-        scale = keras.ops.maximum(keras.ops.cast(1e-3, variable.dtype), rms)
+        scale = keras.ops.maximum(keras.ops.cast(1e-3, variable.dtype), _rms(variable))
         rate = keras.ops.cast(learning_rate, variable.dtype) * scale
         super().update_step(gradient, variable, rate)
 
@@ -269,4 +268,5 @@ class UncappedAdafactor(keras.optimizers.Adafactor):
 
 
 def _rms(x):
+    """Root mean square over every entry (what Adafactor and AdamWScale scale by)."""
     return keras.ops.sqrt(keras.ops.mean(keras.ops.square(x)))
