@@ -116,7 +116,9 @@ class GrowthCallback(keras.callbacks.Callback):
             changes nothing: the cap never binds on the tiny preset, but
             over most of a long run it does, and there "auto" only raises
             the schedule's decayed tail (where, in
-            `optimizers.make_optimizer`). Adam's steps have a fixed size
+            `optimizers.make_optimizer`); each event's
+            `relative_step_scale` says what the scale did to the step, and
+            `optimizers.UncappedAdafactor` has no cap. Adam's steps have a fixed size
             whatever the weight's size, so there "auto" is the operator's
             `weight_scale` instead: 0.5 after self fusion (its entries are
             halved), 1 after the others. `"width"` uses `hidden_dim`
@@ -136,7 +138,10 @@ class GrowthCallback(keras.callbacks.Callback):
     Each event is logged, appended to `events` (a list of dicts: step,
     entry, parameters before/after, seconds, what was done with the
     optimizer's slots (`optimizer_slots`), the factor the learning rate was
-    scaled by (`learning_rate_scale`, "auto" resolved), whether it was prepared ahead
+    scaled by (`learning_rate_scale`, "auto" resolved), how much that changed
+    the next step's size (`relative_step_scale`: the same factor, except
+    under Keras' capped Adafactor; `optimizers.relative_step_scale`; a
+    difference is printed), whether it was prepared ahead
     and if not why, the preparation's seconds in its thread and the seconds
     waited for it), written to TensorBoard when
     `log_dir` is set, and reported in the epoch logs as `num_parameters`
@@ -316,6 +321,7 @@ class GrowthCallback(keras.callbacks.Callback):
         else:
             reason = "due before a preparation could start"
         scale = self._learning_rate_scale(entry, model)
+        step_scale = optimizers.relative_step_scale(model.optimizer, scale)
         outcome = growing.apply_growth(
             model,
             entry,
@@ -336,6 +342,7 @@ class GrowthCallback(keras.callbacks.Callback):
             "seconds": outcome.seconds,
             "optimizer_slots": self.optimizer_slots,
             "learning_rate_scale": float(scale),
+            "relative_step_scale": step_scale,
             "prepared_ahead": outcome.prepared_ahead,
             "not_prepared_reason": outcome.not_prepared_reason,
             "prepare_seconds": outcome.prepare_seconds,
@@ -354,6 +361,13 @@ class GrowthCallback(keras.callbacks.Callback):
                 )
             )
             print(message, flush=True)  # once: not also to the log
+            if abs(step_scale - scale) > 1e-6 * scale:
+                print(
+                    f"  learning_rate_scale {scale:.4g} changes the step by {step_scale:.4g} "
+                    "here: Keras' Adafactor caps its relative step at 1/sqrt(step); "
+                    "optimizers.UncappedAdafactor steps at the rate given.",
+                    flush=True,
+                )
         if self._writer is not None:
             with self._writer.as_default(step=step):
                 tf.summary.scalar("growth/num_parameters", event["parameters_after"])

@@ -32,6 +32,45 @@ def steps_follow_parameter_scale(optimizer):
     return isinstance(optimizer, (keras.optimizers.Adafactor, AdamWScale))
 
 
+def relative_step_scale(optimizer, learning_rate_scale):
+    """How much multiplying `optimizer`'s rate by `learning_rate_scale` now
+    changes the size of its next step.
+
+    `learning_rate_scale` itself, except under Keras' Adafactor, whose
+    relative step is min(rate, 1/sqrt(t)) at optimizer step t (`t` is
+    `iterations + 1`; `make_optimizer`'s docstring says where that binds):
+    there it is min(scale * rate, cap) / min(rate, cap), 1.0 where the cap
+    binds at both rates. `GrowthCallback` records it with each growth
+    (`relative_step_scale`), so that a scale the cap cancels is seen.
+
+    Args:
+        optimizer: a built Keras optimizer, at the step of the change (its
+            rate is read from its schedule at `iterations`).
+        learning_rate_scale: the factor, a number > 0.
+
+    Returns:
+        A float.
+
+    Example:
+
+    ```python
+    optimizer = keras.optimizers.Adafactor(0.03)
+    optimizer.iterations.assign(4800)  # 1/sqrt(4801) = 0.0144 < 0.03
+    relative_step_scale(optimizer, 2 ** 0.5)  # 1.0: the cap binds
+    ```
+    """
+    scale = float(learning_rate_scale)
+    if not isinstance(optimizer, keras.optimizers.Adafactor) or isinstance(
+        optimizer, UncappedAdafactor
+    ):
+        return scale
+    rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+    cap = 1.0 / float(int(optimizer.iterations.numpy()) + 1) ** 0.5
+    if not rate > 0:
+        return scale
+    return min(scale * rate, cap) / min(rate, cap)
+
+
 def default_warmup_steps(total_steps):
     """`WARMUP_FRACTION` of `total_steps`, rounded: the warm-up when none is given."""
     return round(WARMUP_FRACTION * total_steps)

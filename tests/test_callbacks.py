@@ -243,6 +243,9 @@ def test_auto_rate_after_self_fusion_follows_how_the_optimizer_steps(make_optimi
     assert float(model.optimizer.learning_rate) == pytest.approx(scale * 1e-2, rel=1e-6)
     (event,) = growth.events  # the factor "auto" came to, recorded
     assert event["learning_rate_scale"] == scale
+    # Rate 1e-2 at step 2 is far below Adafactor's cap (1/sqrt(3)): the
+    # step changes by the whole factor.
+    assert event["relative_step_scale"] == pytest.approx(scale)
 
 
 def test_adafactor_state_is_carried():
@@ -497,10 +500,12 @@ def test_no_schedule_needs_fit_to_know_its_steps():
 @pytest.mark.parametrize("verbose", [0, 1])
 def test_a_growth_event_is_reported_once(verbose, capsys, caplog):
     """One line on stdout with verbose=1 (none with 0), and nothing in the
-    log: not the same event twice."""
+    log: not the same event twice. At rate 0.9 Keras' Adafactor's cap
+    (1/sqrt(3) at step 2) cancels "auto"'s doubling after self fusion: a
+    second line says so."""
     import logging
 
-    model = growing_lm()
+    model = growing_lm(keras.optimizers.Adafactor(0.9))
     x, y = random_inputs(batch_size=4, seed=1), random_labels(batch_size=4, seed=2)
     with caplog.at_level(logging.DEBUG):
         model.fit(
@@ -509,11 +514,14 @@ def test_a_growth_event_is_reported_once(verbose, capsys, caplog):
             batch_size=2,
             epochs=2,
             verbose=0,
-            callbacks=[GrowthCallback("deepen@2", verbose=verbose)],
+            callbacks=[GrowthCallback("self_fuse@2", verbose=verbose)],
         )
-    assert len(model.growth_history) == 1 and model.growth_history[0].startswith("deepen@2")
-    printed = [line for line in capsys.readouterr().out.splitlines() if "Growth at step 2" in line]
+    assert len(model.growth_history) == 1 and model.growth_history[0].startswith("self_fuse@2")
+    out = capsys.readouterr().out.splitlines()
+    printed = [line for line in out if "Growth at step 2" in line]
     assert len(printed) == verbose
+    capped = [line for line in out if "learning_rate_scale 2 changes the step by 1 here" in line]
+    assert len(capped) == verbose
     assert not [r for r in caplog.records if "Growth at step" in r.getMessage()]
 
 

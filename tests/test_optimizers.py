@@ -238,6 +238,45 @@ def test_a_growths_rate_scale_is_capped_out_under_adafactor_past_the_crossover()
 
 
 @pytest.mark.parametrize(
+    "name, rate, iterations, scale",
+    [
+        ("adafactor", 0.03, 9999, 2.0),  # cap 0.01 below both rates: no change
+        ("adafactor", 0.008, 9999, 2.0),  # 0.016 capped at 0.01: 1.25
+        ("adafactor", 0.004, 9999, 2.0),  # below the cap at both: the scale
+        ("adafactor", 0.03, 99, 2**0.5),  # cap 0.1
+        ("adafactor_uncapped", 0.03, 9999, 2.0),
+    ],
+)
+def test_relative_step_scale_is_the_ratio_of_the_steps_adafactor_takes(
+    name, rate, iterations, scale
+):
+    """What GrowthCallback records as `relative_step_scale`: the factor
+    by which scaling the rate changes the step, measured here on Keras' own
+    update (`adafactor_step`) at the scaled and the unscaled rate."""
+    optimizer = optimizers.make_optimizer(name, rate)
+    optimizer.iterations.assign(iterations)
+    predicted = optimizers.relative_step_scale(optimizer, scale)
+    measured = adafactor_step(optimizers.make_optimizer(name, rate * scale), iterations)
+    measured /= adafactor_step(optimizers.make_optimizer(name, rate), iterations)
+    assert predicted == pytest.approx(measured, rel=1e-5)
+    expected = {0.03: 1.0, 0.008: 1.25, 0.004: 2.0}[rate] if iterations == 9999 else scale
+    assert predicted == pytest.approx(scale if name == "adafactor_uncapped" else expected)
+
+
+def test_relative_step_scale_under_adam_and_a_schedule():
+    adamw = optimizers.make_optimizer("adamw", 3e-3)
+    adamw.iterations.assign(10**6)
+    assert optimizers.relative_step_scale(adamw, 0.5) == 0.5  # no cap on Adam's steps
+    # Cosine from 0.03 to 0 over 20,000 steps: at 15,000 the rate is
+    # 0.03 * (1 + cos(0.75 pi)) / 2 = 0.004393, the cap 1/sqrt(15,001) = 0.008165.
+    cosine = optimizers.make_optimizer("adafactor", 0.03, "cosine", 0, 20_000)
+    cosine.iterations.assign(15_000)
+    rate = 0.03 * (1 + math.cos(0.75 * math.pi)) / 2
+    expected = (1 / math.sqrt(15_001)) / rate
+    assert optimizers.relative_step_scale(cosine, 2.0) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize(
     "make",
     [
         lambda rate: optimizers.make_optimizer("adafactor_uncapped", rate),
