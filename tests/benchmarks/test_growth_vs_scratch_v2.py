@@ -442,6 +442,11 @@ def test_smoke_run_of_two_arms_writes_part_and_merged_result(tmp_path, capfd):
     assert [e["learning_rate_scale"] for e in fused["growth_events"]] == [
         pytest.approx(math.sqrt(2))
     ]
+    # And the step rose by all of it: a few steps in, at 3e-3, Adafactor's
+    # cap 1/sqrt(t) is far above the rate.
+    assert [e["relative_step_scale"] for e in fused["growth_events"]] == [
+        pytest.approx(math.sqrt(2))
+    ]
     assert [e["step"] for e in fused["growth_events"]] == fused["growth_steps"]
     assert len(fused["growth_steps"]) == 1
     assert fused["final_parameters"] > fused["start_parameters"]
