@@ -44,7 +44,7 @@ def relative_step_scale(optimizer, learning_rate_scale):
     (`relative_step_scale`), so that a scale the cap cancels is seen.
 
     Args:
-        optimizer: a built Keras optimizer, at the step of the change (its
+        optimizer: a Keras optimizer, at the step of the change (its
             rate is read from its schedule at `iterations`).
         learning_rate_scale: the factor, a number > 0.
 
