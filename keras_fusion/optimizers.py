@@ -254,10 +254,10 @@ class UncappedAdafactor(keras.optimizers.Adafactor):
     Hugging Face's. Measured over 2,000 steps (benchmarks/README.md,
     "Training defaults"): at 3e-2 it ends where Keras' does (the cap never
     binds there); at 1e-1 it ends 0.07 to 0.12 higher, so uncapped rates
-    want to be lower. Not the default: at 16,000 steps (scratch, one seed;
-    benchmarks/README.md, "Adafactor without its cap") 2e-2 ended 0.096
-    below Keras' Adafactor at 3e-2, but 1e-2 and 3e-2 ended 0.17 and 0.24
-    above it, a response one seed a rate does not resolve.
+    want to be lower. Not the default: at 16,000 steps (scratch;
+    benchmarks/README.md, "Adafactor without its cap") its best rate, 2e-2,
+    ended 0.033 below Keras' Adafactor at 3e-2 over 3 seeds, but 0.012
+    above it on one, inside both optimizers' seed spread (0.12).
 
     Args:
         As `keras.optimizers.Adafactor` (`relative_step` has no effect).
