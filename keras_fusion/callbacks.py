@@ -73,7 +73,12 @@ class GrowthCallback(keras.callbacks.Callback):
     with training from scratch: it reached scratch's mean final loss at
     0.91 of the compute on each of 3 seeds, a margin smaller than
     scratch's seed spread. Expect growth to match training from scratch for the same
-    compute, not to save half of it. benchmarks/README.md ("Growth
+    compute, not to save half of it. Two modes ended worse than their
+    starting model trained alone for the same compute, at 32,000 and at
+    64,000 steps: `deepen` (identity layers; stack, which copies the
+    trained layers, is the depth growth to use) and `self_fuse` (two
+    near-copies of the same units; fuse different models instead).
+    benchmarks/README.md ("Growth
     against scratch") has the figures for every mode and budget. Grow
     when the target is the model you need at the end (for its quality at
     a budget where it beats its half-size model alone, or for its size in
