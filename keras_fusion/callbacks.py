@@ -74,10 +74,11 @@ class GrowthCallback(keras.callbacks.Callback):
     0.91 of the compute on each of 3 seeds, a margin smaller than
     scratch's seed spread. Expect growth to match training from scratch for the same
     compute, not to save half of it. Two modes ended worse than their
-    starting model trained alone for the same compute, at 32,000 and at
-    64,000 steps: `deepen` (identity layers; stack, which copies the
-    trained layers, is the depth growth to use) and `self_fuse` (two
-    near-copies of the same units; fuse different models instead).
+    starting model trained alone for the same compute, at 32,000 steps
+    (3 seeds of deepen, 2 of self fusion) and at 64,000 (one seed each):
+    `deepen` (identity layers; stack, which copies the trained layers, is
+    the depth growth to use) and `self_fuse` (two near-copies of the same
+    units; fuse different models instead).
     benchmarks/README.md ("Growth
     against scratch") has the figures for every mode and budget. Grow
     when the target is the model you need at the end (for its quality at

@@ -257,7 +257,7 @@ class UncappedAdafactor(keras.optimizers.Adafactor):
     want to be lower. Not the default: at 16,000 steps (scratch;
     benchmarks/README.md, "Adafactor without its cap") its best rate, 2e-2,
     ended 0.033 below Keras' Adafactor at 3e-2 over 3 seeds, but 0.012
-    above it on one, inside both optimizers' seed spread (0.12).
+    above it on one, inside both optimizers' seed spreads (0.12 and 0.13).
 
     Args:
         As `keras.optimizers.Adafactor` (`relative_step` has no effect).
