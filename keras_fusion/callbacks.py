@@ -78,8 +78,7 @@ class GrowthCallback(keras.callbacks.Callback):
     (3 seeds of deepen, 2 of self fusion) and at 64,000 (one seed each):
     `deepen` (identity layers; stack, which copies the trained layers, is
     the depth growth to use) and `self_fuse` (two near-copies of the same
-    units; fuse different models instead).
-    benchmarks/README.md ("Growth
+    units; fuse different models instead). benchmarks/README.md ("Growth
     against scratch") has the figures for every mode and budget. Grow
     when the target is the model you need at the end (for its quality at
     a budget where it beats its half-size model alone, or for its size in
