@@ -329,7 +329,7 @@ class Fuse(GrowthEntry):
 #   cheaper. Stack is not function preserving: the held-out loss can jump
 #   at the growth and is back below its level before it by the next score.
 # - Deepen (identity layers, exact) ends worse than its start trained
-#   alone (32,000 and 64,000 steps, 3 seeds each, on every seed at 64,000)
+#   alone (32,000 and 64,000 steps, 3 seeds each, on every seed at both)
 #   and self fusion worst (32,000 steps); Deep Fusion needs a partner and
 #   ends behind stack.
 # - The fraction: at 64,000 steps stack grown after 0.05 of the steps
