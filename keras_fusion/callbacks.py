@@ -75,7 +75,7 @@ class GrowthCallback(keras.callbacks.Callback):
     scratch's seed spread. Expect growth to match training from scratch for the same
     compute, not to save half of it. Two modes ended worse than their
     starting model trained alone for the same compute, at 32,000 steps
-    (3 seeds each) and at 64,000 (deepen 3 seeds, self fusion one):
+    and at 64,000 (3 seeds each, worse on every seed at both):
     `deepen` (identity layers; stack, which copies the trained layers, is
     the depth growth to use) and `self_fuse` (two near-copies of the same
     units; fuse different models instead). benchmarks/README.md ("Growth

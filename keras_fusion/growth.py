@@ -330,7 +330,8 @@ class Fuse(GrowthEntry):
 #   at the growth and is back below its level before it by the next score.
 # - Deepen (identity layers, exact) ends worse than its start trained
 #   alone (32,000 and 64,000 steps, 3 seeds each, on every seed at both)
-#   and self fusion worst (32,000 steps); Deep Fusion needs a partner and
+#   and self fusion worst (the same budgets and seeds, worse than its start
+#   alone on every seed at both); Deep Fusion needs a partner and
 #   ends behind stack.
 # - The fraction: at 64,000 steps stack grown after 0.05 of the steps
 #   ended lower than after 0.1 on every seed (by 0.007, 0.012 and 0.020;
