@@ -338,7 +338,7 @@ class Fuse(GrowthEntry):
 #   3 seeds each, the mean difference more than twice the larger seed
 #   std), and after 0.1 lower than after 0.25 (at 32,000 steps too).
 #   Deep Fusion's 0.1 and 0.25 are within their seed spreads at 32,000
-#   steps, and 0.5 ended worst for both. At 64,000 steps (3 seeds each)
+#   steps, and 0.5 ended worst for both (3 seeds each). At 64,000 steps (3 seeds each)
 #   Deep Fusion at 0.1 ended lower than at 0.25 on every seed (a mean
 #   0.036, more than twice either seed std), and at 0.05 lower than at 0.1
 #   on every seed but by a mean (0.016) under 0.05's seed std (0.018), the
