@@ -338,12 +338,12 @@ class Fuse(GrowthEntry):
 #   3 seeds each, the mean difference more than twice the larger seed
 #   std), and after 0.1 lower than after 0.25 (at 32,000 steps too).
 #   Deep Fusion's 0.1 and 0.25 are within their seed spreads at 32,000
-#   steps, and 0.5 ended worst for both (3 seeds each). At 64,000 steps (3 seeds each)
-#   Deep Fusion at 0.1 ended lower than at 0.25 on every seed (a mean
-#   0.036, more than twice either seed std), and at 0.05 lower than at 0.1
-#   on every seed but by a mean (0.016) under 0.05's seed std (0.018), the
-#   bar set before the runs ended, so the partner recipes keep 0.1
-#   (`FUSION_GROWTH_FRACTION`). `training.RunConfig`'s default
+#   steps, and 0.5 ended worst for both (3 seeds each). At 64,000 steps
+#   (3 seeds each) Deep Fusion at 0.1 ended lower than at 0.25 on every
+#   seed (a mean 0.036, more than twice either seed std), and at 0.05 lower
+#   than at 0.1 on every seed but by a mean (0.016) under 0.05's seed std
+#   (0.018), the bar set before the runs ended, so the partner recipes keep
+#   0.1 (`FUSION_GROWTH_FRACTION`). `training.RunConfig`'s default
 #   `growth_step` follows `recipes.default_growth_fraction(recipe)`; for
 #   deep_fusion and fusion_tree it is each node's steps, and the fusion
 #   tree was measured at 0.25 only.
