@@ -140,8 +140,9 @@ def installed_corpus(
 
     Parsing every file took 39.5 s on 2 CPU cores, so the documents
     are cached on disk under a key of the Python version, the interpreter's
-    paths and every installed distribution's name and version (installing or
-    upgrading a package gives a new cache file); `installed_corpus_info`
+    paths and the name and version of every distribution installed in them
+    (installing or upgrading a package gives a new cache file; the working
+    directory and `sys.path` do not); `installed_corpus_info`
     reports the size, fingerprint, cache file and build time.
 
     Args:
@@ -266,13 +267,24 @@ def source_docstrings(source):
 
 
 def _environment_key():
-    """A name for this interpreter and its installed distributions."""
+    """A name for this interpreter and the distributions installed where the
+    corpus is read from (`_source_roots`).
+
+    Only there: `importlib.metadata.distributions()` alone searches
+    `sys.path`, which holds the working directory in some processes (`python
+    -m`, pytest's rootdir) and with it a source checkout's `*.egg-info`. That
+    gave one environment a key per working directory, and each key its own
+    build of the corpus.
+    """
+    roots = sorted(set(_source_roots()))
     distributions = sorted(
-        f"{d.metadata['Name']}=={d.version}"
-        for d in importlib.metadata.distributions()
-        if d.metadata["Name"]
+        {
+            f"{d.metadata['Name']}=={d.version}"
+            for d in importlib.metadata.distributions(path=roots)
+            if d.metadata["Name"]
+        }
     )
-    identity = [sys.version, *sorted(set(_source_roots())), *distributions]
+    identity = [sys.version, *roots, *distributions]
     return hashlib.sha256("\n".join(identity).encode("utf-8")).hexdigest()[:16]
 
 

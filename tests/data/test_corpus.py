@@ -303,6 +303,34 @@ def test_installed_corpus_is_cached_under_the_environment_and_fingerprinted(fake
     assert corpus.installed_corpus("train", 0.0, cache_dir=str(cache)) == documents
 
 
+def distribution(folder, name, version):
+    """A minimal installed distribution's metadata in `folder`."""
+    return write(
+        folder / f"{name}-{version}.dist-info" / "METADATA",
+        f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+    )
+
+
+def test_environment_key_follows_what_is_installed_not_the_working_directory(tmp_path, monkeypatch):
+    # A source checkout's metadata on sys.path (`python -m` from the
+    # checkout, pytest's rootdir) once gave one environment a key per
+    # working directory, each with its own 40-180 s build of the corpus.
+    key = corpus._environment_key()
+    checkout = tmp_path / "checkout"
+    distribution(checkout, "some_checkout", "0.1")
+    monkeypatch.syspath_prepend(str(checkout))
+    monkeypatch.chdir(checkout)
+    assert corpus._environment_key() == key
+    # A distribution installed where the corpus is read from changes it.
+    site = tmp_path / "site"
+    site.mkdir()
+    roots = corpus._source_roots()
+    monkeypatch.setattr(corpus, "_source_roots", lambda: [*roots, str(site)])
+    before = corpus._environment_key()
+    distribution(site, "newly_installed", "1.0")
+    assert corpus._environment_key() != before
+
+
 @pytest.mark.slow
 def test_installed_corpus_is_tens_of_millions_of_characters_of_this_environment():
     # About 40 s the first time in an environment (then cached on disk).
