@@ -249,6 +249,92 @@ def test_source_docstrings_reads_module_class_function_and_method_docstrings():
     ]
 
 
+def test_source_docstrings_finds_definitions_under_every_statement_kind_in_file_order():
+    source = (
+        '"""Module."""\n'
+        "if True:\n"
+        "    def in_if():\n"
+        '        """In if."""\n'
+        "else:\n"
+        "    class InElse:\n"
+        '        """In else."""\n'
+        "try:\n"
+        "    def in_try():\n"
+        '        """In try."""\n'
+        "except ImportError:\n"
+        "    def in_except():\n"
+        '        """In except."""\n'
+        "finally:\n"
+        "    def in_finally():\n"
+        '        """In finally."""\n'
+        "for _ in ():\n"
+        "    pass\n"
+        "else:\n"
+        "    def in_for_else():\n"
+        '        """In for-else."""\n'
+        "while False:\n"
+        "    def in_while():\n"
+        '        """In while."""\n'
+        "with open(__file__) as f:\n"
+        "    def in_with():\n"
+        '        """In with."""\n'
+        "match 1:\n"
+        "    case 1:\n"
+        "        def in_case():\n"
+        '            """In case."""\n'
+        "class Outer:\n"
+        '    """Outer."""\n'
+        "    if True:\n"
+        "        async def method(self):\n"
+        '            """Method."""\n'
+        "            x = lambda: 0\n"
+        "            def inner():\n"
+        '                """Inner."""\n'
+        "def after():\n"
+        '    """After."""\n'
+    )
+    assert corpus.source_docstrings(source) == [
+        "Module.",
+        "In if.",
+        "In else.",
+        "In try.",
+        "In except.",
+        "In finally.",
+        "In for-else.",
+        "In while.",
+        "In with.",
+        "In case.",
+        "Outer.",
+        "Method.",
+        "Inner.",
+        "After.",
+    ]
+
+
+def test_source_docstrings_finds_what_a_walk_of_the_whole_tree_finds():
+    # The oracle: ast.walk visits every node, expressions included.
+    import ast
+    import email
+    import json
+
+    kinds = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+    files = [inspect.getsourcefile(m) for m in (ast, inspect, json, pytest)]
+    folder = os.path.dirname(inspect.getsourcefile(email))
+    files += sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".py"))
+    total = 0
+    for path in files:
+        with open(path, "rb") as f:
+            source = f.read()
+        expected = [
+            ast.get_docstring(node, clean=True)
+            for node in ast.walk(ast.parse(source))
+            if isinstance(node, kinds) and ast.get_docstring(node, clean=True)
+        ]
+        assert sorted(corpus.source_docstrings(source)) == sorted(expected), path
+        total += len(expected)
+    assert total > 300
+
+
 @pytest.fixture
 def fake_environment(tmp_path, monkeypatch):
     """A standard library and a site-packages of a few files, and an empty cache."""
@@ -301,6 +387,38 @@ def test_installed_corpus_is_cached_under_the_environment_and_fingerprinted(fake
     again = corpus.installed_corpus_info(cache_dir=str(cache))
     assert again["from_cache"] is True and again["sha256"] == expected
     assert corpus.installed_corpus("train", 0.0, cache_dir=str(cache)) == documents
+
+
+@pytest.mark.parametrize("collecting", [True, False])
+def test_installed_corpus_build_leaves_the_garbage_collector_as_it_found_it(
+    fake_environment, monkeypatch, collecting
+):
+    # The build pauses the cyclic collector while it parses; it must hand it
+    # back as it was, also when a read fails part-way.
+    import gc
+
+    cache, _ = fake_environment
+    seen = []
+    parse = corpus.source_docstrings
+
+    def spying(source):
+        seen.append(gc.isenabled())
+        return parse(source)
+
+    monkeypatch.setattr(corpus, "source_docstrings", spying)
+    was = gc.isenabled()
+    try:
+        (gc.enable if collecting else gc.disable)()
+        corpus.installed_corpus_info(cache_dir=str(cache))
+        assert seen and not any(seen)
+        assert gc.isenabled() is collecting
+        corpus._installed_documents.cache_clear()
+        monkeypatch.setattr(corpus, "source_docstrings", lambda source: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            corpus.installed_corpus_info(cache_dir=str(cache / "again"))
+        assert gc.isenabled() is collecting
+    finally:
+        (gc.enable if was else gc.disable)()
 
 
 def distribution(folder, name, version):
