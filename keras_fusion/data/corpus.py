@@ -258,6 +258,8 @@ def source_docstrings(source):
     Example:
 
     ```python
+    import inspect, json
+
     with open(inspect.getsourcefile(json), "rb") as f:
         documents = source_docstrings(f.read())  # json's module docstring first
     ```
@@ -270,7 +272,7 @@ def source_docstrings(source):
     # Definitions are statements, and statements sit only in the statement
     # lists of other statements (bodies, branches, handlers, cases): walking
     # those alone finds every definition that `ast.walk` finds, without
-    # visiting the expressions, most of a tree and of the corpus's build time.
+    # visiting the expressions, which are most of a tree's nodes.
     pending = [tree]
     while pending:
         node = pending.pop()
