@@ -1,7 +1,11 @@
 """Corpora: the embedded text, local files, TFDS (offline only), and their errors."""
 
+import ast
+import email
+import gc
 import hashlib
 import inspect
+import json
 import os
 import pydoc_data.topics
 import subprocess
@@ -313,10 +317,6 @@ def test_source_docstrings_finds_definitions_under_every_statement_kind_in_file_
 
 def test_source_docstrings_finds_what_a_walk_of_the_whole_tree_finds():
     # The oracle: ast.walk visits every node, expressions included.
-    import ast
-    import email
-    import json
-
     kinds = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
     files = [inspect.getsourcefile(m) for m in (ast, inspect, json, pytest)]
     folder = os.path.dirname(inspect.getsourcefile(email))
@@ -394,9 +394,7 @@ def test_installed_corpus_build_leaves_the_garbage_collector_as_it_found_it(
     fake_environment, monkeypatch, collecting
 ):
     # The build pauses the cyclic collector while it parses; it must hand it
-    # back as it was, also when a read fails part-way.
-    import gc
-
+    # back as it was, also when a file's parsing fails part-way.
     cache, _ = fake_environment
     seen = []
     parse = corpus.source_docstrings
