@@ -19,7 +19,9 @@ The protocol (issue 15), the same for every arm:
 - the same learning-rate search for every arm: seed 0 at every rate of
   `--learning_rates`, then the rate with the lowest loss at the budget on
   the other seeds (`--learning_rates best` reads that choice from the part
-  files already written). A growth-time variant (`deep_fusion@0.1`) uses
+  files already written). Where other seeds have run at every searched
+  rate too, the merge compares the rates by their mean over those seeds
+  (`chosen_rates`). A growth-time variant (`deep_fusion@0.1`) uses
   its own seed-0 search when there is one, else its mode's (stated in the
   summary).
 
@@ -536,16 +538,25 @@ def check_compatible(parts):
 
 
 def chosen_rates(records):
-    """Per arm, the rate of its lowest seed-0 loss at the budget; a
-    growth-time variant without a seed-0 search of its own takes its
-    mode's (the plain arm's)."""
-    best = {}
+    """Per arm, the rate of its lowest loss at the budget, compared over the
+    seeds that every rate searched on seed 0 has run: seed 0 alone until
+    another seed has run at each of them, then their mean (so a seed-0
+    winner that loses on the other seeds does not handicap a control). A
+    growth-time variant without a seed-0 search of its own takes its mode's
+    (the plain arm's)."""
+    losses = {}  # arm -> rate -> seed -> loss at the budget
     for record in records:
-        if record["seed"] == 0:
-            current = best.get(record["arm"])
-            if current is None or record["loss_at_budget"] < current["loss_at_budget"]:
-                best[record["arm"]] = record
-    rates = {arm: r["learning_rate"] for arm, r in best.items()}
+        by_seed = losses.setdefault(record["arm"], {}).setdefault(record["learning_rate"], {})
+        by_seed[record["seed"]] = record["loss_at_budget"]
+    rates = {}
+    for arm, by_rate in losses.items():
+        searched = {rate: seeds for rate, seeds in by_rate.items() if 0 in seeds}
+        if not searched:
+            continue
+        shared = set.intersection(*(set(seeds) for seeds in searched.values()))
+        rates[arm] = min(
+            searched, key=lambda rate: sum(searched[rate][seed] for seed in shared) / len(shared)
+        )
     for record in records:
         arm, mode = record["arm"], arm_mode(record["arm"])
         if arm not in rates and mode in rates:
@@ -813,8 +824,8 @@ def merge(prefix, quick):
         f"token {passes:.2f} times; held-out set {setup['eval_batches']} batches; "
         f"{setup.get('optimizer', 'adamw')}, warm-up "
         f"({WARMUP_FRACTION:.0%}) then cosine to 0 over each arm's run; "
-        "learning rate chosen on seed 0 "
-        f"among {sorted({r['learning_rate'] for r in records})}: {rates}.",
+        "learning rate chosen on seed 0 (on the mean over the seeds every searched rate ran, "
+        f"where others did) among {sorted({r['learning_rate'] for r in records})}: {rates}.",
     ]
     markdown = "\n\n".join(notes + [table(summary), " ".join(verdict(summary))])
     result = {

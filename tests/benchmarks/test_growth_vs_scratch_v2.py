@@ -158,6 +158,29 @@ def test_a_no_rate_scale_suffix_keeps_the_rate_and_the_slots_carried():
     assert bench.chosen_rates(records)["deep_fusion@0.05/no_rate_scale"] == 1e-2
 
 
+def test_the_rate_is_chosen_on_seed_0_then_on_the_seeds_every_searched_rate_has():
+    """The 64k depth control's case (2026-12-07): 1e-2 ends lower on seed 0
+    (1.9556 against 1.9606) but higher on seeds 1 and 2 (1.9836, 1.9735
+    against 1.9564, 1.9603); over the three seeds 3e-2 is lower (mean
+    1.9591 against 1.9709), so the control keeps it."""
+
+    def ending(arm, seed, rate, loss):
+        return record(arm, seed, CURVE[:-1] + [loss], rate=rate)
+
+    at_3e2 = [ending("control", s, 3e-2, v) for s, v in enumerate([1.9606, 1.9564, 1.9603])]
+    at_1e2 = [ending("control", s, 1e-2, v) for s, v in enumerate([1.9556, 1.9836, 1.9735])]
+    # Seed 0 alone at 1e-2: the seed-0 search decides.
+    assert bench.chosen_rates(at_3e2 + at_1e2[:1])["control"] == 1e-2
+    # Every seed at both rates: their mean decides.
+    assert bench.chosen_rates(at_3e2 + at_1e2)["control"] == 3e-2
+    # Seeds 0 and 1 at both (seed 2 only at 3e-2): compared over the two
+    # they share (1.9585 against 1.9696).
+    assert bench.chosen_rates(at_3e2 + at_1e2[:2])["control"] == 3e-2
+    # A rate never run on seed 0 is not a candidate, however low.
+    other = [ending("control", 1, 1e-1, 1.0)]
+    assert bench.chosen_rates(at_3e2[:1] + at_1e2[:1] + other)["control"] == 1e-2
+
+
 def record(arm, seed, losses, growth_at=None, rate=3e-3, budget=100.0):
     """A run whose evaluations are at 0, 10, ..., 100 FLOPs."""
     rows = [
