@@ -555,7 +555,7 @@ def chosen_rates(records):
             continue
         shared = set.intersection(*(set(seeds) for seeds in searched.values()))
         rates[arm] = min(
-            searched, key=lambda rate: sum(searched[rate][seed] for seed in shared) / len(shared)
+            searched, key=lambda rate: statistics.fmean(searched[rate][s] for s in shared)
         )
     for record in records:
         arm, mode = record["arm"], arm_mode(record["arm"])
