@@ -19,11 +19,11 @@ The protocol (issue 15), the same for every arm:
 - the same learning-rate search for every arm: seed 0 at every rate of
   `--learning_rates`, then the rate with the lowest loss at the budget on
   the other seeds (`--learning_rates best` reads that choice from the part
-  files already written). Where other seeds have run at every searched
-  rate too, the merge compares the rates by their mean over those seeds
-  (`chosen_rates`). A growth-time variant (`deep_fusion@0.1`) uses
-  its own seed-0 search when there is one, else its mode's (stated in the
-  summary).
+  files already written). Where other seeds have run at a searched rate
+  too, the merge compares two rates by their mean over the seeds both
+  ran, and chooses the rate that wins every comparison (`chosen_rates`).
+  A growth-time variant (`deep_fusion@0.1`) uses its own seed-0 search
+  when there is one, else its mode's (stated in the summary).
 
 Arms (`--arms`, comma-separated):
 
@@ -537,13 +537,26 @@ def check_compatible(parts):
                 )
 
 
+def _mean_over(searched, rate, seeds):
+    return statistics.fmean(searched[rate][s] for s in seeds)
+
+
+def _beats(searched, a, b):
+    """Whether rate `a` ends lower than rate `b` over the seeds both ran."""
+    shared = set(searched[a]) & set(searched[b])
+    return _mean_over(searched, a, shared) < _mean_over(searched, b, shared)
+
+
 def chosen_rates(records):
-    """Per arm, the rate of its lowest loss at the budget, compared over the
-    seeds that every rate searched on seed 0 has run: seed 0 alone until
-    another seed has run at each of them, then their mean (so a seed-0
-    winner that loses on the other seeds does not handicap a control). A
-    growth-time variant without a seed-0 search of its own takes its mode's
-    (the plain arm's)."""
+    """Per arm, the rate of its lowest loss at the budget among the rates
+    searched on seed 0. Two rates are compared by their mean over the
+    seeds both have run (seed 0 at least), and the rate that wins every
+    such comparison is chosen: a seed-0 winner that loses where other seeds
+    ran at both rates does not handicap a control, even when a third rate
+    ran on seed 0 alone. Where no rate wins them all, the mean over the
+    seeds that every searched rate has run decides (seed 0 alone until
+    another seed has run at each of them). A growth-time variant without a
+    seed-0 search of its own takes its mode's (the plain arm's)."""
     losses = {}  # arm -> rate -> seed -> loss at the budget
     for record in records:
         by_seed = losses.setdefault(record["arm"], {}).setdefault(record["learning_rate"], {})
@@ -553,10 +566,12 @@ def chosen_rates(records):
         searched = {rate: seeds for rate, seeds in by_rate.items() if 0 in seeds}
         if not searched:
             continue
+        winners = [a for a in searched if all(_beats(searched, a, b) for b in searched if b != a)]
+        if winners:
+            rates[arm] = winners[0]
+            continue
         shared = set.intersection(*(set(seeds) for seeds in searched.values()))
-        rates[arm] = min(
-            searched, key=lambda rate: statistics.fmean(searched[rate][s] for s in shared)
-        )
+        rates[arm] = min(searched, key=lambda rate: _mean_over(searched, rate, shared))
     for record in records:
         arm, mode = record["arm"], arm_mode(record["arm"])
         if arm not in rates and mode in rates:
@@ -824,8 +839,9 @@ def merge(prefix, quick):
         f"token {passes:.2f} times; held-out set {setup['eval_batches']} batches; "
         f"{setup.get('optimizer', 'adamw')}, warm-up "
         f"({WARMUP_FRACTION:.0%}) then cosine to 0 over each arm's run; "
-        "learning rate chosen on seed 0 (on the mean over the seeds every searched rate ran, "
-        f"where others did) among {sorted({r['learning_rate'] for r in records})}: {rates}.",
+        "learning rate chosen on seed 0 (where other seeds ran at two rates, on their mean "
+        "over the seeds both ran: chosen_rates) among "
+        f"{sorted({r['learning_rate'] for r in records})}: {rates}.",
     ]
     markdown = "\n\n".join(notes + [table(summary), " ".join(verdict(summary))])
     result = {

@@ -158,7 +158,7 @@ def test_a_no_rate_scale_suffix_keeps_the_rate_and_the_slots_carried():
     assert bench.chosen_rates(records)["deep_fusion@0.05/no_rate_scale"] == 1e-2
 
 
-def test_the_rate_is_chosen_on_seed_0_then_on_the_seeds_every_searched_rate_has():
+def test_the_rate_is_chosen_on_seed_0_then_on_the_seeds_each_pair_of_rates_shares():
     """The 64k depth control's case (2026-12-07): 1e-2 ends lower on seed 0
     (1.9556 against 1.9606) but higher on seeds 1 and 2 (1.9836, 1.9735
     against 1.9564, 1.9603); over the three seeds 3e-2 is lower (mean
@@ -176,6 +176,28 @@ def test_the_rate_is_chosen_on_seed_0_then_on_the_seeds_every_searched_rate_has(
     # Seeds 0 and 1 at both (seed 2 only at 3e-2): compared over the two
     # they share (1.9585 against 1.9696).
     assert bench.chosen_rates(at_3e2 + at_1e2[:2])["control"] == 3e-2
+    # The 32k case of stack@0.1 (2026-12-07): 1e-1 ends lower than 3e-2 on
+    # seed 0 (2.0185 against 2.0221) but higher over the three seeds both
+    # ran (2.0292 against 2.0207), and 1e-2 ran on seed 0 alone (2.0693):
+    # 3e-2 beats each rate over the seeds they share, so it is chosen,
+    # though seed 0 is the only seed all three rates ran.
+    stack = [ending("stack", s, 3e-2, v) for s, v in enumerate([2.0221, 2.0266, 2.0136])]
+    stack += [ending("stack", s, 1e-1, v) for s, v in enumerate([2.0185, 2.0313, 2.0378])]
+    assert bench.chosen_rates(stack + [ending("stack", 0, 1e-2, 2.0693)])["stack"] == 3e-2
+    assert bench.chosen_rates(stack[:4] + [ending("stack", 0, 1e-2, 2.0693)])["stack"] == 1e-1
+    # No rate wins every comparison (1e-2 beats 3e-2 on seed 0, 3e-2 beats
+    # 1e-1 on seeds 0 and 1, 1e-1 beats 1e-2 on seeds 0 and 2): the seeds
+    # all three ran (seed 0) decide.
+    cycle = [
+        ending("cycle", 0, 1e-2, 2.0),
+        ending("cycle", 0, 3e-2, 2.1),
+        ending("cycle", 0, 1e-1, 2.2),
+        ending("cycle", 1, 3e-2, 2.0),
+        ending("cycle", 1, 1e-1, 2.3),
+        ending("cycle", 2, 1e-1, 1.0),
+        ending("cycle", 2, 1e-2, 2.5),
+    ]
+    assert bench.chosen_rates(cycle)["cycle"] == 1e-2
     # A rate never run on seed 0 is not a candidate, however low.
     other = [ending("control", 1, 1e-1, 1.0)]
     assert bench.chosen_rates(at_3e2[:1] + at_1e2[:1] + other)["control"] == 1e-2
