@@ -31,8 +31,9 @@ demo: install
 # The whole test suite, slow tests included (what CI runs), in
 # $(TEST_WORKERS) pytest-xdist worker processes: much of a test's time is
 # single-threaded Python (building and tracing models), so two workers on
-# two cores take less time than one process (pytest 29m46s here on
-# 2026-12-07, 677 tests, over the 25-minute target; docs/development.md).
+# two cores take less time than one process. The time depends on the
+# machine: 677 tests took pytest 29m46s on one 2-core machine and 14m10s
+# on another on 2026-12-07 (the 25-minute target; docs/development.md).
 TEST_WORKERS ?= 2
 
 # Lint and format check first (ruff.toml: keras-hub's rules at 100 columns).
