@@ -120,7 +120,7 @@ def test_every_result_is_cited():
     uncited = [
         stem
         for stem in sorted(result_stems("benchmarks/results"))
-        if not re.search(rf"(?<![\w]){re.escape(stem)}(?![\w])", text)
+        if not re.search(rf"(?<!\w){re.escape(stem)}(?!\w)", text)
     ]
     assert not uncited, f"results no document names: {uncited}"
 
